@@ -1,0 +1,1 @@
+"""Database models, engine construction, migrations and the sample loader."""

@@ -1,0 +1,149 @@
+"""The GeckoTerminal collector's tables, as its PostgreSQL models define them.
+
+Names, types and keys follow the collector (snogcel/geckoterminal_collector,
+``database/postgresql_models.py``). This project only READS these tables; the one
+exception is :mod:`q50_assets.db.sample_loader`, which plays the collector. They live
+in their own ``MetaData`` so Alembic never sees them: our migrations cannot create,
+alter or drop a collector table.
+
+Prices are mapped with ``asdecimal=False`` so reads give floats on both backends.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from q50_assets.db.types import JsonB, TimestampTZ
+
+collector_metadata = MetaData()
+
+dexes = Table(
+    "dexes",
+    collector_metadata,
+    Column("id", String(100), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("network", String(50), nullable=False, index=True),
+    Column("created_at", TimestampTZ),
+    Column("last_updated", TimestampTZ),
+    Column("metadata_json", JsonB),
+)
+
+tokens = Table(
+    "tokens",
+    collector_metadata,
+    Column("id", String(200), primary_key=True),
+    Column("address", String(100), nullable=False),
+    Column("name", String(200)),
+    Column("symbol", String(50), index=True),
+    Column("decimals", Integer),
+    Column("network", String(50), nullable=False, index=True),
+    Column("created_at", TimestampTZ),
+    Column("last_updated", TimestampTZ),
+    Column("metadata_json", JsonB),
+    UniqueConstraint("network", "address", name="uq_tokens_network_address"),
+)
+
+pools = Table(
+    "pools",
+    collector_metadata,
+    Column("id", String(200), primary_key=True),
+    Column("address", String(100), nullable=False),
+    Column("name", String(200)),
+    Column("dex_id", String(100), ForeignKey("dexes.id"), nullable=False, index=True),
+    Column("base_token_id", String(200), ForeignKey("tokens.id"), index=True),
+    Column("quote_token_id", String(200), ForeignKey("tokens.id"), index=True),
+    Column("reserve_usd", Numeric(20, 2, asdecimal=False)),
+    Column("created_at", TimestampTZ),
+    Column("last_updated", TimestampTZ),
+    Column("activity_score", Numeric(10, 2, asdecimal=False), index=True),
+    Column("discovery_source", String(50), index=True),
+    Column("collection_priority", String(20), index=True),
+    Column("auto_discovered_at", TimestampTZ),
+    Column("last_activity_check", TimestampTZ),
+    Column("metadata_json", JsonB),
+)
+
+ohlcv_data = Table(
+    "ohlcv_data",
+    collector_metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("pool_id", String(200), ForeignKey("pools.id"), nullable=False),
+    Column("timeframe", String(10), nullable=False),
+    # Epoch seconds of the bar OPEN: authoritative (the dump's `datetime` carries a -06 offset).
+    Column("timestamp", BigInteger, nullable=False),
+    Column("datetime", TimestampTZ, nullable=False),
+    Column("open_price", Numeric(20, 8, asdecimal=False), nullable=False),
+    Column("high_price", Numeric(20, 8, asdecimal=False), nullable=False),
+    Column("low_price", Numeric(20, 8, asdecimal=False), nullable=False),
+    Column("close_price", Numeric(20, 8, asdecimal=False), nullable=False),
+    Column("volume_usd", Numeric(20, 2, asdecimal=False), nullable=False),
+    Column("metadata_json", JsonB),
+    UniqueConstraint("pool_id", "timeframe", "timestamp", name="uq_ohlcv_pool_timeframe_timestamp"),
+    Index("idx_ohlcv_pool_timeframe_datetime", "pool_id", "timeframe", "datetime"),
+    Index("idx_ohlcv_timeframe", "timeframe"),
+)
+
+trades = Table(
+    "trades",
+    collector_metadata,
+    # solana_{block}_{txhash}_{logidx}_{epoch}: the epoch suffix is the true trade time
+    # (block_timestamp is shifted +6 h by the collector).
+    Column("id", String(200), primary_key=True),
+    Column("pool_id", String(200), ForeignKey("pools.id"), nullable=False, index=True),
+    Column("block_number", BigInteger, nullable=False, index=True),
+    Column("tx_hash", String(100), nullable=False, index=True),
+    Column("tx_from_address", String(100)),
+    Column("from_token_amount", Numeric(30, 10, asdecimal=False)),
+    Column("to_token_amount", Numeric(30, 10, asdecimal=False)),
+    Column("price_usd", Numeric(20, 8, asdecimal=False)),
+    Column("volume_usd", Numeric(20, 2, asdecimal=False), index=True),
+    Column("side", String(10)),
+    Column("block_timestamp", TimestampTZ, nullable=False, index=True),
+    Column("metadata_json", JsonB),
+)
+
+collection_metadata = Table(
+    "collection_metadata",
+    collector_metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("collector_type", String(100), nullable=False, unique=True),
+    Column("last_run", TimestampTZ),
+    Column("last_success", TimestampTZ),
+    Column("run_count", Integer),
+    Column("error_count", Integer),
+    Column("last_error", Text),
+    Column("metadata_json", JsonB),
+    Column("created_at", TimestampTZ),
+    Column("updated_at", TimestampTZ),
+)
+
+watchlist = Table(
+    "watchlist",
+    collector_metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("pool_id", String(200), ForeignKey("pools.id"), nullable=False, unique=True),
+    Column("token_symbol", String(50)),
+    Column("token_name", String(200)),
+    Column("network_address", String(100)),
+    Column("is_active", Boolean, nullable=False),
+    Column("created_at", TimestampTZ),
+    Column("updated_at", TimestampTZ),
+    Column("metadata_json", JsonB),
+)
+
+# Insert order that satisfies the foreign keys.
+COLLECTOR_TABLES = (dexes, tokens, pools, ohlcv_data, trades, collection_metadata, watchlist)
+COLLECTOR_TABLE_NAMES = tuple(t.name for t in COLLECTOR_TABLES)

@@ -1,0 +1,73 @@
+"""The project's own tables. Created and changed only by the Alembic migrations in
+``q50_assets/db/migrations`` (their version table is ``q50_alembic_version``, so a collector
+that uses Alembic itself keeps its own ``alembic_version``).
+
+Foreign keys point at the collector's ``pools.id``: on PostgreSQL the project role needs
+``REFERENCES`` (not write) on ``pools`` for the migration to create them.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    func,
+)
+
+from q50_assets.db.types import JsonB, TimestampTZ
+
+q50_metadata = MetaData()
+
+_Id = BigInteger().with_variant(Integer, "sqlite")
+
+pool_feature_vectors = Table(
+    "pool_feature_vectors",
+    q50_metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("pool_id", String(200), ForeignKey("pools.id"), nullable=False),
+    Column("timeframe", String(10), nullable=False),
+    # Bar OPEN time of the bar the vector was computed from (UTC).
+    Column("timestamp", TimestampTZ, nullable=False),
+    # Earliest time the vector could be known: the bar's close.
+    Column("known_at", TimestampTZ, nullable=False),
+    Column("feature_set_version", String(40), nullable=False),
+    Column("is_warmup", Boolean, nullable=False),
+    Column("feature_values", JsonB, nullable=False),
+    Column("created_at", TimestampTZ, nullable=False, server_default=func.now()),
+    UniqueConstraint(
+        "pool_id", "timeframe", "timestamp", "feature_set_version", name="uq_pool_feature_vectors_key"
+    ),
+)
+
+q50_trading_history = Table(
+    "q50_trading_history",
+    q50_metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("pool_id", String(200), ForeignKey("pools.id"), nullable=False),
+    Column("timestamp", TimestampTZ, nullable=False),
+    Column("q50_signal", Float),
+    Column("regime_classification", String(50)),
+    Column("position_size", Float),
+    Column("nautilus_order_id", String(100)),
+    Column("execution_status", String(30), nullable=False),
+    Column("feature_vector_id", _Id, ForeignKey("pool_feature_vectors.id")),
+    Column("backtest_run_id", String(64), nullable=False),
+    Column("side", String(10)),
+    Column("quantity", Float),
+    Column("price", Float),
+    Column("fee", Float),
+    Column("created_at", TimestampTZ, nullable=False, server_default=func.now()),
+    Index("idx_q50_trading_history_pool_time", "pool_id", "timestamp"),
+    Index("idx_q50_trading_history_run", "backtest_run_id"),
+)
+
+Q50_TABLE_NAMES = tuple(q50_metadata.tables)

@@ -1,0 +1,247 @@
+"""Typed project settings: config.yaml + environment, loaded once.
+
+Precedence (lowest to highest): defaults in the models below, ``config.yaml``,
+environment variables. Two kinds of environment override exist:
+
+* the few everyday ones, by name: ``Q50_DATABASE_URL`` (the collector database),
+  ``Q50_DATA_DIR``, ``Q50_TIMEFRAME``;
+* any key, by path: ``Q50__<SECTION>__<KEY>``, e.g.
+  ``Q50__NAUTILUS_TRADER__RISK_MANAGEMENT__MAX_POSITION_SIZE=0.3``.
+
+Database URLs carry credentials, so they never live in a committed file: the
+YAML keys for URLs must stay ``null`` and the values come from the environment.
+A bad value raises :class:`SettingsError` with one line per bad key.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_FILE = PROJECT_ROOT / "config.yaml"
+
+# The collector's own timeframe vocabulary (ohlcv_data.timeframe).
+Timeframe = Literal["1m", "5m", "15m", "1h", "4h", "12h", "1d"]
+
+ENV_CONFIG_FILE = "Q50_CONFIG"
+ENV_DATABASE_URL = "Q50_DATABASE_URL"
+ENV_NAMED_OVERRIDES = {
+    ENV_DATABASE_URL: ("database", "url"),
+    "Q50_DATA_DIR": ("data_dir",),
+    "Q50_TIMEFRAME": ("timeframe",),
+}
+ENV_PATH_PREFIX = "Q50__"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or wrong; the message names the key."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are typos until proven otherwise.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseSettings(_Section):
+    url: str | None = Field(
+        default=None,
+        description="Collector database URL. From Q50_DATABASE_URL; null means the embedded "
+        "SQLite file <data_dir>/collector.sqlite.",
+    )
+
+
+class OhlcvSettings(_Section):
+    min_bars: int = Field(
+        default=48, ge=2, description="Complete bars a pool needs before any stage uses it."
+    )
+    stored_price_decimals: int = Field(
+        default=8, ge=0, le=18, description="Scale of the collector's Numeric(20,8) prices."
+    )
+    min_price_significant_digits: int = Field(
+        default=2,
+        ge=1,
+        le=12,
+        description="A price with fewer significant digits at the stored scale is too coarse "
+        "for returns (e.g. 4e-8 stored with 8 decimals has one digit).",
+    )
+    max_gap_bars: int = Field(
+        default=24,
+        ge=1,
+        description="Longest run of missing bars tolerated before the gap check fails (warning).",
+    )
+
+
+class RegimeDetectionSettings(_Section):
+    use_existing_indicators: bool = True
+    rsi_periods: int = Field(default=14, ge=2)
+    macd_fast: int = Field(default=12, ge=1)
+    macd_slow: int = Field(default=26, ge=2)
+
+    @model_validator(mode="after")
+    def _fast_below_slow(self) -> "RegimeDetectionSettings":
+        if self.macd_fast >= self.macd_slow:
+            raise ValueError(
+                f"macd_fast ({self.macd_fast}) must be smaller than macd_slow ({self.macd_slow})"
+            )
+        return self
+
+
+class StrategySettings(_Section):
+    signal_source: Literal["qlib"] = "qlib"
+    database_uri: str | None = Field(
+        default=None,
+        description="Where the strategy reads signals. From the environment; null means the "
+        "project database (database.url).",
+    )
+    regime_detection: RegimeDetectionSettings = RegimeDetectionSettings()
+
+
+class RiskManagementSettings(_Section):
+    max_position_size: float = Field(default=0.5, gt=0, le=1)
+    base_position_size: float = Field(default=0.1, gt=0, le=1)
+    use_existing_feature_vectors: bool = True
+
+    @model_validator(mode="after")
+    def _base_within_max(self) -> "RiskManagementSettings":
+        if self.base_position_size > self.max_position_size:
+            raise ValueError(
+                f"base_position_size ({self.base_position_size}) exceeds "
+                f"max_position_size ({self.max_position_size})"
+            )
+        return self
+
+
+class NautilusTraderSettings(_Section):
+    enabled: bool = True
+    strategy_config: StrategySettings = StrategySettings()
+    risk_management: RiskManagementSettings = RiskManagementSettings()
+
+
+class Settings(_Section):
+    data_dir: Path = Field(
+        default=Path(".q50_data"),
+        description="Everything the project writes locally. Relative paths are taken from the "
+        "directory of the config file.",
+    )
+    timeframe: Timeframe = "1h"
+    database: DatabaseSettings = DatabaseSettings()
+    ohlcv: OhlcvSettings = OhlcvSettings()
+    nautilus_trader: NautilusTraderSettings = NautilusTraderSettings()
+
+    @property
+    def database_url(self) -> str:
+        """The collector database URL actually used (embedded SQLite when none is set)."""
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{self.data_dir / 'collector.sqlite'}"
+
+    @property
+    def signal_database_url(self) -> str:
+        return self.nautilus_trader.strategy_config.database_uri or self.database_url
+
+
+# Keys whose values are URLs that may carry credentials: never accepted from YAML.
+_ENV_ONLY_KEYS = (("database", "url"), ("nautilus_trader", "strategy_config", "database_uri"))
+
+
+def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = tree
+    for key in path[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _get_path(tree: dict[str, Any], path: tuple[str, ...]) -> Any:
+    node: Any = tree
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _env_overrides(environ: dict[str, str]) -> list[tuple[tuple[str, ...], str]]:
+    overrides = []
+    for name, path in ENV_NAMED_OVERRIDES.items():
+        if environ.get(name):
+            overrides.append((path, environ[name]))
+    for name, value in sorted(environ.items()):
+        if name.startswith(ENV_PATH_PREFIX) and len(name) > len(ENV_PATH_PREFIX):
+            path = tuple(part.lower() for part in name[len(ENV_PATH_PREFIX) :].split("__"))
+            overrides.append((path, value))
+    return overrides
+
+
+def _parse_env_value(raw: str) -> Any:
+    # YAML scalars give "0.3" -> 0.3, "false" -> False, "null" -> None, like config.yaml.
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def _format_error(source: str, error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "<root>"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif "input" in error and not isinstance(error["input"], dict):
+        message = f"{message} (got {error['input']!r})"
+    return f"{source}: {key}: {message}"
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Read config.yaml and the environment into :class:`Settings`.
+
+    Raises :class:`SettingsError` whose message has one line per bad key.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    path = Path(config_file or environ.get(ENV_CONFIG_FILE) or DEFAULT_CONFIG_FILE)
+    if not path.is_file():
+        raise SettingsError(f"{path}: config file not found")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from exc
+    if not isinstance(tree, dict):
+        raise SettingsError(f"{path}: top level must be a mapping of keys")
+
+    for key_path in _ENV_ONLY_KEYS:
+        if _get_path(tree, key_path) not in (None, ""):
+            raise SettingsError(
+                f"{path}: {'.'.join(key_path)}: must be null in the file; URLs carry "
+                f"credentials and come from the environment ({ENV_DATABASE_URL} for database.url)"
+            )
+
+    for key_path, raw in _env_overrides(environ):
+        _set_path(tree, key_path, _parse_env_value(raw))
+
+    try:
+        settings = Settings.model_validate(tree)
+    except ValidationError as exc:
+        lines = [_format_error(str(path), err) for err in exc.errors()]
+        raise SettingsError("\n".join(lines)) from None
+
+    data_dir = settings.data_dir
+    if not data_dir.is_absolute():
+        data_dir = (path.parent / data_dir).resolve()
+    return settings.model_copy(update={"data_dir": data_dir})
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, loaded once."""
+    return load_settings()
