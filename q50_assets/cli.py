@@ -1,0 +1,173 @@
+"""Command line: ``q50 migrate | load-sample | register-pools | demo``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from q50_assets.settings import ENV_DATABASE_URL, Settings, SettingsError, get_settings
+
+DAGSTER_YAML = """\
+# Written by `q50 demo` for the embedded default: runs and events in SQLite under this folder.
+# For PostgreSQL run storage see the README ("Dagster's own history in PostgreSQL").
+telemetry:
+  enabled: false
+"""
+
+
+def _database(settings: Settings):
+    from q50_assets.resources.database import CollectorDatabase
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return CollectorDatabase(url=settings.database_url)
+
+
+def _dagster_instance(settings: Settings):
+    """The instance of DAGSTER_HOME; for the embedded default, one under the data dir."""
+    from dagster import DagsterInstance
+
+    if not os.environ.get("DAGSTER_HOME"):
+        home = settings.data_dir / "dagster_home"
+        home.mkdir(parents=True, exist_ok=True)
+        os.environ["DAGSTER_HOME"] = str(home)
+    home = Path(os.environ["DAGSTER_HOME"])
+    if not home.is_absolute():
+        raise SettingsError(f"DAGSTER_HOME: must be an absolute path (got {home})")
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    return DagsterInstance.get()
+
+
+def cmd_migrate(settings: Settings, _args) -> int:
+    db = _database(settings)
+    print(f"{db.display_url}: project tables at revision {db.migrate()}")
+    return 0
+
+
+def cmd_load_sample(settings: Settings, _args) -> int:
+    from q50_assets.db.sample_loader import load_sample
+
+    db = _database(settings)
+    report = load_sample(db.engine)
+    print(f"Loaded the bundled sample into {db.display_url}:")
+    print("\n".join(report.lines()))
+    return 0
+
+
+def register_pools(settings: Settings, instance) -> list[str]:
+    """Add a dynamic partition for every pool that has bars of the configured timeframe."""
+    from q50_assets.assets.partitions import POOLS_PARTITION_NAME
+
+    pool_ids = _database(settings).pools_with_bars(settings.timeframe)
+    known = set(instance.get_dynamic_partitions(POOLS_PARTITION_NAME))
+    new = [p for p in pool_ids if p not in known]
+    if new:
+        instance.add_dynamic_partitions(POOLS_PARTITION_NAME, new)
+    return pool_ids
+
+
+def cmd_register_pools(settings: Settings, _args) -> int:
+    pool_ids = register_pools(settings, _dagster_instance(settings))
+    print(f"{len(pool_ids)} pools with {settings.timeframe} bars are registered as partitions")
+    return 0
+
+
+def cmd_demo(settings: Settings, args) -> int:
+    """Load the sample (embedded database only), migrate, materialize every pool, summarise."""
+    from q50_assets.db.sample_loader import load_sample
+    from q50_assets.definitions import build_definitions
+
+    started = time.perf_counter()
+    db = _database(settings)
+    embedded = not settings.database.url
+    print(f"q50 demo: collector database {db.display_url} (timeframe {settings.timeframe})")
+    if embedded or args.load_sample:
+        report = load_sample(db.engine)
+        print(f"Sample: {report.inserted} rows inserted" + (" (already loaded)" if not report.inserted else ""))
+    else:
+        print(f"Sample: not loaded ({ENV_DATABASE_URL} points at your collector; pass --load-sample to force)")
+    print(f"Project tables: revision {db.migrate()}")
+
+    instance = _dagster_instance(settings)
+    pool_ids = register_pools(settings, instance)
+    job = build_definitions(settings).resolve_job_def("refresh_pool")
+    print(f"Materializing {len(pool_ids)} pools (Dagster home {os.environ['DAGSTER_HOME']}) ...")
+
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    checks: dict[str, Counter] = {}
+    blocking: dict[str, bool] = {}
+    blocked: dict[str, list[str]] = {}
+    totals = Counter()
+    failed_runs = []
+    for pool_id in pool_ids:
+        result = job.execute_in_process(
+            partition_key=pool_id, instance=instance, run_config=quiet, raise_on_error=False
+        )
+        if not result.success and not result.get_asset_check_evaluations():
+            failed_runs.append(pool_id)
+            continue
+        for mat in result.asset_materializations_for_node("ohlcv_bars"):
+            md = mat.metadata
+            totals["rows_read"] += md["rows_read"].value
+            totals["complete_bars"] += md["complete_bars"].value
+            totals["partial"] += md["partial_bars_held_back"].value
+            if md["safe_for_downstream"].value:
+                totals["safe_pools"] += 1
+        for evaluation in result.get_asset_check_evaluations():
+            name = evaluation.check_name
+            checks.setdefault(name, Counter())["passed" if evaluation.passed else "failed"] += 1
+            blocking[name] = evaluation.severity.value == "ERROR"
+            if not evaluation.passed and blocking[name]:
+                blocked.setdefault(pool_id, []).append(name)
+
+    print()
+    print(f"Pools: {len(pool_ids)} with {settings.timeframe} bars; {totals['safe_pools']} safe for downstream stages")
+    print(
+        f"Bars: {totals['rows_read']:,} read = {totals['complete_bars']:,} complete "
+        f"+ {totals['partial']} newest (partial) bars held back"
+    )
+    print("Checks (pools passed / failed):")
+    for name, counts in checks.items():
+        kind = "blocking" if blocking[name] else "warning"
+        print(f"  {name:<28} {counts['passed']:>4} / {counts['failed']:<4} {kind}")
+    if blocked:
+        print("Blocked pools:")
+        for pool_id, names in blocked.items():
+            print(f"  {pool_id}: {', '.join(names)}")
+    if failed_runs:
+        print(f"Runs that failed outright: {failed_runs}")
+    print(f"Done in {time.perf_counter() - started:.1f} s. Open the UI: make ui  (or dagster dev -w workspace.yaml)")
+    return 1 if failed_runs else 0
+
+
+COMMANDS = {
+    "migrate": (cmd_migrate, "apply the project's migrations to the configured database"),
+    "load-sample": (cmd_load_sample, "load the bundled real sample into the collector tables (idempotent)"),
+    "register-pools": (cmd_register_pools, "add a Dagster partition for each pool with bars"),
+    "demo": (cmd_demo, "load the sample, migrate, materialize every pool, print a summary"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="q50", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_fn, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        if name == "demo":
+            p.add_argument("--load-sample", action="store_true", help="load the sample even into a non-embedded database")
+    args = parser.parse_args(argv)
+    try:
+        settings = get_settings()
+    except SettingsError as exc:
+        print(f"q50: bad settings: {exc}", file=sys.stderr)
+        return 2
+    return COMMANDS[args.command][0](settings, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+import hashlib
+
+import pandas as pd
+from sqlalchemy import func, insert, select, text
+
+from q50_assets.db.collector_models import COLLECTOR_TABLES, ohlcv_data, pools, trades
+from q50_assets.db.engine import get_engine
+from q50_assets.db.sample_loader import EXPORT_DIR, QLIB_CSV, load_sample
+
+
+def _table_digest(engine) -> dict[str, tuple[int, str]]:
+    """Row count and content hash of every collector table, order-independent."""
+    out = {}
+    with engine.connect() as conn:
+        for table in COLLECTOR_TABLES:
+            rows = conn.execute(select(table).order_by(*table.primary_key.columns)).all()
+            digest = hashlib.sha256(repr([tuple(r) for r in rows]).encode()).hexdigest()
+            out[table.name] = (len(rows), digest)
+    return out
+
+
+def test_loads_the_real_sample_and_a_second_run_changes_nothing(empty_db_url):
+    engine = get_engine(empty_db_url)
+    first = load_sample(engine)
+
+    export_bars = pd.read_csv(EXPORT_DIR / "ohlcv_data.csv.gz")
+    csv_bars = pd.read_csv(QLIB_CSV)
+    # Every export row plus every CSV bar the export does not already hold.
+    assert first.csv_bars_superseded_by_export == 72
+    assert first.tables["ohlcv_data"].inserted == len(export_bars) + len(csv_bars) - 72
+    assert first.tables["pools"].inserted == 4850 + 58
+    assert first.pools_synthesized == 58
+    before = _table_digest(engine)
+    assert before["trades"][0] == 371
+
+    second = load_sample(engine)
+    assert second.inserted == 0
+    assert all(t.already_present == t.in_sample for t in second.tables.values())
+    assert _table_digest(engine) == before
+
+
+def test_csv_bars_become_1h_rows_at_their_utc_open_and_the_export_wins_on_overlap(empty_db_url):
+    engine = get_engine(empty_db_url)
+    load_sample(engine)
+    pool = "solana_F5vAiFCP82RQetoxK7ax4dNQCwqk2yez6aisAbFPenJ2"
+    with engine.connect() as conn:
+        # The CSV's partial last bar (2025-09-28 07:00 UTC) was revised later: the export's close stays.
+        close = conn.execute(
+            select(ohlcv_data.c.close_price).where(
+                ohlcv_data.c.pool_id == pool, ohlcv_data.c.timeframe == "1h", ohlcv_data.c.timestamp == 1759042800
+            )
+        ).scalar_one()
+        first_csv_pool = conn.execute(
+            select(ohlcv_data.c.timestamp, ohlcv_data.c.open_price)
+            .where(ohlcv_data.c.pool_id == "solana_2Zya4XnGCrzAXBXw8ZpfNAifwH3xsCoLo1RB3FFdaRMj")
+            .order_by(ohlcv_data.c.timestamp)
+            .limit(1)
+        ).one()
+        synthesized = conn.execute(
+            select(pools.c.dex_id, pools.c.discovery_source).where(
+                pools.c.id == "solana_2Zya4XnGCrzAXBXw8ZpfNAifwH3xsCoLo1RB3FFdaRMj"
+            )
+        ).one()
+        # The trade quirk is preserved, not "fixed": block_timestamp is 6 h after the id's epoch.
+        trade_id, block_ts = conn.execute(select(trades.c.id, trades.c.block_timestamp).limit(1)).one()
+    assert close == 0.00010689  # the CSV export had 0.00010634 for this still-running bar
+    assert first_csv_pool == (1758265200, 0.00010512)  # 2025-09-19 07:00:00 UTC
+    assert synthesized == ("solana_unknown", "qlib_csv_1h")
+    true_epoch = int(trade_id.rsplit("_", 1)[1])
+    shift = pd.Timestamp(block_ts).tz_localize(None) if pd.Timestamp(block_ts).tzinfo is None else pd.Timestamp(block_ts).tz_convert(None)
+    assert round((shift - pd.Timestamp(true_epoch, unit="s")).total_seconds() / 3600) == 6
+
+
+def test_collector_can_keep_inserting_after_the_load(empty_db_url):
+    """The loader plays the collector: its explicit ids must not break the collector's next insert."""
+    engine = get_engine(empty_db_url)
+    load_sample(engine)
+    with engine.begin() as conn:
+        new_id = conn.execute(
+            insert(ohlcv_data)
+            .values(
+                pool_id="solana_F5vAiFCP82RQetoxK7ax4dNQCwqk2yez6aisAbFPenJ2",
+                timeframe="1h",
+                timestamp=1759700000 // 3600 * 3600,
+                datetime=pd.Timestamp(1759700000 // 3600 * 3600, unit="s", tz="UTC").to_pydatetime(),
+                open_price=1.0, high_price=1.0, low_price=1.0, close_price=1.0, volume_usd=0.0,
+                metadata_json={},
+            )
+            .returning(ohlcv_data.c.id)
+        ).scalar_one()
+        max_before = conn.execute(select(func.max(ohlcv_data.c.id)).where(ohlcv_data.c.id != new_id)).scalar()
+    assert new_id > max_before

@@ -1,0 +1,98 @@
+from pathlib import Path
+
+import pytest
+
+from q50_assets.settings import DEFAULT_CONFIG_FILE, SettingsError, load_settings
+
+
+def test_repo_config_loads_with_the_integration_plan_values():
+    s = load_settings(environ={})
+    nt = s.nautilus_trader
+    assert s.timeframe == "1h"
+    assert nt.enabled is True
+    assert nt.strategy_config.signal_source == "qlib"
+    rd = nt.strategy_config.regime_detection
+    assert (rd.use_existing_indicators, rd.rsi_periods, rd.macd_fast, rd.macd_slow) == (True, 14, 12, 26)
+    rm = nt.risk_management
+    assert (rm.max_position_size, rm.base_position_size, rm.use_existing_feature_vectors) == (0.5, 0.1, True)
+    # Relative data_dir is taken from the config file's folder; no URL -> embedded SQLite there.
+    assert s.data_dir == DEFAULT_CONFIG_FILE.parent / ".q50_data"
+    assert s.database_url == f"sqlite:///{s.data_dir / 'collector.sqlite'}"
+    assert s.signal_database_url == s.database_url
+
+
+def test_environment_overrides_by_name_and_by_path(tmp_path):
+    s = load_settings(
+        environ={
+            "Q50_DATABASE_URL": "postgresql://reader@db:5432/collector",
+            "Q50_DATA_DIR": str(tmp_path),
+            "Q50_TIMEFRAME": "5m",
+            "Q50__NAUTILUS_TRADER__ENABLED": "false",
+            "Q50__NAUTILUS_TRADER__RISK_MANAGEMENT__MAX_POSITION_SIZE": "0.3",
+            "Q50__OHLCV__MIN_BARS": "72",
+        }
+    )
+    assert s.database_url == "postgresql://reader@db:5432/collector"
+    assert s.data_dir == tmp_path
+    assert s.timeframe == "5m"
+    assert s.nautilus_trader.enabled is False
+    assert s.nautilus_trader.risk_management.max_position_size == 0.3
+    assert s.ohlcv.min_bars == 72
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"Q50_TIMEFRAME": "2h"}, "timeframe: Input should be '1m', '5m', '15m', '1h', '4h', '12h' or '1d' (got '2h')"),
+        (
+            {"Q50__NAUTILUS_TRADER__RISK_MANAGEMENT__MAX_POSITION_SIZE": "3"},
+            "nautilus_trader.risk_management.max_position_size: Input should be less than or equal to 1 (got 3)",
+        ),
+        (
+            {"Q50__OHLCV__MIN_BARS": "many"},
+            "ohlcv.min_bars: Input should be a valid integer, unable to parse string as an integer (got 'many')",
+        ),
+        (
+            {"Q50__NAUTILUS_TRADER__STRATEGY_CONFIG__REGIME_DETECTION__MACD_FAST": "30"},
+            "nautilus_trader.strategy_config.regime_detection: macd_fast (30) must be smaller than macd_slow (26)",
+        ),
+        (
+            {"Q50__NAUTILUS_TRADER__RISK_MANAGEMENT__BASE_POSITION_SIZE": "0.9"},
+            "nautilus_trader.risk_management: base_position_size (0.9) exceeds max_position_size (0.5)",
+        ),
+        ({"Q50__OHLCV__MIN_BAR": "5"}, "ohlcv.min_bar: unknown key"),
+    ],
+)
+def test_bad_value_fails_with_one_line_naming_the_key(env, expected):
+    with pytest.raises(SettingsError) as err:
+        load_settings(environ=env)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message == f"{DEFAULT_CONFIG_FILE}: {expected}"
+
+
+def test_url_in_the_config_file_is_refused(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("database:\n  url: postgresql://u:secret@host/db\n")
+    with pytest.raises(SettingsError, match=r"database\.url: must be null in the file"):
+        load_settings(config, environ={})
+
+
+def test_missing_and_malformed_config_files(tmp_path):
+    with pytest.raises(SettingsError, match="config file not found"):
+        load_settings(tmp_path / "nope.yaml", environ={})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("timeframe: [1h\n")
+    with pytest.raises(SettingsError, match="not valid YAML"):
+        load_settings(bad, environ={})
+
+
+def test_no_committed_file_holds_a_password():
+    root = DEFAULT_CONFIG_FILE.parent
+    for path in [root / "config.yaml", root / "workspace.yaml", root / "pyproject.toml", root / "README.md"]:
+        text = Path(path).read_text()
+        assert "12345678!" not in text
+        # A URL with user:password@ would be a committed credential.
+        import re
+
+        assert not re.search(r"://[^/\s:@]+:[^@\s/]+@", text), path
