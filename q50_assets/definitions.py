@@ -6,21 +6,27 @@ import os
 
 from dagster import Definitions, EnvVar
 
+from q50_assets.assets.features import qlib_features
 from q50_assets.assets.ohlcv import ohlcv_bars
 from q50_assets.automation.jobs import refresh_pool_job
 from q50_assets.resources.database import CollectorDatabase
+from q50_assets.resources.qlib_store import QlibStore
 from q50_assets.settings import ENV_DATABASE_URL, Settings, get_settings
 
 
 def build_resources(settings: Settings) -> dict:
     # An env-var URL stays an EnvVar so the UI shows its name, never the credentials in it.
     url = EnvVar(ENV_DATABASE_URL) if os.environ.get(ENV_DATABASE_URL) else settings.database_url
-    return {"collector_db": CollectorDatabase(url=url), "settings": settings}
+    return {
+        "collector_db": CollectorDatabase(url=url),
+        "qlib_store": QlibStore(provider_dir=str(settings.data_dir / "qlib"), timeframe=settings.timeframe),
+        "settings": settings,
+    }
 
 
 def build_definitions(settings: Settings) -> Definitions:
     return Definitions(
-        assets=[ohlcv_bars],
+        assets=[ohlcv_bars, qlib_features],
         jobs=[refresh_pool_job],
         resources=build_resources(settings),
     )

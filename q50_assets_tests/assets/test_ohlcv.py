@@ -146,6 +146,6 @@ def test_a_pool_without_bars_of_the_timeframe_is_blocked_not_crashed(settings, i
 def test_definitions_list_the_ohlcv_asset_and_every_check(settings):
     defs = build_definitions(settings)
     graph = defs.resolve_asset_graph()
-    checks = {key.name for key in graph.asset_check_keys}
+    checks = {key.name for key in graph.asset_check_keys if key.asset_key == AssetKey("ohlcv_bars")}
     assert checks == {r.name for r in BAR_RULES}
     assert defs.resolve_job_def("refresh_pool") is not None

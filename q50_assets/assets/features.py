@@ -1,0 +1,141 @@
+"""Lineage stage 2 - QLib features: one pool's bars written to the QLib store, features
+computed by QLib's expression engine, vectors persisted to ``pool_feature_vectors``.
+
+Glue only: formulas live in :mod:`q50_assets.research.features`.
+"""
+
+import numpy as np
+import pandas as pd
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    MetadataValue,
+    Output,
+    ResourceParam,
+    asset,
+)
+
+from q50_assets.assets.ohlcv import OHLCV_ASSET
+from q50_assets.assets.partitions import pool_partitions
+from q50_assets.research.bars import TIMEFRAME_SECONDS, ValidatedBars, require_safe
+from q50_assets.research.features import (
+    feature_expressions,
+    feature_set_version,
+    mark_warmup,
+    to_hourly_grid,
+    warmup_bars,
+)
+from q50_assets.resources.database import CollectorDatabase
+from q50_assets.resources.qlib_store import QlibStore, instrument_name
+from q50_assets.settings import Settings
+
+FEATURES_ASSET = "qlib_features"
+
+
+def expressions_for(settings: Settings) -> dict[str, str]:
+    rd = settings.nautilus_trader.strategy_config.regime_detection
+    return feature_expressions(rd.rsi_periods, rd.macd_fast, rd.macd_slow)
+
+
+def build_pool_features(
+    pool_id: str, bars: pd.DataFrame, settings: Settings, store: QlibStore
+) -> tuple[pd.DataFrame, list[str], str]:
+    """Write a pool's grid to the store and evaluate the feature expressions on it.
+
+    Returns the frame (index open_time: feature columns, close, is_filled, is_warmup, known_at),
+    the feature column names and the feature-set version.
+    """
+    rd = settings.nautilus_trader.strategy_config.regime_detection
+    bar_seconds = TIMEFRAME_SECONDS[settings.timeframe]
+    expressions = expressions_for(settings)
+    warmup = warmup_bars(rd.macd_slow)
+    grid = to_hourly_grid(bars, bar_seconds)
+    store.write_pool(pool_id, grid)
+    frame = store.features([pool_id], expressions).loc[pool_id]
+    frame["close"] = grid["close"].reindex(frame.index)
+    frame["is_filled"] = grid["filled"].reindex(frame.index).astype(bool)
+    frame["is_warmup"] = mark_warmup(frame.index, bars.index[0], bar_seconds, warmup)
+    frame["known_at"] = frame.index + pd.Timedelta(seconds=bar_seconds)
+    return frame, list(expressions), feature_set_version(expressions, warmup)
+
+
+@asset(
+    name=FEATURES_ASSET,
+    partitions_def=pool_partitions,
+    group_name="features",
+    kinds={"qlib", "pandas"},
+    check_specs=[
+        AssetCheckSpec(
+            "no_nan_after_warmup",
+            asset=FEATURES_ASSET,
+            blocking=True,
+            description="Every feature of every real bar after the warm-up is a finite number.",
+        ),
+        AssetCheckSpec(
+            "instrument_mapping_roundtrip",
+            asset=FEATURES_ASSET,
+            blocking=True,
+            description="The pool's QLib instrument maps back to exactly this pool id, and no two pools share one.",
+        ),
+    ],
+    description="The pool's validated bars on a full hourly grid in QLib's binary store; features "
+    "(the Q50 set, RSI, MACD, Bollinger) from QLib's expression engine; vectors persisted to "
+    "pool_feature_vectors. Warm-up rows are marked, missing hours flagged as flat filled bars.",
+)
+def qlib_features(
+    context: AssetExecutionContext,
+    ohlcv_bars: ValidatedBars,
+    collector_db: CollectorDatabase,
+    qlib_store: QlibStore,
+    settings: ResourceParam[Settings],
+):
+    pool_id = context.partition_key
+    bars = require_safe(ohlcv_bars)
+    frame, columns, version = build_pool_features(pool_id, bars, settings, qlib_store)
+    real = ~frame["is_filled"]
+    frame["feature_vector_id"] = collector_db.upsert_feature_vectors(
+        pool_id, settings.timeframe, version, frame[real], columns
+    )
+
+    usable = real & ~frame["is_warmup"]
+    values = frame.loc[usable, columns].to_numpy()
+    bad_rows = frame.index[usable][~np.isfinite(values).all(axis=1)]
+    instrument = instrument_name(pool_id)
+    mapping = qlib_store.mapping()
+    owners = [e["pool_id"] for e in mapping.values()]
+    roundtrip_ok = mapping.get(instrument, {}).get("pool_id") == pool_id and len(set(owners)) == len(owners)
+
+    yield Output(
+        frame,
+        metadata={
+            "pool_id": pool_id,
+            "feature_set_version": version,
+            "features": len(columns),
+            "grid_rows": len(frame),
+            "real_bars": int(real.sum()),
+            "filled_bars": int(frame["is_filled"].sum()),
+            "warmup_rows": int(frame["is_warmup"].sum()),
+            "usable_rows": int(usable.sum()),
+            "instrument": instrument,
+            "feature_vectors_written": int(real.sum()),
+        },
+    )
+    yield AssetCheckResult(
+        check_name="no_nan_after_warmup",
+        passed=len(bad_rows) == 0,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={
+            "pool_id": pool_id,
+            "rows_checked": int(usable.sum()),
+            "rows_with_nan": len(bad_rows),
+            "first_rows_with_nan": MetadataValue.json([t.isoformat() for t in bad_rows[:20]]),
+        },
+    )
+    yield AssetCheckResult(
+        check_name="instrument_mapping_roundtrip",
+        passed=roundtrip_ok,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"pool_id": pool_id, "instrument": instrument, "instruments_in_store": len(mapping)},
+    )
