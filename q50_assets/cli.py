@@ -79,6 +79,8 @@ def cmd_register_pools(settings: Settings, _args) -> int:
 
 def cmd_demo(settings: Settings, args) -> int:
     """Load the sample (embedded database only), migrate, materialize every pool, summarise."""
+    from dagster import AssetKey
+
     from q50_assets.db.sample_loader import load_sample
     from q50_assets.definitions import build_definitions
 
@@ -95,20 +97,23 @@ def cmd_demo(settings: Settings, args) -> int:
 
     instance = _dagster_instance(settings)
     pool_ids = register_pools(settings, instance)
-    job = build_definitions(settings).resolve_job_def("refresh_pool")
+    defs = build_definitions(settings)
+    refresh = defs.resolve_job_def("refresh_pool")
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     print(f"Materializing {len(pool_ids)} pools (Dagster home {os.environ['DAGSTER_HOME']}) ...")
 
-    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    # 1. per pool: OHLCV + features (a pool failing a blocking check stops there)
     checks: dict[str, Counter] = {}
-    blocking: dict[str, bool] = {}
     blocked: dict[str, list[str]] = {}
     totals = Counter()
-    failed_runs = []
+    safe_pools, failed_runs = [], []
     for pool_id in pool_ids:
-        result = job.execute_in_process(
-            partition_key=pool_id, instance=instance, run_config=quiet, raise_on_error=False
+        result = refresh.execute_in_process(
+            partition_key=pool_id, instance=instance, run_config=quiet, raise_on_error=False,
+            asset_selection=[AssetKey("ohlcv_bars"), AssetKey("qlib_features")],
         )
-        if not result.success and not result.get_asset_check_evaluations():
+        evaluations = result.get_asset_check_evaluations()
+        if not result.success and not any(not e.passed for e in evaluations):
             failed_runs.append(pool_id)
             continue
         for mat in result.asset_materializations_for_node("ohlcv_bars"):
@@ -116,25 +121,72 @@ def cmd_demo(settings: Settings, args) -> int:
             totals["rows_read"] += md["rows_read"].value
             totals["complete_bars"] += md["complete_bars"].value
             totals["partial"] += md["partial_bars_held_back"].value
-            if md["safe_for_downstream"].value:
-                totals["safe_pools"] += 1
-        for evaluation in result.get_asset_check_evaluations():
-            name = evaluation.check_name
-            checks.setdefault(name, Counter())["passed" if evaluation.passed else "failed"] += 1
-            blocking[name] = evaluation.severity.value == "ERROR"
-            if not evaluation.passed and blocking[name]:
-                blocked.setdefault(pool_id, []).append(name)
+        for e in evaluations:
+            label = f"{e.asset_key.to_user_string()}.{e.check_name}"
+            checks.setdefault(label, Counter())["passed" if e.passed else "failed"] += 1
+            checks[label]["blocking"] = int(e.severity.value == "ERROR")
+            if not e.passed and e.severity.value == "ERROR":
+                blocked.setdefault(pool_id, []).append(e.check_name)
+        if result.success:
+            safe_pools.append(pool_id)
+
+    # 2. the walk-forward model over every pool in the QLib store
+    model_run = defs.resolve_job_def("train_q50_model").execute_in_process(
+        instance=instance, run_config=quiet, raise_on_error=False
+    )
+    model_md = {}
+    if model_run.success:
+        model_md = {k: v.value for k, v in model_run.asset_materializations_for_node("q50_model")[0].metadata.items()}
+    else:
+        failed_runs.append("q50_model")
+    for e in model_run.get_asset_check_evaluations():
+        label = f"q50_model.{e.check_name}"
+        checks.setdefault(label, Counter())["passed" if e.passed else "failed"] += 1
+        checks[label]["blocking"] = int(e.severity.value == "ERROR")
+
+    # 3. per pool: signals from the out-of-sample predictions
+    signal_counts = {}
+    if model_run.success:
+        for pool_id in safe_pools:
+            result = refresh.execute_in_process(
+                partition_key=pool_id, instance=instance, run_config=quiet, raise_on_error=False,
+                asset_selection=[AssetKey("q50_signals")],
+            )
+            if not result.success and not result.get_asset_check_evaluations():
+                failed_runs.append(f"q50_signals[{pool_id}]")
+                continue
+            md = {k: v.value for k, v in result.asset_materializations_for_node("q50_signals")[0].metadata.items()}
+            signal_counts[pool_id] = md
+            for e in result.get_asset_check_evaluations():
+                label = f"q50_signals.{e.check_name}"
+                checks.setdefault(label, Counter())["passed" if e.passed else "failed"] += 1
+                checks[label]["blocking"] = int(e.severity.value == "ERROR")
 
     print()
-    print(f"Pools: {len(pool_ids)} with {settings.timeframe} bars; {totals['safe_pools']} safe for downstream stages")
+    print(f"Pools: {len(pool_ids)} with {settings.timeframe} bars; {len(safe_pools)} safe for downstream stages")
     print(
         f"Bars: {totals['rows_read']:,} read = {totals['complete_bars']:,} complete "
         f"+ {totals['partial']} newest (partial) bars held back"
     )
-    print("Checks (pools passed / failed):")
+    if model_md:
+        print(
+            f"Q50 model: {model_md['folds']} walk-forward folds, {model_md['oos_labelled_rows']:,} out-of-sample "
+            f"predictions with known labels, {model_md['crossed_repaired']} crossed quantiles repaired, "
+            f"{model_md['seconds']} s"
+        )
+        print("  out of sample   pinball   coverage (target)")
+        for col, target in (("q10", 0.1), ("q50", 0.5), ("q90", 0.9)):
+            print(f"  {col:<15} {model_md['pinball_' + col]:.5f}   {model_md['coverage_' + col]:.3f}   ({target})")
+    if signal_counts:
+        print("Signals per pool (bars with an OOS signal: long / short / hold):")
+        for pool_id, md in sorted(signal_counts.items(), key=lambda kv: -kv[1]["signals"]):
+            print(f"  {pool_id:<52} {md['signals']:>5}: {md['long']:>4} / {md['short']:>3} / {md['hold']:>5}")
+        print(f"  total {sum(m['signals'] for m in signal_counts.values()):,} signals, "
+              f"{sum(m['tradeable'] for m in signal_counts.values()):,} tradeable after costs")
+    print("Checks (passed / failed):")
     for name, counts in checks.items():
-        kind = "blocking" if blocking[name] else "warning"
-        print(f"  {name:<28} {counts['passed']:>4} / {counts['failed']:<4} {kind}")
+        kind = "blocking" if counts["blocking"] else "warning"
+        print(f"  {name:<42} {counts['passed']:>4} / {counts['failed']:<4} {kind}")
     if blocked:
         print("Blocked pools:")
         for pool_id, names in blocked.items():

@@ -77,6 +77,35 @@ class OhlcvSettings(_Section):
     )
 
 
+class ModelSettings(_Section):
+    """Walk-forward LightGBM quantile model (q10/q50/q90)."""
+
+    horizon_bars: int = Field(default=1, ge=1, description="Label: forward return over this many bars.")
+    initial_train_bars: int = Field(
+        default=240, ge=24, description="Calendar bars before the first fold boundary (first window)."
+    )
+    retrain_every_bars: int = Field(default=24, ge=1, description="A new model every N bars of calendar time.")
+    min_train_rows: int = Field(default=200, ge=10, description="Folds with fewer labelled rows are skipped.")
+    seed: int = 42
+    num_boost_round: int = Field(default=150, ge=10)
+    coverage_tolerance: float = Field(
+        default=0.05,
+        gt=0,
+        lt=0.5,
+        description="Allowed miscalibration of OOS q10/q90 coverage beyond 3 binomial standard errors.",
+    )
+
+
+class SignalSettings(_Section):
+    swap_fee: float = Field(default=0.0025, ge=0, lt=0.1, description="DEX swap fee per side (0.25 %).")
+    variance_multiplier: float = Field(default=1.0, ge=0)
+    allow_short: bool = Field(default=False, description="Spot DEX: no borrowing is modelled.")
+
+    @property
+    def round_trip_cost(self) -> float:
+        return 2 * self.swap_fee
+
+
 class RegimeDetectionSettings(_Section):
     use_existing_indicators: bool = True
     rsi_periods: int = Field(default=14, ge=2)
@@ -132,6 +161,8 @@ class Settings(_Section):
     timeframe: Timeframe = "1h"
     database: DatabaseSettings = DatabaseSettings()
     ohlcv: OhlcvSettings = OhlcvSettings()
+    model: ModelSettings = ModelSettings()
+    signals: SignalSettings = SignalSettings()
     nautilus_trader: NautilusTraderSettings = NautilusTraderSettings()
 
     @property

@@ -95,7 +95,7 @@ def qlib_features(
     bars = require_safe(ohlcv_bars)
     frame, columns, version = build_pool_features(pool_id, bars, settings, qlib_store)
     real = ~frame["is_filled"]
-    frame["feature_vector_id"] = collector_db.upsert_feature_vectors(
+    frame["feature_vector_id"], stale_vectors = collector_db.upsert_feature_vectors(
         pool_id, settings.timeframe, version, frame[real], columns
     )
 
@@ -120,6 +120,7 @@ def qlib_features(
             "usable_rows": int(usable.sum()),
             "instrument": instrument,
             "feature_vectors_written": int(real.sum()),
+            "stale_feature_vectors_kept": stale_vectors,
         },
     )
     yield AssetCheckResult(

@@ -1,10 +1,25 @@
-"""Named jobs."""
+"""Named jobs.
+
+The model is trained on all pools at once (unpartitioned); everything else is per pool.
+"""
 
 from dagster import AssetSelection, define_asset_job
 
-# Everything downstream of the collector for the pools (partitions) a run is given.
+from q50_assets.assets.features import FEATURES_ASSET
+from q50_assets.assets.model import MODEL_ASSET
+from q50_assets.assets.ohlcv import OHLCV_ASSET
+from q50_assets.assets.signals import SIGNALS_ASSET
+
+# Per pool: collector bars -> validated bars -> QLib store + features -> signals from the
+# latest trained model (materialize q50_model first on a new deployment).
 refresh_pool_job = define_asset_job(
     "refresh_pool",
-    selection=AssetSelection.all(),
-    description="OHLCV (and, as stages are added, everything downstream) for one pool.",
+    selection=AssetSelection.assets(OHLCV_ASSET, FEATURES_ASSET, SIGNALS_ASSET),
+    description="OHLCV, features and signals for one pool (one partition).",
+)
+
+train_q50_model_job = define_asset_job(
+    "train_q50_model",
+    selection=AssetSelection.assets(MODEL_ASSET),
+    description="Walk-forward Q50 model over every pool in the QLib store.",
 )

@@ -70,4 +70,35 @@ q50_trading_history = Table(
     Index("idx_q50_trading_history_run", "backtest_run_id"),
 )
 
+q50_signals = Table(
+    "q50_signals",
+    q50_metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("pool_id", String(200), ForeignKey("pools.id"), nullable=False),
+    Column("timeframe", String(10), nullable=False),
+    Column("timestamp", TimestampTZ, nullable=False),
+    Column("known_at", TimestampTZ, nullable=False),
+    Column("model_run", String(64), nullable=False),
+    Column("fold", Integer, nullable=False),
+    Column("q10", Float, nullable=False),
+    Column("q50", Float, nullable=False),
+    Column("q90", Float, nullable=False),
+    Column("spread", Float, nullable=False),
+    Column("abs_q50", Float, nullable=False),
+    Column("prob_up", Float, nullable=False),
+    Column("vol_risk", Float),
+    Column("enhanced_info_ratio", Float),
+    Column("expected_value", Float),
+    Column("expected_value_net", Float),
+    Column("threshold", Float),
+    Column("tradeable", Boolean, nullable=False),
+    Column("side", String(10), nullable=False),
+    Column("signal_tier", String(2), nullable=False),
+    Column("reason", String(60)),
+    Column("feature_vector_id", _Id, ForeignKey("pool_feature_vectors.id")),
+    Column("created_at", TimestampTZ, nullable=False, server_default=func.now()),
+    UniqueConstraint("pool_id", "timeframe", "timestamp", name="uq_q50_signals_pool_bar"),
+    Index("idx_q50_signals_pool_known_at", "pool_id", "timeframe", "known_at"),
+)
+
 Q50_TABLE_NAMES = tuple(q50_metadata.tables)

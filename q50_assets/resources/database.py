@@ -14,8 +14,14 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from q50_assets.db import migrate
 from q50_assets.db.collector_models import ohlcv_data, pools
 from q50_assets.db.engine import get_engine, redact_url
-from q50_assets.db.q50_models import pool_feature_vectors
+from q50_assets.db.q50_models import pool_feature_vectors, q50_signals
 from q50_assets.research.bars import RAW_COLUMNS
+
+def _utc(value) -> pd.Timestamp:
+    """SQLite returns naive datetimes (stored as UTC), PostgreSQL aware ones."""
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
 
 # URLs whose migrations ran in this process (upgrade is idempotent; once is enough).
 _migrated: set[str] = set()
@@ -56,45 +62,86 @@ class CollectorDatabase(ConfigurableResource):
         """Write one pool's feature vectors (index open_time; known_at, is_warmup columns).
 
         Keyed by (pool, timeframe, open time, feature-set version): re-runs update in place, so
-        ids stay stable for trading history to point at. Vectors whose bar no longer exists are
-        deleted. Returns the vector id per open_time.
+        ids stay stable for signals and trading history to point at. A vector whose bar the
+        collector has since deleted is kept (a decision may have used it) and counted as stale.
+        Returns (vector id per open_time, number of stale vectors).
         """
         self.ensure_schema()
         t = pool_feature_vectors
+        values = frame[feature_columns].to_numpy(dtype="float64")
+        known_at = [ts.to_pydatetime() for ts in frame["known_at"]]
+        warmup = frame["is_warmup"].to_numpy(dtype=bool)
         records = [
             {
                 "pool_id": pool_id,
                 "timeframe": timeframe,
                 "timestamp": open_time.to_pydatetime(),
-                "known_at": row.known_at.to_pydatetime(),
+                "known_at": known_at[i],
                 "feature_set_version": version,
-                "is_warmup": bool(row.is_warmup),
-                "feature_values": {
-                    c: (None if math.isnan(v) else float(v)) for c, v in zip(feature_columns, row[feature_columns])
-                },
+                "is_warmup": bool(warmup[i]),
+                "feature_values": {c: (None if math.isnan(v) else float(v)) for c, v in zip(feature_columns, values[i])},
             }
-            for open_time, row in frame.iterrows()
+            for i, open_time in enumerate(frame.index)
         ]
         key = [t.c.pool_id, t.c.timeframe, t.c.timestamp, t.c.feature_set_version]
+        stmt = self._insert(t)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=key,
+            set_={
+                "known_at": stmt.excluded.known_at,
+                "is_warmup": stmt.excluded.is_warmup,
+                "feature_values": stmt.excluded.feature_values,
+            },
+        )
         with self.engine.begin() as conn:
-            for start in range(0, len(records), 1000):
-                stmt = self._insert(t).values(records[start : start + 1000])
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=key,
-                    set_={
-                        "known_at": stmt.excluded.known_at,
-                        "is_warmup": stmt.excluded.is_warmup,
-                        "feature_values": stmt.excluded.feature_values,
-                    },
-                )
-                conn.execute(stmt)
+            # executemany: one compiled statement, batched by the driver ("insertmanyvalues"),
+            # instead of compiling a 1000-row VALUES clause per chunk.
+            if records:
+                conn.execute(stmt, records)
             scope = (t.c.pool_id == pool_id, t.c.timeframe == timeframe, t.c.feature_set_version == version)
-            keep = [r["timestamp"] for r in records]
-            conn.execute(delete(t).where(*scope, t.c.timestamp.not_in(keep)))
             rows = conn.execute(select(t.c.timestamp, t.c.id).where(*scope)).all()
-        ids = pd.Series({pd.Timestamp(ts).tz_localize("UTC") if pd.Timestamp(ts).tzinfo is None
-                         else pd.Timestamp(ts).tz_convert("UTC"): vid for ts, vid in rows}, dtype="int64")
-        return ids.reindex(frame.index)
+        ids = pd.Series({_utc(ts): vid for ts, vid in rows}, dtype="int64")
+        stale = int((~ids.index.isin(frame.index)).sum())
+        return ids.reindex(frame.index), stale
+
+    def replace_signals(self, pool_id: str, timeframe: str, signals: pd.DataFrame) -> int:
+        """Replace one pool's signals in one transaction (no duplicates, never half-written)."""
+        self.ensure_schema()
+        columns = [c.name for c in q50_signals.columns if c.name not in ("id", "pool_id", "timeframe", "timestamp", "created_at")]
+        # Column-wise to plain Python values (NaN -> NULL, Timestamp -> datetime, numpy -> builtin).
+        as_python = {}
+        for c in columns:
+            series = signals[c]
+            if isinstance(series.dtype, pd.DatetimeTZDtype):
+                as_python[c] = [None if pd.isna(v) else v.to_pydatetime() for v in series]
+            else:
+                as_python[c] = [None if isinstance(v, float) and math.isnan(v) else v
+                                for v in series.astype(object).tolist()]
+        records = [
+            {"pool_id": pool_id, "timeframe": timeframe, "timestamp": open_time.to_pydatetime(),
+             **{c: as_python[c][i] for c in columns}}
+            for i, open_time in enumerate(signals.index)
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(delete(q50_signals).where(q50_signals.c.pool_id == pool_id, q50_signals.c.timeframe == timeframe))
+            if records:
+                conn.execute(q50_signals.insert(), records)
+        return len(records)
+
+    def signal_for_timestamp(self, pool_id: str, timeframe: str, at) -> dict | None:
+        """The latest persisted signal KNOWN at ``at`` (as-of backward), or None. Never a later one."""
+        at = pd.Timestamp(at)
+        at = at.tz_localize("UTC") if at.tzinfo is None else at.tz_convert("UTC")
+        t = q50_signals
+        stmt = (
+            select(t)
+            .where(t.c.pool_id == pool_id, t.c.timeframe == timeframe, t.c.known_at <= at.to_pydatetime())
+            .order_by(t.c.known_at.desc(), t.c.timestamp.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt).mappings().first()
+        return None if row is None else dict(row)
 
     def read_bars(self, pool_id: str, timeframe: str) -> pd.DataFrame:
         """Every ``ohlcv_data`` row of one pool and timeframe, collector column names."""

@@ -1,0 +1,119 @@
+"""Lineage stage 3b - Q50 signals per pool: signal columns from the out-of-sample quantiles
+and the pool's features, persisted to ``q50_signals`` keyed by pool and bar, with the time
+each becomes known.
+
+Glue only: every formula is in :mod:`q50_assets.research.signals`.
+"""
+
+import pandas as pd
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    MetadataValue,
+    Output,
+    ResourceParam,
+    asset,
+)
+
+from q50_assets.assets.model import TrainedQ50Model
+from q50_assets.assets.partitions import pool_partitions
+from q50_assets.research.bars import TIMEFRAME_SECONDS
+from q50_assets.research.signals import SignalConfig, compute_signals
+from q50_assets.resources.database import CollectorDatabase
+from q50_assets.settings import Settings
+
+SIGNALS_ASSET = "q50_signals"
+
+
+def signal_config(settings: Settings) -> SignalConfig:
+    s = settings.signals
+    return SignalConfig(
+        round_trip_cost=s.round_trip_cost, variance_multiplier=s.variance_multiplier, allow_short=s.allow_short
+    )
+
+
+def pool_signals(pool_id: str, model: TrainedQ50Model, features: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    """One pool's signal rows (index open_time) from the model's OOS predictions."""
+    preds = model.result.predictions
+    if pool_id in preds.index.get_level_values("pool_id"):
+        pool_preds = preds.xs(pool_id, level="pool_id")
+    else:
+        pool_preds = preds.iloc[0:0].droplevel("pool_id")
+    signals = compute_signals(
+        pool_preds[["q10", "q50", "q90", "predicted_at"]],
+        features["vol_risk"].reindex(pool_preds.index),
+        signal_config(settings),
+    )
+    signals["fold"] = pool_preds["fold"].astype("int64")
+    signals["model_run"] = model.run_id
+    signals["feature_vector_id"] = features["feature_vector_id"].reindex(signals.index)
+    return signals
+
+
+@asset(
+    name=SIGNALS_ASSET,
+    partitions_def=pool_partitions,
+    group_name="signals",
+    kinds={"pandas", "sql"},
+    check_specs=[
+        AssetCheckSpec(
+            "known_at_after_bar_close",
+            asset=SIGNALS_ASSET,
+            blocking=True,
+            description="Every signal becomes known at or after its bar's close (open + timeframe).",
+        ),
+        AssetCheckSpec(
+            "quantiles_ordered",
+            asset=SIGNALS_ASSET,
+            blocking=True,
+            description="q10 <= q50 <= q90 on every signal row.",
+        ),
+    ],
+    description="Per pool: spread, prob_up, enhanced info ratio, expected value, adaptive threshold "
+    "(with the round-trip cost), tradeable, side and tier from the out-of-sample q10/q50/q90; "
+    "persisted to q50_signals with the time each becomes known.",
+)
+def q50_signals(
+    context: AssetExecutionContext,
+    q50_model: TrainedQ50Model,
+    qlib_features: pd.DataFrame,
+    collector_db: CollectorDatabase,
+    settings: ResourceParam[Settings],
+):
+    pool_id = context.partition_key
+    signals = pool_signals(pool_id, q50_model, qlib_features, settings)
+    written = collector_db.replace_signals(pool_id, settings.timeframe, signals)
+
+    bar = pd.Timedelta(seconds=TIMEFRAME_SECONDS[settings.timeframe])
+    early = signals.index[signals["known_at"] < signals.index + bar]
+    crossed = signals.index[~((signals["q10"] <= signals["q50"]) & (signals["q50"] <= signals["q90"]))]
+    sides = signals["side"].value_counts()
+    yield Output(
+        signals,
+        metadata={
+            "pool_id": pool_id,
+            "signals": written,
+            "tradeable": int(signals["tradeable"].sum()),
+            "long": int(sides.get("long", 0)),
+            "short": int(sides.get("short", 0)),
+            "hold": int(sides.get("hold", 0)),
+            "model_run": q50_model.run_id,
+            "first_known_at": MetadataValue.text(str(signals["known_at"].min()) if written else "none"),
+            "last_known_at": MetadataValue.text(str(signals["known_at"].max()) if written else "none"),
+        },
+    )
+    yield AssetCheckResult(
+        check_name="known_at_after_bar_close",
+        passed=len(early) == 0,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"pool_id": pool_id, "early_signals": len(early),
+                  "first_early": MetadataValue.json([t.isoformat() for t in early[:20]])},
+    )
+    yield AssetCheckResult(
+        check_name="quantiles_ordered",
+        passed=len(crossed) == 0,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"pool_id": pool_id, "crossed_rows": len(crossed)},
+    )
