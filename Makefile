@@ -6,7 +6,7 @@ DATA_DIR := $(CURDIR)/.q50_data
 # Absolute, as Dagster requires; shared by the demo and the UI so the UI shows the demo's runs.
 export DAGSTER_HOME ?= $(DATA_DIR)/dagster_home
 
-.PHONY: demo test ui setup clean
+.PHONY: demo test ui benchmark setup clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest
+
+benchmark: $(STAMP)
+	$(VENV)/bin/q50 benchmark
 
 ui: $(STAMP)
 	@mkdir -p $(DAGSTER_HOME)

@@ -1,4 +1,4 @@
-"""Command line: ``q50 migrate | load-sample | register-pools | demo``."""
+"""Command line: ``q50 migrate | load-sample | register-pools | demo | benchmark``."""
 
 from __future__ import annotations
 
@@ -197,11 +197,29 @@ def cmd_demo(settings: Settings, args) -> int:
     return 1 if failed_runs else 0
 
 
+def cmd_benchmark(settings: Settings, args) -> int:
+    """Time each stage on the bundled sample in a scratch dir; print a table, write JSON."""
+    import json
+
+    from q50_assets.benchmark import format_table, run_benchmark
+
+    scratch = settings.data_dir / "benchmark"
+    print(f"q50 benchmark: every stage on the bundled sample, scratch dir {scratch} ...", flush=True)
+    report = run_benchmark(settings, scratch)
+    output = Path(args.output) if args.output else settings.data_dir / "benchmark.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2, default=str))
+    print(format_table(report))
+    print(f"JSON: {output}")
+    return 0 if all(t["met"] for t in report["targets"].values()) else 1
+
+
 COMMANDS = {
     "migrate": (cmd_migrate, "apply the project's migrations to the configured database"),
     "load-sample": (cmd_load_sample, "load the bundled real sample into the collector tables (idempotent)"),
     "register-pools": (cmd_register_pools, "add a Dagster partition for each pool with bars"),
     "demo": (cmd_demo, "load the sample, migrate, materialize every pool, print a summary"),
+    "benchmark": (cmd_benchmark, "time every stage on the bundled sample; print a table, write JSON"),
 }
 
 
@@ -212,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_text)
         if name == "demo":
             p.add_argument("--load-sample", action="store_true", help="load the sample even into a non-embedded database")
+        if name == "benchmark":
+            p.add_argument("--output", help="JSON path (default <data_dir>/benchmark.json)")
     args = parser.parse_args(argv)
     try:
         settings = get_settings()
