@@ -102,7 +102,7 @@ def cmd_demo(settings: Settings, args) -> int:
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     print(f"Materializing {len(pool_ids)} pools (Dagster home {os.environ['DAGSTER_HOME']}) ...")
 
-    # 1. per pool: OHLCV + features (a pool failing a blocking check stops there)
+    # 1. per pool: OHLCV + features + regimes (a pool failing a blocking check stops there)
     checks: dict[str, Counter] = {}
     blocked: dict[str, list[str]] = {}
     totals = Counter()
@@ -110,7 +110,7 @@ def cmd_demo(settings: Settings, args) -> int:
     for pool_id in pool_ids:
         result = refresh.execute_in_process(
             partition_key=pool_id, instance=instance, run_config=quiet, raise_on_error=False,
-            asset_selection=[AssetKey("ohlcv_bars"), AssetKey("qlib_features")],
+            asset_selection=[AssetKey("ohlcv_bars"), AssetKey("qlib_features"), AssetKey("regime_labels")],
         )
         evaluations = result.get_asset_check_evaluations()
         if not result.success and not any(not e.passed for e in evaluations):

@@ -9,6 +9,7 @@ from dagster import Definitions, EnvVar
 from q50_assets.assets.features import qlib_features
 from q50_assets.assets.model import q50_model
 from q50_assets.assets.ohlcv import ohlcv_bars
+from q50_assets.assets.regimes import regime_labels
 from q50_assets.assets.signals import q50_signals
 from q50_assets.automation.jobs import refresh_pool_job, train_q50_model_job
 from q50_assets.resources.database import CollectorDatabase
@@ -28,7 +29,7 @@ def build_resources(settings: Settings) -> dict:
 
 def build_definitions(settings: Settings) -> Definitions:
     return Definitions(
-        assets=[ohlcv_bars, qlib_features, q50_model, q50_signals],
+        assets=[ohlcv_bars, qlib_features, q50_model, q50_signals, regime_labels],
         jobs=[refresh_pool_job, train_q50_model_job],
         resources=build_resources(settings),
     )

@@ -107,10 +107,33 @@ class SignalSettings(_Section):
 
 
 class RegimeDetectionSettings(_Section):
-    use_existing_indicators: bool = True
+    """The plan's regime_detection keys plus the RegimeDetector's rules (research/regimes.py)."""
+
+    use_existing_indicators: bool = Field(
+        default=True, description="Regimes from the feature stage's RSI/MACD/Bollinger (the only mode built)."
+    )
     rsi_periods: int = Field(default=14, ge=2)
     macd_fast: int = Field(default=12, ge=1)
     macd_slow: int = Field(default=26, ge=2)
+    vol_percentiles: tuple[float, float, float] = Field(
+        default=(0.30, 0.70, 0.90), description="Past-only vol_risk percentile cuts low|medium|high|extreme."
+    )
+    min_history_bars: int = Field(default=48, ge=1, description="Past vol_risk values needed before a vol regime.")
+    window_bars: int | None = Field(default=None, description="null = expanding history; else a rolling window.")
+    rsi_overbought: float = 70.0
+    rsi_oversold: float = 30.0
+    position_multipliers: dict[str, float] = Field(
+        default={"low": 1.2, "medium": 1.0, "high": 0.6, "extreme": 0.0, "unknown": 0.0},
+        description="Vol regime -> position size multiplier.",
+    )
+    momentum_multipliers: dict[str, float] = Field(
+        default={"trending_up": 1.0, "trending_down": 0.5, "ranging": 1.0, "unknown": 0.0},
+        description="Momentum regime -> position size multiplier (multiplies the vol one).",
+    )
+    threshold_adjustments: dict[str, float] = Field(
+        default={"low": 0.0, "medium": 0.0, "high": 0.002, "extreme": 0.005, "unknown": 0.0},
+        description="Vol regime -> return added to the signal's threshold.",
+    )
 
     @model_validator(mode="after")
     def _fast_below_slow(self) -> "RegimeDetectionSettings":
@@ -118,7 +141,25 @@ class RegimeDetectionSettings(_Section):
             raise ValueError(
                 f"macd_fast ({self.macd_fast}) must be smaller than macd_slow ({self.macd_slow})"
             )
+        if not self.use_existing_indicators:
+            raise ValueError("use_existing_indicators: false is not supported (regimes reuse the feature stage's indicators)")
+        self.regime_config()  # the detector's own validation, reported under this section
         return self
+
+    def regime_config(self):
+        from q50_assets.research.regimes import RegimeConfig
+
+        return RegimeConfig(
+            vol_percentiles=self.vol_percentiles,
+            min_history_bars=self.min_history_bars,
+            window_bars=self.window_bars,
+            rsi_period=self.rsi_periods,
+            rsi_overbought=self.rsi_overbought,
+            rsi_oversold=self.rsi_oversold,
+            position_multipliers=self.position_multipliers,
+            momentum_multipliers=self.momentum_multipliers,
+            threshold_adjustments=self.threshold_adjustments,
+        )
 
 
 class StrategySettings(_Section):

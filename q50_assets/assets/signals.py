@@ -84,17 +84,21 @@ def q50_signals(
 ):
     pool_id = context.partition_key
     signals = pool_signals(pool_id, q50_model, qlib_features, settings)
-    written = collector_db.replace_signals(pool_id, settings.timeframe, signals)
 
     bar = pd.Timedelta(seconds=TIMEFRAME_SECONDS[settings.timeframe])
     early = signals.index[signals["known_at"] < signals.index + bar]
     crossed = signals.index[~((signals["q10"] <= signals["q50"]) & (signals["q50"] <= signals["q90"]))]
+    # Persist only signals that passed the blocking checks: the table is what strategies read.
+    written = 0
+    if len(early) == 0 and len(crossed) == 0:
+        written = collector_db.replace_signals(pool_id, settings.timeframe, signals)
     sides = signals["side"].value_counts()
     yield Output(
         signals,
         metadata={
             "pool_id": pool_id,
-            "signals": written,
+            "signals": len(signals),
+            "rows_written": written,
             "tradeable": int(signals["tradeable"].sum()),
             "long": int(sides.get("long", 0)),
             "short": int(sides.get("short", 0)),

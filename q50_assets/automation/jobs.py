@@ -8,14 +8,15 @@ from dagster import AssetSelection, define_asset_job
 from q50_assets.assets.features import FEATURES_ASSET
 from q50_assets.assets.model import MODEL_ASSET
 from q50_assets.assets.ohlcv import OHLCV_ASSET
+from q50_assets.assets.regimes import REGIMES_ASSET
 from q50_assets.assets.signals import SIGNALS_ASSET
 
 # Per pool: collector bars -> validated bars -> QLib store + features -> signals from the
 # latest trained model (materialize q50_model first on a new deployment).
 refresh_pool_job = define_asset_job(
     "refresh_pool",
-    selection=AssetSelection.assets(OHLCV_ASSET, FEATURES_ASSET, SIGNALS_ASSET),
-    description="OHLCV, features and signals for one pool (one partition).",
+    selection=AssetSelection.assets(OHLCV_ASSET, FEATURES_ASSET, SIGNALS_ASSET, REGIMES_ASSET),
+    description="OHLCV, features, signals and regime labels for one pool (one partition).",
 )
 
 train_q50_model_job = define_asset_job(

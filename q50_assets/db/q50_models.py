@@ -101,4 +101,23 @@ q50_signals = Table(
     Index("idx_q50_signals_pool_known_at", "pool_id", "timeframe", "known_at"),
 )
 
+q50_regime_labels = Table(
+    "q50_regime_labels",
+    q50_metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("pool_id", String(200), ForeignKey("pools.id"), nullable=False),
+    Column("timeframe", String(10), nullable=False),
+    Column("timestamp", TimestampTZ, nullable=False),  # bar open
+    Column("known_at", TimestampTZ, nullable=False),  # >= bar close
+    Column("vol_percentile", Float),
+    Column("vol_regime", String(20), nullable=False),
+    Column("momentum_regime", String(20), nullable=False),
+    Column("regime", String(50), nullable=False),
+    Column("position_multiplier", Float, nullable=False),
+    Column("threshold_adjustment", Float, nullable=False),
+    Column("created_at", TimestampTZ, nullable=False, server_default=func.now()),
+    UniqueConstraint("pool_id", "timeframe", "timestamp", name="uq_q50_regime_labels_pool_bar"),
+    Index("idx_q50_regime_labels_pool_known_at", "pool_id", "timeframe", "known_at"),
+)
+
 Q50_TABLE_NAMES = tuple(q50_metadata.tables)

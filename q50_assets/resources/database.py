@@ -14,7 +14,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from q50_assets.db import migrate
 from q50_assets.db.collector_models import ohlcv_data, pools
 from q50_assets.db.engine import get_engine, redact_url
-from q50_assets.db.q50_models import pool_feature_vectors, q50_signals
+from q50_assets.db.q50_models import pool_feature_vectors, q50_regime_labels, q50_signals
 from q50_assets.research.bars import RAW_COLUMNS
 
 def _utc(value) -> pd.Timestamp:
@@ -106,12 +106,23 @@ class CollectorDatabase(ConfigurableResource):
 
     def replace_signals(self, pool_id: str, timeframe: str, signals: pd.DataFrame) -> int:
         """Replace one pool's signals in one transaction (no duplicates, never half-written)."""
+        return self._replace_pool_rows(q50_signals, pool_id, timeframe, signals)
+
+    def replace_regime_labels(self, pool_id: str, timeframe: str, regimes: pd.DataFrame) -> int:
+        """Replace one pool's regime labels in one transaction."""
+        return self._replace_pool_rows(q50_regime_labels, pool_id, timeframe, regimes)
+
+    def _replace_pool_rows(self, table, pool_id: str, timeframe: str, frame: pd.DataFrame) -> int:
+        """Delete and re-insert one pool's rows of ``table`` from ``frame`` (index = bar open)."""
         self.ensure_schema()
-        columns = [c.name for c in q50_signals.columns if c.name not in ("id", "pool_id", "timeframe", "timestamp", "created_at")]
+        columns = [c.name for c in table.columns if c.name not in ("id", "pool_id", "timeframe", "timestamp", "created_at")]
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{table.name}: rows for pool {pool_id} lack columns {missing}")
         # Column-wise to plain Python values (NaN -> NULL, Timestamp -> datetime, numpy -> builtin).
         as_python = {}
         for c in columns:
-            series = signals[c]
+            series = frame[c]
             if isinstance(series.dtype, pd.DatetimeTZDtype):
                 as_python[c] = [None if pd.isna(v) else v.to_pydatetime() for v in series]
             else:
@@ -120,12 +131,12 @@ class CollectorDatabase(ConfigurableResource):
         records = [
             {"pool_id": pool_id, "timeframe": timeframe, "timestamp": open_time.to_pydatetime(),
              **{c: as_python[c][i] for c in columns}}
-            for i, open_time in enumerate(signals.index)
+            for i, open_time in enumerate(frame.index)
         ]
         with self.engine.begin() as conn:
-            conn.execute(delete(q50_signals).where(q50_signals.c.pool_id == pool_id, q50_signals.c.timeframe == timeframe))
+            conn.execute(delete(table).where(table.c.pool_id == pool_id, table.c.timeframe == timeframe))
             if records:
-                conn.execute(q50_signals.insert(), records)
+                conn.execute(table.insert(), records)
         return len(records)
 
     def signal_for_timestamp(self, pool_id: str, timeframe: str, at) -> dict | None:

@@ -11,8 +11,9 @@ from sqlalchemy import delete, func, select
 from q50_assets.assets.partitions import POOLS_PARTITION_NAME
 from q50_assets.db.collector_models import ohlcv_data
 from q50_assets.db.engine import get_engine
-from q50_assets.db.q50_models import q50_signals
+from q50_assets.db.q50_models import q50_regime_labels, q50_signals
 from q50_assets.definitions import build_definitions
+from q50_assets.research.regimes import REGIME_COLUMNS, REGIME_LABELS
 from q50_assets.research.signals import SIGNAL_COLUMNS
 from q50_assets_tests.conftest import settings_for
 
@@ -35,11 +36,15 @@ def run_lineage(settings, instance) -> dict:
     """Materialize every stage for POOLS, the way the demo and the UI do (per-pool runs + one model run)."""
     defs = build_definitions(settings)
     refresh = defs.resolve_job_def("refresh_pool")
-    out = {"features": {}, "signals": {}}
+    out = {"features": {}, "signals": {}, "regimes": {}}
     for pool_id in POOLS:
         r = refresh.execute_in_process(partition_key=pool_id, instance=instance, run_config=QUIET,
-                                       asset_selection=[AssetKey("ohlcv_bars"), AssetKey("qlib_features")])
+                                       asset_selection=[AssetKey("ohlcv_bars"), AssetKey("qlib_features"),
+                                                        AssetKey("regime_labels")])
         out["features"][pool_id] = r.asset_value("qlib_features")
+        out["regimes"][pool_id] = r.asset_value("regime_labels")
+        out.setdefault("regime_checks", []).extend(
+            e for e in r.get_asset_check_evaluations() if e.asset_key == AssetKey("regime_labels"))
     model_run = defs.resolve_job_def("train_q50_model").execute_in_process(instance=instance, run_config=QUIET)
     out["model"] = model_run.asset_value("q50_model")
     out["model_checks"] = {e.check_name: e for e in model_run.get_asset_check_evaluations()}
@@ -92,6 +97,20 @@ def test_lineage_gives_out_of_sample_signals_persisted_and_looked_up_as_of(setti
     with get_engine(collector_url).connect() as conn:
         assert conn.execute(select(func.count()).select_from(q50_signals)).scalar() == total
 
+    # Regimes: allowed labels, known at the bar's close, every vol regime reached on real data.
+    assert len(out["regime_checks"]) == 2 * len(POOLS) and all(e.passed for e in out["regime_checks"])
+    regime_rows = 0
+    for pool_id, regimes in out["regimes"].items():
+        assert list(regimes.columns) == list(REGIME_COLUMNS)
+        assert regimes["regime"].isin(REGIME_LABELS).all()
+        assert (regimes["known_at"] >= regimes.index + pd.Timedelta(hours=1)).all()
+        regime_rows += len(regimes)
+    all_regimes = pd.concat(out["regimes"].values())
+    assert {"low", "medium", "high", "extreme", "unknown"} <= set(all_regimes["vol_regime"])
+    assert {"trending_up", "trending_down", "ranging"} <= set(all_regimes["momentum_regime"])
+    with get_engine(collector_url).connect() as conn:
+        assert conn.execute(select(func.count()).select_from(q50_regime_labels)).scalar() == regime_rows
+
     # The plan's lookup: the latest signal known at t, never a nearer later one.
     db = build_definitions(settings).resources["collector_db"]
     pool_id = POOLS[0]
@@ -106,7 +125,7 @@ def test_lineage_gives_out_of_sample_signals_persisted_and_looked_up_as_of(setti
 
 @pytest.mark.parametrize("backend", ["sqlite"])
 def test_no_look_ahead_anywhere_in_the_lineage(settings, instance, collector_url, tmp_path):
-    """Change and delete every bar after t: features, predictions and signals at or before t stay identical."""
+    """Change and delete every bar after t: features, regimes, predictions and signals at or before t stay identical."""
     before = run_lineage(settings, instance)
     t = pd.Timestamp("2025-09-20 12:00", tz="UTC")
     t_epoch = int(t.timestamp())
@@ -132,6 +151,11 @@ def test_no_look_ahead_anywhere_in_the_lineage(settings, instance, collector_url
     pd.testing.assert_frame_equal(known0, known1)
     assert not p0[p0["predicted_at"] > t + pd.Timedelta(days=2)]["q50"].equals(
         p1[p1["predicted_at"] > t + pd.Timedelta(days=2)]["q50"])  # the change did reach later rows
+
+    for pool_id in POOLS:
+        r0, r1 = before["regimes"][pool_id], after["regimes"][pool_id]
+        pd.testing.assert_frame_equal(r0.loc[:t], r1.loc[:t])
+        assert not r0.loc[t:].equals(r1.loc[t:])
 
     for pool_id in POOLS:
         s0, s1 = before["signals"][pool_id], after["signals"][pool_id]
