@@ -1,0 +1,383 @@
+"""Tests of q50_assets.research.backtest (real NautilusTrader engines, small synthetic pools).
+
+The exact-fills test recomputes every fill with plain Decimal arithmetic from the documented
+rules (bar-close fills, constant-product impact, fee on the cent-rounded notional) and
+compares it with Nautilus' own fills report.
+"""
+
+import math
+import re
+from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, ROUND_HALF_UP, Decimal
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import q50_assets.research.strategy as strategy_module
+from q50_assets.research.backtest import (BacktestEndedEarly, BacktestSpec, buy_and_hold_targets, lot_exponent_for,
+                                          price_precision_for, run_pool_backtest, safe_symbol, shuffled_targets,
+                                          size_precision_for)
+from q50_assets.research.metrics import outcome_metrics
+
+T0 = pd.Timestamp("2025-03-01", tz="UTC")
+H = pd.Timedelta(hours=1)
+REAL_POOL = "solana_4w2cysotX6czaUGmmWg13hDpY4QEMG2CzeKYEQyK9Ama"
+
+
+def make_bars(closes, volume=50_000.0) -> pd.DataFrame:
+    closes = np.asarray(closes, dtype=float)
+    idx = pd.DatetimeIndex([T0 + i * H for i in range(len(closes))], name="open_time")
+    opens = np.r_[closes[0], closes[:-1]]
+    return pd.DataFrame({"open": opens, "high": np.maximum(opens, closes) * 1.01,
+                         "low": np.minimum(opens, closes) * 0.99, "close": closes,
+                         "volume": volume}, index=idx)
+
+
+def random_walk(n, seed, start=1.0, drift=0.0, vol=0.02) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return make_bars(start * np.exp(np.cumsum(rng.normal(drift, vol, n))))
+
+
+def cents(x: float) -> Decimal:
+    """Nautilus Money(USD): the f64 value rounded half away from zero to 0.01."""
+    return Decimal(x).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+
+
+# --------------------------------------------------------------------------------------
+# symbols and precision
+
+
+def test_safe_symbol_real_pool_id():
+    sym = safe_symbol(REAL_POOL)
+    assert re.fullmatch(r"P[0-9A-F]{12}", sym)
+    assert "_" not in sym
+    assert sym == safe_symbol(REAL_POOL)  # deterministic
+    assert sym != safe_symbol(REAL_POOL + "x")
+    assert sym == "P" + __import__("hashlib").sha1(REAL_POOL.encode()).hexdigest().upper()[:12]
+    with pytest.raises(ValueError):
+        safe_symbol("")
+
+
+def test_precision_helpers():
+    assert price_precision_for(4.2e-12) == 16  # capped at Nautilus' maximum
+    assert price_precision_for(4.2e-4) == 9  # 0.000420000: 6 significant digits
+    assert price_precision_for(1.0) == 5
+    assert price_precision_for(150.0) == 3
+    assert price_precision_for(1e6) == 0
+    assert price_precision_for(0.001, significant_digits=2) == 4
+    assert lot_exponent_for(4.2e-12) == 8  # lots of 1e8 tokens cost 4.2e-4 USD
+    assert lot_exponent_for(5e-5) == 1
+    assert lot_exponent_for(1e-4) == 0
+    assert lot_exponent_for(2.5) == 0
+    assert size_precision_for(2.6) == 6
+    assert size_precision_for(65_000.0) == 10
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            price_precision_for(bad)
+
+
+def test_tiny_price_keeps_precision_end_to_end():
+    closes = 4.2e-12 * np.array([1.0, 1.123456, 1.2, 0.987654, 1.05, 1.1])
+    bars = make_bars(closes)
+    targets = pd.Series([0.5, 0.0, 0.0, 0.5, 0.0, 0.0], index=bars.index)
+    out = run_pool_backtest("solana_tinyPriceToken", bars, targets, BacktestSpec())
+    assert out.lot_tokens == 10 ** 8
+    assert out.price_precision == 9
+    # The engine saw every close with >= 6 significant digits (none rounded to 0).
+    assert out.bars.count == 6
+    assert out.equity["close"].to_numpy() / out.lot_tokens == pytest.approx(closes, rel=1e-6)
+    assert out.bars.close_sum_per_token == pytest.approx(closes.sum(), rel=1e-6)
+    # Fills at the decision bars' closes, quantities in lots and tokens consistent.
+    assert list(out.trades["side"]) == ["BUY", "SELL", "BUY", "SELL"]
+    assert out.trades["price_per_token"].to_numpy() == pytest.approx(closes[[0, 1, 3, 4]], rel=1e-6)
+    first = out.trades.iloc[0]
+    assert first["qty_tokens"] == pytest.approx(first["qty"] * 1e8)
+    assert first["notional_usd"] == pytest.approx(5_000.0, rel=1e-6)  # 0.5 of 10 000 USD
+    assert (out.equity["cash"] >= 0).all()
+
+
+def test_price_scale_does_not_change_results():
+    """Lots, precisions and the USD results are consistent whatever the token's price level."""
+    base = random_walk(40, seed=21, vol=0.03)
+    targets = pd.Series(np.arange(40) % 3 * 0.4, index=base.index)
+    finals = []
+    for scale in (1.0, 1e-9, 2_000.0):
+        bars = base.copy()
+        bars[["open", "high", "low", "close"]] *= scale
+        out = run_pool_backtest("solana_scaledPool", bars, targets, BacktestSpec(reserve_usd=1e6))
+        finals.append((out.final_equity, out.fees_paid, len(out.trades)))
+        ratio = out.trades["price_per_token"] / (out.trades["ref_close"] / out.lot_tokens)
+        assert ratio.between(1 / 1.1 - 1e-6, 1 / 0.9 + 1e-6).all()  # impact within the 10 % reserve cap
+    for other in finals[1:]:
+        assert other[2] == finals[0][2]
+        assert other[0] == pytest.approx(finals[0][0], rel=1e-4)  # price ticks: ~1e-5 per trade
+        assert other[1] == pytest.approx(finals[0][1], abs=0.05 * finals[0][2])
+
+
+# --------------------------------------------------------------------------------------
+# exact fills
+
+
+CLOSES = [2.0, 2.2, 2.5, 2.4, 2.0, 2.1, 2.3, 2.6, 2.4, 2.5]
+TARGETS = [0.0, 0.5, 0.5, 0.3, 0.0, 0.0, 0.4, 0.4, 0.45, 0.0]
+
+
+def reference_fills(closes, targets, capital, fee, reserve, band, price_prec=5, size_prec=6):
+    """The documented rules, recomputed in Decimal: one market order per decision at the bar
+    close; qty floored to the size increment; constant-product price p/(1-u) (buy, rounded up)
+    or p/(1+u) (sell, rounded down), u = qty*p/(reserve/2); notional and fee in cents."""
+    y = Decimal(reserve) / 2
+    tick = Decimal(1).scaleb(-price_prec)
+    step = Decimal(1).scaleb(-size_prec)
+    fee = Decimal(str(fee))
+    cash, held = Decimal(capital), Decimal(0)
+    fills = []
+    for i, (close, target) in enumerate(zip(closes, targets)):
+        p = Decimal(str(close))
+        equity = cash + held * p
+        side = qty = None
+        if target == 0:
+            if held > 0:
+                side, qty = "SELL", held
+        else:
+            delta = Decimal(str(target)) * equity - held * p
+            if abs(delta) >= Decimal(str(band)) * equity:
+                side = "BUY" if delta > 0 else "SELL"
+                qty = (abs(delta) / p).quantize(step, rounding=ROUND_DOWN)
+        if side is None:
+            continue
+        u = qty * p / y
+        if side == "BUY":
+            px = (p / (1 - u)).quantize(tick, rounding=ROUND_CEILING)
+        else:
+            px = (p / (1 + u)).quantize(tick, rounding=ROUND_FLOOR)
+        notional = cents(float(qty) * float(px))
+        commission = cents(float(notional * fee))
+        if side == "BUY":
+            cash -= notional + commission
+            held += qty
+        else:
+            cash += notional - commission
+            held -= qty
+        fills.append({"bar": i, "side": side, "qty": qty, "px": px, "commission": commission, "cash": cash,
+                      "held": held})
+    return fills
+
+
+def test_exact_fills_match_hand_computation():
+    bars = make_bars(CLOSES)
+    targets = pd.Series(TARGETS, index=bars.index)
+    spec = BacktestSpec(starting_capital_usd=10_000.0, taker_fee=0.0025, reserve_usd=1_000_000.0,
+                        min_trade_fraction=0.05)
+    out = run_pool_backtest("solana_exactFillsPool", bars, targets, spec)
+    assert (out.price_precision, out.size_precision, out.lot_tokens) == (5, 6, 1)
+
+    expected = reference_fills(CLOSES, TARGETS, 10_000, 0.0025, 1_000_000.0, 0.05)
+    # Anchor the first fill by hand: bar 1 (close 2.2), target 0.5 of 10 000 USD.
+    #   qty = floor(5000 / 2.2, 6 dp) = 2272.727272
+    #   u   = 2272.727272 * 2.2 / 500 000 = 0.0099999999968
+    #   px  = ceil(2.2 / (1 - u), 5 dp) = ceil(2.2222222222...) = 2.22223
+    #   fee = cents(cents(2272.727272 * 2.22223) * 0.0025) = cents(5050.52 * 0.0025) = 12.63
+    assert expected[0]["qty"] == Decimal("2272.727272")
+    assert expected[0]["px"] == Decimal("2.22223")
+    assert cents(2272.727272 * 2.22223) == Decimal("5050.52")
+    assert expected[0]["commission"] == Decimal("12.63")
+    assert [f["bar"] for f in expected] == [1, 3, 4, 6, 9]  # bars 2, 7, 8 stay inside the 5 % band
+
+    fills = out.fills.sort_values("ts_event")
+    assert len(fills) == len(expected)
+    for (_, got), exp in zip(fills.iterrows(), expected):
+        assert got["ts_event"] == T0 + exp["bar"] * H + H  # at the decision bar's close
+        assert got["order_side"] == exp["side"]
+        assert Decimal(got["last_qty"]) == exp["qty"]
+        assert Decimal(got["last_px"]) == exp["px"]
+        assert Decimal(got["commission"].split()[0]) == exp["commission"]
+        assert got["commission"].endswith("USD")
+    # Cash and holdings after each fill, as the strategy read them back from Nautilus.
+    for exp in expected:
+        row = out.equity.iloc[exp["bar"]]
+        assert Decimal(str(row["cash"])) == exp["cash"]
+        assert Decimal(str(row["qty"])).quantize(Decimal("0.000001")) == exp["held"]
+    # Fees and impact reported separately, in USD.
+    assert out.fees_paid == pytest.approx(float(sum(f["commission"] for f in expected)))
+    impact = sum((f["px"] - Decimal(str(CLOSES[f["bar"]]))) * f["qty"] * (1 if f["side"] == "BUY" else -1)
+                 for f in expected)
+    assert out.impact_paid == pytest.approx(float(impact))
+    assert out.impact_paid > 0 and out.impact_applied
+    # Account report agrees with the final state.
+    usd = out.account[out.account["currency"] == "USD"]
+    assert Decimal(usd["total"].iloc[-1]) == expected[-1]["cash"]
+    assert out.final_equity == pytest.approx(float(expected[-1]["cash"]))
+    # Positions: two round trips; Nautilus realized PnL is net of commissions.
+    closed = out.positions[out.positions["ts_closed"].notna()]
+    assert len(closed) == 2
+
+
+def test_no_reserve_means_no_impact_and_fill_at_close():
+    bars = make_bars(CLOSES)
+    targets = pd.Series(TARGETS, index=bars.index)
+    out = run_pool_backtest("solana_noReservePool", bars, targets, BacktestSpec(reserve_usd=None))
+    assert not out.impact_applied
+    assert out.impact_paid == 0.0
+    assert (out.trades["price"] == out.trades["ref_close"]).all()
+    assert out.fees_paid == pytest.approx(out.trades["commission_usd"].sum())
+    assert out.fees_paid == pytest.approx(0.0025 * out.trades["notional_usd"].sum(), abs=0.05)
+
+
+# --------------------------------------------------------------------------------------
+# cash, time, baselines
+
+
+@pytest.mark.parametrize("drift", [0.01, -0.01])
+@pytest.mark.parametrize("reserve", [None, 150_000.0])
+def test_cash_never_negative_all_in(drift, reserve):
+    bars = random_walk(60, seed=3, drift=drift, vol=0.03)
+    targets = pd.Series(1.0, index=bars.index)
+    targets.iloc[20:25] = 0.0  # exit and re-enter at another price
+    out = run_pool_backtest("solana_allInPool", bars, targets, BacktestSpec(reserve_usd=reserve))
+    assert out.bars.count == 60
+    assert (out.equity["cash"] >= 0).all()
+    usd = out.account[out.account["currency"] == "USD"]
+    assert (usd["total"].astype(float) >= 0).all()
+    assert out.equity["qty"].iloc[0] > 0
+    if reserve is None:
+        # Fully invested: the leftover is the cash margin plus < 1 size increment.
+        assert out.equity["cash"].iloc[0] < 1.0
+    else:
+        # The pool cap (10 % of the 75 000 USD side) limits one trade; entry spreads over bars.
+        assert out.trades["notional_usd"].max() <= 0.1 * reserve / 2 / (1 - 0.1) * (1 + 1e-5)  # + price tick
+
+
+def test_bars_stamped_at_close_and_targets_used_at_that_close():
+    bars = make_bars([1.0, 1.1, 1.2, 1.3, 1.4, 1.5])
+    # Decision made at the close of bar 2 only (open 02:00, close 03:00).
+    targets = pd.Series([0.0, 0.0, 0.5, 0.0, 0.0, 0.0], index=bars.index)
+    out = run_pool_backtest("solana_timePool", bars, targets, BacktestSpec())
+    # Nautilus bars are stamped at open_time + 1h, and the strategy acted at that time.
+    assert list(out.equity.index) == list(bars.index + H)
+    assert (out.equity["clock_ns"].to_numpy() == out.equity.index.asi8).all()
+    # The target of bar k is only seen at bar k's close.
+    assert list(out.equity["target"]) == [0.0, 0.0, 0.5, 0.0, 0.0, 0.0]
+    assert out.equity["close"].tolist() == bars["close"].tolist()
+    buy = out.trades.iloc[0]
+    assert buy.name == T0 + 3 * H and buy["side"] == "BUY"
+    assert buy["price"] == 1.2  # close of bar 2, not its open (1.1) nor the next close (1.3)
+    sell = out.trades.iloc[1]
+    assert sell.name == T0 + 4 * H and sell["price"] == 1.3
+    assert out.bars.first_ts == T0 + H and out.bars.last_ts == T0 + 6 * H
+    assert out.bars.close_sum == pytest.approx(sum([1.0, 1.1, 1.2, 1.3, 1.4, 1.5]))
+    assert out.iterations == 6
+
+
+def test_missing_and_nan_targets_mean_flat():
+    bars = make_bars([1.0, 1.1, 1.2, 1.3])
+    targets = pd.Series([0.5, np.nan], index=bars.index[:2])  # bars 2, 3 missing
+    out = run_pool_backtest("solana_missingTargets", bars, targets, BacktestSpec())
+    assert list(out.trades["side"]) == ["BUY", "SELL"]
+    assert out.trades.index[1] == T0 + 2 * H
+    assert out.equity["qty"].iloc[-1] == 0.0
+
+
+def test_buy_and_hold_helper_and_run():
+    bars = random_walk(80, seed=11, drift=0.005)
+    targets = buy_and_hold_targets(bars.index)
+    assert (targets == 1.0).all() and targets.index.equals(bars.index)
+    assert (buy_and_hold_targets(bars.index, 0.25) == 0.25).all()
+    with pytest.raises(ValueError):
+        buy_and_hold_targets(bars.index, 1.5)
+    out = run_pool_backtest("solana_bhPool", bars, targets, BacktestSpec())
+    assert len(out.trades) == 1  # one buy at the first close, then hold
+    assert out.trades.index[0] == T0 + H and out.trades["side"].iloc[0] == "BUY"
+    assert (out.equity["cash"] >= 0).all()
+    held = out.equity["qty"].iloc[-1]
+    assert out.final_equity == pytest.approx(out.equity["cash"].iloc[-1] + held * bars["close"].iloc[-1])
+
+
+def test_shuffled_targets_helper():
+    idx = pd.date_range(T0, periods=50, freq="h")
+    targets = pd.Series(np.r_[np.zeros(30), np.linspace(0.1, 0.5, 20)], index=idx)
+    a = shuffled_targets(targets, seed=1)
+    assert a.index.equals(targets.index)
+    assert sorted(a) == sorted(targets)
+    assert a.equals(shuffled_targets(targets, seed=1))
+    assert not a.equals(shuffled_targets(targets, seed=2))
+    assert not a.equals(targets)
+
+
+# --------------------------------------------------------------------------------------
+# early stop, isolation, determinism, validation
+
+
+def test_ended_early_is_detected(monkeypatch):
+    """Sizing that ignores fees makes Nautilus stop with AccountBalanceNegative, without
+    raising; run_pool_backtest must notice."""
+
+    def fee_blind(cash_usd, ref_price, fee_rate, *args, **kwargs):
+        return strategy_module.floor_qty(cash_usd / ref_price, 6)
+
+    monkeypatch.setattr(strategy_module, "affordable_buy_qty", fee_blind)
+    bars = make_bars([1.0, 1.1, 1.2, 1.3, 1.4])
+    with pytest.raises(BacktestEndedEarly) as info:
+        run_pool_backtest("solana_brokenSizing", bars, buy_and_hold_targets(bars.index), BacktestSpec())
+    err = info.value
+    assert err.bars_given == 5
+    assert err.bars_seen < 5 or err.iterations < 5
+    assert err.last_ts_expected == T0 + 5 * H
+    assert err.outcome is not None and err.pool_id == "solana_brokenSizing"
+    monkeypatch.undo()
+    # The next engine in the same process is unaffected.
+    out = run_pool_backtest("solana_brokenSizing", bars, buy_and_hold_targets(bars.index), BacktestSpec())
+    assert out.bars.count == 5 and (out.equity["cash"] >= 0).all()
+
+
+def _comparable(out):
+    return (out.trades.copy(), out.equity.copy(), out.fees_paid, out.impact_paid, out.final_equity,
+            out.positions["realized_pnl"].tolist())
+
+
+def test_determinism_and_no_state_leak_between_engines():
+    bars_a = random_walk(120, seed=5, vol=0.03)
+    rng = np.random.default_rng(9)
+    targets_a = pd.Series(rng.choice([0.0, 0.2, 0.5, 1.0], size=120), index=bars_a.index)
+    bars_b = random_walk(90, seed=6, start=3e-9)
+    targets_b = shuffled_targets(targets_a.iloc[:90].set_axis(bars_b.index), seed=3)
+    spec = BacktestSpec(reserve_usd=250_000.0)
+    first = _comparable(run_pool_backtest(REAL_POOL, bars_a, targets_a, spec))
+    other = run_pool_backtest("solana_otherPool", bars_b, targets_b, BacktestSpec())
+    again = _comparable(run_pool_backtest(REAL_POOL, bars_a, targets_a, spec))
+    assert len(first[0]) > 10 and len(other.trades) > 5
+    pd.testing.assert_frame_equal(first[0], again[0])
+    pd.testing.assert_frame_equal(first[1], again[1])
+    assert first[2:] == again[2:]
+
+
+def test_outcome_metrics_consistent_with_reports():
+    bars = random_walk(100, seed=8, vol=0.03)
+    targets = pd.Series(np.where(np.arange(100) % 20 < 10, 0.5, 0.0), index=bars.index)
+    out = run_pool_backtest("solana_metricsPool", bars, targets, BacktestSpec(reserve_usd=400_000.0))
+    m = outcome_metrics(out)
+    assert m["trades"] == len(out.fills)
+    assert m["fees_paid"] == pytest.approx(sum(float(c.split()[0]) for c in out.fills["commission"]))
+    assert m["impact_paid"] == pytest.approx(out.impact_paid) and m["impact_paid"] > 0
+    assert m["round_trips"] == 5
+    assert m["total_return"] == pytest.approx(out.final_equity / 10_000.0 - 1.0)
+    assert m["exposure"] == pytest.approx(0.5, abs=0.02)
+    assert 0 <= m["max_drawdown"] < 1
+
+
+def test_input_validation():
+    bars = make_bars([1.0, 1.1, 1.2])
+    targets = buy_and_hold_targets(bars.index)
+    with pytest.raises(ValueError):
+        run_pool_backtest("p", bars.drop(columns="volume"), targets)
+    with pytest.raises(ValueError):
+        run_pool_backtest("p", pd.concat([bars, bars.iloc[:1]]), targets)
+    bad = bars.copy()
+    bad.iloc[1, bad.columns.get_loc("close")] = 0.0
+    with pytest.raises(ValueError):
+        run_pool_backtest("p", bad, targets)
+    for kwargs in ({"reserve_usd": 0.0}, {"taker_fee": 1.0}, {"max_reserve_fraction": 1.0},
+                   {"starting_capital_usd": -1.0}):
+        with pytest.raises(ValueError):
+            BacktestSpec(**kwargs)
+    assert math.isclose(BacktestSpec(reserve_usd=2.0).quote_reserve_usd, 1.0)
