@@ -99,9 +99,12 @@ def cmd_demo(settings: Settings, args) -> int:
     pool_ids = register_pools(settings, instance)
     defs = build_definitions(settings)
     refresh = defs.resolve_job_def("refresh_pool")
-    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    # Blocked pools fail their runs by design; the summary lists them, so no tracebacks here.
+    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
     print(f"Materializing {len(pool_ids)} pools (Dagster home {os.environ['DAGSTER_HOME']}) ...")
 
+    phase_seconds: dict[str, float] = {}
+    phase_started = time.perf_counter()
     # 1. per pool: OHLCV + features + regimes (a pool failing a blocking check stops there)
     checks: dict[str, Counter] = {}
     blocked: dict[str, list[str]] = {}
@@ -130,6 +133,8 @@ def cmd_demo(settings: Settings, args) -> int:
         if result.success:
             safe_pools.append(pool_id)
 
+    phase_seconds["ohlcv, features, regimes"] = time.perf_counter() - phase_started
+    phase_started = time.perf_counter()
     # 2. the walk-forward model over every pool in the QLib store
     model_run = defs.resolve_job_def("train_q50_model").execute_in_process(
         instance=instance, run_config=quiet, raise_on_error=False
@@ -144,23 +149,38 @@ def cmd_demo(settings: Settings, args) -> int:
         checks.setdefault(label, Counter())["passed" if e.passed else "failed"] += 1
         checks[label]["blocking"] = int(e.severity.value == "ERROR")
 
-    # 3. per pool: signals from the out-of-sample predictions
+    phase_seconds["model"] = time.perf_counter() - phase_started
+    phase_started = time.perf_counter()
+    # 3. per pool: signals from the out-of-sample predictions, backtests, trading history
     signal_counts = {}
+    backtest_status = Counter()
     if model_run.success:
         for pool_id in safe_pools:
             result = refresh.execute_in_process(
                 partition_key=pool_id, instance=instance, run_config=quiet, raise_on_error=False,
-                asset_selection=[AssetKey("q50_signals")],
+                asset_selection=[AssetKey("q50_signals"), AssetKey("backtest_results"),
+                                 AssetKey("q50_trading_history")],
             )
-            if not result.success and not result.get_asset_check_evaluations():
-                failed_runs.append(f"q50_signals[{pool_id}]")
-                continue
-            md = {k: v.value for k, v in result.asset_materializations_for_node("q50_signals")[0].metadata.items()}
-            signal_counts[pool_id] = md
+            if not result.success and all(e.passed for e in result.get_asset_check_evaluations()):
+                failed_runs.append(f"signals/backtest[{pool_id}]")  # an error, not a failed check
+            for mat in result.asset_materializations_for_node("q50_signals"):
+                signal_counts[pool_id] = {k: v.value for k, v in mat.metadata.items()}
+            for mat in result.asset_materializations_for_node("backtest_results"):
+                backtest_status[mat.metadata["status"].value] += 1
             for e in result.get_asset_check_evaluations():
-                label = f"q50_signals.{e.check_name}"
+                label = f"{e.asset_key.to_user_string()}.{e.check_name}"
                 checks.setdefault(label, Counter())["passed" if e.passed else "failed"] += 1
                 checks[label]["blocking"] = int(e.severity.value == "ERROR")
+
+    portfolio_md = ""
+    if model_run.success:
+        portfolio = defs.resolve_job_def("backtest_portfolio").execute_in_process(
+            instance=instance, run_config=quiet, raise_on_error=False)
+        if portfolio.success:
+            portfolio_md = portfolio.asset_materializations_for_node("backtest_portfolio")[0].metadata["summary"].value
+        else:
+            failed_runs.append("backtest_portfolio")
+    phase_seconds["signals, backtests, trading history"] = time.perf_counter() - phase_started
 
     print()
     print(f"Pools: {len(pool_ids)} with {settings.timeframe} bars; {len(safe_pools)} safe for downstream stages")
@@ -183,6 +203,13 @@ def cmd_demo(settings: Settings, args) -> int:
             print(f"  {pool_id:<52} {md['signals']:>5}: {md['long']:>4} / {md['short']:>3} / {md['hold']:>5}")
         print(f"  total {sum(m['signals'] for m in signal_counts.values()):,} signals, "
               f"{sum(m['tradeable'] for m in signal_counts.values()):,} tradeable after costs")
+    if backtest_status:
+        print("Backtests: " + ", ".join(f"{n} pools {status}" for status, n in backtest_status.items()))
+    if portfolio_md:
+        print("Out-of-sample portfolio (NautilusTrader, after fees and AMM price impact; equal weight per pool):")
+        print(portfolio_md)
+    elif not settings.nautilus_trader.enabled:
+        print("Backtests: skipped, nautilus_trader.enabled is false (everything up to regimes ran)")
     print("Checks (passed / failed):")
     for name, counts in checks.items():
         kind = "blocking" if counts["blocking"] else "warning"
@@ -193,6 +220,7 @@ def cmd_demo(settings: Settings, args) -> int:
             print(f"  {pool_id}: {', '.join(names)}")
     if failed_runs:
         print(f"Runs that failed outright: {failed_runs}")
+    print("Time: " + ", ".join(f"{name} {sec:.0f} s" for name, sec in phase_seconds.items()))
     print(f"Done in {time.perf_counter() - started:.1f} s. Open the UI: make ui  (or dagster dev -w workspace.yaml)")
     return 1 if failed_runs else 0
 

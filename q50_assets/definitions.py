@@ -6,14 +6,18 @@ import os
 
 from dagster import Definitions, EnvVar
 
+from q50_assets.assets.backtest import backtest_portfolio, backtest_results
 from q50_assets.assets.features import qlib_features
 from q50_assets.assets.model import q50_model
 from q50_assets.assets.ohlcv import ohlcv_bars
 from q50_assets.assets.regimes import regime_labels
 from q50_assets.assets.signals import q50_signals
-from q50_assets.automation.jobs import refresh_pool_job, train_q50_model_job
+from q50_assets.assets.trading_history import q50_trading_history
+from q50_assets.automation.jobs import backtest_portfolio_job, refresh_pool_job, train_q50_model_job
 from q50_assets.resources.database import CollectorDatabase
+from q50_assets.resources.nautilus import NautilusBacktester
 from q50_assets.resources.qlib_store import QlibStore
+from q50_assets.research.bars import TIMEFRAME_SECONDS
 from q50_assets.settings import ENV_DATABASE_URL, Settings, get_settings
 
 
@@ -23,14 +27,23 @@ def build_resources(settings: Settings) -> dict:
     return {
         "collector_db": CollectorDatabase(url=url),
         "qlib_store": QlibStore(provider_dir=str(settings.data_dir / "qlib"), timeframe=settings.timeframe),
+        "nautilus": NautilusBacktester(
+            enabled=settings.nautilus_trader.enabled,
+            starting_capital_usd=settings.nautilus_trader.backtest.starting_capital_usd,
+            taker_fee=settings.signals.swap_fee,
+            max_reserve_fraction=settings.nautilus_trader.backtest.max_reserve_fraction,
+            min_trade_fraction=settings.nautilus_trader.backtest.min_trade_fraction,
+            bar_seconds=TIMEFRAME_SECONDS[settings.timeframe],
+        ),
         "settings": settings,
     }
 
 
 def build_definitions(settings: Settings) -> Definitions:
     return Definitions(
-        assets=[ohlcv_bars, qlib_features, q50_model, q50_signals, regime_labels],
-        jobs=[refresh_pool_job, train_q50_model_job],
+        assets=[ohlcv_bars, qlib_features, q50_model, q50_signals, regime_labels, backtest_results,
+                q50_trading_history, backtest_portfolio],
+        jobs=[refresh_pool_job, train_q50_model_job, backtest_portfolio_job],
         resources=build_resources(settings),
     )
 

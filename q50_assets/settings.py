@@ -106,6 +106,24 @@ class SignalSettings(_Section):
         return 2 * self.swap_fee
 
 
+class BacktestSettings(_Section):
+    """NautilusTrader backtests per pool (research/backtest.py); the fee is signals.swap_fee."""
+
+    starting_capital_usd: float = Field(default=10_000.0, gt=0, description="USD cash per pool backtest.")
+    max_reserve_fraction: float = Field(
+        default=0.1, gt=0, lt=1, description="Largest single trade as a fraction of the pool's USD reserve."
+    )
+    min_trade_fraction: float = Field(default=0.02, ge=0, lt=1, description="Smallest rebalance, fraction of equity.")
+    kelly_fraction: float = Field(default=0.5, gt=0, le=1, description="Fractional Kelly for signal strength.")
+    shuffle_seed: int = Field(default=7, description="Seed of the shuffled-signal baseline.")
+    fallback_reserve_usd: float | None = Field(
+        default=50_000.0, gt=0,
+        description="Liquidity assumed for price impact when the collector has no reserve_usd for a pool; "
+        "null = no impact for such pools (flagged in metadata).",
+    )
+    buy_and_hold_fraction: float = Field(default=1.0, gt=0, le=1, description="Equity share of the buy & hold baseline.")
+
+
 class RegimeDetectionSettings(_Section):
     """The plan's regime_detection keys plus the RegimeDetector's rules (research/regimes.py)."""
 
@@ -191,6 +209,7 @@ class NautilusTraderSettings(_Section):
     enabled: bool = True
     strategy_config: StrategySettings = StrategySettings()
     risk_management: RiskManagementSettings = RiskManagementSettings()
+    backtest: BacktestSettings = BacktestSettings()
 
 
 class Settings(_Section):

@@ -66,6 +66,9 @@ q50_trading_history = Table(
     Column("price", Float),
     Column("fee", Float),
     Column("created_at", TimestampTZ, nullable=False, server_default=func.now()),
+    # Added by migration 0004: price impact paid on the fill (USD) and the fill's time.
+    Column("impact", Float),
+    Column("filled_at", TimestampTZ),
     Index("idx_q50_trading_history_pool_time", "pool_id", "timestamp"),
     Index("idx_q50_trading_history_run", "backtest_run_id"),
 )
@@ -118,6 +121,34 @@ q50_regime_labels = Table(
     Column("created_at", TimestampTZ, nullable=False, server_default=func.now()),
     UniqueConstraint("pool_id", "timeframe", "timestamp", name="uq_q50_regime_labels_pool_bar"),
     Index("idx_q50_regime_labels_pool_known_at", "pool_id", "timeframe", "known_at"),
+)
+
+q50_backtest_results = Table(
+    "q50_backtest_results",
+    q50_metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("backtest_run_id", String(64), nullable=False),
+    Column("pool_id", String(200), ForeignKey("pools.id"), nullable=False),
+    Column("timeframe", String(10), nullable=False),
+    # q50 (the strategy), buy_and_hold, shuffled (same targets permuted in time)
+    Column("variant", String(20), nullable=False),
+    Column("oos_start", TimestampTZ),  # first bar close of the out-of-sample span
+    Column("oos_end", TimestampTZ),
+    Column("bars", Integer, nullable=False),
+    Column("total_return", Float),
+    Column("sharpe", Float),
+    Column("sortino", Float),
+    Column("max_drawdown", Float),
+    Column("win_rate", Float),
+    Column("trades", Integer),
+    Column("round_trips", Integer),
+    Column("fees_paid", Float),
+    Column("impact_paid", Float),
+    Column("exposure", Float),
+    Column("final_equity", Float),
+    Column("created_at", TimestampTZ, nullable=False, server_default=func.now()),
+    UniqueConstraint("backtest_run_id", "pool_id", "variant", name="uq_q50_backtest_results_run_pool_variant"),
+    Index("idx_q50_backtest_results_pool_created", "pool_id", "created_at"),
 )
 
 Q50_TABLE_NAMES = tuple(q50_metadata.tables)

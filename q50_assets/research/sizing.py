@@ -33,6 +33,7 @@ marginal edges, i.e. where E[r] < b_win * b_loss / kelly_fraction. Risk is then 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from q50_assets.research.signals import prob_up_piecewise
 
@@ -126,7 +127,65 @@ def target_fraction(side, strength, regime_multiplier, base_position_size: float
     return float(frac) if frac.ndim == 0 else frac
 
 
+DECISION_COLUMNS: dict[str, str] = {
+    "side": "Signal side ('long' / 'short' / 'hold') as the signal stage decided it.",
+    "regime": "Regime label known at the signal's known_at (as-of backward); 'unknown_unknown' if none.",
+    "position_multiplier": "The regime's size multiplier (0 when no regime is known yet).",
+    "threshold_adjustment": "The regime's addition to the signal threshold (0 when no regime is known).",
+    "adjusted_threshold": "threshold + threshold_adjustment.",
+    "strength": "kelly_strength(prob_up, q10, q50, q90, kelly_fraction).",
+    "decision": "'long' iff side == 'long' and abs_q50 > adjusted_threshold and position_multiplier > 0; "
+    "else 'flat' (spot: short signals mean flat).",
+    "target": "Fraction of equity to hold after this bar's close: target_fraction(decision, strength, "
+    "position_multiplier, base_position_size, max_position_size).",
+    "known_at": "When the decision is known: max(signal known_at, regime known_at) - never before the bar's close.",
+}
+
+
+def decide_targets(signals: pd.DataFrame, regimes: pd.DataFrame, *, base_position_size: float,
+                   max_position_size: float, kelly_fraction: float = DEFAULT_KELLY_FRACTION) -> pd.DataFrame:
+    """One pool's signals + regime labels -> the target position at each signal bar's close.
+
+    ``signals``: index open_time, columns q10, q50, q90, prob_up, abs_q50, threshold, side,
+    known_at (research/signals.py). ``regimes``: index open_time, columns regime,
+    position_multiplier, threshold_adjustment, known_at (research/regimes.py). Each signal is
+    joined to the latest regime KNOWN at the signal's known_at (never a later one), so the
+    decision uses only what was known at that bar's close. Columns: :data:`DECISION_COLUMNS`.
+    """
+    missing = [c for c in ("q10", "q50", "q90", "prob_up", "abs_q50", "threshold", "side", "known_at")
+               if c not in signals.columns]
+    missing += [f"regimes.{c}" for c in ("regime", "position_multiplier", "threshold_adjustment", "known_at")
+                if c not in regimes.columns]
+    if missing:
+        raise ValueError(f"decide_targets: missing columns {missing}")
+    left = signals[["q10", "q50", "q90", "prob_up", "abs_q50", "threshold", "side", "known_at"]].copy()
+    left["open_time"] = left.index
+    right = regimes[["regime", "position_multiplier", "threshold_adjustment", "known_at"]].rename(
+        columns={"known_at": "regime_known_at"}).sort_values("regime_known_at")
+    right = right[right["regime_known_at"].notna()]
+    merged = pd.merge_asof(left.sort_values("known_at"), right, left_on="known_at", right_on="regime_known_at",
+                           direction="backward").set_index("open_time").sort_index()
+    merged.index.name = signals.index.name or "open_time"
+    no_regime = merged["regime"].isna()
+    merged.loc[no_regime, "regime"] = "unknown_unknown"
+    merged["position_multiplier"] = merged["position_multiplier"].fillna(0.0)
+    merged["threshold_adjustment"] = merged["threshold_adjustment"].fillna(0.0)
+    merged["adjusted_threshold"] = merged["threshold"] + merged["threshold_adjustment"]
+    merged["strength"] = kelly_strength(merged["prob_up"].to_numpy(), merged["q10"].to_numpy(),
+                                        merged["q50"].to_numpy(), merged["q90"].to_numpy(), kelly_fraction)
+    go_long = ((merged["side"] == "long") & (merged["abs_q50"] > merged["adjusted_threshold"])
+               & (merged["position_multiplier"] > 0))
+    merged["decision"] = np.where(go_long, "long", "flat")
+    merged["target"] = target_fraction(merged["decision"].to_numpy(), merged["strength"].to_numpy(),
+                                       merged["position_multiplier"].to_numpy(), base_position_size,
+                                       max_position_size)
+    merged["known_at"] = merged[["known_at", "regime_known_at"]].max(axis=1)
+    return merged[list(DECISION_COLUMNS)]
+
+
 __all__ = [
+    "DECISION_COLUMNS",
+    "decide_targets",
     "DEFAULT_KELLY_FRACTION",
     "kelly_fraction_raw",
     "kelly_strength",

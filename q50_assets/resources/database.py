@@ -14,7 +14,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from q50_assets.db import migrate
 from q50_assets.db.collector_models import ohlcv_data, pools
 from q50_assets.db.engine import get_engine, redact_url
-from q50_assets.db.q50_models import pool_feature_vectors, q50_regime_labels, q50_signals
+from q50_assets.db.q50_models import (
+    pool_feature_vectors,
+    q50_backtest_results,
+    q50_regime_labels,
+    q50_signals,
+    q50_trading_history,
+)
 from q50_assets.research.bars import RAW_COLUMNS
 
 def _utc(value) -> pd.Timestamp:
@@ -184,3 +190,69 @@ class CollectorDatabase(ConfigurableResource):
         )
         with self.engine.connect() as conn:
             return list(conn.execute(stmt).scalars())
+
+    def pool_reserve_usd(self, pool_id: str) -> float | None:
+        """The collector's latest liquidity snapshot of the pool (USD), None when unknown or not > 0."""
+        with self.engine.connect() as conn:
+            value = conn.execute(select(pools.c.reserve_usd).where(pools.c.id == pool_id)).scalar()
+        return float(value) if value is not None and float(value) > 0 else None
+
+    def _records(self, frame: pd.DataFrame, table, fixed: dict) -> list[dict]:
+        columns = [c.name for c in table.columns if c.name in frame.columns]
+        out = []
+        for row in frame[columns].astype(object).itertuples(index=False):
+            record = dict(fixed)
+            for c, v in zip(columns, row):
+                if isinstance(v, pd.Timestamp):
+                    v = None if pd.isna(v) else v.to_pydatetime()
+                elif isinstance(v, float) and math.isnan(v):
+                    v = None
+                elif v is pd.NaT:
+                    v = None
+                record[c] = v
+            out.append(record)
+        return out
+
+    def replace_backtest_results(self, backtest_run_id: str, pool_id: str, timeframe: str,
+                                 results: pd.DataFrame) -> int:
+        """One pool's metrics rows (one per variant) of one backtest run, replaced in one transaction."""
+        self.ensure_schema()
+        t = q50_backtest_results
+        records = self._records(results, t, {"backtest_run_id": backtest_run_id, "pool_id": pool_id,
+                                             "timeframe": timeframe})
+        with self.engine.begin() as conn:
+            conn.execute(delete(t).where(t.c.backtest_run_id == backtest_run_id, t.c.pool_id == pool_id))
+            if records:
+                conn.execute(t.insert(), records)
+        return len(records)
+
+    def replace_trading_history(self, backtest_run_id: str, pool_id: str, rows: pd.DataFrame) -> int:
+        """A backtest run's orders and fills for one pool: that run's rows replaced in one transaction
+        (re-running never duplicates and never leaves a half-written run)."""
+        self.ensure_schema()
+        t = q50_trading_history
+        records = self._records(rows, t, {"backtest_run_id": backtest_run_id, "pool_id": pool_id})
+        with self.engine.begin() as conn:
+            conn.execute(delete(t).where(t.c.backtest_run_id == backtest_run_id, t.c.pool_id == pool_id))
+            if records:
+                conn.execute(t.insert(), records)
+        return len(records)
+
+    def trading_history(self, backtest_run_id: str, pool_id: str) -> pd.DataFrame:
+        t = q50_trading_history
+        stmt = select(t).where(t.c.backtest_run_id == backtest_run_id, t.c.pool_id == pool_id).order_by(t.c.id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).mappings().all()
+        return pd.DataFrame([dict(r) for r in rows], columns=[c.name for c in t.columns])
+
+    def latest_backtest_results(self, timeframe: str) -> pd.DataFrame:
+        """Per pool, the rows of its most recent backtest run (all variants)."""
+        t = q50_backtest_results
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t).where(t.c.timeframe == timeframe).order_by(t.c.id)).mappings().all()
+        frame = pd.DataFrame([dict(r) for r in rows], columns=[c.name for c in t.columns])
+        if frame.empty:
+            return frame
+        latest_id = frame.groupby("pool_id")["id"].transform("max")
+        latest_run = frame.loc[frame["id"] == latest_id].set_index("pool_id")["backtest_run_id"]
+        return frame[frame["backtest_run_id"] == frame["pool_id"].map(latest_run)].reset_index(drop=True)

@@ -32,12 +32,13 @@ LIGHT_MODEL = {
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
-def run_lineage(settings, instance) -> dict:
-    """Materialize every stage for POOLS, the way the demo and the UI do (per-pool runs + one model run)."""
+def run_lineage(settings, instance, backtest: bool = False, pools=POOLS) -> dict:
+    """Materialize every stage for ``pools``, the way the demo and the UI do (per-pool runs + one
+    model run); with ``backtest`` also backtests, trading history and the portfolio."""
     defs = build_definitions(settings)
     refresh = defs.resolve_job_def("refresh_pool")
     out = {"features": {}, "signals": {}, "regimes": {}}
-    for pool_id in POOLS:
+    for pool_id in pools:
         r = refresh.execute_in_process(partition_key=pool_id, instance=instance, run_config=QUIET,
                                        asset_selection=[AssetKey("ohlcv_bars"), AssetKey("qlib_features"),
                                                         AssetKey("regime_labels")])
@@ -49,11 +50,26 @@ def run_lineage(settings, instance) -> dict:
     out["model"] = model_run.asset_value("q50_model")
     out["model_checks"] = {e.check_name: e for e in model_run.get_asset_check_evaluations()}
     out["model_metadata"] = model_run.asset_materializations_for_node("q50_model")[0].metadata
-    for pool_id in POOLS:
+    later = [AssetKey("q50_signals")]
+    if backtest:
+        later += [AssetKey("backtest_results"), AssetKey("q50_trading_history")]
+    for pool_id in pools:
         r = refresh.execute_in_process(partition_key=pool_id, instance=instance, run_config=QUIET,
-                                       asset_selection=[AssetKey("q50_signals")])
+                                       asset_selection=later)
         out["signals"][pool_id] = r.asset_value("q50_signals")
-        out.setdefault("signal_checks", []).extend(r.get_asset_check_evaluations())
+        out.setdefault("signal_checks", []).extend(
+            e for e in r.get_asset_check_evaluations() if e.asset_key == AssetKey("q50_signals"))
+        if backtest:
+            out.setdefault("backtests", {})[pool_id] = r.asset_value("backtest_results")
+            out.setdefault("history", {})[pool_id] = r.asset_value("q50_trading_history")
+            out.setdefault("backtest_checks", []).extend(
+                e for e in r.get_asset_check_evaluations() if e.asset_key != AssetKey("q50_signals"))
+            out.setdefault("backtest_metadata", {})[pool_id] = r.asset_materializations_for_node(
+                "backtest_results")[0].metadata
+    if backtest:
+        portfolio = defs.resolve_job_def("backtest_portfolio").execute_in_process(instance=instance, run_config=QUIET)
+        out["portfolio"] = portfolio.asset_value("backtest_portfolio")
+        out["portfolio_metadata"] = portfolio.asset_materializations_for_node("backtest_portfolio")[0].metadata
     return out
 
 

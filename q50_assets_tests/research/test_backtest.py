@@ -381,3 +381,39 @@ def test_input_validation():
         with pytest.raises(ValueError):
             BacktestSpec(**kwargs)
     assert math.isclose(BacktestSpec(reserve_usd=2.0).quote_reserve_usd, 1.0)
+
+
+def test_exact_fills_on_a_real_sample_pool():
+    """The bundled sample's first 10 hourly bars of a real pool, the same decisions: every fill
+    Nautilus makes equals the independent Decimal recomputation."""
+    from q50_assets.db.sample_loader import QLIB_CSV
+
+    csv = pd.read_csv(QLIB_CSV)
+    rows = csv[csv["symbol"] == REAL_POOL].sort_values("datetime").head(10)
+    index = pd.DatetimeIndex(pd.to_datetime(rows["datetime"]), name="open_time").tz_localize("UTC")
+    bars = pd.DataFrame({c: rows[c].to_numpy(dtype=float) for c in ("open", "high", "low", "close", "volume")},
+                        index=index)
+    closes = bars["close"].tolist()
+    targets = pd.Series(TARGETS, index=index)
+    spec = BacktestSpec(starting_capital_usd=10_000.0, taker_fee=0.0025, reserve_usd=250_000.0,
+                        min_trade_fraction=0.05)
+    out = run_pool_backtest(REAL_POOL, bars, targets, spec)
+    assert out.lot_tokens == 1
+    # The engine holds prices at the instrument's precision (6+ significant digits of the
+    # pool's smallest price): the reference starts from the same rounded closes.
+    tick = Decimal(1).scaleb(-out.price_precision)
+    closes = [float(Decimal(repr(c)).quantize(tick, rounding=ROUND_HALF_UP)) for c in closes]  # Price rounds half up
+    assert closes != bars["close"].tolist()  # the real prices do carry more digits
+    expected = reference_fills(closes, TARGETS, 10_000, 0.0025, 250_000.0, 0.05,
+                               price_prec=out.price_precision, size_prec=out.size_precision)
+    assert len(expected) >= 4
+    fills = out.fills.sort_values("ts_event")
+    assert len(fills) == len(expected)
+    for (_, got), exp in zip(fills.iterrows(), expected):
+        assert got["ts_event"] == index[exp["bar"]] + H
+        assert got["order_side"] == exp["side"]
+        assert Decimal(got["last_qty"]) == exp["qty"]
+        assert Decimal(got["last_px"]) == exp["px"]
+        assert Decimal(got["commission"].split()[0]) == exp["commission"]
+    usd = out.account[out.account["currency"] == "USD"]
+    assert Decimal(usd["total"].iloc[-1]) == expected[-1]["cash"]
