@@ -113,3 +113,36 @@ def test_target_fraction_vectorised():
     out = target_fraction(np.array(["long", "short", "hold", "long"], dtype=object),
                           np.array([1.0, 1.0, 1.0, np.nan]), np.array([2.0, 2.0, 2.0, 2.0]), 0.1, 0.5)
     assert out.tolist() == pytest.approx([0.2, 0.0, 0.0, 0.0])
+
+
+def test_decide_targets_uses_the_regime_known_at_the_signal_close_only():
+    import pandas as pd
+
+    from q50_assets.research.sizing import decide_targets
+
+    opens = pd.date_range("2025-07-01", periods=4, freq="h", tz="UTC")
+    h = pd.Timedelta(hours=1)
+    signals = pd.DataFrame({
+        "q10": [-0.01, -0.01, -0.01, -0.01], "q50": [0.02, 0.02, 0.02, 0.004], "q90": [0.05] * 4,
+        "prob_up": [0.8] * 4, "abs_q50": [0.02, 0.02, 0.02, 0.004], "threshold": [0.006] * 4,
+        "side": ["long", "long", "long", "long"], "known_at": opens + h,
+    }, index=opens)
+    # Regime of bar 1 becomes known only at bar 2's close (late): bar 1 must still use bar 0's.
+    regimes = pd.DataFrame({
+        "regime": ["medium_ranging", "extreme_ranging", "high_ranging", "medium_ranging"],
+        "position_multiplier": [1.0, 0.0, 0.6, 1.0],
+        "threshold_adjustment": [0.0, 0.005, 0.015, 0.0],
+        "known_at": [opens[0] + h, opens[2] + h, opens[2] + h, opens[3] + h],
+    }, index=opens)
+    out = decide_targets(signals, regimes, base_position_size=0.1, max_position_size=0.5)
+    assert list(out["regime"]) == ["medium_ranging", "medium_ranging", "high_ranging", "medium_ranging"]
+    # bar 0, 1: long at base size x 1.0 (strength saturates); bar 2: 0.02 < 0.006 + 0.015 -> flat;
+    # bar 3: |q50| 0.004 below the threshold -> flat.
+    assert list(out["decision"]) == ["long", "long", "flat", "flat"]
+    assert out["target"].tolist() == pytest.approx([0.1, 0.1, 0.0, 0.0])
+    assert (out["known_at"] >= signals["known_at"]).all()
+    assert out.loc[opens[2], "adjusted_threshold"] == pytest.approx(0.021)
+    # No regime known yet -> no new risk.
+    none_known = decide_targets(signals, regimes.assign(known_at=opens + 10 * h),
+                                base_position_size=0.1, max_position_size=0.5)
+    assert (none_known["decision"] == "flat").all() and (none_known["regime"] == "unknown_unknown").all()
