@@ -13,6 +13,11 @@ Stages and what their time covers:
 * ``feature_vectors``- persisting the vectors to ``pool_feature_vectors``.
 * ``model``          - every walk-forward fold of the Q50 model (load panel, fit, predict).
 * ``signals``        - signal columns for every pool.
+* ``regimes``        - regime labels for every pool.
+* ``backtest``       - the backtest stage for every pool: three NautilusTrader engines each
+  (the Q50 strategy, buy & hold, shuffled) plus metrics; ``backtest_q50_only`` the strategy alone.
+* ``backtest_vs_bare`` - the Q50 strategy's engines against a bare Nautilus engine replaying the
+  same bars and orders (research/bare_replay.py), when that module is present.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from importlib import metadata
 from pathlib import Path
 
 # Targets on the reference machine (2 cores), from the issues that set them.
-TARGETS_SECONDS = {"features": 5.0, "model": 30.0}
+TARGETS_SECONDS = {"features": 5.0, "model": 30.0, "backtest_q50_only": 20.0}
 
 
 class _Timer:
@@ -135,6 +140,45 @@ def run_benchmark(settings, scratch: Path) -> dict:
                                       frame["vol_risk"], signal_config(settings))
             n += len(signals)
         rec["signals"] = n
+
+    from q50_assets.assets.backtest import run_variants
+    from q50_assets.assets.regimes import pool_regimes
+    from q50_assets.definitions import build_resources
+
+    with timer.stage("regimes") as rec:
+        regimes = {p: pool_regimes(frame, settings) for p, frame in frames.items()}
+        rec["rows"] = sum(len(r) for r in regimes.values())
+
+    pool_signals = {}
+    for pool_id, frame in frames.items():
+        if pool_id in preds.index.get_level_values(0):
+            pool_preds = preds.xs(pool_id, level="pool_id")
+            pool_signals[pool_id] = compute_signals(pool_preds[["q10", "q50", "q90", "predicted_at"]],
+                                                    frame["vol_risk"], signal_config(settings))
+    nautilus = build_resources(settings)["nautilus"]
+    fallback = settings.nautilus_trader.backtest.fallback_reserve_usd
+    reserves = {p: db.pool_reserve_usd(p) or fallback for p in pool_signals}
+    results = {}
+    with timer.stage("backtest") as rec:
+        for pool_id, signals in pool_signals.items():
+            results[pool_id] = run_variants(pool_id, safe[pool_id], signals, regimes[pool_id], nautilus,
+                                            reserves[pool_id], settings, "benchmark")
+        rec.update(pools=len(results), engines=3 * len(results),
+                   fills=sum(len(o.fills) for r in results.values() for o in r.outcomes.values()))
+    with timer.stage("backtest_q50_only") as rec:
+        fills = 0
+        for pool_id, result in results.items():
+            outcome = nautilus.run(pool_id, safe[pool_id], result.decisions["target"], reserves[pool_id])
+            fills += len(outcome.fills)
+        rec.update(pools=len(results), bars=sum(len(safe[p]) for p in results), fills=fills)
+    try:
+        from q50_assets.research import bare_replay
+    except ImportError:
+        bare_replay = None
+    if bare_replay is not None:
+        with timer.stage("backtest_vs_bare") as rec:
+            data = [(p, safe[p], results[p].decisions["target"], nautilus.spec(reserves[p])) for p in results]
+            rec.update(bare_replay.time_stage_vs_bare(data))
 
     stages = timer.stages
     checks = {name: {"target_seconds": target, "seconds": stages[name]["seconds"],
