@@ -174,7 +174,7 @@ def cmd_demo(settings: Settings, args) -> int:
 
     portfolio_md = ""
     if model_run.success:
-        portfolio = defs.resolve_job_def("backtest_portfolio").execute_in_process(
+        portfolio = defs.resolve_job_def("portfolio_summary").execute_in_process(
             instance=instance, run_config=quiet, raise_on_error=False)
         if portfolio.success:
             portfolio_md = portfolio.asset_materializations_for_node("backtest_portfolio")[0].metadata["summary"].value

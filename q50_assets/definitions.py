@@ -13,7 +13,7 @@ from q50_assets.assets.ohlcv import ohlcv_bars
 from q50_assets.assets.regimes import regime_labels
 from q50_assets.assets.signals import q50_signals
 from q50_assets.assets.trading_history import q50_trading_history
-from q50_assets.automation.jobs import backtest_portfolio_job, refresh_pool_job, train_q50_model_job
+from q50_assets.automation.jobs import portfolio_summary_job, refresh_pool_job, train_q50_model_job
 from q50_assets.resources.database import CollectorDatabase
 from q50_assets.resources.nautilus import NautilusBacktester
 from q50_assets.resources.qlib_store import QlibStore
@@ -43,7 +43,7 @@ def build_definitions(settings: Settings) -> Definitions:
     return Definitions(
         assets=[ohlcv_bars, qlib_features, q50_model, q50_signals, regime_labels, backtest_results,
                 q50_trading_history, backtest_portfolio],
-        jobs=[refresh_pool_job, train_q50_model_job, backtest_portfolio_job],
+        jobs=[refresh_pool_job, train_q50_model_job, portfolio_summary_job],
         resources=build_resources(settings),
     )
 

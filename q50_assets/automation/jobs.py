@@ -29,8 +29,8 @@ train_q50_model_job = define_asset_job(
     description="Walk-forward Q50 model over every pool in the QLib store.",
 )
 
-backtest_portfolio_job = define_asset_job(
-    "backtest_portfolio",
+portfolio_summary_job = define_asset_job(
+    "portfolio_summary",  # not the asset's name: job and op names share one namespace
     selection=AssetSelection.assets(PORTFOLIO_ASSET),
     description="The portfolio table across pools from the latest backtest of each.",
 )

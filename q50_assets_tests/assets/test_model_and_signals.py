@@ -67,7 +67,7 @@ def run_lineage(settings, instance, backtest: bool = False, pools=POOLS) -> dict
             out.setdefault("backtest_metadata", {})[pool_id] = r.asset_materializations_for_node(
                 "backtest_results")[0].metadata
     if backtest:
-        portfolio = defs.resolve_job_def("backtest_portfolio").execute_in_process(instance=instance, run_config=QUIET)
+        portfolio = defs.resolve_job_def("portfolio_summary").execute_in_process(instance=instance, run_config=QUIET)
         out["portfolio"] = portfolio.asset_value("backtest_portfolio")
         out["portfolio_metadata"] = portfolio.asset_materializations_for_node("backtest_portfolio")[0].metadata
     return out
