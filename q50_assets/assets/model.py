@@ -29,8 +29,10 @@ from q50_assets.research.features import warmup_bars
 from q50_assets.research.q50_model import (
     QUANTILE_COLUMNS,
     QUANTILES,
+    LiveQ50Model,
     WalkForwardConfig,
     WalkForwardResult,
+    fit_live_model,
     make_labels,
     walk_forward,
 )
@@ -42,10 +44,12 @@ MODEL_ASSET = "q50_model"
 
 @dataclass
 class TrainedQ50Model:
-    """The model stage's output: the walk-forward result and the run that produced it."""
+    """The model stage's output: the walk-forward result, the live model for bars that close
+    after the training run, and the run that produced both."""
 
     run_id: str
     result: WalkForwardResult
+    live: LiveQ50Model | None = None
 
 
 def walk_forward_config(settings: Settings) -> WalkForwardConfig:
@@ -152,7 +156,9 @@ def oos_summary(result: WalkForwardResult) -> dict[str, float]:
 def q50_model(context: AssetExecutionContext, qlib_store: QlibStore, settings: ResourceParam[Settings]):
     started = time.perf_counter()
     features, labels, counts = load_training_panel(qlib_store, settings)
-    result = walk_forward(features, labels, walk_forward_config(settings))
+    config = walk_forward_config(settings)
+    result = walk_forward(features, labels, config)
+    live = fit_live_model(features, labels, config)
     elapsed = time.perf_counter() - started
 
     preds = result.predictions
@@ -169,8 +175,10 @@ def q50_model(context: AssetExecutionContext, qlib_store: QlibStore, settings: R
     trained = result.folds[~result.folds["skipped"]]
 
     yield Output(
-        TrainedQ50Model(run_id=context.run.run_id, result=result),
+        TrainedQ50Model(run_id=context.run.run_id, result=result, live=live),
         metadata={
+            "live_model_trained_until": MetadataValue.text(str(live.trained_until) if live else "none"),
+            "live_model_train_rows": live.train_rows if live else 0,
             **counts,
             "folds": len(trained),
             "folds_skipped": int(result.folds["skipped"].sum()),

@@ -34,13 +34,36 @@ def signal_config(settings: Settings) -> SignalConfig:
     )
 
 
-def pool_signals(pool_id: str, model: TrainedQ50Model, features: pd.DataFrame, settings: Settings) -> pd.DataFrame:
-    """One pool's signal rows (index open_time) from the model's OOS predictions."""
+LIVE_FOLD = -1  # q50_signals.fold of a signal from the live model (bars newer than the training run)
+
+
+def pool_predictions(pool_id: str, model: TrainedQ50Model, features: pd.DataFrame, bar: pd.Timedelta) -> pd.DataFrame:
+    """One pool's out-of-sample quantiles (index open_time): the walk-forward predictions for
+    bars the training run saw, and the live model's for real, post-warm-up bars that close
+    after it (new collector bars). Neither ever saw the label of a bar it predicts."""
     preds = model.result.predictions
     if pool_id in preds.index.get_level_values("pool_id"):
         pool_preds = preds.xs(pool_id, level="pool_id")
     else:
         pool_preds = preds.iloc[0:0].droplevel("pool_id")
+    pool_preds = pool_preds[["q10", "q50", "q90", "predicted_at", "fold"]]
+    live = model.live
+    if live is None:
+        return pool_preds
+    new = (~features["is_filled"] & ~features["is_warmup"] & (features.index + bar > live.trained_until)
+           & ~features.index.isin(pool_preds.index))
+    if not new.any():
+        return pool_preds
+    live_preds = live.predict(features.loc[new, live.feature_columns])
+    live_preds["predicted_at"] = live_preds.index + bar
+    live_preds["fold"] = LIVE_FOLD
+    return pd.concat([pool_preds, live_preds[pool_preds.columns]]).sort_index()
+
+
+def pool_signals(pool_id: str, model: TrainedQ50Model, features: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    """One pool's signal rows (index open_time) from the model's out-of-sample quantiles."""
+    bar = pd.Timedelta(seconds=TIMEFRAME_SECONDS[settings.timeframe])
+    pool_preds = pool_predictions(pool_id, model, features, bar)
     signals = compute_signals(
         pool_preds[["q10", "q50", "q90", "predicted_at"]],
         features["vol_risk"].reindex(pool_preds.index),
@@ -104,6 +127,7 @@ def q50_signals(
             "short": int(sides.get("short", 0)),
             "hold": int(sides.get("hold", 0)),
             "model_run": q50_model.run_id,
+            "live_model_signals": int((signals["fold"] == LIVE_FOLD).sum()),
             "first_known_at": MetadataValue.text(str(signals["known_at"].min()) if written else "none"),
             "last_known_at": MetadataValue.text(str(signals["known_at"].max()) if written else "none"),
         },

@@ -341,3 +341,73 @@ def walk_forward(features: pd.DataFrame, labels: pd.DataFrame, config: WalkForwa
         feature_columns=feature_columns,
         training_index=training_index,
     )
+
+
+@dataclass
+class LiveQ50Model:
+    """The newest model: fitted on every label known at ``trained_until`` (the close of the last
+    bar the training run saw), for bars that close after it — bars the collector writes after the
+    training run. Walk-forward folds only cover bars that existed when the model ran; this one
+    extends the signal to new bars without ever seeing their labels.
+
+    Boosters are kept as LightGBM model strings so the object pickles (Dagster's IO manager).
+    """
+
+    trained_until: pd.Timestamp
+    train_rows: int
+    feature_columns: list[str]
+    model_strings: tuple[str, ...]  # one per quantile, QUANTILES order
+    bar_seconds: int
+
+    def predict(self, features: pd.DataFrame) -> pd.DataFrame:
+        """q10/q50/q90 (repaired) and ``crossed`` for each row of ``features`` (same index).
+
+        Raises when asked about a row that does not close after ``trained_until``: such a row's
+        label may have been in the training set, so a prediction for it would be in-sample.
+        """
+        missing = [c for c in self.feature_columns if c not in features.columns]
+        if missing:
+            raise KeyError(f"features lack the live model's columns {missing}")
+        if len(features) == 0:
+            return pd.DataFrame({**{c: pd.Series(dtype="float64") for c in QUANTILE_COLUMNS},
+                                 "crossed": pd.Series(dtype=bool)}, index=features.index)
+        opens = features.index.get_level_values(-1)
+        closes = pd.DatetimeIndex(opens) + pd.Timedelta(seconds=self.bar_seconds)
+        seen = closes <= self.trained_until
+        if seen.any():
+            raise ValueError(f"{int(seen.sum())} rows close at or before the live model's trained_until "
+                             f"{self.trained_until}: predicting them would be in-sample, e.g. {list(opens[seen][:3])}")
+        x = features[self.feature_columns].to_numpy(dtype=np.float64, copy=True)
+        raw = np.column_stack([lgb.Booster(model_str=s).predict(x, num_threads=1) for s in self.model_strings])
+        preds, crossed = repair_crossings(raw)
+        out = pd.DataFrame(preds, index=features.index, columns=list(QUANTILE_COLUMNS))
+        out["crossed"] = crossed
+        return out
+
+
+def fit_live_model(features: pd.DataFrame, labels: pd.DataFrame, config: WalkForwardConfig) -> LiveQ50Model | None:
+    """Fit the three quantile boosters on every label known at the panel's last bar close.
+
+    Same parameters, seed and embargo rule as a walk-forward fold whose boundary is the last
+    prediction time; None when fewer than ``min_train_rows`` labels are known by then.
+    """
+    _check_panel_index(features.index, "features")
+    features = features.sort_index()
+    if features.empty:
+        return None
+    aligned = labels.reindex(features.index)
+    bar = pd.Timedelta(seconds=config.bar_seconds)
+    trained_until = features.index.get_level_values(1).max() + bar
+    y = aligned["label"].to_numpy(dtype=np.float64, copy=True)
+    train = ~np.isnan(y) & np.asarray(pd.DatetimeIndex(aligned["label_known_at"]) <= trained_until)
+    if int(train.sum()) < config.min_train_rows:
+        return None
+    x = features.to_numpy(dtype=np.float64, copy=True)[train]
+    data = lgb.Dataset(x, label=y[train], params=_lgb_params(config, QUANTILES[0]), free_raw_data=True)
+    strings = tuple(
+        lgb.train(_lgb_params(config, alpha), data, num_boost_round=config.num_boost_round).model_to_string()
+        for alpha in QUANTILES
+    )
+    return LiveQ50Model(trained_until=trained_until, train_rows=int(train.sum()),
+                        feature_columns=[str(c) for c in features.columns], model_strings=strings,
+                        bar_seconds=config.bar_seconds)

@@ -12,6 +12,7 @@ from q50_assets.research.q50_model import (
     QUANTILE_COLUMNS,
     QUANTILES,
     WalkForwardConfig,
+    fit_live_model,
     make_labels,
     pinball_loss,
     repair_crossings,
@@ -297,3 +298,49 @@ def test_feature_rows_missing_from_labels_are_an_error():
     with pytest.raises(KeyError, match="2 feature rows") as err:
         walk_forward(features, labels.drop(dropped), FAST)
     assert "pool0" in str(err.value) and "pool1" in str(err.value)
+
+
+# ---------------------------------------------------------------- live model
+
+def test_live_model_uses_only_labels_known_at_its_last_bar_close():
+    features, _, labels = _panel(n_pools=3, n_bars=200)
+    live = fit_live_model(features, labels, FAST)
+    last_open = features.index.get_level_values(1).max()
+    assert live.trained_until == last_open + BAR
+    # Labels of the last bar of each pool become known after trained_until: never trained on.
+    assert live.train_rows == int((labels["label"].notna() & (labels["label_known_at"] <= live.trained_until)).sum())
+
+    # Scrambling every label not yet known at trained_until leaves the boosters bit-identical.
+    tampered = labels.copy()
+    unknown = tampered["label_known_at"] > live.trained_until
+    assert unknown.sum() == 3
+    tampered.loc[unknown, "label"] = 1e6
+    assert fit_live_model(features, tampered, FAST).model_strings == live.model_strings
+    # ...while changing a known label does change them (the test can fail).
+    tampered.loc[tampered.index[10], "label"] = 1e6
+    assert fit_live_model(features, tampered, FAST).model_strings != live.model_strings
+
+
+def test_live_model_predicts_new_bars_only_and_learns_the_signal():
+    features, _, labels = _panel(n_pools=3, n_bars=300)
+    live = fit_live_model(features, labels, FAST)
+    rs = np.random.RandomState(5)
+    new_opens = pd.date_range(live.trained_until, periods=50, freq="h", tz="UTC")
+    new = pd.DataFrame({"x1": rs.normal(size=50), "x2": rs.normal(size=50), "x3": rs.normal(size=50)},
+                       index=pd.DatetimeIndex(new_opens, name="open_time"))
+    preds = live.predict(new)
+    assert list(preds.columns) == [*QUANTILE_COLUMNS, "crossed"]
+    assert (preds["q10"] <= preds["q50"]).all() and (preds["q50"] <= preds["q90"]).all()
+    # The panel's next-bar return is 0.005 * x1: the median rises with x1.
+    assert np.corrcoef(new["x1"], preds["q50"])[0, 1] > 0.8
+
+    # A bar whose close is not after trained_until may have been trained on: refused.
+    seen = pd.DataFrame({"x1": [0.0], "x2": [0.0], "x3": [0.0]},
+                        index=pd.DatetimeIndex([live.trained_until - BAR], name="open_time"))
+    with pytest.raises(ValueError, match="in-sample"):
+        live.predict(seen)
+
+
+def test_live_model_needs_min_train_rows():
+    features, _, labels = _panel(n_pools=1, n_bars=60)
+    assert fit_live_model(features, labels, FAST) is None
