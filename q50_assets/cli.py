@@ -12,8 +12,16 @@ from pathlib import Path
 from q50_assets.settings import ENV_DATABASE_URL, Settings, SettingsError, get_settings
 
 DAGSTER_YAML = """\
-# Written by `q50 demo` for the embedded default: runs and events in SQLite under this folder.
-# For PostgreSQL run storage see the README ("Dagster's own history in PostgreSQL").
+# Written by `q50` for the embedded default: runs and events in SQLite under this folder.
+# For PostgreSQL run storage use deploy/dagster.postgres.yaml (README, "Dagster on PostgreSQL").
+concurrency:
+  runs:
+    max_concurrent_runs: 2          # sensor and nightly fan-out: at most two pool runs at once
+    tag_concurrency_limits:
+      - key: dagster/partition      # never two runs of the same pool at once
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
 telemetry:
   enabled: false
 """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from dagster import Definitions, EnvVar
+from dagster import Definitions, EnvVar, in_process_executor
 
 from q50_assets.assets.backtest import backtest_portfolio, backtest_results
 from q50_assets.assets.features import qlib_features
@@ -13,7 +13,8 @@ from q50_assets.assets.ohlcv import ohlcv_bars
 from q50_assets.assets.regimes import regime_labels
 from q50_assets.assets.signals import q50_signals
 from q50_assets.assets.trading_history import q50_trading_history
-from q50_assets.automation.jobs import portfolio_summary_job, refresh_pool_job, train_q50_model_job
+from q50_assets.automation.jobs import nightly_job, portfolio_summary_job, refresh_pool_job, train_q50_model_job
+from q50_assets.automation.sensors import build_automation
 from q50_assets.resources.database import CollectorDatabase
 from q50_assets.resources.nautilus import NautilusBacktester
 from q50_assets.resources.qlib_store import QlibStore
@@ -40,11 +41,17 @@ def build_resources(settings: Settings) -> dict:
 
 
 def build_definitions(settings: Settings) -> Definitions:
+    sensors, schedules = build_automation(settings)
     return Definitions(
         assets=[ohlcv_bars, qlib_features, q50_model, q50_signals, regime_labels, backtest_results,
                 q50_trading_history, backtest_portfolio],
-        jobs=[refresh_pool_job, train_q50_model_job, portfolio_summary_job],
+        jobs=[refresh_pool_job, train_q50_model_job, nightly_job, portfolio_summary_job],
+        sensors=sensors,
+        schedules=schedules,
         resources=build_resources(settings),
+        # In-process for every run (UI materializations included): one pool's steps are sequential,
+        # and a subprocess per step costs more than most steps. Pools fan out as separate runs.
+        executor=in_process_executor,
     )
 
 

@@ -212,6 +212,23 @@ class NautilusTraderSettings(_Section):
     backtest: BacktestSettings = BacktestSettings()
 
 
+class NewBarsSensorSettings(_Section):
+    interval_seconds: int = Field(default=60, ge=10, description="Minimum seconds between two ticks.")
+    revision_window_bars: int = Field(
+        default=3, ge=1, description="The newest N bars of each pool are re-read every tick to see revisions in place.")
+    running_by_default: bool = Field(default=False, description="Start the sensor with the deployment (else: turn it on in the UI).")
+
+
+class NightlySettings(_Section):
+    hour_utc: int = Field(default=2, ge=0, le=23, description="Hour (UTC) of the nightly retrain + backtests.")
+    running_by_default: bool = Field(default=False, description="Start the schedule with the deployment.")
+
+
+class AutomationSettings(_Section):
+    new_bars_sensor: NewBarsSensorSettings = NewBarsSensorSettings()
+    nightly: NightlySettings = NightlySettings()
+
+
 class Settings(_Section):
     data_dir: Path = Field(
         default=Path(".q50_data"),
@@ -224,6 +241,7 @@ class Settings(_Section):
     model: ModelSettings = ModelSettings()
     signals: SignalSettings = SignalSettings()
     nautilus_trader: NautilusTraderSettings = NautilusTraderSettings()
+    automation: AutomationSettings = AutomationSettings()
 
     @property
     def database_url(self) -> str:

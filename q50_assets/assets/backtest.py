@@ -292,11 +292,35 @@ def portfolio_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def comparable_baselines(results: pd.DataFrame) -> tuple[list[dict], int]:
+    """Pools whose latest backtest cannot be compared fairly: a variant missing, variants on
+    different out-of-sample spans, or a return that is not finite or below -100 % (spot cannot
+    lose more than it holds). Returns (problems, pools checked)."""
+    problems = []
+    for pool_id, rows in results.groupby("pool_id"):
+        variants = set(rows["variant"])
+        if variants != set(VARIANTS):
+            problems.append({"pool_id": pool_id, "problem": f"variants {sorted(variants)}"})
+            continue
+        spans = rows[["oos_start", "oos_end", "bars"]].astype(str).drop_duplicates()
+        if len(spans) != 1:
+            problems.append({"pool_id": pool_id, "problem": "variants cover different out-of-sample spans"})
+        bad = rows[~np.isfinite(rows["total_return"].astype(float)) | (rows["total_return"].astype(float) < -1)]
+        if len(bad):
+            problems.append({"pool_id": pool_id, "problem": f"impossible total_return in {sorted(bad['variant'])}"})
+    return problems, int(results["pool_id"].nunique()) if len(results) else 0
+
+
 @asset(
     name=PORTFOLIO_ASSET,
     deps=[AssetKey(BACKTEST_ASSET)],
     group_name="backtest",
     kinds={"pandas"},
+    check_specs=[
+        AssetCheckSpec("comparable_baselines", asset=PORTFOLIO_ASSET, blocking=True,
+                       description="Every pool in the table has q50, buy & hold and shuffled results from one "
+                       "backtest run on the same out-of-sample span, with finite returns >= -100 %."),
+    ],
     description="Across pools: the latest backtest of each pool, per variant (q50, buy & hold, shuffled), "
     "out of sample, equal weight per pool. Read from q50_backtest_results, so pools blocked upstream "
     "simply have no row.",
@@ -304,6 +328,8 @@ def portfolio_markdown(table: pd.DataFrame) -> str:
 def backtest_portfolio(context: AssetExecutionContext, collector_db: CollectorDatabase,
                        settings: ResourceParam[Settings]):
     results = collector_db.latest_backtest_results(settings.timeframe)
+    problems, checked = comparable_baselines(results)
     table = portfolio_table(results)
-    yield Output(table, metadata={"pools": int(results["pool_id"].nunique()) if len(results) else 0,
-                                  "summary": MetadataValue.md(portfolio_markdown(table))})
+    yield Output(table, metadata={"pools": checked, "summary": MetadataValue.md(portfolio_markdown(table))})
+    yield AssetCheckResult(check_name="comparable_baselines", passed=not problems, severity=AssetCheckSeverity.ERROR,
+                           metadata={"pools_checked": checked, "problems": MetadataValue.json(problems[:50])})

@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from q50_assets.db import migrate
-from q50_assets.db.collector_models import ohlcv_data, pools
+from q50_assets.db.collector_models import collection_metadata, ohlcv_data, pools
 from q50_assets.db.engine import get_engine, redact_url
 from q50_assets.db.q50_models import (
     pool_feature_vectors,
@@ -170,6 +170,47 @@ class CollectorDatabase(ConfigurableResource):
         with self.engine.connect() as conn:
             rows = conn.execute(stmt).all()
         return pd.DataFrame(rows, columns=RAW_COLUMNS)
+
+    def collector_progress(self, collector_type: str = "ohlcv_collector") -> dict | None:
+        """The collector's own progress row for one of its collectors (run_count, updated_at), or None."""
+        t = collection_metadata
+        stmt = select(t.c.run_count, t.c.last_success, t.c.updated_at).where(t.c.collector_type == collector_type)
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt).mappings().first()
+        if row is None:
+            return None
+        return {"run_count": row["run_count"],
+                "last_success": None if row["last_success"] is None else _utc(row["last_success"]).isoformat(),
+                "updated_at": None if row["updated_at"] is None else _utc(row["updated_at"]).isoformat()}
+
+    def bar_summaries(self, timeframe: str, window_bars: int, bar_seconds: int) -> dict[str, dict]:
+        """Per pool with bars of ``timeframe``: newest bar open (epoch s), row count, and the rows of
+        the last ``window_bars`` bars (timestamp, OHLCV, as text) — what the sensor compares between
+        ticks to see new bars and bars the collector revised in place (ohlcv_data has no updated_at).
+
+        Two queries whatever the number of pools: one aggregate, one window join.
+        """
+        o = ohlcv_data
+        newest = (
+            select(o.c.pool_id, func.max(o.c.timestamp).label("newest"), func.count().label("rows"))
+            .where(o.c.timeframe == timeframe)
+            .group_by(o.c.pool_id)
+            .subquery()
+        )
+        window = (
+            select(o.c.pool_id, o.c.timestamp, o.c.open_price, o.c.high_price, o.c.low_price, o.c.close_price,
+                   o.c.volume_usd)
+            .join(newest, newest.c.pool_id == o.c.pool_id)
+            .where(o.c.timeframe == timeframe, o.c.timestamp > newest.c.newest - window_bars * bar_seconds)
+            .order_by(o.c.pool_id, o.c.timestamp, o.c.id)
+        )
+        with self.engine.connect() as conn:
+            summaries = {pid: {"newest": int(ts), "rows": int(n), "window": []}
+                         for pid, ts, n in conn.execute(select(newest))}
+            for pid, ts, *values in conn.execute(window):
+                # Text of the stored Numeric values: exact, and equal across drivers and ticks.
+                summaries[pid]["window"].append([int(ts), *("" if v is None else str(v) for v in values)])
+        return summaries
 
     def pools_with_bars(self, timeframe: str) -> list[str]:
         stmt = (

@@ -1,0 +1,137 @@
+"""The new-collector-bars sensor against a real collector database (SQLite and PostgreSQL):
+what it requests, when it skips and why, and that a dead database never crashes a tick."""
+
+from __future__ import annotations
+
+import pytest
+from dagster import AssetKey, SensorResult, SkipReason, build_sensor_context, instance_for_test
+
+from q50_assets.assets.partitions import POOLS_PARTITION_NAME
+from q50_assets.automation.sensors import TRIGGER_TAG
+from q50_assets.db.engine import get_engine
+from q50_assets.definitions import build_definitions
+from q50_assets.resources.database import CollectorDatabase
+from q50_assets_tests.collector_sim import bars_of, record_collector_run, revise_bar
+from q50_assets_tests.conftest import settings_for
+
+POOL = "solana_4qs2R1Gsj2Lpy4ewV9hfVerNk2h4Qx3ZEkmJyKLywvb3"
+
+
+class Ticker:
+    """Ticks the sensor the way the daemon does: cursor carried over, partitions added."""
+
+    def __init__(self, url: str, data_dir, instance):
+        self.settings = settings_for(url, data_dir)
+        self.sensor = build_definitions(self.settings).resolve_sensor_def("new_collector_bars")
+        self.db = CollectorDatabase(url=url)
+        self.instance = instance
+        self.cursor = None
+
+    def tick(self):
+        ctx = build_sensor_context(instance=self.instance, cursor=self.cursor, resources={"collector_db": self.db})
+        result = self.sensor(ctx)
+        if isinstance(result, SensorResult):
+            self.cursor = result.cursor
+            for request in result.dynamic_partitions_requests or []:
+                self.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        return result
+
+
+@pytest.fixture
+def ticker(collector_url, tmp_path):
+    with instance_for_test() as instance:
+        yield Ticker(collector_url, tmp_path / "data", instance)
+
+
+def test_first_tick_registers_every_pool_and_requests_runs_without_a_model(ticker):
+    result = ticker.tick()
+    pools = CollectorDatabase(url=ticker.db.url).pools_with_bars("1h")
+    assert len(pools) == 62
+    assert sorted(r.partition_key for r in result.run_requests) == pools
+    assert sorted(ticker.instance.get_dynamic_partitions(POOLS_PARTITION_NAME)) == pools
+    assert {r.tags[TRIGGER_TAG] for r in result.run_requests} == {"new_pool"}
+    # No q50_model yet: only the stages that do not need one.
+    assert {tuple(k.to_user_string() for k in r.asset_selection) for r in result.run_requests} == {
+        ("ohlcv_bars", "qlib_features", "regime_labels")}
+    assert len({r.run_key for r in result.run_requests}) == 62
+
+
+def test_unchanged_collector_skips_with_the_reason(ticker):
+    ticker.tick()
+    skipped = ticker.tick()
+    assert isinstance(skipped, SkipReason)
+    assert "has not run since the last tick (run_count 38" in skipped.skip_message
+
+    # The collector ran but wrote nothing new: the bars are compared, and the tick still skips.
+    record_collector_run(get_engine(ticker.db.url))
+    result = ticker.tick()
+    assert isinstance(result, SensorResult) and not result.run_requests
+    assert "no new or revised 1h bars in 62 pools" in result.skip_reason.skip_message
+
+
+def test_a_revision_in_place_is_seen_and_its_run_key_is_stable(ticker):
+    engine = get_engine(ticker.db.url)
+    ticker.tick()
+    newest = bars_of(engine, POOL).iloc[-1]
+    revise_bar(engine, POOL, int(newest["timestamp"]), close_price=float(newest["close_price"]) * 1.01)
+    record_collector_run(engine)
+    before = ticker.cursor
+    result = ticker.tick()
+    assert [(r.partition_key, r.tags[TRIGGER_TAG]) for r in result.run_requests] == [(POOL, "revised")]
+
+    # The same collector state asked again (a tick whose cursor was lost) gives the same run key,
+    # so Dagster launches it once.
+    ticker.cursor = before
+    again = ticker.tick()
+    assert [r.run_key for r in again.run_requests] == [r.run_key for r in result.run_requests]
+
+    # A bar older than the re-read window is not compared (documented: revision_window_bars).
+    old = bars_of(engine, POOL).iloc[-10]
+    revise_bar(engine, POOL, int(old["timestamp"]), volume_usd=float(old["volume_usd"]) + 1)
+    record_collector_run(engine)
+    assert not ticker.tick().run_requests
+
+
+def test_with_a_model_every_stage_is_requested(ticker):
+    ticker.instance.report_runless_asset_event(
+        __import__("dagster").AssetMaterialization(asset_key=AssetKey("q50_model")))
+    result = ticker.tick()
+    assert {tuple(k.to_user_string() for k in r.asset_selection) for r in result.run_requests} == {
+        ("ohlcv_bars", "qlib_features", "regime_labels", "q50_signals", "backtest_results", "q50_trading_history")}
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_unreachable_database_skips_with_the_error_and_recovers(tmp_path, sqlite_sample_file, backend):
+    import shutil
+
+    path = tmp_path / "collector.sqlite"
+    shutil.copy(sqlite_sample_file, path)
+    with instance_for_test() as instance:
+        ticker = Ticker(f"sqlite:///{path}", tmp_path / "data", instance)
+        ticker.tick()
+        cursor = ticker.cursor
+        get_engine(ticker.db.url).dispose()
+        path.rename(tmp_path / "moved.sqlite")
+        path.mkdir()  # a directory where the database file was: SQLite cannot open it
+        skipped = ticker.tick()
+        assert isinstance(skipped, SkipReason)
+        assert "unreachable (OperationalError" in skipped.skip_message and str(path) in skipped.skip_message
+        assert ticker.cursor == cursor  # nothing learnt from a failed tick
+        path.rmdir()
+        (tmp_path / "moved.sqlite").rename(path)
+        assert isinstance(ticker.tick(), SkipReason)  # back, and nothing changed meanwhile
+
+
+def test_unreachable_postgresql_skips_without_leaking_the_password(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with instance_for_test() as instance:
+        ticker = Ticker(f"postgresql://q50_reader:s3cret-pw@127.0.0.1:{port}/collector", tmp_path / "data", instance)
+        skipped = ticker.tick()
+    assert isinstance(skipped, SkipReason)
+    assert f"127.0.0.1:{port}" in skipped.skip_message and "unreachable (OperationalError" in skipped.skip_message
+    assert "s3cret-pw" not in skipped.skip_message
+    assert ticker.cursor is None
