@@ -18,8 +18,10 @@ from dagster import (
     ResourceParam,
     asset,
 )
+from sqlalchemy import select
 
 from q50_assets.assets.partitions import pool_partitions
+from q50_assets.db.collector_models import pools
 from q50_assets.research.bars import BAR_RULES, BarRules, RuleOutcome, ValidatedBars, validate_bars
 from q50_assets.resources.database import CollectorDatabase
 from q50_assets.settings import Settings
@@ -36,6 +38,12 @@ def bar_rules(settings: Settings) -> BarRules:
         min_price_significant_digits=o.min_price_significant_digits,
         max_gap_bars=o.max_gap_bars,
     )
+
+
+def _pool_registered(collector_db: CollectorDatabase, pool_id: str) -> bool:
+    """Whether the collector's ``pools`` table has a row for ``pool_id`` (bound parameter)."""
+    with collector_db.engine.connect() as conn:
+        return conn.execute(select(pools.c.id).where(pools.c.id == pool_id)).first() is not None
 
 
 def _check_result(pool_id: str, outcome: RuleOutcome) -> AssetCheckResult:
@@ -96,7 +104,11 @@ def ohlcv_bars(
     pool_id = context.partition_key
     raw = collector_db.read_bars(pool_id, settings.timeframe)
     validated = validate_bars(
-        pool_id, raw, bar_rules(settings), colliding_pool_ids=collector_db.lowercase_collisions(pool_id)
+        pool_id,
+        raw,
+        bar_rules(settings),
+        colliding_pool_ids=collector_db.lowercase_collisions(pool_id),
+        pool_registered=_pool_registered(collector_db, pool_id),
     )
     if not validated.safe:
         context.log.warning(

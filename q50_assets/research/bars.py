@@ -145,6 +145,7 @@ class _RuleContext:
     now: pd.Timestamp
     complete_bars: int
     colliding_pool_ids: tuple[str, ...]
+    pool_registered: bool = True
 
 
 # A rule returns (offending rows with a `reason`, metadata, verdict); verdict None means
@@ -228,13 +229,18 @@ def _timestamps(frame, ctx):
     ]
     disagrees = frame["datetime_utc"].notna() & (frame["datetime_utc"] != frame["open_time"])
     parts.append(_flag(frame, disagrees, "datetime disagrees with epoch timestamp"))
+    # A datetime the collector stored but pandas cannot represent (after year 2262) is no bar open.
+    unreadable = frame["datetime_utc"].isna() & frame["datetime"].notna()
+    parts.append(_flag(frame, unreadable, "datetime out of range"))
     return _concat(parts, frame), {}, None
 
 
 @_rule("no_future_bars", True, "No bar opens after the time of validation.")
 def _no_future(frame, ctx):
     hits = _flag(frame, frame["open_time"] > ctx.now, "opens in the future")
-    return _concat([hits], frame), {"validated_at": _iso(ctx.now)}, None
+    # Epoch seconds beyond pandas' range (year 2262), e.g. a timestamp written in milliseconds.
+    beyond = _flag(frame, frame["open_time"].isna(), "opens in the future (epoch out of range: milliseconds?)")
+    return _concat([hits, beyond], frame), {"validated_at": _iso(ctx.now)}, None
 
 
 @_rule(
@@ -270,6 +276,17 @@ def _lowercase_collision(frame, ctx):
     return _concat([], frame), {"colliding_pool_ids": ids}, not ids
 
 
+@_rule(
+    "pool_registered",
+    True,
+    "The pool id has a row in the collector's pools table. Bars of an unknown pool (a collector "
+    "without foreign keys, e.g. SQLite) cannot be stored: the q50 tables reference pools.id.",
+)
+def _pool_registered(frame, ctx):
+    hits = _flag(frame, pd.Series(not ctx.pool_registered, index=frame.index), "pool_id has no row in pools")
+    return _concat([hits], frame), {"pool_registered": ctx.pool_registered}, ctx.pool_registered
+
+
 @_rule("enough_bars", True, "Enough complete bars to compute features (settings.ohlcv.min_bars).")
 def _enough_bars(frame, ctx):
     meta = {"complete_bars": ctx.complete_bars, "min_bars": ctx.rules.min_bars}
@@ -293,7 +310,7 @@ def _gaps(frame, ctx):
     longest = int(missing.max()) if len(missing) and missing.max() > 0 else 0
     longest_at = None
     if longest:
-        longest_at = _iso(pd.Timestamp(int(opens[1:][missing.argmax()]), unit="s", tz="UTC"))
+        longest_at = _iso(pd.to_datetime(int(opens[1:][missing.argmax()]), unit="s", utc=True))
     meta = {
         "gap_count": int((missing > 0).sum()),
         "missing_bars": int(missing[missing > 0].sum()) if len(missing) else 0,
@@ -337,6 +354,17 @@ def _iso(value: Any) -> str | None:
     return pd.Timestamp(value).isoformat()
 
 
+_NS_RANGE = (pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC"))
+
+
+def _utc_ns(values: pd.Series, **to_datetime) -> pd.Series:
+    """UTC nanosecond times; NaT where a value is unreadable or beyond the nanosecond range
+    (years 1677..2262), e.g. an epoch written in milliseconds. Rules flag the NaT rows."""
+    times = pd.to_datetime(values, utc=True, errors="coerce", **to_datetime)
+    in_range = times.isna() | ((times >= _NS_RANGE[0]) & (times <= _NS_RANGE[1]))
+    return times.where(in_range).dt.as_unit("ns")
+
+
 def _normalise(raw: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in RAW_COLUMNS if c not in raw.columns]
     if missing:
@@ -345,10 +373,9 @@ def _normalise(raw: pd.DataFrame) -> pd.DataFrame:
     for column in VALUE_COLUMNS:
         frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
     frame["timestamp"] = frame["timestamp"].astype("int64")
-    frame["open_time"] = pd.to_datetime(frame["timestamp"], unit="s", utc=True)
+    frame["open_time"] = _utc_ns(frame["timestamp"], unit="s")
     # SQLite returns naive datetimes (stored as UTC); PostgreSQL returns aware ones.
-    frame["datetime_utc"] = pd.to_datetime(frame["datetime"], utc=True).dt.as_unit("ns")
-    frame["open_time"] = frame["open_time"].dt.as_unit("ns")
+    frame["datetime_utc"] = _utc_ns(frame["datetime"])
     return frame.sort_values(["timestamp", "id"], kind="stable").reset_index(drop=True)
 
 
@@ -373,11 +400,13 @@ def validate_bars(
     rules: BarRules,
     now: datetime | pd.Timestamp | None = None,
     colliding_pool_ids: tuple[str, ...] | list[str] = (),
+    pool_registered: bool = True,
 ) -> ValidatedBars:
     """Validate one pool's collector rows of ``rules.timeframe``.
 
     ``raw`` has :data:`RAW_COLUMNS`. ``colliding_pool_ids`` are the other pool ids equal to
-    ``pool_id`` when lower-cased. Every row read ends up either in ``bars``, in
+    ``pool_id`` when lower-cased; ``pool_registered`` says whether ``pools`` has a row for it.
+    Every row read ends up either in ``bars``, in
     ``partial_bar`` (the newest, still revisable bar) or, when a blocking rule failed, in a
     pool marked unsafe with the offending rows listed by the failing rule.
     """
@@ -390,7 +419,7 @@ def validate_bars(
     complete = frame.drop(index=newest)
     partial = frame.loc[newest]
 
-    ctx = _RuleContext(rules, now_ts, len(complete), tuple(sorted(colliding_pool_ids)))
+    ctx = _RuleContext(rules, now_ts, len(complete), tuple(sorted(colliding_pool_ids)), pool_registered)
     outcomes = []
     for rule in BAR_RULES:
         offending, meta, verdict = rule.evaluate(frame, ctx)

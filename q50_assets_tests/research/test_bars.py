@@ -113,6 +113,13 @@ BAD_ROWS = [
         19,
     ),
     (
+        "timestamp written in epoch milliseconds (beyond pandas' range: no crash)",
+        lambda r: _set(r, 19, timestamp=int(r.loc[19, "timestamp"]) * 1000),
+        "no_future_bars",
+        "epoch out of range",
+        19,
+    ),
+    (
         "price below stored precision",
         lambda r: _set(r, 20, low_price=4e-8),
         "price_precision",
@@ -163,6 +170,34 @@ def test_a_pool_colliding_on_lower_case_is_blocked(real_rows):
     assert not outcomes["pool_id_unique_lowercase"].passed
     assert outcomes["pool_id_unique_lowercase"].metadata["colliding_pool_ids"] == [POOL.lower()]
     assert not validated.safe
+
+
+def test_bars_of_a_pool_without_a_pools_row_are_blocked_and_every_row_listed(real_rows):
+    """ohlcv_data rows whose pool_id has no pools row (a collector without foreign keys):
+    the q50 tables reference pools.id, so nothing of that pool could be stored downstream."""
+    validated, outcomes = _outcomes(real_rows, pool_registered=False)
+    outcome = outcomes["pool_registered"]
+    assert not outcome.passed and outcome.blocking
+    assert outcome.metadata["offending_bars"] == len(real_rows)  # every row counted...
+    listed = outcome.listed_bars()
+    assert len(listed) == 20 and {b["reason"] for b in listed} == {"pool_id has no row in pools"}  # ...20 listed
+    assert validated.blocking_failures == ["pool_registered"]
+    with pytest.raises(UnsafeBarsError, match="pool_registered"):
+        require_safe(validated)
+    assert _outcomes(real_rows)[1]["pool_registered"].passed  # registered is the default
+
+
+def test_a_datetime_beyond_pandas_range_is_flagged_not_a_crash(real_rows):
+    bad = real_rows.astype({"datetime": object})
+    bad.loc[5, "datetime"] = pd.Timestamp("3000-01-01", tz="UTC").to_pydatetime()
+    validated, outcomes = _outcomes(bad)
+    listed = outcomes["timestamps_aligned_unique"].listed_bars()
+    assert listed == [{"ohlcv_id": int(bad.loc[5, "id"]), "open_time": _iso_open(bad, 5), "reason": "datetime out of range"}]
+    assert validated.blocking_failures == ["timestamps_aligned_unique"]
+
+
+def _iso_open(rows, i):
+    return pd.Timestamp(int(rows.loc[i, "timestamp"]), unit="s", tz="UTC").isoformat()
 
 
 def test_a_pool_with_three_bars_is_too_short(real_rows):
