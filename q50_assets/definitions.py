@@ -24,7 +24,10 @@ from q50_assets.settings import ENV_DATABASE_URL, Settings, get_settings
 
 def build_resources(settings: Settings) -> dict:
     # An env-var URL stays an EnvVar so the UI shows its name, never the credentials in it.
-    url = EnvVar(ENV_DATABASE_URL) if os.environ.get(ENV_DATABASE_URL) else settings.database_url
+    # Only when the settings' URL is the environment's: settings built for another database (tests,
+    # benchmarks) must never be redirected to whatever the shell exports.
+    from_env = os.environ.get(ENV_DATABASE_URL) and os.environ[ENV_DATABASE_URL] == settings.database.url
+    url = EnvVar(ENV_DATABASE_URL) if from_env else settings.database_url
     return {
         "collector_db": CollectorDatabase(url=url),
         "qlib_store": QlibStore(provider_dir=str(settings.data_dir / "qlib"), timeframe=settings.timeframe),
