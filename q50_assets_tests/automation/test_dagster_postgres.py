@@ -1,0 +1,69 @@
+"""Dagster's own history in PostgreSQL: deploy/dagster.postgres.yaml, credentials from the
+environment, a real materialization stored in the suite's PostgreSQL server."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, DagsterInstance
+from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
+from sqlalchemy import create_engine, text
+
+from q50_assets.assets.partitions import POOLS_PARTITION_NAME
+from q50_assets.definitions import build_definitions
+from q50_assets_tests.conftest import create_pg_database, drop_pg_database, settings_for
+
+REPO = Path(__file__).resolve().parents[2]
+POOL = "solana_4qs2R1Gsj2Lpy4ewV9hfVerNk2h4Qx3ZEkmJyKLywvb3"
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_materialization_on_a_postgresql_backed_instance(collector_url, postgres_url, tmp_path, monkeypatch, backend):
+    dagster_url = create_pg_database(postgres_url)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "deploy" / "dagster.postgres.yaml", home / "dagster.yaml")
+    assert "postgresql" not in (home / "dagster.yaml").read_text().split("# The collector")[1]  # no URL in the file
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_PG_URL", dagster_url.replace("postgresql://", "postgresql+psycopg2://"))
+    try:
+        with DagsterInstance.get() as instance:
+            assert isinstance(instance.run_storage, PostgresRunStorage)
+            assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
+            assert isinstance(instance.schedule_storage, PostgresScheduleStorage)
+            queue = instance.get_concurrency_config().run_queue_config
+            assert queue.max_concurrent_runs == 2
+            assert queue.tag_concurrency_limits == [
+                {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]
+
+            instance.add_dynamic_partitions(POOLS_PARTITION_NAME, [POOL])
+            defs = build_definitions(settings_for(collector_url, tmp_path / "data"))
+            result = defs.resolve_job_def("refresh_pool").execute_in_process(
+                instance=instance, partition_key=POOL,
+                asset_selection=[AssetKey("ohlcv_bars"), AssetKey("qlib_features"), AssetKey("regime_labels")])
+            assert result.success
+            event = instance.get_latest_materialization_event(AssetKey("regime_labels"))
+            assert event is not None and event.run_id == result.run_id
+
+        # What the instance said is really in PostgreSQL, read back with plain SQL.
+        engine = create_engine(dagster_url.replace("postgresql://", "postgresql+psycopg2://"))
+        with engine.connect() as conn:
+            runs = conn.execute(text("SELECT run_id, status FROM runs")).all()
+            materialized = conn.execute(text(
+                "SELECT asset_key FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' "
+                "AND partition = :pool ORDER BY id"), {"pool": POOL}).scalars().all()
+            checks = conn.execute(text(
+                "SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_CHECK_EVALUATION'")).scalar()
+            partitions = conn.execute(text("SELECT partition FROM dynamic_partitions")).scalars().all()
+            schedule_tables = conn.execute(text(
+                "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('instigators', 'job_ticks')")).scalar()
+        engine.dispose()
+        assert runs == [(result.run_id, "SUCCESS")]
+        assert [k.strip('[]"') for k in materialized] == ["ohlcv_bars", "qlib_features", "regime_labels"]
+        assert checks >= 10  # every OHLCV rule, both feature checks, both regime checks
+        assert partitions == [POOL]
+        assert schedule_tables == 2
+    finally:
+        drop_pg_database(postgres_url, dagster_url)
