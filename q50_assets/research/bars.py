@@ -254,7 +254,8 @@ def _price_precision(frame, ctx):
     parts = []
     for column in PRICE_COLUMNS:
         units = frame[column] * scale
-        positive = units > 0
+        # Non-finite prices are complete_values' to report (an infinite one has no digit count).
+        positive = (units > 0) & np.isfinite(units)
         digits = np.floor(np.log10(units.where(positive, 1.0))) + 1
         coarse = positive & (digits < ctx.rules.min_price_significant_digits)
         reason = column + " has " + digits.astype("Int64").astype(str) + " significant digit(s)"

@@ -68,6 +68,8 @@ BAD_ROWS = [
     ("negative price", lambda r: _set(r, 11, open_price=-1e-4), "positive_prices", "open_price <= 0", 11),
     ("NULL close", lambda r: _set(r, 12, close_price=np.nan), "complete_values", "close_price is NULL", 12),
     ("NaN volume", lambda r: _set(r, 13, volume_usd=np.nan), "complete_values", "volume_usd is NULL", 13),
+    # SQLite stores inf in a Numeric column (PostgreSQL's numeric(20,8) refuses it).
+    ("infinite high", lambda r: _set(r, 13, high_price=np.inf), "complete_values", "high_price is NULL/NaN/inf", 13),
     (
         "high below close",
         lambda r: _set(r, 14, high_price=float(r.loc[14, "close_price"]) * 0.5),
