@@ -1,4 +1,4 @@
-"""Command line: ``q50 migrate | load-sample | register-pools | demo | benchmark``."""
+"""Command line: ``q50 migrate | load-sample | replay-collector | register-pools | demo | benchmark``."""
 
 from __future__ import annotations
 
@@ -57,13 +57,40 @@ def cmd_migrate(settings: Settings, _args) -> int:
     return 0
 
 
-def cmd_load_sample(settings: Settings, _args) -> int:
+def _refuse_foreign_collector(settings: Settings, args, what: str) -> bool:
+    if settings.database.url and not args.force:
+        print(f"q50: refusing to {what} into {_database(settings).display_url}: {ENV_DATABASE_URL} points at a "
+              "collector database (pass --force if it is a scratch copy)", file=sys.stderr)
+        return True
+    return False
+
+
+def cmd_load_sample(settings: Settings, args) -> int:
     from q50_assets.db.sample_loader import load_sample
 
+    if args.hold_back_bars and _refuse_foreign_collector(settings, args, "load a partial sample"):
+        return 2
     db = _database(settings)
-    report = load_sample(db.engine)
+    report = load_sample(db.engine, hold_back_bars=args.hold_back_bars)
     print(f"Loaded the bundled sample into {db.display_url}:")
     print("\n".join(report.lines()))
+    return 0
+
+
+def cmd_replay_collector(settings: Settings, args) -> int:
+    """Play the collector's next run with the sample's held-back bars (for watching the sensor)."""
+    from q50_assets.db.sample_loader import replay_held_back_bars
+
+    if _refuse_foreign_collector(settings, args, "write sample bars"):
+        return 2
+    db = _database(settings)
+    inserted = replay_held_back_bars(db.engine, bars=args.bars, timeframe=settings.timeframe)
+    if not inserted:
+        print("No held-back sample bars left (load with `q50 load-sample --hold-back-bars N` first).")
+        return 0
+    print(f"Collector run played: {sum(inserted.values())} new {settings.timeframe} bars in {len(inserted)} pools "
+          f"of {db.display_url}; collection_metadata.ohlcv_collector updated. The new_collector_bars sensor's "
+          "next tick requests a refresh_pool run for each of them.")
     return 0
 
 
@@ -253,6 +280,7 @@ def cmd_benchmark(settings: Settings, args) -> int:
 COMMANDS = {
     "migrate": (cmd_migrate, "apply the project's migrations to the configured database"),
     "load-sample": (cmd_load_sample, "load the bundled real sample into the collector tables (idempotent)"),
+    "replay-collector": (cmd_replay_collector, "play the collector's next run: write the next held-back sample bars"),
     "register-pools": (cmd_register_pools, "add a Dagster partition for each pool with bars"),
     "demo": (cmd_demo, "load the sample, migrate, materialize every pool, print a summary"),
     "benchmark": (cmd_benchmark, "time every stage on the bundled sample; print a table, write JSON"),
@@ -266,6 +294,13 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_text)
         if name == "demo":
             p.add_argument("--load-sample", action="store_true", help="load the sample even into a non-embedded database")
+        if name == "load-sample":
+            p.add_argument("--hold-back-bars", type=int, default=0, metavar="N",
+                           help="leave out each series' newest N bars, for replay-collector to write later")
+            p.add_argument("--force", action="store_true", help="allow --hold-back-bars on a non-embedded database")
+        if name == "replay-collector":
+            p.add_argument("--bars", type=int, default=1, metavar="N", help="bars per pool to write (default 1)")
+            p.add_argument("--force", action="store_true", help="allow writing into a non-embedded database")
         if name == "benchmark":
             p.add_argument("--output", help="JSON path (default <data_dir>/benchmark.json)")
     args = parser.parse_args(argv)

@@ -8,13 +8,14 @@ transaction, so running it twice changes nothing.
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, Engine, Table, bindparam, func, select, tuple_
+from sqlalchemy import Connection, Engine, Table, bindparam, func, select
 
 from q50_assets.db.collector_models import (
     COLLECTOR_TABLES,
@@ -142,18 +143,13 @@ def _ohlcv_from_qlib_csv(first_id: int) -> pd.DataFrame:
 
 
 def _existing_keys(conn: Connection, table: Table, key_columns: list[str], keys: list[tuple]) -> set[tuple]:
+    """Which of ``keys`` the table holds. One scan of the key columns: the sample's tables are
+    small, and thousands of IN-lists cost PostgreSQL far more than reading every key once."""
     if not keys:
         return set()
-    cols = [table.c[c] for c in key_columns]
-    found: set[tuple] = set()
-    for start in range(0, len(keys), _CHUNK):
-        chunk = keys[start : start + _CHUNK]
-        if len(cols) == 1:
-            stmt = select(cols[0]).where(cols[0].in_([k[0] for k in chunk]))
-        else:
-            stmt = select(*cols).where(tuple_(*cols).in_(chunk))
-        found.update(tuple(row) for row in conn.execute(stmt))
-    return found
+    wanted = set(keys)
+    rows = conn.execute(select(*(table.c[c] for c in key_columns)))
+    return {tuple(r) for r in rows if tuple(r) in wanted}
 
 
 def _insert_missing(
@@ -179,10 +175,8 @@ def _advance_postgres_sequences(conn: Connection) -> None:
             conn.execute(select(func.setval(func.pg_get_serial_sequence(table.name, "id"), max_id)))
 
 
-def load_sample(engine: Engine) -> LoadReport:
-    """Insert whatever part of the bundled sample is missing; returns what was done."""
-    create_collector_schema(engine)
-    report = LoadReport()
+def _sample_ohlcv_records(report: LoadReport) -> list[dict[str, Any]]:
+    """Every ohlcv_data row of the sample: the export's, then the CSV's it does not already hold."""
     export_ohlcv = _read_export("ohlcv_data")
     csv_rows = _ohlcv_from_qlib_csv(first_id=int(pd.to_numeric(export_ohlcv["id"]).max()) + 1)
 
@@ -192,10 +186,34 @@ def load_sample(engine: Engine) -> LoadReport:
     csv_keys = list(zip(csv_rows["pool_id"], csv_rows["timeframe"], csv_rows["timestamp"]))
     superseded = np.array([k in export_keys for k in csv_keys], dtype=bool)
     report.csv_bars_superseded_by_export = int(superseded.sum())
-    csv_rows = csv_rows[~superseded]
+    return _records(export_ohlcv, ohlcv_data) + _csv_records(csv_rows[~superseded])
+
+
+def _newest_per_series(records: list[dict[str, Any]], bars: int) -> set[tuple]:
+    """Keys of the newest ``bars`` bars of every (pool, timeframe) series."""
+    frame = pd.DataFrame([(r["pool_id"], r["timeframe"], r["timestamp"]) for r in records],
+                         columns=["pool_id", "timeframe", "timestamp"])
+    newest = frame.sort_values("timestamp").groupby(["pool_id", "timeframe"]).tail(bars)
+    return set(newest.itertuples(index=False, name=None))
+
+
+def load_sample(engine: Engine, hold_back_bars: int = 0) -> LoadReport:
+    """Insert whatever part of the bundled sample is missing; returns what was done.
+
+    ``hold_back_bars`` leaves out the newest N bars of every series, so that
+    :func:`replay_held_back_bars` can later play the collector writing them (sensor demos).
+    """
+    create_collector_schema(engine)
+    report = LoadReport()
+    ohlcv_records = _sample_ohlcv_records(report)
+    # Before holding bars back: a pool must exist even while all its bars are still to come.
+    csv_pool_ids = {r["pool_id"] for r in ohlcv_records if r.get("metadata_json") == {"source": "qlib_csv_1h"}}
+    if hold_back_bars:
+        held = _newest_per_series(ohlcv_records, hold_back_bars)
+        ohlcv_records = [r for r in ohlcv_records if (r["pool_id"], r["timeframe"], r["timestamp"]) not in held]
 
     export_pools = _read_export("pools")
-    missing_pool_ids = sorted(set(csv_rows["pool_id"]) - set(export_pools["id"]))
+    missing_pool_ids = sorted(csv_pool_ids - set(export_pools["id"]))
     synthesized = pd.DataFrame(
         {
             "id": missing_pool_ids,
@@ -213,8 +231,7 @@ def load_sample(engine: Engine) -> LoadReport:
     with engine.begin() as conn:
         for table in COLLECTOR_TABLES:
             if table is ohlcv_data:
-                records = _records(export_ohlcv, ohlcv_data) + _csv_records(csv_rows)
-                _insert_missing(conn, ohlcv_data, records, ["pool_id", "timeframe", "timestamp"], report)
+                _insert_missing(conn, ohlcv_data, ohlcv_records, ["pool_id", "timeframe", "timestamp"], report)
                 continue
             frame = _read_export(table.name)
             if table is pools:
@@ -223,6 +240,35 @@ def load_sample(engine: Engine) -> LoadReport:
             _insert_missing(conn, table, _records(frame, table), key, report)
         _advance_postgres_sequences(conn)
     return report
+
+
+def replay_held_back_bars(engine: Engine, bars: int = 1, timeframe: str | None = None) -> dict[str, int]:
+    """Play the collector's next run: insert the next ``bars`` sample bars that are not in the
+    database yet, per series (those ``load_sample(hold_back_bars=...)`` left out), and record the
+    run in ``collection_metadata`` as the collector does. Returns bars inserted per pool."""
+    records = _sample_ohlcv_records(LoadReport())
+    if timeframe:
+        records = [r for r in records if r["timeframe"] == timeframe]
+    by_series: dict[tuple, list[dict[str, Any]]] = {}
+    with engine.begin() as conn:
+        # One scan of the keys beats thousands of IN-lists on PostgreSQL.
+        present = set(conn.execute(select(ohlcv_data.c.pool_id, ohlcv_data.c.timeframe, ohlcv_data.c.timestamp)))
+        for r in sorted(records, key=lambda r: r["timestamp"]):
+            if (r["pool_id"], r["timeframe"], r["timestamp"]) not in present:
+                by_series.setdefault((r["pool_id"], r["timeframe"]), []).append(r)
+        chosen = [r for series in by_series.values() for r in series[:bars]]
+        # The collector's own ids come from its sequence (SQLite: rowid), not from the sample.
+        for start in range(0, len(chosen), _CHUNK):
+            conn.execute(ohlcv_data.insert(), [{k: v for k, v in r.items() if k != "id"}
+                                               for r in chosen[start:start + _CHUNK]])
+        now = datetime.now(timezone.utc)
+        t = collection_metadata
+        conn.execute(t.update().where(t.c.collector_type == "ohlcv_collector").values(
+            run_count=func.coalesce(t.c.run_count, 0) + 1, last_run=now, last_success=now, updated_at=now))
+    inserted: dict[str, int] = {}
+    for r in chosen:
+        inserted[r["pool_id"]] = inserted.get(r["pool_id"], 0) + 1
+    return inserted
 
 
 def _csv_records(rows: pd.DataFrame) -> list[dict[str, Any]]:
@@ -234,4 +280,4 @@ def _csv_records(rows: pd.DataFrame) -> list[dict[str, Any]]:
     return records
 
 
-__all__ = ["load_sample", "create_collector_schema", "LoadReport", "SAMPLE_DIR"]
+__all__ = ["load_sample", "replay_held_back_bars", "create_collector_schema", "LoadReport", "SAMPLE_DIR"]

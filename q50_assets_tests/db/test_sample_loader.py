@@ -90,3 +90,42 @@ def test_collector_can_keep_inserting_after_the_load(empty_db_url):
         ).scalar_one()
         max_before = conn.execute(select(func.max(ohlcv_data.c.id)).where(ohlcv_data.c.id != new_id)).scalar()
     assert new_id > max_before
+
+
+def test_held_back_bars_are_replayed_as_collector_runs(empty_db_url):
+    from q50_assets.db.collector_models import collection_metadata
+    from q50_assets.db.sample_loader import replay_held_back_bars
+
+    engine = get_engine(empty_db_url)
+    held = load_sample(engine, hold_back_bars=3)
+    assert held.tables["pools"].inserted == 4908  # every pool exists, even one whose bars are all held back
+
+    def bar_keys():
+        with engine.connect() as conn:
+            return set(conn.execute(select(ohlcv_data.c.pool_id, ohlcv_data.c.timeframe, ohlcv_data.c.timestamp)))
+
+    def run_count():
+        with engine.connect() as conn:
+            return conn.execute(select(collection_metadata.c.run_count)
+                                .where(collection_metadata.c.collector_type == "ohlcv_collector")).scalar()
+
+    before, runs = bar_keys(), run_count()
+    first = replay_held_back_bars(engine, bars=1, timeframe="1h")
+    assert len(first) == 62 and set(first.values()) == {1}  # one new hourly bar per pool
+    added = bar_keys() - before
+    assert len(added) == 62 and {k[1] for k in added} == {"1h"}
+    # Each added bar is the series' next one: newer than everything the pool had.
+    newest_before = {}
+    for pool_id, tf, ts in before:
+        newest_before[pool_id, tf] = max(newest_before.get((pool_id, tf), 0), ts)
+    assert all(ts > newest_before.get((pool_id, tf), 0) for pool_id, tf, ts in added)
+    assert run_count() == runs + 1
+
+    replay_held_back_bars(engine, bars=5)  # every timeframe, more than is left
+    assert replay_held_back_bars(engine, bars=1) == {}
+    full = get_engine(empty_db_url.replace("empty", "full")) if empty_db_url.startswith("sqlite") else None
+    if full is not None:
+        load_sample(full)
+        with full.connect() as conn:
+            everything = set(conn.execute(select(ohlcv_data.c.pool_id, ohlcv_data.c.timeframe, ohlcv_data.c.timestamp)))
+        assert bar_keys() == everything  # replayed to the end = the whole sample
