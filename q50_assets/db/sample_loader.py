@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, Engine, Table, bindparam, func, select
+from sqlalchemy import Connection, Engine, Table, func, select
 
 from q50_assets.db.collector_models import (
     COLLECTOR_TABLES,
