@@ -18,6 +18,10 @@ Stages and what their time covers:
   (the Q50 strategy, buy & hold, shuffled) plus metrics; ``backtest_q50_only`` the strategy alone.
 * ``backtest_vs_bare`` - the Q50 strategy's engines against a bare Nautilus engine replaying the
   same bars and orders (research/bare_replay.py), when that module is present.
+* ``p3_new_bar_to_trading_history`` - through Dagster: the collector writes one new bar for one
+  pool (the safe pool with the newest data), then the new_collector_bars sensor ticks and the run it
+  requests executes in-process; timed from the tick to the pool's new trading history being
+  readable. Set-up (partitions, model run, the pool's first refresh) is not timed.
 """
 
 from __future__ import annotations
@@ -180,10 +184,17 @@ def run_benchmark(settings, scratch: Path) -> dict:
             data = [(p, safe[p], results[p].decisions["target"], nautilus.spec(reserves[p])) for p in results]
             rec.update(bare_replay.time_stage_vs_bare(data))
 
+    p3_new_bar_to_trading_history(settings, db, scratch, safe, timer)
+
     stages = timer.stages
     checks = {name: {"target_seconds": target, "seconds": stages[name]["seconds"],
                      "met": stages[name]["seconds"] <= target}
               for name, target in TARGETS_SECONDS.items()}
+    if "p3_new_bar_to_trading_history" in stages:
+        p3 = stages["p3_new_bar_to_trading_history"]
+        checks["p3_new_bar_to_trading_history"] = {
+            "target_seconds": 20.0, "seconds": p3["seconds"],
+            "met": p3["seconds"] <= 20.0 and p3["requested_pools"] == [p3["pool_id"]] and p3["backtest_updated"]}
     if "backtest_vs_bare" in stages:
         # Stage vs bare engine, both including bar preparation (see research/bare_replay.py);
         # the engine-only ratio is reported beside it in the stage's details.
@@ -195,6 +206,66 @@ def run_benchmark(settings, scratch: Path) -> dict:
         "stages": stages,
         "targets": checks,
     }
+
+
+def p3_new_bar_to_trading_history(settings, db, scratch: Path, safe: dict, timer: _Timer) -> None:
+    """One new bar -> sensor tick -> refresh_pool run -> updated trading history (see module doc)."""
+    from dagster import AssetKey, DagsterInstance, SensorResult, build_sensor_context
+    from sqlalchemy import delete, insert, select
+
+    from q50_assets.db.collector_models import ohlcv_data as o
+    from q50_assets.definitions import build_definitions
+
+    tf = settings.timeframe
+    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+    pool_id = max(safe, key=lambda p: (safe[p].index[-1], p))
+    with db.engine.begin() as conn:  # the collector before its next run: the newest bar not written yet
+        newest = dict(conn.execute(select(o).where(o.c.pool_id == pool_id, o.c.timeframe == tf)
+                                   .order_by(o.c.timestamp.desc()).limit(1)).mappings().one())
+        conn.execute(delete(o).where(o.c.id == newest["id"]))
+    instance = DagsterInstance.local_temp(str(scratch / "dagster_home"))
+    defs = build_definitions(settings)
+    sensor = defs.resolve_sensor_def("new_collector_bars")
+    refresh = defs.resolve_job_def("refresh_pool")
+    cursor = None
+
+    def tick():
+        nonlocal cursor
+        result = sensor(build_sensor_context(instance=instance, cursor=cursor, resources={"collector_db": db}))
+        if isinstance(result, SensorResult):
+            cursor = result.cursor
+            for req in result.dynamic_partitions_requests or []:
+                instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
+        return result
+
+    tick()
+    upstream = [AssetKey("ohlcv_bars"), AssetKey("qlib_features"), AssetKey("regime_labels")]
+    refresh.execute_in_process(partition_key=pool_id, instance=instance, run_config=quiet, asset_selection=upstream)
+    defs.resolve_job_def("train_q50_model").execute_in_process(instance=instance, run_config=quiet)
+    refresh.execute_in_process(partition_key=pool_id, instance=instance, run_config=quiet)
+    before = db.latest_backtest_results(tf)
+    before_run = before.loc[before["pool_id"] == pool_id, "backtest_run_id"].iloc[0]
+
+    from q50_assets.db.sample_loader import record_collector_run
+
+    with db.engine.begin() as conn:  # the collector's next run writes the bar
+        conn.execute(insert(o).values(**{k: v for k, v in newest.items() if k != "id"}))
+        record_collector_run(conn)
+
+    with timer.stage("p3_new_bar_to_trading_history", pool_id=pool_id) as rec:
+        result = tick()
+        requested = [r.partition_key for r in result.run_requests]
+        ok = True
+        for request in result.run_requests:
+            ok &= refresh.execute_in_process(partition_key=request.partition_key, asset_selection=request.asset_selection,
+                                             tags=request.tags, instance=instance, run_config=quiet,
+                                             raise_on_error=False).success
+        after = db.latest_backtest_results(tf)
+        after_run = after.loc[after["pool_id"] == pool_id, "backtest_run_id"].iloc[0]
+        history = db.trading_history(after_run, pool_id)
+    rec.update(requested_pools=requested, run_succeeded=bool(ok), backtest_updated=bool(after_run != before_run),
+               trading_history_rows=len(history),
+               pools_with_backtests=int(after["pool_id"].nunique()))
 
 
 def format_table(report: dict) -> str:

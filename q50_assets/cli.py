@@ -124,7 +124,7 @@ def cmd_demo(settings: Settings, args) -> int:
     embedded = not settings.database.url
     print(f"q50 demo: collector database {db.display_url} (timeframe {settings.timeframe})")
     if embedded or args.load_sample:
-        report = load_sample(db.engine)
+        report = load_sample(db.engine, hold_back_bars=args.hold_back_bars)
         print(f"Sample: {report.inserted} rows inserted" + (" (already loaded)" if not report.inserted else ""))
     else:
         print(f"Sample: not loaded ({ENV_DATABASE_URL} points at your collector; pass --load-sample to force)")
@@ -294,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_text)
         if name == "demo":
             p.add_argument("--load-sample", action="store_true", help="load the sample even into a non-embedded database")
+            p.add_argument("--hold-back-bars", type=int, default=0, metavar="N",
+                           help="load the sample minus each series' newest N bars (replay-collector writes them later)")
         if name == "load-sample":
             p.add_argument("--hold-back-bars", type=int, default=0, metavar="N",
                            help="leave out each series' newest N bars, for replay-collector to write later")

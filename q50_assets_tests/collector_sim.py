@@ -5,12 +5,11 @@ Only tests (and the sample loader) write the collector's tables; the project nev
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 import pandas as pd
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import Engine, delete, select, update
 
-from q50_assets.db.collector_models import collection_metadata, ohlcv_data
+from q50_assets.db import sample_loader
+from q50_assets.db.collector_models import ohlcv_data
 
 
 def bars_of(engine: Engine, pool_id: str, timeframe: str = "1h") -> pd.DataFrame:
@@ -45,10 +44,7 @@ def revise_bar(engine: Engine, pool_id: str, timestamp: int, timeframe: str = "1
         assert result.rowcount == 1, (pool_id, timestamp)
 
 
-def record_collector_run(engine: Engine, at: datetime | None = None) -> None:
-    """What the collector does after each OHLCV collection: run_count + 1, timestamps."""
-    at = at or datetime.now(timezone.utc)
-    t = collection_metadata
+def record_collector_run(engine: Engine) -> None:
+    """What the collector does after each OHLCV collection: run_count + 1, timestamps now."""
     with engine.begin() as conn:
-        conn.execute(update(t).where(t.c.collector_type == "ohlcv_collector").values(
-            run_count=func.coalesce(t.c.run_count, 0) + 1, last_run=at, last_success=at, updated_at=at))
+        sample_loader.record_collector_run(conn)

@@ -242,6 +242,14 @@ def load_sample(engine: Engine, hold_back_bars: int = 0) -> LoadReport:
     return report
 
 
+def record_collector_run(conn: Connection, collector_type: str = "ohlcv_collector") -> None:
+    """What the collector does after each collection run: run_count + 1, timestamps now."""
+    now = datetime.now(timezone.utc)
+    t = collection_metadata
+    conn.execute(t.update().where(t.c.collector_type == collector_type).values(
+        run_count=func.coalesce(t.c.run_count, 0) + 1, last_run=now, last_success=now, updated_at=now))
+
+
 def replay_held_back_bars(engine: Engine, bars: int = 1, timeframe: str | None = None) -> dict[str, int]:
     """Play the collector's next run: insert the next ``bars`` sample bars that are not in the
     database yet, per series (those ``load_sample(hold_back_bars=...)`` left out), and record the
@@ -261,10 +269,7 @@ def replay_held_back_bars(engine: Engine, bars: int = 1, timeframe: str | None =
         for start in range(0, len(chosen), _CHUNK):
             conn.execute(ohlcv_data.insert(), [{k: v for k, v in r.items() if k != "id"}
                                                for r in chosen[start:start + _CHUNK]])
-        now = datetime.now(timezone.utc)
-        t = collection_metadata
-        conn.execute(t.update().where(t.c.collector_type == "ohlcv_collector").values(
-            run_count=func.coalesce(t.c.run_count, 0) + 1, last_run=now, last_success=now, updated_at=now))
+        record_collector_run(conn)
     inserted: dict[str, int] = {}
     for r in chosen:
         inserted[r["pool_id"]] = inserted.get(r["pool_id"], 0) + 1
