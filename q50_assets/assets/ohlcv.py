@@ -13,6 +13,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    DataVersion,
     MetadataValue,
     Output,
     ResourceParam,
@@ -21,8 +22,17 @@ from dagster import (
 from sqlalchemy import select
 
 from q50_assets.assets.partitions import pool_partitions
+from q50_assets.automation.bar_changes import state_of_rows
 from q50_assets.db.collector_models import pools
-from q50_assets.research.bars import BAR_RULES, BarRules, RuleOutcome, ValidatedBars, validate_bars
+from q50_assets.research.bars import (
+    BAR_RULES,
+    TIMEFRAME_SECONDS,
+    VALUE_COLUMNS,
+    BarRules,
+    RuleOutcome,
+    ValidatedBars,
+    validate_bars,
+)
 from q50_assets.resources.database import CollectorDatabase
 from q50_assets.settings import Settings
 
@@ -114,6 +124,11 @@ def ohlcv_bars(
         context.log.warning(
             f"pool {pool_id}: blocking checks failed {validated.blocking_failures}; downstream stages skip it"
         )
-    yield Output(validated, metadata=_materialization_metadata(validated))
+    # The collector state this materialization reflects, in the sensor's terms: a sensor starting
+    # afresh does not re-run a pool already materialized from exactly these rows.
+    state = state_of_rows(raw[["timestamp", *VALUE_COLUMNS]].itertuples(index=False, name=None),
+                          settings.automation.new_bars_sensor.revision_window_bars, TIMEFRAME_SECONDS[settings.timeframe])
+    yield Output(validated, metadata=_materialization_metadata(validated),
+                 data_version=DataVersion(state.run_key_part if state else "no-rows"))
     for outcome in validated.outcomes:
         yield _check_result(pool_id, outcome)

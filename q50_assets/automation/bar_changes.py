@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 
 CURSOR_VERSION = 1
@@ -56,6 +57,33 @@ class BarsCursor:
             return cls(timeframe)
         return cls(timeframe, data.get("progress"),
                    {p: PoolState(int(v[0]), int(v[1]), str(v[2])) for p, v in data.get("pools", {}).items()})
+
+
+def _cell(value) -> str:
+    """A stored value as the cursor compares it: the float's shortest repr, "" for NULL/NaN."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(float(value)) if not isinstance(value, str) else value
+
+
+def window_rows(rows, window_bars: int, bar_seconds: int) -> list[list]:
+    """The bars of the last ``window_bars`` bar lengths before the newest, as the cursor holds them.
+
+    ``rows``: (timestamp, open, high, low, close, volume) tuples in (timestamp, id) order.
+    """
+    rows = list(rows)
+    if not rows:
+        return []
+    newest = max(int(r[0]) for r in rows)
+    return [[int(r[0]), *(_cell(v) for v in r[1:])] for r in rows if int(r[0]) > newest - window_bars * bar_seconds]
+
+
+def state_of_rows(rows, window_bars: int, bar_seconds: int) -> PoolState | None:
+    """A pool's state from all its rows (what ohlcv_bars read): equal to the sensor's for the same data."""
+    rows = list(rows)
+    if not rows:
+        return None
+    return PoolState(max(int(r[0]) for r in rows), len(rows), window_digest(window_rows(rows, window_bars, bar_seconds)))
 
 
 def pool_states(summaries: dict[str, dict]) -> dict[str, PoolState]:

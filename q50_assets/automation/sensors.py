@@ -9,8 +9,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from dagster import (
     AssetKey,
+    DagsterEventType,
     DagsterRunStatus,
     DefaultScheduleStatus,
     DefaultSensorStatus,
@@ -23,10 +26,12 @@ from dagster import (
     run_status_sensor,
     sensor,
 )
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
 from dagster._core.storage.dagster_run import FINISHED_STATUSES
 from sqlalchemy.exc import SQLAlchemyError
 
 from q50_assets.assets.model import MODEL_ASSET
+from q50_assets.assets.ohlcv import OHLCV_ASSET
 from q50_assets.assets.partitions import POOLS_PARTITION_NAME, pool_partitions
 from q50_assets.automation.bar_changes import BarsCursor, diff, pool_states
 from q50_assets.automation.jobs import (
@@ -57,6 +62,16 @@ def _unreachable(db: CollectorDatabase, exc: Exception) -> SkipReason:
                       "the cursor is unchanged, the next tick tries again")
 
 
+def _materialized_from(context: SensorEvaluationContext, pool_ids: list[str], current: dict) -> set[str]:
+    """Pools among ``pool_ids`` whose latest ohlcv_bars materialization has the data version of
+    their current collector state (ohlcv_bars stamps it from the rows it read)."""
+    if not pool_ids:
+        return set()
+    tags = context.instance.event_log_storage.get_latest_tags_by_partition(
+        AssetKey(OHLCV_ASSET), DagsterEventType.ASSET_MATERIALIZATION, [DATA_VERSION_TAG], asset_partitions=pool_ids)
+    return {p for p in pool_ids if tags.get(p, {}).get(DATA_VERSION_TAG) == current[p].run_key_part}
+
+
 def evaluate_new_bars(context: SensorEvaluationContext, collector_db: CollectorDatabase, settings: Settings):
     """The sensor's body (a plain function so tests and the benchmark can call it)."""
     config = settings.automation.new_bars_sensor
@@ -74,6 +89,11 @@ def evaluate_new_bars(context: SensorEvaluationContext, collector_db: CollectorD
 
     current = pool_states(summaries)
     changes = diff(cursor.pools, current)
+    up_to_date = _materialized_from(context, changes.new_pools, current)
+    if up_to_date:
+        # A sensor starting afresh (first tick, lost cursor): pools whose latest ohlcv_bars run read
+        # exactly these rows are watched from now on, not re-run.
+        changes = replace(changes, new_pools=[p for p in changes.new_pools if p not in up_to_date])
     new_cursor = BarsCursor(timeframe, progress, current).to_json()
     known = set(context.instance.get_dynamic_partitions(POOLS_PARTITION_NAME))
     to_add = sorted(set(current) - known)
@@ -81,6 +101,8 @@ def evaluate_new_bars(context: SensorEvaluationContext, collector_db: CollectorD
 
     if not changes.to_refresh:
         vanished = f"; {len(changes.vanished)} pools no longer have {timeframe} bars" if changes.vanished else ""
+        if up_to_date:
+            vanished += f"; {len(up_to_date)} pools first seen, already materialized from these rows"
         return SensorResult(
             skip_reason=SkipReason(f"no new or revised {timeframe} bars in {len(current)} pools{vanished}"),
             cursor=new_cursor, dynamic_partitions_requests=partition_requests)
@@ -102,7 +124,8 @@ def evaluate_new_bars(context: SensorEvaluationContext, collector_db: CollectorD
     ]
     context.log.info(
         f"{len(changes.new_pools)} new pools, {len(changes.new_bars)} with new bars, {len(changes.revised)} revised "
-        f"in place, {len(changes.vanished)} vanished; collector progress {progress}")
+        f"in place, {len(changes.vanished)} vanished, {len(up_to_date)} first seen but already materialized from "
+        f"these rows; collector progress {progress}")
     return SensorResult(run_requests=run_requests, cursor=new_cursor, dynamic_partitions_requests=partition_requests)
 
 

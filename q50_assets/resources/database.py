@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
 
 import pandas as pd
 from dagster import ConfigurableResource
 from pydantic import Field
 from sqlalchemy import Engine, delete, func, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from q50_assets.automation.bar_changes import window_rows
 from q50_assets.db import migrate
 from q50_assets.db.collector_models import collection_metadata, ohlcv_data, pools
 from q50_assets.db.engine import get_engine, redact_url
@@ -31,6 +35,16 @@ def _utc(value) -> pd.Timestamp:
 
 # URLs whose migrations ran in this process (upgrade is idempotent; once is enough).
 _migrated: set[str] = set()
+
+
+class DatabaseWriteError(RuntimeError):
+    """A write transaction to the project's tables failed (its rows were not half-written)."""
+
+
+def _lock_key(*parts: str) -> int:
+    """A signed 64-bit key for ``pg_advisory_xact_lock`` naming one table's rows of one pool/run."""
+    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 class CollectorDatabase(ConfigurableResource):
@@ -58,6 +72,28 @@ class CollectorDatabase(ConfigurableResource):
         if self.url not in _migrated:
             self.migrate()
             _migrated.add(self.url)
+
+    @contextlib.contextmanager
+    def _write(self, what: str, table, *key: str):
+        """One write transaction over the rows of ``table`` identified by ``key`` (a pool, a backtest run).
+
+        On PostgreSQL it first takes a transaction-scoped advisory lock on (table, key): two runs
+        writing the same rows at once (two refreshes of one pool) then take turns instead of both
+        deleting the old rows and both inserting (a unique violation, or duplicates where the table
+        has no unique key). SQLite serialises writers itself. A database error is re-raised naming
+        the write and the database (password hidden), the driver's error chained.
+        """
+        try:
+            with self.engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(select(func.pg_advisory_xact_lock(_lock_key(table.name, *key))))
+                yield conn
+        except DBAPIError as exc:
+            first_line = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
+            lost = " The connection was lost: re-run once the database is reachable." if exc.connection_invalidated else ""
+            raise DatabaseWriteError(
+                f"{what} in {self.display_url} failed ({type(exc.orig).__name__}: {first_line}); it is one "
+                f"transaction, so no partial rows remain.{lost}") from exc
 
     def _insert(self, table):
         return (pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert)(table)
@@ -99,7 +135,8 @@ class CollectorDatabase(ConfigurableResource):
                 "feature_values": stmt.excluded.feature_values,
             },
         )
-        with self.engine.begin() as conn:
+        with self._write(f"writing {len(records)} feature vectors of pool {pool_id}", t, pool_id, timeframe,
+                         version) as conn:
             # executemany: one compiled statement, batched by the driver ("insertmanyvalues"),
             # instead of compiling a 1000-row VALUES clause per chunk.
             if records:
@@ -139,7 +176,8 @@ class CollectorDatabase(ConfigurableResource):
              **{c: as_python[c][i] for c in columns}}
             for i, open_time in enumerate(frame.index)
         ]
-        with self.engine.begin() as conn:
+        with self._write(f"replacing {table.name} of pool {pool_id} ({len(records)} rows)", table, pool_id,
+                         timeframe) as conn:
             conn.execute(delete(table).where(table.c.pool_id == pool_id, table.c.timeframe == timeframe))
             if records:
                 conn.execute(table.insert(), records)
@@ -207,9 +245,11 @@ class CollectorDatabase(ConfigurableResource):
         with self.engine.connect() as conn:
             summaries = {pid: {"newest": int(ts), "rows": int(n), "window": []}
                          for pid, ts, n in conn.execute(select(newest))}
-            for pid, ts, *values in conn.execute(window):
-                # Text of the stored Numeric values: exact, and equal across drivers and ticks.
-                summaries[pid]["window"].append([int(ts), *("" if v is None else str(v) for v in values)])
+            windows: dict[str, list] = {}
+            for pid, *row in conn.execute(window):
+                windows.setdefault(pid, []).append(row)
+        for pid, rows in windows.items():
+            summaries[pid]["window"] = window_rows(rows, window_bars, bar_seconds)
         return summaries
 
     def pools_with_bars(self, timeframe: str) -> list[str]:
@@ -261,7 +301,8 @@ class CollectorDatabase(ConfigurableResource):
         t = q50_backtest_results
         records = self._records(results, t, {"backtest_run_id": backtest_run_id, "pool_id": pool_id,
                                              "timeframe": timeframe})
-        with self.engine.begin() as conn:
+        with self._write(f"replacing {t.name} of backtest run {backtest_run_id}, pool {pool_id} "
+                         f"({len(records)} rows)", t, backtest_run_id, pool_id) as conn:
             conn.execute(delete(t).where(t.c.backtest_run_id == backtest_run_id, t.c.pool_id == pool_id))
             if records:
                 conn.execute(t.insert(), records)
@@ -273,7 +314,8 @@ class CollectorDatabase(ConfigurableResource):
         self.ensure_schema()
         t = q50_trading_history
         records = self._records(rows, t, {"backtest_run_id": backtest_run_id, "pool_id": pool_id})
-        with self.engine.begin() as conn:
+        with self._write(f"replacing {t.name} of backtest run {backtest_run_id}, pool {pool_id} "
+                         f"({len(records)} rows)", t, backtest_run_id, pool_id) as conn:
             conn.execute(delete(t).where(t.c.backtest_run_id == backtest_run_id, t.c.pool_id == pool_id))
             if records:
                 conn.execute(t.insert(), records)

@@ -53,3 +53,17 @@ def test_digest_depends_on_every_value_and_the_run_key_on_the_state():
             changed[i][j] = "999" if j else 1
             assert window_digest(changed) != digest, (i, j)
     assert PoolState(7200, 2, digest).run_key_part == f"7200-2-{digest}"
+
+
+def test_state_from_all_rows_equals_the_sensors_state_from_its_window_query():
+    from q50_assets.automation.bar_changes import state_of_rows, window_rows
+
+    rows = [(t * 3600, 1.0 + t, 1.5 + t, 0.5, 1.25 + t, None if t == 9 else 10.0 * t) for t in range(10)]
+    state = state_of_rows(rows, window_bars=3, bar_seconds=3600)
+    # What CollectorDatabase.bar_summaries gives for the same table: newest, count, the window's rows.
+    window = [r for r in rows if r[0] > 9 * 3600 - 3 * 3600]
+    assert state == pool_states({"p": {"newest": 9 * 3600, "rows": 10,
+                                       "window": window_rows(window, 3, 3600)}})["p"]
+    assert [r[0] for r in window_rows(rows, 3, 3600)] == [7 * 3600, 8 * 3600, 9 * 3600]
+    assert window_rows(rows, 3, 3600)[-1][-1] == ""  # NULL volume
+    assert state_of_rows([], 3, 3600) is None

@@ -135,3 +135,25 @@ def test_unreachable_postgresql_skips_without_leaking_the_password(tmp_path):
     assert f"127.0.0.1:{port}" in skipped.skip_message and "unreachable (OperationalError" in skipped.skip_message
     assert "s3cret-pw" not in skipped.skip_message
     assert ticker.cursor is None
+
+
+def test_a_fresh_sensor_does_not_rerun_pools_materialized_from_the_same_rows(ticker):
+    engine = get_engine(ticker.db.url)
+    ticker.instance.add_dynamic_partitions(POOLS_PARTITION_NAME, [POOL])
+    defs = build_definitions(ticker.settings)
+    ran = defs.resolve_job_def("refresh_pool").execute_in_process(
+        instance=ticker.instance, partition_key=POOL, asset_selection=[AssetKey("ohlcv_bars")])
+    assert ran.success
+
+    first = ticker.tick()  # no cursor: every pool is new, but POOL was just materialized from these rows
+    requested = {r.partition_key for r in first.run_requests}
+    assert POOL not in requested and len(requested) == 61
+
+    # Once its bars change, it is requested like any other pool.
+    newest = bars_of(engine, POOL).iloc[-1]
+    revise_bar(engine, POOL, int(newest["timestamp"]), volume_usd=float(newest["volume_usd"]) + 5)
+    record_collector_run(engine)
+    assert [(r.partition_key, r.tags[TRIGGER_TAG]) for r in ticker.tick().run_requests] == [(POOL, "revised")]
+    # And a fresh sensor again: the materialization no longer matches the rows, so POOL is new.
+    ticker.cursor = None
+    assert POOL in {r.partition_key for r in ticker.tick().run_requests}
