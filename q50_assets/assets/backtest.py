@@ -115,24 +115,21 @@ def metrics_markdown(metrics: pd.DataFrame) -> str:
 
 
 def equity_png(result: PoolBacktest) -> bytes:
-    import matplotlib
+    # A bare Figure (no pyplot state), fixed margins and a fixed legend place: tight_layout and
+    # loc="best" re-measure every text and line, which doubled the stage's plotting time.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 2.8), dpi=80)
+    fig = Figure(figsize=(7, 2.8), dpi=72)
+    ax = fig.add_axes((0.09, 0.2, 0.89, 0.7))
     for name, outcome in result.outcomes.items():
         curve = outcome.equity_curve
         curve = curve[curve.index >= result.oos_start] if result.oos_start is not None else curve
         ax.plot(curve.index, curve.to_numpy(), label=name, linewidth=1.2)
     ax.set_title(f"Equity, out of sample (USD) - {result.pool_id[:24]}", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left")
     ax.tick_params(labelsize=7)
-    fig.autofmt_xdate()
-    fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    plt.close(fig)
     return buffer.getvalue()
 
 
