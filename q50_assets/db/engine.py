@@ -38,7 +38,8 @@ def get_engine(url: str) -> Engine:
     """A process-wide engine per URL (engines own connection pools: build each once)."""
     url = normalize_database_url(url)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30})
+        # hide_parameters: an error names the statement, never megabytes of (possibly sensitive) values.
+        engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # pragma: no cover - trivial
@@ -48,4 +49,4 @@ def get_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True)

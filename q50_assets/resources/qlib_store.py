@@ -100,11 +100,13 @@ class QlibStore(ConfigurableResource):
         return self.root / "pool_instruments.json"
 
     @contextlib.contextmanager
-    def _lock(self):
-        """Serialise writers (Dagster may run pools in parallel processes)."""
+    def _lock(self, shared: bool = False):
+        """Writers exclusive, readers shared (Dagster runs pools in parallel processes, and the
+        model reads every pool): a read never meets a pool's files half rewritten, where QLib
+        would silently return NaN for the missing field."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        with open(self.root / ".lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             try:
                 yield
             finally:
@@ -201,7 +203,8 @@ class QlibStore(ConfigurableResource):
             raise QlibStoreError(f"pools not in the QLib store: {missing}")
         _init_qlib(self.root, self.freq)
         names, fields = list(expressions), list(expressions.values())
-        raw = D.features(instruments, fields, freq=self.freq, disk_cache=0)
+        with self._lock(shared=True):
+            raw = D.features(instruments, fields, freq=self.freq, disk_cache=0)
         raw.columns = names
         pools = raw.index.get_level_values(0).map({i: mapping[i]["pool_id"] for i in instruments})
         times = pd.DatetimeIndex(raw.index.get_level_values(1)).tz_localize("UTC")

@@ -11,7 +11,7 @@
     and two writers of one backtest run's history stored every fill twice). Deployments do not
     rely on this alone: the ``tag_concurrency_limits`` on ``dagster/partition`` in
     deploy/dagster.postgres.yaml never start two runs of one pool at once - shared FILES are the
-    reason (the QLib store, see the xfail test at the end; Dagster's pickled asset values).
+    reason (Dagster's pickled asset values; the QLib store's readers and writers lock, see the last test).
 (c) The collector database becomes unreachable under the new-bars sensor (stopped before a tick,
     and killed in the middle of one): the tick skips naming the error, the cursor stays, and the
     first tick after the restart requests the pools whose bars arrived meanwhile.
@@ -697,12 +697,9 @@ def test_two_writers_of_one_backtest_runs_history_at_once_leave_one_copy(prepare
     pd.testing.assert_frame_equal(after, before, check_exact=True)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "QlibStore.features reads without the store's lock while write_pool deletes and rewrites a pool's "
-    "files under it: a read that meets a rewrite of the same pool gets the field being rewritten as all "
-    "NaN, silently (QLib returns an empty series for a missing file). Deployments never run two refreshes "
-    "of one pool at once (dagster/partition limit), but q50_model reads every pool while pool runs may write."))
 def test_qlib_store_read_during_a_rewrite_of_the_same_pool(prepared, monkeypatch):
+    """A read that meets a rewrite of the same pool waits for it (shared vs exclusive lock) instead of
+    silently getting the field being rewritten as all NaN (QLib's answer for a missing file)."""
     from qlib.data.storage.file_storage import FileFeatureStorage
 
     store = QlibStore(provider_dir=str(prepared.settings.data_dir / "qlib"), timeframe="1h")
