@@ -542,19 +542,6 @@ class Rendezvous:
         self.watcher.close()
 
 
-def _locked_qlib_reads():
-    """QlibStore.features reads without the store's lock, so a read can meet the other run's
-    rewrite of the same pool's files (see test_qlib_store_read_during_a_rewrite_of_the_same_pool).
-    Test (b) reads under the lock, so that it is about the database, deterministically."""
-    unlocked = QlibStore.features
-
-    def locked(self, *a, **kw):
-        with self._lock():
-            return unlocked(self, *a, **kw)
-
-    return unlocked, locked
-
-
 def refresh_at_once(args: dict, abort=lambda: False) -> dict:
     """One full refresh_pool run of ``args['pool']`` (a run worker), started together with the
     other writer's and meeting it at REFRESH_POINTS. Its own Dagster instance (pickled asset
@@ -564,8 +551,6 @@ def refresh_at_once(args: dict, abort=lambda: False) -> dict:
     job = build_definitions(settings).resolve_job_def("refresh_pool")
     meet = Rendezvous(args["url"], Path(args["marks"]), args["me"], args["other"], REFRESH_POINTS)
     engine = get_engine(args["url"])
-    unlocked, locked = _locked_qlib_reads()
-    QlibStore.features = locked
     event.listen(engine, "after_cursor_execute", meet)
     report = {"me": args["me"]}
     try:
@@ -584,7 +569,6 @@ def refresh_at_once(args: dict, abort=lambda: False) -> dict:
     finally:
         meet.finished()
         event.remove(engine, "after_cursor_execute", meet)
-        QlibStore.features = unlocked
     report["rendezvous"] = meet.outcomes
     return report
 
