@@ -255,6 +255,7 @@ def p3_new_bar_to_trading_history(settings, db, scratch: Path, safe: dict, timer
         newest = dict(conn.execute(select(o).where(o.c.pool_id == pool_id, o.c.timeframe == tf)
                                    .order_by(o.c.timestamp.desc()).limit(1)).mappings().one())
         conn.execute(delete(o).where(o.c.id == newest["id"]))
+    (scratch / "dagster_home").mkdir(parents=True, exist_ok=True)
     instance = DagsterInstance.local_temp(str(scratch / "dagster_home"))
     defs = build_definitions(settings)
     sensor = defs.resolve_sensor_def("new_collector_bars")
