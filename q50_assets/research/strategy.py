@@ -92,6 +92,23 @@ def floor_qty(value: float, size_precision: int) -> Decimal:
     return denoised.quantize(Decimal(1).scaleb(-size_precision), rounding=ROUND_DOWN)
 
 
+def sellable_qty(tokens: Decimal, size_precision: int) -> Decimal:
+    """Most of ``tokens`` (the account's token balance, or the position) a sell may take.
+
+    Nautilus books fills into balances and positions through floats. Beyond ~15 significant
+    digits (1e6 tokens at size precision 12: a pool whose price spans many orders of magnitude)
+    a sell of everything can exceed the balance or the position by a few increments; Nautilus
+    then stops the whole backtest on the negative balance, or leaves a tiny short. There, keep
+    a relative 1e-14 back (dust worth far less than a cent); at 15 digits or fewer the floats
+    are exact and everything may go.
+    """
+    if not tokens > 0:
+        return Decimal(0)
+    if tokens.adjusted() + 1 + size_precision > 15:
+        tokens -= tokens * Decimal("1e-14")
+    return tokens.quantize(Decimal(1).scaleb(-size_precision), rounding=ROUND_DOWN)
+
+
 def affordable_buy_qty(cash_usd: float, ref_price: float, fee_rate: float, quote_reserve_usd: float | None,
                        max_reserve_fraction: float, price_precision: int, size_precision: int) -> Decimal:
     """Largest quantity whose buy keeps the USD balance >= 0 (fees, impact and cent rounding).
@@ -195,8 +212,14 @@ class Q50Strategy(Strategy):
                 else:
                     side = OrderSide.SELL
                     qty = min(floor_qty(min(-delta_value / close, max_qty), inst.size_precision), held)
+        if side == OrderSide.SELL:
+            balance = account.balance_free(inst.base_currency)
+            tokens = Decimal(0) if balance is None else balance.as_decimal()
+            qty = min(qty, sellable_qty(tokens, inst.size_precision), sellable_qty(held, inst.size_precision))
+        # The exact decimal, rounded down to the increment (a float could round up).
+        qty = qty.quantize(Decimal(1).scaleb(-inst.size_precision), rounding=ROUND_DOWN)
         if side is not None and qty > 0:
-            order = self.order_factory.market(cfg.instrument_id, side, Quantity(float(qty), inst.size_precision))
+            order = self.order_factory.market(cfg.instrument_id, side, Quantity.from_str(format(qty, "f")))
             self.submit_order(order)
             # Fills are synchronous on this venue: read the post-trade state.
             cash = account.balance_total(USD).as_double()
@@ -227,5 +250,6 @@ __all__ = [
     "affordable_buy_qty",
     "execution_price",
     "floor_qty",
+    "sellable_qty",
     "impact_fraction_of_reserve",
 ]

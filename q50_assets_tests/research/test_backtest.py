@@ -417,3 +417,22 @@ def test_exact_fills_on_a_real_sample_pool():
         assert Decimal(got["commission"].split()[0]) == exp["commission"]
     usd = out.account[out.account["currency"] == "USD"]
     assert Decimal(usd["total"].iloc[-1]) == expected[-1]["cash"]
+
+
+def test_price_spanning_eight_orders_of_magnitude_runs_to_the_end():
+    # Found by the P4 scale benchmark: a token from 0.006 to ~1e5 USD gets price precision 8
+    # and size precision 11, so early positions hold ~18 significant digits. Nautilus books
+    # fills through floats, and selling the whole position overdrew the token balance by a
+    # few increments: AccountBalanceNegative stopped the engine after a few hundred bars.
+    bars = random_walk(800, seed=11, start=0.006, drift=0.02, vol=0.05)
+    assert bars["high"].max() / bars["low"].min() > 1e6
+    rng = np.random.default_rng(0)
+    targets = pd.Series(rng.choice([0.0, 0.3, 1.0], size=len(bars)), index=bars.index)
+    out = run_pool_backtest("solana_moonPool", bars, targets)  # BacktestEndedEarly before the fix
+    assert out.size_precision + 7 > 15  # the regime the fix is for: > 15 significant digits
+    assert out.bars.count == len(bars)
+    assert len(out.fills) > 300
+    assert (out.equity["qty"] >= 0).all(), "a sell never turns into a short"
+    assert (out.equity["cash"] >= 0).all()
+    tokens = out.account[out.account["currency"] != "USD"]
+    assert (tokens["total"].astype(float) >= 0).all()
