@@ -42,9 +42,11 @@ def pool_predictions(pool_id: str, model: TrainedQ50Model, features: pd.DataFram
     bars the training run saw, and the live model's for real, post-warm-up bars that close
     after it (new collector bars). Neither ever saw the label of a bar it predicts."""
     preds = model.result.predictions
-    if pool_id in preds.index.get_level_values("pool_id"):
+    # A lookup in the sorted index, not a membership test on get_level_values(): that builds a
+    # hash of every prediction per pool (0.28 s at 1,000 pools x 1,900 bars: quadratic overall).
+    try:
         pool_preds = preds.xs(pool_id, level="pool_id")
-    else:
+    except KeyError:
         pool_preds = preds.iloc[0:0].droplevel("pool_id")
     pool_preds = pool_preds[["q10", "q50", "q90", "predicted_at", "fold"]]
     live = model.live
