@@ -267,6 +267,17 @@ def cmd_benchmark(settings: Settings, args) -> int:
     from q50_assets.benchmark import format_table, run_benchmark
 
     scratch = settings.data_dir / "benchmark"
+    if args.scale:
+        from q50_assets.scale_benchmark import format_curve, run_curve
+
+        scales = [int(n) for n in args.scale.split(",")]
+        curve = run_curve(scales, settings.data_dir / "benchmark_scale")
+        output = Path(args.output) if args.output else settings.data_dir / "benchmark_scale.json"
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(curve, indent=2, default=str))
+        print(format_curve(curve))
+        print(f"JSON: {output}")
+        return 0 if all("failed" not in p for p in curve["points"]) else 1
     print(f"q50 benchmark: every stage on the bundled sample, scratch dir {scratch} ...", flush=True)
     report = run_benchmark(settings, scratch)
     output = Path(args.output) if args.output else settings.data_dir / "benchmark.json"
@@ -304,7 +315,10 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--bars", type=int, default=1, metavar="N", help="bars per pool to write (default 1)")
             p.add_argument("--force", action="store_true", help="allow writing into a non-embedded database")
         if name == "benchmark":
-            p.add_argument("--output", help="JSON path (default <data_dir>/benchmark.json)")
+            p.add_argument("--output", help="JSON path (default <data_dir>/benchmark.json, or benchmark_scale.json)")
+            p.add_argument("--scale", metavar="N,N,...",
+                           help="P4 instead: N synthetic pools x 2,160 hourly bars resampled from the sample, "
+                           "each N in its own process (e.g. 100,300,1000; see scale_benchmark.py)")
     args = parser.parse_args(argv)
     try:
         settings = get_settings()
