@@ -19,9 +19,12 @@ Stages and what their time covers:
 * ``backtest_vs_bare`` - the Q50 strategy's engines against a bare Nautilus engine replaying the
   same bars and orders (research/bare_replay.py), when that module is present.
 * ``p3_new_bar_to_trading_history`` - through Dagster: the collector writes one new bar for one
-  pool (the safe pool with the newest data), then the new_collector_bars sensor ticks and the run it
-  requests executes in-process; timed from the tick to the pool's new trading history being
-  readable. Set-up (partitions, model run, the pool's first refresh) is not timed.
+  pool (the one whose Q50 strategy trades most), then the new_collector_bars sensor ticks and the
+  run it requests executes in-process; timed from the tick to the pool's new trading history being
+  readable. Met only if exactly that pool was requested, its history is non-empty and a bystander
+  pool's materializations, backtest run and history are untouched. Set-up (partitions, model run,
+  both pools' first refresh) is not timed.
+* P4 (``q50 benchmark --scale``) is scale_benchmark.py.
 * ``p1_full_lineage`` - ``q50 demo`` in a subprocess on an empty embedded database and an empty
   Dagster instance (every pool through every asset, ~120 recorded runs); compared with the sum of
   the core compute stages above (QLib export + features, model folds, Nautilus runs).

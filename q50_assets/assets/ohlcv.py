@@ -7,12 +7,14 @@ later run of a downstream stage refuses the bars too (``require_safe``).
 
 
 import json
+import warnings
 
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    BetaWarning,
     DataVersion,
     MetadataValue,
     Output,
@@ -128,7 +130,10 @@ def ohlcv_bars(
     # afresh does not re-run a pool already materialized from exactly these rows.
     state = state_of_rows(raw[["timestamp", *VALUE_COLUMNS]].itertuples(index=False, name=None),
                           settings.automation.new_bars_sensor.revision_window_bars, TIMEFRAME_SECONDS[settings.timeframe])
-    yield Output(validated, metadata=_materialization_metadata(validated),
-                 data_version=DataVersion(state.run_key_part if state else "no-rows"))
+    with warnings.catch_warnings():  # Output(data_version=) is beta in Dagster 1.13; pyproject pins <1.14
+        warnings.simplefilter("ignore", BetaWarning)
+        output = Output(validated, metadata=_materialization_metadata(validated),
+                        data_version=DataVersion(state.run_key_part if state else "no-rows"))
+    yield output
     for outcome in validated.outcomes:
         yield _check_result(pool_id, outcome)
