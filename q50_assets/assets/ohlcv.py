@@ -21,11 +21,9 @@ from dagster import (
     ResourceParam,
     asset,
 )
-from sqlalchemy import select
 
 from q50_assets.assets.partitions import pool_partitions
 from q50_assets.automation.bar_changes import state_of_rows
-from q50_assets.db.collector_models import pools
 from q50_assets.research.bars import (
     BAR_RULES,
     TIMEFRAME_SECONDS,
@@ -50,12 +48,6 @@ def bar_rules(settings: Settings) -> BarRules:
         min_price_significant_digits=o.min_price_significant_digits,
         max_gap_bars=o.max_gap_bars,
     )
-
-
-def _pool_registered(collector_db: CollectorDatabase, pool_id: str) -> bool:
-    """Whether the collector's ``pools`` table has a row for ``pool_id`` (bound parameter)."""
-    with collector_db.engine.connect() as conn:
-        return conn.execute(select(pools.c.id).where(pools.c.id == pool_id)).first() is not None
 
 
 def _check_result(pool_id: str, outcome: RuleOutcome) -> AssetCheckResult:
@@ -120,7 +112,7 @@ def ohlcv_bars(
         raw,
         bar_rules(settings),
         colliding_pool_ids=collector_db.lowercase_collisions(pool_id),
-        pool_registered=_pool_registered(collector_db, pool_id),
+        pool_registered=collector_db.pool_registered(pool_id),
     )
     if not validated.safe:
         context.log.warning(

@@ -272,6 +272,11 @@ class CollectorDatabase(ConfigurableResource):
         with self.engine.connect() as conn:
             return list(conn.execute(stmt).scalars())
 
+    def pool_registered(self, pool_id: str) -> bool:
+        """Whether the collector's ``pools`` table has a row for ``pool_id``."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(pools.c.id).where(pools.c.id == pool_id)).first() is not None
+
     def pool_reserve_usd(self, pool_id: str) -> float | None:
         """The collector's latest liquidity snapshot of the pool (USD), None when unknown or not > 0."""
         with self.engine.connect() as conn:
