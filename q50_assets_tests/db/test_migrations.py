@@ -1,3 +1,5 @@
+import uuid
+
 import pytest
 from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.exc import ProgrammingError
@@ -56,13 +58,15 @@ def test_migrations_refuse_a_database_without_the_collector_schema(empty_db_url)
 def test_project_runs_with_a_role_that_cannot_write_the_collector_tables(collector_url):
     """The collector owns its tables; our role may SELECT (and REFERENCES pools) and owns q50 tables."""
     admin = get_engine(collector_url)
+    # Roles are cluster-wide: a unique name never touches a real role on a shared server
+    # (Q50_TEST_POSTGRES_URL) nor a concurrent run's.
+    role = f"q50_test_reader_{uuid.uuid4().hex[:12]}"
     with admin.begin() as conn:
-        conn.execute(text("DROP ROLE IF EXISTS q50_reader"))
-        conn.execute(text("CREATE ROLE q50_reader LOGIN"))
-        conn.execute(text("GRANT CREATE, USAGE ON SCHEMA public TO q50_reader"))
-        conn.execute(text("GRANT SELECT ON ALL TABLES IN SCHEMA public TO q50_reader"))
-        conn.execute(text("GRANT REFERENCES ON pools TO q50_reader"))
-    reader_url = collector_url.replace("postgresql://postgres@", "postgresql://q50_reader@")
+        conn.execute(text(f"CREATE ROLE {role} LOGIN"))
+        conn.execute(text(f"GRANT CREATE, USAGE ON SCHEMA public TO {role}"))
+        conn.execute(text(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"))
+        conn.execute(text(f"GRANT REFERENCES ON pools TO {role}"))
+    reader_url = collector_url.replace("postgresql://postgres@", f"postgresql://{role}@")
     reader = get_engine(reader_url)
     try:
         assert migrate.upgrade(reader) == migrate.head_revision()
@@ -74,6 +78,6 @@ def test_project_runs_with_a_role_that_cannot_write_the_collector_tables(collect
     finally:
         reader.dispose()
         with admin.begin() as conn:
-            conn.execute(text("REASSIGN OWNED BY q50_reader TO postgres"))
-            conn.execute(text("DROP OWNED BY q50_reader"))
-            conn.execute(text("DROP ROLE q50_reader"))
+            conn.execute(text(f"REASSIGN OWNED BY {role} TO postgres"))
+            conn.execute(text(f"DROP OWNED BY {role}"))
+            conn.execute(text(f"DROP ROLE {role}"))
