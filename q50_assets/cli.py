@@ -11,22 +11,6 @@ from pathlib import Path
 
 from q50_assets.settings import ENV_DATABASE_URL, Settings, SettingsError, get_settings
 
-DAGSTER_YAML = """\
-# Written by `q50` for the embedded default: runs and events in SQLite under this folder.
-# For PostgreSQL run storage use deploy/dagster.postgres.yaml (README, "Dagster on PostgreSQL").
-concurrency:
-  runs:
-    max_concurrent_runs: 2          # sensor and nightly fan-out: at most two pool runs at once
-    tag_concurrency_limits:
-      - key: dagster/partition      # never two runs of the same pool at once
-        value:
-          applyLimitPerUniqueValue: true
-        limit: 1
-telemetry:
-  enabled: false
-"""
-
-
 def _database(settings: Settings):
     from q50_assets.resources.database import CollectorDatabase
 
@@ -36,19 +20,12 @@ def _database(settings: Settings):
 
 def _dagster_instance(settings: Settings):
     """The instance of DAGSTER_HOME; for the embedded default, one under the data dir."""
-    from dagster import DagsterInstance
+    from q50_assets.dagster_instance import local_instance
 
-    if not os.environ.get("DAGSTER_HOME"):
-        home = settings.data_dir / "dagster_home"
-        home.mkdir(parents=True, exist_ok=True)
-        os.environ["DAGSTER_HOME"] = str(home)
-    home = Path(os.environ["DAGSTER_HOME"])
-    if not home.is_absolute():
-        raise SettingsError(f"DAGSTER_HOME: must be an absolute path (got {home})")
-    home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").write_text(DAGSTER_YAML)
-    return DagsterInstance.get()
+    try:
+        return local_instance(settings.data_dir / "dagster_home")
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def cmd_migrate(settings: Settings, _args) -> int:
@@ -90,7 +67,7 @@ def cmd_replay_collector(settings: Settings, args) -> int:
         return 0
     print(f"Collector run played: {sum(inserted.values())} new {settings.timeframe} bars in {len(inserted)} pools "
           f"of {db.display_url}; collection_metadata.ohlcv_collector updated. The new_collector_bars sensor's "
-          "next tick requests a refresh_pool run for each of them.")
+          "next tick requests refresh_pools runs (batches) for them.")
     return 0
 
 
@@ -112,17 +89,132 @@ def cmd_register_pools(settings: Settings, _args) -> int:
     return 0
 
 
+class ProgressPrinter:
+    """Progress of a lineage run on stdout: pools done of total per phase (after every batch run)
+    and, within a batch, each stage's pools done (the assets report them)."""
+
+    def __init__(self, stream=None, min_interval: float = 2.0):
+        self.stream = stream or sys.stdout
+        self.min_interval = min_interval
+        self._last = 0.0
+        self.started = time.perf_counter()
+
+    def phase(self, name: str, done: int, total: int) -> None:
+        print(f"  [{time.perf_counter() - self.started:6.1f} s] {name}: {done}/{total} pools", file=self.stream,
+              flush=True)
+
+    def __enter__(self):
+        import logging
+
+        from q50_assets.assets.batch import progress_log
+
+        printer = self
+
+        class Handler(logging.Handler):
+            def emit(self, record):
+                now = time.perf_counter()
+                if record.done != record.total and now - printer._last < printer.min_interval:
+                    return
+                printer._last = now
+                print(f"  [{now - printer.started:6.1f} s]   {record.stage}: {record.done}/{record.total} pools of "
+                      "this batch", file=printer.stream, flush=True)
+
+        self._handler = Handler()
+        progress_log.addHandler(self._handler)
+        progress_log.setLevel(logging.INFO)
+        progress_log.propagate = False
+        return self
+
+    def __exit__(self, *exc):
+        from q50_assets.assets.batch import progress_log
+
+        progress_log.removeHandler(self._handler)
+
+
+def summarize(run, settings: Settings) -> tuple[list[str], list[str]]:
+    """The demo's summary lines from the runs' recorded events, and the runs that failed outright."""
+    lines: list[str] = []
+    checks: dict[str, Counter] = {}
+    blocked: dict[str, list[str]] = {}
+    totals = Counter()
+    safe = 0
+    signal_counts: dict[str, dict] = {}
+    backtest_status = Counter()
+    model_md: dict = {}
+    portfolio_md = ""
+    failed_runs = []
+    for result in run.results():
+        if not result.success:
+            failed_runs.append(f"{result.job_def.name} {result.run_id}")
+        for event in result.get_asset_materialization_events():
+            key = event.asset_key.to_user_string()
+            md = {k: v.value for k, v in event.materialization.metadata.items()}
+            if key == "ohlcv_bars":
+                totals["rows_read"] += md["rows_read"]
+                totals["complete_bars"] += md["complete_bars"]
+                totals["partial"] += md["partial_bars_held_back"]
+                safe += bool(md["safe_for_downstream"])
+            elif key == "q50_signals" and md.get("status") == "ok":
+                signal_counts[event.partition] = md
+            elif key == "backtest_results":
+                backtest_status[md.get("status", "?")] += 1
+            elif key == "q50_model":
+                model_md = md
+            elif key == "backtest_portfolio":
+                portfolio_md = md["summary"]
+        for e in result.get_asset_check_evaluations():
+            label = f"{e.asset_key.to_user_string()}.{e.check_name}"
+            counts = checks.setdefault(label, Counter())
+            counts["passed" if e.passed else "failed"] += 1
+            counts["blocking"] = int(e.severity.value == "ERROR")
+            counts["per_pool"] = int(e.partition is not None)
+            if not e.passed and e.severity.value == "ERROR" and e.partition:
+                blocked.setdefault(e.partition, []).append(label)
+    pools = len(run.pools)
+    lines.append(f"Pools: {pools} with {settings.timeframe} bars; {safe} safe for downstream stages")
+    lines.append(f"Bars: {totals['rows_read']:,} read = {totals['complete_bars']:,} complete "
+                 f"+ {totals['partial']} newest (partial) bars held back")
+    if model_md:
+        lines.append(f"Q50 model: {model_md['folds']} walk-forward folds, {model_md['oos_labelled_rows']:,} "
+                     f"out-of-sample predictions with known labels, {model_md['crossed_repaired']} crossed quantiles "
+                     f"repaired, {model_md['seconds']} s")
+        lines.append("  out of sample   pinball   coverage (target)")
+        for col, target in (("q10", 0.1), ("q50", 0.5), ("q90", 0.9)):
+            lines.append(f"  {col:<15} {model_md['pinball_' + col]:.5f}   {model_md['coverage_' + col]:.3f}   ({target})")
+    if signal_counts:
+        lines.append("Signals per pool (bars with an OOS signal: long / short / hold):")
+        for pool_id, md in sorted(signal_counts.items(), key=lambda kv: -kv[1]["signals"]):
+            lines.append(f"  {pool_id:<52} {md['signals']:>5}: {md['long']:>4} / {md['short']:>3} / {md['hold']:>5}")
+        lines.append(f"  total {sum(m['signals'] for m in signal_counts.values()):,} signals, "
+                     f"{sum(m['tradeable'] for m in signal_counts.values()):,} tradeable after costs")
+    if backtest_status:
+        lines.append("Backtests: " + ", ".join(f"{n} pools {status}" for status, n in backtest_status.items()))
+    if portfolio_md and settings.nautilus_trader.enabled:
+        lines.append("Out-of-sample portfolio (NautilusTrader, after fees and AMM price impact; equal weight per pool):")
+        lines.append(portfolio_md)
+    elif not settings.nautilus_trader.enabled:
+        lines.append("Backtests: skipped, nautilus_trader.enabled is false (everything up to regimes ran)")
+    lines.append("Checks (passed / failed; a blocked pool's later checks are not evaluated):")
+    for name, counts in checks.items():
+        kind = ("blocks the pool" if counts["per_pool"] else "blocking") if counts["blocking"] else "warning"
+        lines.append(f"  {name:<42} {counts['passed']:>4} / {counts['failed']:<4} {kind}")
+    if blocked:
+        lines.append("Blocked pools:")
+        for pool_id, names in blocked.items():
+            lines.append(f"  {pool_id}: {', '.join(n.split('.', 1)[1] for n in names)}")
+    return lines, failed_runs
+
+
 def cmd_demo(settings: Settings, args) -> int:
     """Load the sample (embedded database only), migrate, materialize every pool, summarise."""
-    from dagster import AssetKey
-
+    from q50_assets.automation.lineage_run import materialize_lineage
     from q50_assets.db.sample_loader import load_sample
     from q50_assets.definitions import build_definitions
 
     started = time.perf_counter()
     db = _database(settings)
     embedded = not settings.database.url
-    print(f"q50 demo: collector database {db.display_url} (timeframe {settings.timeframe})")
+    print(f"q50 demo: collector database {db.display_url} (timeframe {settings.timeframe})", flush=True)
     if embedded or args.load_sample:
         report = load_sample(db.engine, hold_back_bars=args.hold_back_bars)
         print(f"Sample: {report.inserted} rows inserted" + (" (already loaded)" if not report.inserted else ""))
@@ -133,129 +225,19 @@ def cmd_demo(settings: Settings, args) -> int:
     instance = _dagster_instance(settings)
     pool_ids = register_pools(settings, instance)
     defs = build_definitions(settings)
-    refresh = defs.resolve_job_def("refresh_pool")
-    # Blocked pools fail their runs by design; the summary lists them, so no tracebacks here.
-    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
-    print(f"Materializing {len(pool_ids)} pools (Dagster home {os.environ['DAGSTER_HOME']}) ...")
-
-    phase_seconds: dict[str, float] = {}
-    phase_started = time.perf_counter()
-    # 1. per pool: OHLCV + features + regimes (a pool failing a blocking check stops there)
-    checks: dict[str, Counter] = {}
-    blocked: dict[str, list[str]] = {}
-    totals = Counter()
-    safe_pools, failed_runs = [], []
-    for pool_id in pool_ids:
-        result = refresh.execute_in_process(
-            partition_key=pool_id, instance=instance, run_config=quiet, raise_on_error=False,
-            asset_selection=[AssetKey("ohlcv_bars"), AssetKey("qlib_features"), AssetKey("regime_labels")],
-        )
-        evaluations = result.get_asset_check_evaluations()
-        if not result.success and not any(not e.passed for e in evaluations):
-            failed_runs.append(pool_id)
-            continue
-        for mat in result.asset_materializations_for_node("ohlcv_bars"):
-            md = mat.metadata
-            totals["rows_read"] += md["rows_read"].value
-            totals["complete_bars"] += md["complete_bars"].value
-            totals["partial"] += md["partial_bars_held_back"].value
-        for e in evaluations:
-            label = f"{e.asset_key.to_user_string()}.{e.check_name}"
-            checks.setdefault(label, Counter())["passed" if e.passed else "failed"] += 1
-            checks[label]["blocking"] = int(e.severity.value == "ERROR")
-            if not e.passed and e.severity.value == "ERROR":
-                blocked.setdefault(pool_id, []).append(e.check_name)
-        if result.success:
-            safe_pools.append(pool_id)
-
-    phase_seconds["ohlcv, features, regimes"] = time.perf_counter() - phase_started
-    phase_started = time.perf_counter()
-    # 2. the walk-forward model over every pool in the QLib store
-    model_run = defs.resolve_job_def("train_q50_model").execute_in_process(
-        instance=instance, run_config=quiet, raise_on_error=False
-    )
-    model_md = {}
-    if model_run.success:
-        model_md = {k: v.value for k, v in model_run.asset_materializations_for_node("q50_model")[0].metadata.items()}
-    else:
-        failed_runs.append("q50_model")
-    for e in model_run.get_asset_check_evaluations():
-        label = f"q50_model.{e.check_name}"
-        checks.setdefault(label, Counter())["passed" if e.passed else "failed"] += 1
-        checks[label]["blocking"] = int(e.severity.value == "ERROR")
-
-    phase_seconds["model"] = time.perf_counter() - phase_started
-    phase_started = time.perf_counter()
-    # 3. per pool: signals from the out-of-sample predictions, backtests, trading history
-    signal_counts = {}
-    backtest_status = Counter()
-    if model_run.success:
-        for pool_id in safe_pools:
-            result = refresh.execute_in_process(
-                partition_key=pool_id, instance=instance, run_config=quiet, raise_on_error=False,
-                asset_selection=[AssetKey("q50_signals"), AssetKey("backtest_results"),
-                                 AssetKey("q50_trading_history")],
-            )
-            if not result.success and all(e.passed for e in result.get_asset_check_evaluations()):
-                failed_runs.append(f"signals/backtest[{pool_id}]")  # an error, not a failed check
-            for mat in result.asset_materializations_for_node("q50_signals"):
-                signal_counts[pool_id] = {k: v.value for k, v in mat.metadata.items()}
-            for mat in result.asset_materializations_for_node("backtest_results"):
-                backtest_status[mat.metadata["status"].value] += 1
-            for e in result.get_asset_check_evaluations():
-                label = f"{e.asset_key.to_user_string()}.{e.check_name}"
-                checks.setdefault(label, Counter())["passed" if e.passed else "failed"] += 1
-                checks[label]["blocking"] = int(e.severity.value == "ERROR")
-
-    portfolio_md = ""
-    if model_run.success:
-        portfolio = defs.resolve_job_def("portfolio_summary").execute_in_process(
-            instance=instance, run_config=quiet, raise_on_error=False)
-        if portfolio.success:
-            portfolio_md = portfolio.asset_materializations_for_node("backtest_portfolio")[0].metadata["summary"].value
-        else:
-            failed_runs.append("backtest_portfolio")
-    phase_seconds["signals, backtests, trading history"] = time.perf_counter() - phase_started
-
+    per_run = settings.batches.pools_per_run
+    print(f"Materializing {len(pool_ids)} pools, at most {per_run} per run (Dagster home "
+          f"{os.environ['DAGSTER_HOME']}) ...", flush=True)
+    with ProgressPrinter() as progress:
+        run = materialize_lineage(defs, instance, pool_ids, per_run, progress=progress.phase)
+    lines, failed_runs = summarize(run, settings)
     print()
-    print(f"Pools: {len(pool_ids)} with {settings.timeframe} bars; {len(safe_pools)} safe for downstream stages")
-    print(
-        f"Bars: {totals['rows_read']:,} read = {totals['complete_bars']:,} complete "
-        f"+ {totals['partial']} newest (partial) bars held back"
-    )
-    if model_md:
-        print(
-            f"Q50 model: {model_md['folds']} walk-forward folds, {model_md['oos_labelled_rows']:,} out-of-sample "
-            f"predictions with known labels, {model_md['crossed_repaired']} crossed quantiles repaired, "
-            f"{model_md['seconds']} s"
-        )
-        print("  out of sample   pinball   coverage (target)")
-        for col, target in (("q10", 0.1), ("q50", 0.5), ("q90", 0.9)):
-            print(f"  {col:<15} {model_md['pinball_' + col]:.5f}   {model_md['coverage_' + col]:.3f}   ({target})")
-    if signal_counts:
-        print("Signals per pool (bars with an OOS signal: long / short / hold):")
-        for pool_id, md in sorted(signal_counts.items(), key=lambda kv: -kv[1]["signals"]):
-            print(f"  {pool_id:<52} {md['signals']:>5}: {md['long']:>4} / {md['short']:>3} / {md['hold']:>5}")
-        print(f"  total {sum(m['signals'] for m in signal_counts.values()):,} signals, "
-              f"{sum(m['tradeable'] for m in signal_counts.values()):,} tradeable after costs")
-    if backtest_status:
-        print("Backtests: " + ", ".join(f"{n} pools {status}" for status, n in backtest_status.items()))
-    if portfolio_md:
-        print("Out-of-sample portfolio (NautilusTrader, after fees and AMM price impact; equal weight per pool):")
-        print(portfolio_md)
-    elif not settings.nautilus_trader.enabled:
-        print("Backtests: skipped, nautilus_trader.enabled is false (everything up to regimes ran)")
-    print("Checks (passed / failed):")
-    for name, counts in checks.items():
-        kind = "blocking" if counts["blocking"] else "warning"
-        print(f"  {name:<42} {counts['passed']:>4} / {counts['failed']:<4} {kind}")
-    if blocked:
-        print("Blocked pools:")
-        for pool_id, names in blocked.items():
-            print(f"  {pool_id}: {', '.join(names)}")
+    print("\n".join(lines))
     if failed_runs:
         print(f"Runs that failed outright: {failed_runs}")
-    print("Time: " + ", ".join(f"{name} {sec:.0f} s" for name, sec in phase_seconds.items()))
+    print(f"Runs: {len(run.results())} (" + ", ".join(f"{name} {len(p.results)}" for name, p in run.phases.items())
+          + ")")
+    print("Time: " + ", ".join(f"{name} {p.seconds:.0f} s" for name, p in run.phases.items()))
     print(f"Done in {time.perf_counter() - started:.1f} s. Open the UI: make ui  (or dagster dev -w workspace.yaml)")
     return 1 if failed_runs else 0
 

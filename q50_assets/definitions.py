@@ -1,10 +1,10 @@
-"""The one Definitions object: assets, checks, resources, jobs."""
+"""The one Definitions object: assets, checks, resources, IO managers, jobs, sensors, schedule."""
 
 from __future__ import annotations
 
 import os
 
-from dagster import Definitions, EnvVar, in_process_executor
+from dagster import BackfillPolicy, Definitions, EnvVar, in_process_executor
 
 from q50_assets.assets.backtest import backtest_portfolio, backtest_results
 from q50_assets.assets.features import qlib_features
@@ -12,14 +12,17 @@ from q50_assets.assets.model import q50_model
 from q50_assets.assets.ohlcv import ohlcv_bars
 from q50_assets.assets.regimes import regime_labels
 from q50_assets.assets.signals import q50_signals
-from q50_assets.assets.trading_history import q50_trading_history
-from q50_assets.automation.jobs import nightly_job, portfolio_summary_job, refresh_pool_job, train_q50_model_job
+from q50_assets.automation.conditions import lineage_conditions
+from q50_assets.automation.jobs import JOBS
 from q50_assets.automation.sensors import build_automation
 from q50_assets.resources.database import CollectorDatabase
-from q50_assets.resources.nautilus import NautilusBacktester
+from q50_assets.resources.io_managers import PoolPickleIOManager, Q50TableIOManager
+from q50_assets.resources.lineage import stage_resources
 from q50_assets.resources.qlib_store import QlibStore
-from q50_assets.research.bars import TIMEFRAME_SECONDS
 from q50_assets.settings import ENV_DATABASE_URL, Settings, get_settings
+
+ENV_CELERY_BROKER = "Q50_CELERY_BROKER"
+ENV_CELERY_BACKEND = "Q50_CELERY_BACKEND"
 
 
 def build_resources(settings: Settings) -> dict:
@@ -28,33 +31,55 @@ def build_resources(settings: Settings) -> dict:
     # benchmarks) must never be redirected to whatever the shell exports.
     from_env = os.environ.get(ENV_DATABASE_URL) and os.environ[ENV_DATABASE_URL] == settings.database.url
     url = EnvVar(ENV_DATABASE_URL) if from_env else settings.database_url
+    database = CollectorDatabase(url=url)
     return {
-        "collector_db": CollectorDatabase(url=url),
+        "collector_db": database,
         "qlib_store": QlibStore(provider_dir=str(settings.data_dir / "qlib"), timeframe=settings.timeframe),
-        "nautilus": NautilusBacktester(
-            enabled=settings.nautilus_trader.enabled,
-            starting_capital_usd=settings.nautilus_trader.backtest.starting_capital_usd,
-            taker_fee=settings.signals.swap_fee,
-            max_reserve_fraction=settings.nautilus_trader.backtest.max_reserve_fraction,
-            min_trade_fraction=settings.nautilus_trader.backtest.min_trade_fraction,
-            bar_seconds=TIMEFRAME_SECONDS[settings.timeframe],
-        ),
-        "settings": settings,
+        **stage_resources(settings),
+        # Each stage's output stored once: pickles per pool for what only the lineage reads, the
+        # project's tables for signals, regimes, backtest results and trading history.
+        "io_manager": PoolPickleIOManager(base_dir=str(settings.data_dir / "asset_values")),
+        "q50_tables": Q50TableIOManager(database=database, timeframe=settings.timeframe),
     }
+
+
+def lineage_assets(settings: Settings) -> list:
+    """The assets with the batch size and automation conditions of ``settings``."""
+    policy = BackfillPolicy.multi_run(settings.batches.pools_per_run)
+    conditions = lineage_conditions()
+    out = []
+    for assets_def in (ohlcv_bars, qlib_features, regime_labels, q50_model, q50_signals, backtest_results,
+                       backtest_portfolio):
+        keys = {k.to_user_string() for k in assets_def.keys}
+        own = {k: c for k, c in conditions.items() if k in keys}
+        attributes = {"backfill_policy": policy} if assets_def.partitions_def is not None else {}
+        if own:
+            attributes["automation_condition"] = {k: own[k.to_user_string()] for k in assets_def.keys
+                                                  if k.to_user_string() in own}
+        out.append(assets_def.with_attributes(**attributes) if attributes else assets_def)
+    return out
+
+
+def executor_for(settings: Settings):
+    """In-process by default (a batch's steps are sequential; a process per step costs more than
+    most steps); Celery tasks per step beyond one machine."""
+    if settings.execution.executor == "celery":
+        from dagster_celery import celery_executor
+
+        return celery_executor.configured({"broker": {"env": ENV_CELERY_BROKER},
+                                           "backend": {"env": ENV_CELERY_BACKEND}})
+    return in_process_executor
 
 
 def build_definitions(settings: Settings) -> Definitions:
     sensors, schedules = build_automation(settings)
     return Definitions(
-        assets=[ohlcv_bars, qlib_features, q50_model, q50_signals, regime_labels, backtest_results,
-                q50_trading_history, backtest_portfolio],
-        jobs=[refresh_pool_job, train_q50_model_job, nightly_job, portfolio_summary_job],
+        assets=lineage_assets(settings),
+        jobs=JOBS,
         sensors=sensors,
         schedules=schedules,
         resources=build_resources(settings),
-        # In-process for every run (UI materializations included): one pool's steps are sequential,
-        # and a subprocess per step costs more than most steps. Pools fan out as separate runs.
-        executor=in_process_executor,
+        executor=executor_for(settings),
     )
 
 

@@ -224,9 +224,27 @@ class NightlySettings(_Section):
     running_by_default: bool = Field(default=False, description="Start the schedule with the deployment.")
 
 
+class ConditionsSettings(_Section):
+    running_by_default: bool = Field(default=True, description="Start the q50_automation sensor (the assets' "
+                                     "automation conditions) with the deployment.")
+    interval_seconds: int = Field(default=30, ge=10, description="Minimum seconds between two evaluations.")
+
+
 class AutomationSettings(_Section):
     new_bars_sensor: NewBarsSensorSettings = NewBarsSensorSettings()
     nightly: NightlySettings = NightlySettings()
+    conditions: ConditionsSettings = ConditionsSettings()
+
+
+class BatchSettings(_Section):
+    pools_per_run: int = Field(default=100, ge=1, le=10_000, description="Pools per run: the per-pool assets' "
+                               "backfill policy, the sensor's and the nightly's run requests, q50 demo.")
+
+
+class ExecutionSettings(_Section):
+    executor: Literal["in_process", "celery"] = Field(
+        default="in_process", description="in_process: a run's steps in its own process; celery: each step a "
+        "Celery task (dagster-celery), broker and result backend from Q50_CELERY_BROKER / Q50_CELERY_BACKEND.")
 
 
 class Settings(_Section):
@@ -242,6 +260,8 @@ class Settings(_Section):
     signals: SignalSettings = SignalSettings()
     nautilus_trader: NautilusTraderSettings = NautilusTraderSettings()
     automation: AutomationSettings = AutomationSettings()
+    batches: BatchSettings = BatchSettings()
+    execution: ExecutionSettings = ExecutionSettings()
 
     @property
     def database_url(self) -> str:

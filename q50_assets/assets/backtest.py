@@ -10,32 +10,42 @@ strategy :mod:`q50_assets.research.backtest`, the metrics :mod:`q50_assets.resea
 import base64
 import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
+
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetIn,
     AssetKey,
+    AssetOut,
+
     MetadataValue,
     Output,
-    ResourceParam,
     asset,
+    multi_asset,
 )
 
+from q50_assets.assets.batch import PoolChecks, add_pool_metadata, blocked_metadata, each, pool_check_spec, progress_callback
+from q50_assets.assets.ohlcv import OHLCV_ASSET
 from q50_assets.assets.partitions import pool_partitions
 from q50_assets.assets.regimes import REGIMES_ASSET
 from q50_assets.assets.signals import SIGNALS_ASSET
+from q50_assets.assets.trading_history import TRADING_HISTORY_ASSET, history_step, reconcile
 from q50_assets.research.backtest import BacktestOutcome, buy_and_hold_targets, shuffled_targets
-from q50_assets.research.bars import TIMEFRAME_SECONDS, ValidatedBars, require_safe
+from q50_assets.research.bars import TIMEFRAME_SECONDS
 from q50_assets.research.metrics import outcome_metrics
 from q50_assets.research.sizing import decide_targets
 from q50_assets.resources.database import CollectorDatabase
+from q50_assets.resources.lineage import LineageConfig
 from q50_assets.resources.nautilus import NautilusBacktester
 from q50_assets.settings import Settings
+from q50_assets.stages.gate import Blocked
+from q50_assets.stages.ohlcv import bars_or_blocked
 
 BACKTEST_ASSET = "backtest_results"
 PORTFOLIO_ASSET = "backtest_portfolio"
@@ -50,7 +60,7 @@ class PoolBacktest:
 
     pool_id: str
     backtest_run_id: str
-    status: str  # "ok", "disabled", "no_oos_signals"
+    status: str  # "ok", "disabled", "no_oos_signals", "failed_checks" (ok, but a rule of the stage failed)
     reason: str = ""
     oos_start: pd.Timestamp | None = None  # first bar CLOSE of the out-of-sample span
     bars: pd.DataFrame | None = None  # the pipeline's complete bars handed to Nautilus
@@ -152,102 +162,179 @@ def _check_bars(result: PoolBacktest, bar: pd.Timedelta) -> tuple[bool, dict]:
     return ok, details
 
 
-@asset(
-    name=BACKTEST_ASSET,
-    partitions_def=pool_partitions,
-    group_name="backtest",
-    kinds={"nautilustrader"},
-    check_specs=[
-        AssetCheckSpec("bars_match_pipeline", asset=BACKTEST_ASSET, blocking=True,
-                       description="The bars Nautilus consumed equal the pipeline's OHLCV for the pool: count, "
-                       "first and last bar close, sum of closes (every variant)."),
-        AssetCheckSpec("engine_processed_every_bar", asset=BACKTEST_ASSET, blocking=True,
-                       description="Each engine's iterations and last timestamp cover every bar given "
-                       "(Nautilus can stop early without raising)."),
-        AssetCheckSpec("cash_never_negative", asset=BACKTEST_ASSET, blocking=True,
-                       description="USD cash after every bar's trade is >= 0 in every variant."),
-    ],
-    description="Per pool: the Q50 strategy in a NautilusTrader BacktestEngine (targets from the signal and "
-    "regime known at each bar's close), beside buy & hold and the same targets shuffled in time, on the same "
-    "bars, fee and AMM price impact. Metrics on the out-of-sample span only; equity picture and table in metadata.",
-)
-def backtest_results(
-    context: AssetExecutionContext,
-    ohlcv_bars: ValidatedBars,
-    q50_signals: pd.DataFrame,
-    regime_labels: pd.DataFrame,
-    nautilus: NautilusBacktester,
-    collector_db: CollectorDatabase,
-    settings: ResourceParam[Settings],
-):
-    pool_id = context.partition_key
-    run_id = context.run.run_id
-    bar = pd.Timedelta(seconds=TIMEFRAME_SECONDS[settings.timeframe])
-    check_names = ("bars_match_pipeline", "engine_processed_every_bar", "cash_never_negative")
-
-    if not nautilus.enabled:
-        reason = "nautilus_trader.enabled is false: no backtest ran (signals and regimes are unaffected)"
-        context.log.warning(f"pool {pool_id}: {reason}")
-        yield Output(PoolBacktest(pool_id, run_id, "disabled", reason),
-                     metadata={"pool_id": pool_id, "status": "disabled", "reason": reason})
-        for name in check_names:
-            yield AssetCheckResult(check_name=name, passed=True, metadata={"skipped": reason})
-        return
-
-    bars = require_safe(ohlcv_bars)
-    reserve_usd = collector_db.pool_reserve_usd(pool_id)
-    reserve_source = "collector"
-    if reserve_usd is None:
-        reserve_usd = settings.nautilus_trader.backtest.fallback_reserve_usd
-        reserve_source = "fallback_reserve_usd" if reserve_usd is not None else "none (no impact)"
-    result = run_variants(pool_id, bars, q50_signals, regime_labels, nautilus, reserve_usd, settings, run_id)
-    if result.status != "ok":
-        yield Output(result, metadata={"pool_id": pool_id, "status": result.status, "reason": result.reason})
-        for name in check_names:
-            yield AssetCheckResult(check_name=name, passed=True, metadata={"skipped": result.reason})
-        return
-
+def backtest_checks(result: PoolBacktest, bar: pd.Timedelta) -> dict[str, tuple[bool, dict]]:
+    """The stage's three rules for one computed pool: (passed, metadata) per check name."""
+    bars = result.bars
     bars_ok, bars_details = _check_bars(result, bar)
     processed_ok = all(o.iterations >= len(bars) and o.backtest_end is not None
                        and o.backtest_end >= bars.index[-1] + bar for o in result.outcomes.values())
     min_cash = {name: float(o.equity["cash"].min()) for name, o in result.outcomes.items()}
-    cash_ok = all(v >= 0 for v in min_cash.values())
+    return {
+        "bars_match_pipeline": (bars_ok, {"bars": MetadataValue.json(bars_details)}),
+        "engine_processed_every_bar": (processed_ok, {
+            "bars_given": len(bars),
+            "iterations": MetadataValue.json({n: o.iterations for n, o in result.outcomes.items()})}),
+        "cash_never_negative": (all(v >= 0 for v in min_cash.values()), {"min_cash_usd": MetadataValue.json(min_cash)}),
+    }
 
-    written = 0
-    if bars_ok and processed_ok and cash_ok:  # only verified results reach the table
-        written = collector_db.replace_backtest_results(run_id, pool_id, settings.timeframe,
-                                                         result.metrics.reset_index())
+
+def _pool_inputs_gate(pool_id: str, validated, signals: pd.DataFrame | None, regimes: pd.DataFrame | None):
+    """The bars a pool's backtest may use, or why it is skipped (the gate of the stages before)."""
+    bars = bars_or_blocked(validated)
+    if isinstance(bars, Blocked):
+        return bars
+    if regimes is None or regimes.empty:
+        return Blocked(pool_id, "regime_labels", "no regime_labels rows for this pool (blocked upstream or by a "
+                       "regime_labels check)")
+    if signals is None or signals.empty:
+        return Blocked(pool_id, "q50_signals", "no q50_signals rows for this pool (no out-of-sample prediction, "
+                       "or blocked upstream or by a q50_signals check)")
+    return bars
+
+
+def backtest_step(ohlcv: dict, signals: dict, regimes: dict, nautilus: NautilusBacktester, db: CollectorDatabase,
+                  lineage: LineageConfig, run_id: str, progress=None
+                  ) -> tuple[dict[str, PoolBacktest | Blocked], dict[str, dict], dict[str, str]]:
+    """A batch of pools: three Nautilus engines per usable pool (strategy and both baselines), then
+    the stage's rules; a pool failing one keeps its result out of the table (status
+    ``failed_checks``). Returns (result or Blocked per pool, check outcomes per computed pool,
+    where each pool's reserve came from)."""
+    settings = lineage.backtest_settings()
+    bar = pd.Timedelta(seconds=lineage.bar_seconds)
+    reserves = db.pool_reserves_usd(list(ohlcv))
+    fallback = lineage.backtest.fallback_reserve_usd
+    out, outcomes, sources = {}, {}, {}  # sources: pool -> (reserve USD used, where it came from)
+    for pool_id in each(list(ohlcv), progress):
+        bars = _pool_inputs_gate(pool_id, ohlcv[pool_id], signals.get(pool_id), regimes.get(pool_id))
+        if isinstance(bars, Blocked):
+            out[pool_id] = bars
+            continue
+        if not nautilus.enabled:
+            out[pool_id] = PoolBacktest(pool_id, run_id, "disabled", "nautilus_trader.enabled is false: no backtest "
+                                        "ran (signals and regimes are unaffected)")
+            continue
+        reserve, source = reserves[pool_id], "collector"
+        if reserve is None:
+            reserve, source = fallback, ("fallback_reserve_usd" if fallback is not None else "none (no impact)")
+        sources[pool_id] = (reserve, source)
+        result = run_variants(pool_id, bars, signals[pool_id], regimes[pool_id], nautilus, reserve, settings, run_id)
+        if result.status == "ok":
+            outcomes[pool_id] = backtest_checks(result, bar)
+            failed = [name for name, (ok, _) in outcomes[pool_id].items() if not ok]
+            if failed:  # only verified results reach the table
+                result = replace(result, status="failed_checks", reason=f"checks failed: {', '.join(failed)}")
+        out[pool_id] = result
+    return out, outcomes, sources
+
+
+def _backtest_metadata(result: PoolBacktest, bar: pd.Timedelta, reserve: tuple[float | None, str]) -> dict:
+    if result.status not in ("ok", "failed_checks"):
+        return {"pool_id": result.pool_id, "status": result.status, "reason": result.reason}
     png = equity_png(result)
     q50 = result.metrics.loc["q50"]
-    yield Output(
-        result,
-        metadata={
-            "pool_id": pool_id,
-            "status": "ok",
-            "backtest_run_id": run_id,
-            "oos_start": MetadataValue.text(str(result.oos_start)),
-            "oos_bars": int((bars.index + bar >= result.oos_start).sum()),
-            "q50_total_return": MetadataValue.float(float(q50["total_return"])),
-            "buy_and_hold_total_return": MetadataValue.float(float(result.metrics.loc["buy_and_hold", "total_return"])),
-            "shuffled_total_return": MetadataValue.float(float(result.metrics.loc["shuffled", "total_return"])),
-            "q50_trades": int(q50["trades"]),
-            "impact_applied": result.outcomes["q50"].impact_applied,
-            "reserve_usd": MetadataValue.float(float(reserve_usd)) if reserve_usd is not None else "none",
-            "reserve_source": reserve_source,
-            "rows_written": written,
-            "summary": MetadataValue.md(metrics_markdown(result.metrics)),
-            "equity_curve": MetadataValue.md(
-                f"![equity curve](data:image/png;base64,{base64.b64encode(png).decode()})"),
-        },
-    )
-    yield AssetCheckResult(check_name="bars_match_pipeline", passed=bars_ok, severity=AssetCheckSeverity.ERROR,
-                           metadata={"pool_id": pool_id, "bars": MetadataValue.json(bars_details)})
-    yield AssetCheckResult(
-        check_name="engine_processed_every_bar", passed=processed_ok, severity=AssetCheckSeverity.ERROR,
-        metadata={"pool_id": pool_id, "bars_given": len(bars),
-                  "iterations": MetadataValue.json({n: o.iterations for n, o in result.outcomes.items()})})
-    yield AssetCheckResult(check_name="cash_never_negative", passed=cash_ok, severity=AssetCheckSeverity.ERROR,
-                           metadata={"pool_id": pool_id, "min_cash_usd": MetadataValue.json(min_cash)})
+    reserve_usd, reserve_source = reserve
+    return {
+        "pool_id": result.pool_id,
+        "status": result.status,
+        "reason": result.reason,
+        "backtest_run_id": result.backtest_run_id,
+        "oos_start": MetadataValue.text(str(result.oos_start)),
+        "oos_bars": int((result.bars.index + bar >= result.oos_start).sum()),
+        "q50_total_return": MetadataValue.float(float(q50["total_return"])),
+        "buy_and_hold_total_return": MetadataValue.float(float(result.metrics.loc["buy_and_hold", "total_return"])),
+        "shuffled_total_return": MetadataValue.float(float(result.metrics.loc["shuffled", "total_return"])),
+        "q50_trades": int(q50["trades"]),
+        "impact_applied": result.outcomes["q50"].impact_applied,
+        "reserve_usd": MetadataValue.float(float(reserve_usd)) if reserve_usd is not None else "none",
+        "reserve_source": reserve_source,
+        "rows_written": len(result.metrics) if result.status == "ok" else 0,
+        "summary": MetadataValue.md(metrics_markdown(result.metrics)),
+        "equity_curve": MetadataValue.md(f"![equity curve](data:image/png;base64,{base64.b64encode(png).decode()})"),
+    }
+
+
+@multi_asset(
+    outs={
+        BACKTEST_ASSET: AssetOut(
+            io_manager_key="q50_tables", group_name="backtest", kinds={"nautilustrader"},
+            description="Per pool: the Q50 strategy in a NautilusTrader BacktestEngine (targets from the signal "
+            "and regime known at each bar's close), beside buy & hold and the same targets shuffled in time, on "
+            "the same bars, fee and AMM price impact. Metrics on the out-of-sample span only, stored in "
+            "q50_backtest_results per backtest run (history kept); equity picture and table in metadata."),
+        TRADING_HISTORY_ASSET: AssetOut(
+            io_manager_key="q50_tables", group_name="backtest", kinds={"sql"},
+            description="Every order of the Q50 strategy's Nautilus backtest with its fill (side, quantity, "
+            "price, fee, impact), the signal, regime and target that decided it and the feature vector behind "
+            "it; keyed by the backtest run id, replaced per run in one transaction. Written by the same step "
+            "as backtest_results (the fills are never stored twice)."),
+    },
+    internal_asset_deps={
+        BACKTEST_ASSET: {AssetKey(OHLCV_ASSET), AssetKey(SIGNALS_ASSET), AssetKey(REGIMES_ASSET)},
+        TRADING_HISTORY_ASSET: {AssetKey(BACKTEST_ASSET)},
+    },
+    partitions_def=pool_partitions,
+    ins={
+        "ohlcv_bars": AssetIn(OHLCV_ASSET),
+        "q50_signals": AssetIn(SIGNALS_ASSET, input_manager_key="q50_tables"),
+        "regime_labels": AssetIn(REGIMES_ASSET, input_manager_key="q50_tables"),
+    },
+    check_specs=[
+        pool_check_spec(BACKTEST_ASSET, "bars_match_pipeline", "The bars Nautilus consumed equal the pipeline's OHLCV "
+                        "for the pool: count, first and last bar close, sum of closes (every variant).", True),
+        pool_check_spec(BACKTEST_ASSET, "engine_processed_every_bar", "Each engine's iterations and last timestamp "
+                        "cover every bar given (Nautilus can stop early without raising).", True),
+        pool_check_spec(BACKTEST_ASSET, "cash_never_negative",
+                        "USD cash after every bar's trade is >= 0 in every variant.", True),
+        pool_check_spec(TRADING_HISTORY_ASSET, "reconciles_with_fills", "The rows stored for this backtest run equal "
+                        "Nautilus' fills report: count, total quantity, total fees.", True),
+    ],
+    name="backtest_and_trading_history",
+)
+def backtest_results(context: AssetExecutionContext, ohlcv_bars: dict, q50_signals: dict, regime_labels: dict,
+                     nautilus: NautilusBacktester, collector_db: CollectorDatabase, lineage: LineageConfig):
+    pool_ids = list(context.partition_keys)
+    run_id = context.run.run_id
+    bar = pd.Timedelta(seconds=lineage.bar_seconds)
+    results, outcomes, sources = backtest_step(ohlcv_bars, q50_signals, regime_labels, nautilus, collector_db,
+                                               lineage, run_id, progress_callback(context, BACKTEST_ASSET,
+                                                                                  len(pool_ids)))
+    histories = history_step(results, bar)
+    checks = PoolChecks(context)
+    for pool_id in pool_ids:
+        result = results[pool_id]
+        if isinstance(result, Blocked):
+            add_pool_metadata(context, pool_id, blocked_metadata(result), BACKTEST_ASSET)
+            add_pool_metadata(context, pool_id, blocked_metadata(result), TRADING_HISTORY_ASSET)
+            continue
+        if result.status == "disabled":
+            context.log.warning(f"pool {pool_id}: {result.reason}")
+        add_pool_metadata(context, pool_id, _backtest_metadata(result, bar, sources.get(pool_id, (None, "none"))), BACKTEST_ASSET)
+        for name, (passed, metadata) in outcomes.get(pool_id, {}).items():
+            checks.add(BACKTEST_ASSET, name, pool_id, passed, metadata)
+    yield Output(results, output_name=BACKTEST_ASSET,
+                 metadata={"pools": len(pool_ids), "backtest_run_id": run_id,
+                           "pools_ok": sum(not isinstance(r, Blocked) and r.status == "ok" for r in results.values())})
+    yield Output(histories, output_name=TRADING_HISTORY_ASSET, metadata={"backtest_run_id": run_id})
+    # The history is in the table now (the IO manager wrote it when the output was yielded):
+    # reconcile what the database holds with Nautilus' own fills report.
+    written = {p: h for p, h in histories.items() if not isinstance(h, Blocked)}
+    stored = collector_db.trading_history_many({p: h.backtest_run_id for p, h in written.items()}) if written else {}
+    for pool_id in pool_ids:
+        history = histories[pool_id]
+        if isinstance(history, Blocked):
+            if not isinstance(results[pool_id], Blocked):
+                add_pool_metadata(context, pool_id, blocked_metadata(history), TRADING_HISTORY_ASSET)
+            continue
+        ok, got, expected = reconcile(stored[pool_id], results[pool_id].outcomes["q50"])
+        rows = history.rows
+        add_pool_metadata(context, pool_id, {
+            "pool_id": pool_id, "status": "ok", "backtest_run_id": history.backtest_run_id, "rows_written": len(rows),
+            "buys": int((rows["side"] == "BUY").sum()) if len(rows) else 0,
+            "sells": int((rows["side"] == "SELL").sum()) if len(rows) else 0,
+            "fees_usd": MetadataValue.float(got["fees"])}, TRADING_HISTORY_ASSET)
+        checks.add(TRADING_HISTORY_ASSET, "reconciles_with_fills", pool_id, ok,
+                   {"stored": MetadataValue.json(got), "nautilus_fills": MetadataValue.json(expected)})
+    yield from checks.events()
 
 
 def portfolio_table(results: pd.DataFrame) -> pd.DataFrame:
@@ -310,7 +397,7 @@ def comparable_baselines(results: pd.DataFrame) -> tuple[list[dict], int]:
 
 @asset(
     name=PORTFOLIO_ASSET,
-    deps=[AssetKey(BACKTEST_ASSET)],
+    ins={"backtest_results": AssetIn(BACKTEST_ASSET, input_manager_key="q50_tables")},
     group_name="backtest",
     kinds={"pandas"},
     check_specs=[
@@ -322,11 +409,13 @@ def comparable_baselines(results: pd.DataFrame) -> tuple[list[dict], int]:
     "out of sample, equal weight per pool. Read from q50_backtest_results, so pools blocked upstream "
     "simply have no row.",
 )
-def backtest_portfolio(context: AssetExecutionContext, collector_db: CollectorDatabase,
-                       settings: ResourceParam[Settings]):
-    results = collector_db.latest_backtest_results(settings.timeframe)
+def backtest_portfolio(context: AssetExecutionContext, backtest_results: dict):
+    frames = [frame.reset_index() for frame in backtest_results.values() if len(frame)]
+    results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["pool_id", "variant", "total_return", "oos_start", "oos_end", "bars"])
     problems, checked = comparable_baselines(results)
     table = portfolio_table(results)
     yield Output(table, metadata={"pools": checked, "summary": MetadataValue.md(portfolio_markdown(table))})
     yield AssetCheckResult(check_name="comparable_baselines", passed=not problems, severity=AssetCheckSeverity.ERROR,
                            metadata={"pools_checked": checked, "problems": MetadataValue.json(problems[:50])})
+

@@ -1,64 +1,68 @@
-"""Lineage stage 2 - QLib features: one pool's bars written to the QLib store, features
-computed by QLib's expression engine, vectors persisted to ``pool_feature_vectors``.
+"""Lineage stage 2 - QLib features: a batch of pools' bars written to the QLib store together,
+features from one call of QLib's expression engine, vectors persisted to ``pool_feature_vectors``
+in one transaction.
 
-Glue only: formulas live in :mod:`q50_assets.research.features`.
+Glue only: formulas live in :mod:`q50_assets.research.features`, the batch step's pieces in
+:mod:`q50_assets.stages.features`.
 """
 
-import numpy as np
 import pandas as pd
-from dagster import (
-    AssetCheckResult,
-    AssetCheckSeverity,
-    AssetCheckSpec,
-    AssetExecutionContext,
-    MetadataValue,
-    Output,
-    ResourceParam,
-    asset,
-)
+from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
+from q50_assets.assets.batch import (
+    PoolChecks,
+    add_pool_metadata,
+    blocked_metadata,
+    pool_check_spec,
+    progress_callback,
+)
 from q50_assets.assets.ohlcv import OHLCV_ASSET
 from q50_assets.assets.partitions import pool_partitions
-from q50_assets.research.bars import TIMEFRAME_SECONDS, ValidatedBars, require_safe
-from q50_assets.research.features import (
-    feature_expressions,
-    feature_set_version,
-    mark_warmup,
-    to_hourly_grid,
-    warmup_bars,
-)
+from q50_assets.research.bars import ValidatedBars
 from q50_assets.resources.database import CollectorDatabase
+from q50_assets.resources.lineage import LineageConfig
 from q50_assets.resources.qlib_store import QlibStore, instrument_name
-from q50_assets.settings import Settings
+from q50_assets.stages.features import STAGE, FeatureChecks, check_frame, feature_frames, frame_summary, pool_grids
+from q50_assets.stages.gate import Blocked
+from q50_assets.stages.ohlcv import bars_or_blocked
 
-FEATURES_ASSET = "qlib_features"
-
-
-def expressions_for(settings: Settings) -> dict[str, str]:
-    rd = settings.nautilus_trader.strategy_config.regime_detection
-    return feature_expressions(rd.rsi_periods, rd.macd_fast, rd.macd_slow)
+FEATURES_ASSET = STAGE
 
 
-def build_pool_features(
-    pool_id: str, bars: pd.DataFrame, settings: Settings, store: QlibStore
-) -> tuple[pd.DataFrame, list[str], str]:
-    """Write a pool's grid to the store and evaluate the feature expressions on it.
-
-    Returns the frame (index open_time: feature columns, close, is_filled, is_warmup, known_at),
-    the feature column names and the feature-set version.
-    """
-    rd = settings.nautilus_trader.strategy_config.regime_detection
-    bar_seconds = TIMEFRAME_SECONDS[settings.timeframe]
-    expressions = expressions_for(settings)
-    warmup = warmup_bars(rd.macd_slow)
-    grid = to_hourly_grid(bars, bar_seconds)
-    store.write_pool(pool_id, grid)
-    frame = store.features([pool_id], expressions).loc[pool_id]
-    frame["close"] = grid["close"].reindex(frame.index)
-    frame["is_filled"] = grid["filled"].reindex(frame.index).astype(bool)
-    frame["is_warmup"] = mark_warmup(frame.index, bars.index[0], bar_seconds, warmup)
-    frame["known_at"] = frame.index + pd.Timedelta(seconds=bar_seconds)
-    return frame, list(expressions), feature_set_version(expressions, warmup)
+def features_step(validated: dict[str, ValidatedBars], store: QlibStore, db: CollectorDatabase,
+                  lineage: LineageConfig, progress=None
+                  ) -> tuple[dict[str, pd.DataFrame | Blocked], dict[str, FeatureChecks], dict[str, int]]:
+    """A batch of pools: safe pools' grids written to the store, blocked pools taken out of it, one
+    ``D.features`` call, per-pool frames checked; the vectors of pools passing both checks written
+    in one transaction. Returns (frame or Blocked per pool, check outcomes, stale vectors per pool)."""
+    config = lineage.feature_config()
+    bars = {p: bars_or_blocked(v) for p, v in validated.items()}
+    safe = {p: b for p, b in bars.items() if not isinstance(b, Blocked)}
+    out: dict[str, pd.DataFrame | Blocked] = {p: b for p, b in bars.items() if isinstance(b, Blocked)}
+    # A pool blocked now must not keep feeding its old series to the pooled model.
+    store.remove_pools(sorted(out))
+    checks: dict[str, FeatureChecks] = {}
+    stale: dict[str, int] = {}
+    if safe:
+        grids = pool_grids(safe, config)
+        store.write_pools(grids)
+        raw = store.features(sorted(safe), config.expressions)
+        frames = feature_frames(raw, grids, safe, config)
+        mapping = store.mapping()
+        checks = {p: check_frame(p, f, config, instrument_name(p), mapping) for p, f in frames.items()}
+        passed = {p: f for p, f in frames.items() if not checks[p].failures()}
+        failed = [p for p in frames if p not in passed]
+        for p in failed:
+            out[p] = Blocked(p, STAGE, f"checks failed: {', '.join(checks[p].failures())}")
+        store.remove_pools(failed)
+        real = {p: f[~f["is_filled"]] for p, f in passed.items()}
+        written = db.upsert_feature_vectors_many(lineage.timeframe, config.version, real, config.columns)
+        for p, frame in passed.items():
+            frame["feature_vector_id"], stale[p] = written[p]
+            out[p] = frame
+    if progress:
+        progress(len(validated))
+    return {p: out[p] for p in validated}, checks, stale
 
 
 @asset(
@@ -67,76 +71,43 @@ def build_pool_features(
     group_name="features",
     kinds={"qlib", "pandas"},
     check_specs=[
-        AssetCheckSpec(
-            "no_nan_after_warmup",
-            asset=FEATURES_ASSET,
-            blocking=True,
-            description="Every feature of every real bar after the warm-up is a finite number.",
-        ),
-        AssetCheckSpec(
-            "instrument_mapping_roundtrip",
-            asset=FEATURES_ASSET,
-            blocking=True,
-            description="The pool's QLib instrument maps back to exactly this pool id, and no two pools share one.",
-        ),
+        pool_check_spec(FEATURES_ASSET, "no_nan_after_warmup",
+                        "Every feature of every real bar after the warm-up is a finite number.", True),
+        pool_check_spec(FEATURES_ASSET, "instrument_mapping_roundtrip",
+                        "The pool's QLib instrument maps back to exactly this pool id, and no two pools share one.",
+                        True),
     ],
-    description="The pool's validated bars on a full hourly grid in QLib's binary store; features "
-    "(the Q50 set, RSI, MACD, Bollinger) from QLib's expression engine; vectors persisted to "
-    "pool_feature_vectors. Warm-up rows are marked, missing hours flagged as flat filled bars.",
+    description="Each pool's validated bars on a full hourly grid in QLib's binary store; features "
+    "(the Q50 set, RSI, MACD, Bollinger) from QLib's expression engine, one call per batch of pools; "
+    "vectors persisted to pool_feature_vectors. Warm-up rows are marked, missing hours flagged as flat "
+    "filled bars. Pools blocked upstream are skipped (and taken out of the store).",
 )
-def qlib_features(
-    context: AssetExecutionContext,
-    ohlcv_bars: ValidatedBars,
-    collector_db: CollectorDatabase,
-    qlib_store: QlibStore,
-    settings: ResourceParam[Settings],
-):
-    pool_id = context.partition_key
-    bars = require_safe(ohlcv_bars)
-    frame, columns, version = build_pool_features(pool_id, bars, settings, qlib_store)
-    real = ~frame["is_filled"]
-    frame["feature_vector_id"], stale_vectors = collector_db.upsert_feature_vectors(
-        pool_id, settings.timeframe, version, frame[real], columns
-    )
-
-    usable = real & ~frame["is_warmup"]
-    values = frame.loc[usable, columns].to_numpy()
-    bad_rows = frame.index[usable][~np.isfinite(values).all(axis=1)]
-    instrument = instrument_name(pool_id)
-    mapping = qlib_store.mapping()
-    owners = [e["pool_id"] for e in mapping.values()]
-    roundtrip_ok = mapping.get(instrument, {}).get("pool_id") == pool_id and len(set(owners)) == len(owners)
-
-    yield Output(
-        frame,
-        metadata={
-            "pool_id": pool_id,
-            "feature_set_version": version,
-            "features": len(columns),
-            "grid_rows": len(frame),
-            "real_bars": int(real.sum()),
-            "filled_bars": int(frame["is_filled"].sum()),
-            "warmup_rows": int(frame["is_warmup"].sum()),
-            "usable_rows": int(usable.sum()),
-            "instrument": instrument,
-            "feature_vectors_written": int(real.sum()),
-            "stale_feature_vectors_kept": stale_vectors,
-        },
-    )
-    yield AssetCheckResult(
-        check_name="no_nan_after_warmup",
-        passed=len(bad_rows) == 0,
-        severity=AssetCheckSeverity.ERROR,
-        metadata={
-            "pool_id": pool_id,
-            "rows_checked": int(usable.sum()),
-            "rows_with_nan": len(bad_rows),
-            "first_rows_with_nan": MetadataValue.json([t.isoformat() for t in bad_rows[:20]]),
-        },
-    )
-    yield AssetCheckResult(
-        check_name="instrument_mapping_roundtrip",
-        passed=roundtrip_ok,
-        severity=AssetCheckSeverity.ERROR,
-        metadata={"pool_id": pool_id, "instrument": instrument, "instruments_in_store": len(mapping)},
-    )
+def qlib_features(context: AssetExecutionContext, ohlcv_bars: dict, collector_db: CollectorDatabase,
+                  qlib_store: QlibStore, lineage: LineageConfig):
+    pool_ids = list(context.partition_keys)
+    frames, outcomes, stale = features_step(ohlcv_bars, qlib_store, collector_db, lineage,
+                                            progress_callback(context, FEATURES_ASSET, len(pool_ids)))
+    config = lineage.feature_config()
+    checks = PoolChecks(context)
+    for pool_id in pool_ids:
+        frame, outcome = frames[pool_id], outcomes.get(pool_id)
+        if outcome is None:  # blocked upstream: not computed, so not checked
+            add_pool_metadata(context, pool_id, blocked_metadata(frame))
+            continue
+        if isinstance(frame, Blocked):  # computed, but failed a check: its vectors were not written
+            metadata = {**blocked_metadata(frame), "instrument": outcome.instrument}
+        else:
+            metadata = {"pool_id": pool_id, "status": "ok", "instrument": outcome.instrument,
+                        **frame_summary(frame, config), "feature_vectors_written": int((~frame["is_filled"]).sum()),
+                        "stale_feature_vectors_kept": stale[pool_id]}
+        add_pool_metadata(context, pool_id, metadata)
+        checks.add(FEATURES_ASSET, "no_nan_after_warmup", pool_id, outcome.no_nan_after_warmup, {
+            "rows_checked": outcome.rows_checked, "rows_with_nan": len(outcome.rows_with_nan),
+            "first_rows_with_nan": MetadataValue.json([t.isoformat() for t in outcome.rows_with_nan[:20]])})
+        checks.add(FEATURES_ASSET, "instrument_mapping_roundtrip", pool_id, outcome.instrument_mapping_roundtrip,
+                   {"instrument": outcome.instrument, "maps_to": outcome.instrument_owner,
+                    "instruments_shared": outcome.instruments_shared})
+    computed = sum(not isinstance(f, Blocked) for f in frames.values())
+    yield Output(frames, metadata={"pools": len(pool_ids), "pools_computed": computed,
+                                   "pools_blocked": len(pool_ids) - computed, "feature_set_version": config.version})
+    yield from checks.events()

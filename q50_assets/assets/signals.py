@@ -1,149 +1,93 @@
-"""Lineage stage 3b - Q50 signals per pool: signal columns from the out-of-sample quantiles
-and the pool's features, persisted to ``q50_signals`` keyed by pool and bar, with the time
-each becomes known.
+"""Lineage stage 3b - Q50 signals per pool: signal columns from the out-of-sample quantiles and
+the pool's features, with the time each becomes known; stored in ``q50_signals`` (the table IO
+manager writes a batch in one transaction).
 
-Glue only: every formula is in :mod:`q50_assets.research.signals`.
+Glue only: the stage is :mod:`q50_assets.stages.signals`, every formula
+:mod:`q50_assets.research.signals`.
 """
 
 import pandas as pd
-from dagster import (
-    AssetCheckResult,
-    AssetCheckSeverity,
-    AssetCheckSpec,
-    AssetExecutionContext,
-    MetadataValue,
-    Output,
-    ResourceParam,
-    asset,
+from dagster import AssetExecutionContext, MetadataValue, Output, asset
+
+from q50_assets.assets.batch import (
+    PoolChecks,
+    add_pool_metadata,
+    blocked_metadata,
+    pool_check_spec,
+    progress_callback,
 )
-
-from q50_assets.assets.model import TrainedQ50Model
 from q50_assets.assets.partitions import pool_partitions
-from q50_assets.research.bars import TIMEFRAME_SECONDS
-from q50_assets.research.signals import SignalConfig, compute_signals
-from q50_assets.resources.database import CollectorDatabase
-from q50_assets.settings import Settings
+from q50_assets.resources.lineage import LineageConfig
+from q50_assets.stages.gate import Blocked
+from q50_assets.stages.model import TrainedQ50Model
+from q50_assets.stages.signals import LIVE_FOLD, STAGE, check_signals, signals_for_pools
 
-SIGNALS_ASSET = "q50_signals"
-
-
-def signal_config(settings: Settings) -> SignalConfig:
-    s = settings.signals
-    return SignalConfig(
-        round_trip_cost=s.round_trip_cost, variance_multiplier=s.variance_multiplier, allow_short=s.allow_short
-    )
+SIGNALS_ASSET = STAGE
 
 
-LIVE_FOLD = -1  # q50_signals.fold of a signal from the live model (bars newer than the training run)
-
-
-def pool_predictions(pool_id: str, model: TrainedQ50Model, features: pd.DataFrame, bar: pd.Timedelta) -> pd.DataFrame:
-    """One pool's out-of-sample quantiles (index open_time): the walk-forward predictions for
-    bars the training run saw, and the live model's for real, post-warm-up bars that close
-    after it (new collector bars). Neither ever saw the label of a bar it predicts."""
-    preds = model.result.predictions
-    # A lookup in the sorted index, not a membership test on get_level_values(): that builds a
-    # hash of every prediction per pool (0.28 s at 1,000 pools x 1,900 bars: quadratic overall).
-    try:
-        pool_preds = preds.xs(pool_id, level="pool_id")
-    except KeyError:
-        pool_preds = preds.iloc[0:0].droplevel("pool_id")
-    pool_preds = pool_preds[["q10", "q50", "q90", "predicted_at", "fold"]]
-    live = model.live
-    if live is None:
-        return pool_preds
-    new = (~features["is_filled"] & ~features["is_warmup"] & (features.index + bar > live.trained_until)
-           & ~features.index.isin(pool_preds.index))
-    if not new.any():
-        return pool_preds
-    live_preds = live.predict(features.loc[new, live.feature_columns])
-    live_preds["predicted_at"] = live_preds.index + bar
-    live_preds["fold"] = LIVE_FOLD
-    return pd.concat([pool_preds, live_preds[pool_preds.columns]]).sort_index()
-
-
-def pool_signals(pool_id: str, model: TrainedQ50Model, features: pd.DataFrame, settings: Settings) -> pd.DataFrame:
-    """One pool's signal rows (index open_time) from the model's out-of-sample quantiles."""
-    bar = pd.Timedelta(seconds=TIMEFRAME_SECONDS[settings.timeframe])
-    pool_preds = pool_predictions(pool_id, model, features, bar)
-    signals = compute_signals(
-        pool_preds[["q10", "q50", "q90", "predicted_at"]],
-        features["vol_risk"].reindex(pool_preds.index),
-        signal_config(settings),
-    )
-    signals["fold"] = pool_preds["fold"].astype("int64")
-    signals["model_run"] = model.run_id
-    signals["feature_vector_id"] = features["feature_vector_id"].reindex(signals.index)
-    return signals
+def signals_step(model: TrainedQ50Model, features: dict, lineage: LineageConfig, progress=None
+                 ) -> tuple[dict[str, pd.DataFrame | Blocked], dict[str, tuple]]:
+    """A batch of pools against one model (live-model inference in one call). A pool failing a
+    rule is blocked, so its rows never reach the table strategies read. Returns (signals or
+    Blocked per pool, (early, crossed) rows per computed pool)."""
+    bar = pd.Timedelta(seconds=lineage.bar_seconds)
+    computed = signals_for_pools(model, features, lineage.signal_config(), bar)
+    out, outcomes = {}, {}
+    for pool_id, signals in computed.items():
+        if isinstance(signals, Blocked):
+            out[pool_id] = signals
+            continue
+        early, crossed = outcomes[pool_id] = check_signals(signals, bar)
+        failed = [n for n, rows in (("known_at_after_bar_close", early), ("quantiles_ordered", crossed)) if len(rows)]
+        out[pool_id] = Blocked(pool_id, STAGE, f"checks failed: {', '.join(failed)}") if failed else signals
+    if progress:
+        progress(len(features))
+    return out, outcomes
 
 
 @asset(
     name=SIGNALS_ASSET,
     partitions_def=pool_partitions,
+    io_manager_key="q50_tables",
     group_name="signals",
     kinds={"pandas", "sql"},
     check_specs=[
-        AssetCheckSpec(
-            "known_at_after_bar_close",
-            asset=SIGNALS_ASSET,
-            blocking=True,
-            description="Every signal becomes known at or after its bar's close (open + timeframe).",
-        ),
-        AssetCheckSpec(
-            "quantiles_ordered",
-            asset=SIGNALS_ASSET,
-            blocking=True,
-            description="q10 <= q50 <= q90 on every signal row.",
-        ),
+        pool_check_spec(SIGNALS_ASSET, "known_at_after_bar_close",
+                        "Every signal becomes known at or after its bar's close (open + timeframe).", True),
+        pool_check_spec(SIGNALS_ASSET, "quantiles_ordered", "q10 <= q50 <= q90 on every signal row.", True),
     ],
     description="Per pool: spread, prob_up, enhanced info ratio, expected value, adaptive threshold "
     "(with the round-trip cost), tradeable, side and tier from the out-of-sample q10/q50/q90; "
-    "persisted to q50_signals with the time each becomes known.",
+    "stored in q50_signals with the time each becomes known (a pool failing a check, or blocked "
+    "upstream, has no rows).",
 )
-def q50_signals(
-    context: AssetExecutionContext,
-    q50_model: TrainedQ50Model,
-    qlib_features: pd.DataFrame,
-    collector_db: CollectorDatabase,
-    settings: ResourceParam[Settings],
-):
-    pool_id = context.partition_key
-    signals = pool_signals(pool_id, q50_model, qlib_features, settings)
-
-    bar = pd.Timedelta(seconds=TIMEFRAME_SECONDS[settings.timeframe])
-    early = signals.index[signals["known_at"] < signals.index + bar]
-    crossed = signals.index[~((signals["q10"] <= signals["q50"]) & (signals["q50"] <= signals["q90"]))]
-    # Persist only signals that passed the blocking checks: the table is what strategies read.
-    written = 0
-    if len(early) == 0 and len(crossed) == 0:
-        written = collector_db.replace_signals(pool_id, settings.timeframe, signals)
-    sides = signals["side"].value_counts()
-    yield Output(
-        signals,
-        metadata={
-            "pool_id": pool_id,
-            "signals": len(signals),
-            "rows_written": written,
-            "tradeable": int(signals["tradeable"].sum()),
-            "long": int(sides.get("long", 0)),
-            "short": int(sides.get("short", 0)),
-            "hold": int(sides.get("hold", 0)),
-            "model_run": q50_model.run_id,
-            "live_model_signals": int((signals["fold"] == LIVE_FOLD).sum()),
-            "first_known_at": MetadataValue.text(str(signals["known_at"].min()) if written else "none"),
-            "last_known_at": MetadataValue.text(str(signals["known_at"].max()) if written else "none"),
-        },
-    )
-    yield AssetCheckResult(
-        check_name="known_at_after_bar_close",
-        passed=len(early) == 0,
-        severity=AssetCheckSeverity.ERROR,
-        metadata={"pool_id": pool_id, "early_signals": len(early),
-                  "first_early": MetadataValue.json([t.isoformat() for t in early[:20]])},
-    )
-    yield AssetCheckResult(
-        check_name="quantiles_ordered",
-        passed=len(crossed) == 0,
-        severity=AssetCheckSeverity.ERROR,
-        metadata={"pool_id": pool_id, "crossed_rows": len(crossed)},
-    )
+def q50_signals(context: AssetExecutionContext, q50_model: TrainedQ50Model, qlib_features: dict,
+                lineage: LineageConfig):
+    pool_ids = list(context.partition_keys)
+    signals, outcomes = signals_step(q50_model, qlib_features, lineage,
+                                     progress_callback(context, SIGNALS_ASSET, len(pool_ids)))
+    checks = PoolChecks(context)
+    for pool_id in pool_ids:
+        value = signals[pool_id]
+        if pool_id not in outcomes:
+            add_pool_metadata(context, pool_id, blocked_metadata(value))
+            continue
+        early, crossed = outcomes[pool_id]
+        if isinstance(value, Blocked):
+            add_pool_metadata(context, pool_id, {**blocked_metadata(value), "model_run": q50_model.run_id})
+        else:
+            sides = value["side"].value_counts()
+            add_pool_metadata(context, pool_id, {
+                "pool_id": pool_id, "status": "ok", "signals": len(value), "rows_written": len(value),
+                "tradeable": int(value["tradeable"].sum()), "long": int(sides.get("long", 0)),
+                "short": int(sides.get("short", 0)), "hold": int(sides.get("hold", 0)),
+                "model_run": q50_model.run_id, "live_model_signals": int((value["fold"] == LIVE_FOLD).sum()),
+                "first_known_at": str(value["known_at"].min()) if len(value) else "none",
+                "last_known_at": str(value["known_at"].max()) if len(value) else "none"})
+        checks.add(SIGNALS_ASSET, "known_at_after_bar_close", pool_id, len(early) == 0,
+                   {"early_signals": len(early), "first_early": MetadataValue.json([t.isoformat() for t in early[:20]])})
+        checks.add(SIGNALS_ASSET, "quantiles_ordered", pool_id, len(crossed) == 0, {"crossed_rows": len(crossed)})
+    computed = sum(not isinstance(v, Blocked) for v in signals.values())
+    yield Output(signals, metadata={"pools": len(pool_ids), "pools_computed": computed,
+                                    "pools_blocked": len(pool_ids) - computed, "model_run": q50_model.run_id})
+    yield from checks.events()

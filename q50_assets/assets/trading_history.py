@@ -1,30 +1,34 @@
 """Lineage stage 6 - trading history: every Nautilus order of the Q50 strategy's backtest with its
 fills, written to ``q50_trading_history`` with the signal, regime, target and feature vector that
 decided it. A re-run of the same backtest run replaces that run's rows in one transaction.
+
+The asset is materialized by the backtest step (``assets/backtest.py``): the fills come straight
+from the engines of that step and are stored once, in the table.
 """
 
+from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pandas as pd
-from dagster import (
-    AssetCheckResult,
-    AssetCheckSeverity,
-    AssetCheckSpec,
-    AssetExecutionContext,
-    MetadataValue,
-    Output,
-    ResourceParam,
-    asset,
-)
 
-from q50_assets.assets.backtest import PoolBacktest
-from q50_assets.assets.partitions import pool_partitions
-from q50_assets.research.bars import TIMEFRAME_SECONDS
-from q50_assets.resources.database import CollectorDatabase
-from q50_assets.settings import Settings
+from q50_assets.stages.gate import Blocked
+
+if TYPE_CHECKING:
+    from q50_assets.assets.backtest import PoolBacktest
+    from q50_assets.research.backtest import BacktestOutcome
 
 TRADING_HISTORY_ASSET = "q50_trading_history"
+
+
+@dataclass(frozen=True)
+class PoolTradingHistory:
+    """One pool's rows of one backtest run (what the table IO manager writes)."""
+
+    backtest_run_id: str
+    rows: pd.DataFrame
 
 
 def history_rows(result: PoolBacktest, bar: pd.Timedelta) -> pd.DataFrame:
@@ -65,41 +69,23 @@ def history_rows(result: PoolBacktest, bar: pd.Timedelta) -> pd.DataFrame:
     })
 
 
-@asset(
-    name=TRADING_HISTORY_ASSET,
-    partitions_def=pool_partitions,
-    group_name="backtest",
-    kinds={"sql"},
-    check_specs=[
-        AssetCheckSpec("reconciles_with_fills", asset=TRADING_HISTORY_ASSET, blocking=True,
-                       description="The rows stored for this backtest run equal Nautilus' fills report: count, "
-                       "total quantity, total fees."),
-    ],
-    description="Every order of the Q50 strategy's Nautilus backtest with its fill (side, quantity, price, fee, "
-    "impact), the signal, regime and target that decided it and the feature vector behind it; keyed by the "
-    "backtest run id, replaced per run in one transaction.",
-)
-def q50_trading_history(
-    context: AssetExecutionContext,
-    backtest_results: PoolBacktest,
-    collector_db: CollectorDatabase,
-    settings: ResourceParam[Settings],
-):
-    pool_id = context.partition_key
-    if backtest_results.status != "ok":
-        yield Output(pd.DataFrame(), metadata={"pool_id": pool_id, "status": backtest_results.status,
-                                               "reason": backtest_results.reason})
-        yield AssetCheckResult(check_name="reconciles_with_fills", passed=True,
-                               metadata={"skipped": backtest_results.reason})
-        return
-    bar = pd.Timedelta(seconds=TIMEFRAME_SECONDS[settings.timeframe])
-    rows = history_rows(backtest_results, bar)
-    run_id = backtest_results.backtest_run_id
-    written = collector_db.replace_trading_history(run_id, pool_id, rows)
+def history_step(results: dict, bar: pd.Timedelta) -> dict[str, PoolTradingHistory | Blocked]:
+    """Per pool of a batch, the Q50 strategy's fills as history rows; a pool without a verified
+    backtest has none (blocked, disabled, no out-of-sample signal, or a failed backtest rule)."""
+    out: dict[str, PoolTradingHistory | Blocked] = {}
+    for pool_id, result in results.items():
+        if isinstance(result, Blocked):
+            out[pool_id] = result
+        elif result.status != "ok":
+            out[pool_id] = Blocked(pool_id, "backtest_results", f"no verified backtest ({result.status}: {result.reason})")
+        else:
+            out[pool_id] = PoolTradingHistory(result.backtest_run_id, history_rows(result, bar))
+    return out
 
-    # Reconcile what the database now holds with Nautilus' own fills report.
-    stored = collector_db.trading_history(run_id, pool_id)
-    outcome = backtest_results.outcomes["q50"]
+
+def reconcile(stored: pd.DataFrame, outcome: BacktestOutcome) -> tuple[bool, dict, dict]:
+    """The rows the database holds for a backtest run against Nautilus' own fills report
+    (count, total quantity in tokens, total fees): (equal, stored figures, Nautilus' figures)."""
     fills = outcome.fills
     expected = {
         "count": 0 if fills is None else len(fills),
@@ -111,13 +97,4 @@ def q50_trading_history(
     ok = (got["count"] == expected["count"]
           and math.isclose(got["quantity"], expected["quantity"], rel_tol=1e-9, abs_tol=1e-9)
           and math.isclose(got["fees"], expected["fees"], rel_tol=1e-9, abs_tol=1e-6))
-    yield Output(
-        rows,
-        metadata={"pool_id": pool_id, "backtest_run_id": run_id, "rows_written": written,
-                  "buys": int((rows["side"] == "BUY").sum()) if len(rows) else 0,
-                  "sells": int((rows["side"] == "SELL").sum()) if len(rows) else 0,
-                  "fees_usd": MetadataValue.float(got["fees"])},
-    )
-    yield AssetCheckResult(check_name="reconciles_with_fills", passed=ok, severity=AssetCheckSeverity.ERROR,
-                           metadata={"pool_id": pool_id, "stored": MetadataValue.json(got),
-                                     "nautilus_fills": MetadataValue.json(expected)})
+    return ok, got, expected

@@ -1,9 +1,8 @@
-"""Named jobs, and the executor they run on.
+"""Named jobs. Every run executes in-process by default (see definitions.py): the steps of a
+batch are sequential anyway, and a subprocess per step costs more than most steps.
 
-The model is trained on all pools at once (unpartitioned); everything else is per pool. Every
-run executes in-process (see definitions.py): a pool's six steps are sequential anyway, and a
-subprocess per step costs more than the step. Many pools fan out as many runs, bounded by the
-run queue in dagster.yaml (README, "Running many pools").
+``refresh_pools`` runs over a range of pool partitions (a batch); the model is trained on all
+pools at once (unpartitioned) between the two per-pool phases.
 """
 
 from dagster import AssetSelection, define_asset_job
@@ -12,6 +11,7 @@ from q50_assets.assets.backtest import BACKTEST_ASSET, PORTFOLIO_ASSET
 from q50_assets.assets.features import FEATURES_ASSET
 from q50_assets.assets.model import MODEL_ASSET
 from q50_assets.assets.ohlcv import OHLCV_ASSET
+from q50_assets.assets.partitions import pool_partitions
 from q50_assets.assets.regimes import REGIMES_ASSET
 from q50_assets.assets.signals import SIGNALS_ASSET
 from q50_assets.assets.trading_history import TRADING_HISTORY_ASSET
@@ -19,25 +19,22 @@ from q50_assets.assets.trading_history import TRADING_HISTORY_ASSET
 # Per pool, in lineage order. The first three need no model; the rest read the latest q50_model.
 NEEDS_NO_MODEL_ASSETS = (OHLCV_ASSET, FEATURES_ASSET, REGIMES_ASSET)
 MODEL_DEPENDENT_ASSETS = (SIGNALS_ASSET, BACKTEST_ASSET, TRADING_HISTORY_ASSET)
+POOL_ASSETS = (*NEEDS_NO_MODEL_ASSETS, *MODEL_DEPENDENT_ASSETS)
 
-refresh_pool_job = define_asset_job(
-    "refresh_pool",
-    selection=AssetSelection.assets(*NEEDS_NO_MODEL_ASSETS, *MODEL_DEPENDENT_ASSETS),
-    description="One pool (partition): collector bars -> validated bars -> QLib store + features -> regimes, "
-    "signals from the latest q50_model -> Nautilus backtests -> q50_trading_history.",
+refresh_pools_job = define_asset_job(
+    "refresh_pools",
+    selection=AssetSelection.assets(*POOL_ASSETS),
+    partitions_def=pool_partitions,
+    description="A batch of pools (a partition range, or one partition): collector bars -> validated bars -> "
+    "QLib store + features -> regimes, signals from the latest q50_model -> Nautilus backtests -> "
+    "q50_trading_history. Pools failing a blocking check are skipped downstream, the rest go on.",
 )
 
 train_q50_model_job = define_asset_job(
     "train_q50_model",
     selection=AssetSelection.assets(MODEL_ASSET),
-    description="Walk-forward Q50 model over every pool in the QLib store (launch by hand).",
-)
-
-nightly_job = define_asset_job(
-    "nightly",
-    selection=AssetSelection.assets(MODEL_ASSET),
-    description="The nightly_q50 schedule's job: retrain the Q50 model; a run-status sensor then refreshes "
-    "every pool against it and a sensor writes the portfolio table when they are done.",
+    description="Walk-forward Q50 model over every pool in the QLib store (launch by hand; nightly it "
+    "follows the pools' refresh by its automation condition).",
 )
 
 portfolio_summary_job = define_asset_job(
@@ -45,3 +42,5 @@ portfolio_summary_job = define_asset_job(
     selection=AssetSelection.assets(PORTFOLIO_ASSET),
     description="The portfolio table across pools from the latest backtest of each.",
 )
+
+JOBS = [refresh_pools_job, train_q50_model_job, portfolio_summary_job]

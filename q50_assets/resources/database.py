@@ -9,7 +9,7 @@ import math
 import pandas as pd
 from dagster import ConfigurableResource
 from pydantic import Field
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import DateTime, Engine, delete, func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -75,18 +75,27 @@ class CollectorDatabase(ConfigurableResource):
 
     @contextlib.contextmanager
     def _write(self, what: str, table, *key: str):
-        """One write transaction over the rows of ``table`` identified by ``key`` (a pool, a backtest run).
+        """One write transaction over the rows of ``table`` identified by ``key`` (a pool, a backtest run)."""
+        with self._write_many(what, table, [key]) as conn:
+            yield conn
 
-        On PostgreSQL it first takes a transaction-scoped advisory lock on (table, key): two runs
-        writing the same rows at once (two refreshes of one pool) then take turns instead of both
-        deleting the old rows and both inserting (a unique violation, or duplicates where the table
-        has no unique key). SQLite serialises writers itself. A database error is re-raised naming
-        the write and the database (password hidden), the driver's error chained.
+    @contextlib.contextmanager
+    def _write_many(self, what: str, table, keys):
+        """One write transaction over the rows of ``table`` identified by each of ``keys`` (a batch
+        of pools, or of (backtest run, pool) pairs).
+
+        On PostgreSQL it first takes a transaction-scoped advisory lock on (table, key) for every
+        key, in sorted order (two batches sharing pools never deadlock): two runs writing the same
+        rows at once (two refreshes of one pool) then take turns instead of both deleting the old
+        rows and both inserting (a unique violation, or duplicates where the table has no unique
+        key). SQLite serialises writers itself. A database error is re-raised naming the write and
+        the database (password hidden), the driver's error chained.
         """
         try:
             with self.engine.begin() as conn:
                 if conn.dialect.name == "postgresql":
-                    conn.execute(select(func.pg_advisory_xact_lock(_lock_key(table.name, *key))))
+                    for lock in sorted({_lock_key(table.name, *key) for key in keys}):
+                        conn.execute(select(func.pg_advisory_xact_lock(lock)))
                 yield conn
         except DBAPIError as exc:
             first_line = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
@@ -100,31 +109,41 @@ class CollectorDatabase(ConfigurableResource):
 
     def upsert_feature_vectors(
         self, pool_id: str, timeframe: str, version: str, frame: pd.DataFrame, feature_columns: list[str]
-    ) -> pd.Series:
-        """Write one pool's feature vectors (index open_time; known_at, is_warmup columns).
+    ) -> tuple[pd.Series, int]:
+        """One pool's vectors: :meth:`upsert_feature_vectors_many` for a batch of one."""
+        return self.upsert_feature_vectors_many(timeframe, version, {pool_id: frame}, feature_columns)[pool_id]
+
+    def upsert_feature_vectors_many(
+        self, timeframe: str, version: str, frames: dict[str, pd.DataFrame], feature_columns: list[str]
+    ) -> dict[str, tuple[pd.Series, int]]:
+        """Write a batch of pools' feature vectors (per pool: index open_time; known_at, is_warmup
+        columns) in one transaction.
 
         Keyed by (pool, timeframe, open time, feature-set version): re-runs update in place, so
         ids stay stable for signals and trading history to point at. A vector whose bar the
         collector has since deleted is kept (a decision may have used it) and counted as stale.
-        Returns (vector id per open_time, number of stale vectors).
+        Returns per pool (vector id per open_time, number of stale vectors).
         """
         self.ensure_schema()
         t = pool_feature_vectors
-        values = frame[feature_columns].to_numpy(dtype="float64")
-        known_at = [ts.to_pydatetime() for ts in frame["known_at"]]
-        warmup = frame["is_warmup"].to_numpy(dtype=bool)
-        records = [
-            {
-                "pool_id": pool_id,
-                "timeframe": timeframe,
-                "timestamp": open_time.to_pydatetime(),
-                "known_at": known_at[i],
-                "feature_set_version": version,
-                "is_warmup": bool(warmup[i]),
-                "feature_values": {c: (None if math.isnan(v) else float(v)) for c, v in zip(feature_columns, values[i])},
-            }
-            for i, open_time in enumerate(frame.index)
-        ]
+        records = []
+        for pool_id, frame in frames.items():
+            values = frame[feature_columns].to_numpy(dtype="float64")
+            known_at = [ts.to_pydatetime() for ts in frame["known_at"]]
+            warmup = frame["is_warmup"].to_numpy(dtype=bool)
+            records.extend(
+                {
+                    "pool_id": pool_id,
+                    "timeframe": timeframe,
+                    "timestamp": open_time.to_pydatetime(),
+                    "known_at": known_at[i],
+                    "feature_set_version": version,
+                    "is_warmup": bool(warmup[i]),
+                    "feature_values": {c: (None if math.isnan(v) else float(v))
+                                       for c, v in zip(feature_columns, values[i])},
+                }
+                for i, open_time in enumerate(frame.index)
+            )
         key = [t.c.pool_id, t.c.timeframe, t.c.timestamp, t.c.feature_set_version]
         stmt = self._insert(t)
         stmt = stmt.on_conflict_do_update(
@@ -135,53 +154,95 @@ class CollectorDatabase(ConfigurableResource):
                 "feature_values": stmt.excluded.feature_values,
             },
         )
-        with self._write(f"writing {len(records)} feature vectors of pool {pool_id}", t, pool_id, timeframe,
-                         version) as conn:
+        pool_ids = sorted(frames)
+        with self._write_many(f"writing {len(records)} feature vectors of {_pools_text(pool_ids)}", t,
+                              [(p, timeframe, version) for p in pool_ids]) as conn:
             # executemany: one compiled statement, batched by the driver ("insertmanyvalues"),
             # instead of compiling a 1000-row VALUES clause per chunk.
             if records:
                 conn.execute(stmt, records)
-            scope = (t.c.pool_id == pool_id, t.c.timeframe == timeframe, t.c.feature_set_version == version)
-            rows = conn.execute(select(t.c.timestamp, t.c.id).where(*scope)).all()
-        ids = pd.Series({_utc(ts): vid for ts, vid in rows}, dtype="int64")
-        stale = int((~ids.index.isin(frame.index)).sum())
-        return ids.reindex(frame.index), stale
+            rows = []
+            for chunk in _chunks(pool_ids):
+                scope = (t.c.pool_id.in_(chunk), t.c.timeframe == timeframe, t.c.feature_set_version == version)
+                rows.extend(conn.execute(select(t.c.pool_id, t.c.timestamp, t.c.id).where(*scope)).all())
+        by_pool: dict[str, dict] = {p: {} for p in pool_ids}
+        for pid, ts, vid in rows:
+            by_pool[pid][_utc(ts)] = vid
+        out = {}
+        for pool_id, frame in frames.items():
+            ids = pd.Series(by_pool[pool_id], dtype="int64")
+            stale = int((~ids.index.isin(frame.index)).sum())
+            out[pool_id] = (ids.reindex(frame.index), stale)
+        return out
 
     def replace_signals(self, pool_id: str, timeframe: str, signals: pd.DataFrame) -> int:
         """Replace one pool's signals in one transaction (no duplicates, never half-written)."""
-        return self._replace_pool_rows(q50_signals, pool_id, timeframe, signals)
+        return self.replace_pool_rows_many(q50_signals, timeframe, {pool_id: signals})[pool_id]
 
     def replace_regime_labels(self, pool_id: str, timeframe: str, regimes: pd.DataFrame) -> int:
         """Replace one pool's regime labels in one transaction."""
-        return self._replace_pool_rows(q50_regime_labels, pool_id, timeframe, regimes)
+        return self.replace_pool_rows_many(q50_regime_labels, timeframe, {pool_id: regimes})[pool_id]
 
-    def _replace_pool_rows(self, table, pool_id: str, timeframe: str, frame: pd.DataFrame) -> int:
-        """Delete and re-insert one pool's rows of ``table`` from ``frame`` (index = bar open)."""
+    def replace_pool_rows_many(self, table, timeframe: str, frames: dict[str, pd.DataFrame | None]) -> dict[str, int]:
+        """Replace a batch of pools' rows of ``table`` (q50_signals, q50_regime_labels) in one
+        transaction: each pool's rows deleted and ``frames[pool]`` (index = bar open) inserted.
+        A pool mapped to None only loses its rows (a pool now blocked must not keep feeding its
+        old rows to whoever reads the table). Returns rows written per pool."""
         self.ensure_schema()
         columns = [c.name for c in table.columns if c.name not in ("id", "pool_id", "timeframe", "timestamp", "created_at")]
-        missing = [c for c in columns if c not in frame.columns]
-        if missing:
-            raise ValueError(f"{table.name}: rows for pool {pool_id} lack columns {missing}")
-        # Column-wise to plain Python values (NaN -> NULL, Timestamp -> datetime, numpy -> builtin).
-        as_python = {}
-        for c in columns:
-            series = frame[c]
-            if isinstance(series.dtype, pd.DatetimeTZDtype):
-                as_python[c] = [None if pd.isna(v) else v.to_pydatetime() for v in series]
-            else:
-                as_python[c] = [None if isinstance(v, float) and math.isnan(v) else v
-                                for v in series.astype(object).tolist()]
-        records = [
-            {"pool_id": pool_id, "timeframe": timeframe, "timestamp": open_time.to_pydatetime(),
-             **{c: as_python[c][i] for c in columns}}
-            for i, open_time in enumerate(frame.index)
-        ]
-        with self._write(f"replacing {table.name} of pool {pool_id} ({len(records)} rows)", table, pool_id,
-                         timeframe) as conn:
-            conn.execute(delete(table).where(table.c.pool_id == pool_id, table.c.timeframe == timeframe))
+        records, written = [], {}
+        for pool_id, frame in frames.items():
+            if frame is None:
+                written[pool_id] = 0
+                continue
+            missing = [c for c in columns if c not in frame.columns]
+            if missing:
+                raise ValueError(f"{table.name}: rows for pool {pool_id} lack columns {missing}")
+            # Column-wise to plain Python values (NaN -> NULL, Timestamp -> datetime, numpy -> builtin).
+            as_python = {}
+            for c in columns:
+                series = frame[c]
+                if isinstance(series.dtype, pd.DatetimeTZDtype):
+                    as_python[c] = [None if pd.isna(v) else v.to_pydatetime() for v in series]
+                else:
+                    as_python[c] = [None if isinstance(v, float) and math.isnan(v) else v
+                                    for v in series.astype(object).tolist()]
+            records.extend(
+                {"pool_id": pool_id, "timeframe": timeframe, "timestamp": open_time.to_pydatetime(),
+                 **{c: as_python[c][i] for c in columns}}
+                for i, open_time in enumerate(frame.index)
+            )
+            written[pool_id] = len(frame)
+        pool_ids = sorted(frames)
+        with self._write_many(f"replacing {table.name} of {_pools_text(pool_ids)} ({len(records)} rows)", table,
+                              [(p, timeframe) for p in pool_ids]) as conn:
+            for chunk in _chunks(pool_ids):
+                conn.execute(delete(table).where(table.c.pool_id.in_(chunk), table.c.timeframe == timeframe))
             if records:
                 conn.execute(table.insert(), records)
-        return len(records)
+        return written
+
+    def pool_rows(self, table, timeframe: str, pool_ids: list[str]) -> dict[str, pd.DataFrame]:
+        """A batch of pools' rows of ``table`` (q50_signals, q50_regime_labels) as they were written:
+        per pool a frame indexed by bar open (UTC), the table's value columns, UTC timestamps."""
+        columns = [c.name for c in table.columns if c.name not in ("id", "pool_id", "timeframe", "created_at")]
+        rows = []
+        with self.engine.connect() as conn:
+            for chunk in _chunks(sorted(pool_ids)):
+                stmt = (select(table.c.pool_id, *(table.c[c] for c in columns))
+                        .where(table.c.pool_id.in_(chunk), table.c.timeframe == timeframe)
+                        .order_by(table.c.pool_id, table.c.timestamp))
+                rows.extend(conn.execute(stmt).all())
+        frame = pd.DataFrame(rows, columns=["pool_id", *columns])
+        for column in table.columns:
+            if column.name in frame.columns and isinstance(column.type, DateTime):
+                frame[column.name] = pd.to_datetime(frame[column.name], utc=True)
+        out = {}
+        groups = dict(tuple(frame.groupby("pool_id", sort=False))) if len(frame) else {}
+        for pool_id in pool_ids:
+            part = groups.get(pool_id, frame.iloc[0:0])
+            out[pool_id] = part.drop(columns="pool_id").set_index("timestamp").rename_axis("open_time")
+        return out
 
     def signal_for_timestamp(self, pool_id: str, timeframe: str, at) -> dict | None:
         """The latest persisted signal KNOWN at ``at`` (as-of backward), or None. Never a later one."""
@@ -200,14 +261,23 @@ class CollectorDatabase(ConfigurableResource):
 
     def read_bars(self, pool_id: str, timeframe: str) -> pd.DataFrame:
         """Every ``ohlcv_data`` row of one pool and timeframe, collector column names."""
-        stmt = (
-            select(*(ohlcv_data.c[c] for c in RAW_COLUMNS))
-            .where(ohlcv_data.c.pool_id == pool_id, ohlcv_data.c.timeframe == timeframe)
-            .order_by(ohlcv_data.c.timestamp, ohlcv_data.c.id)
-        )
+        return self.read_bars_many([pool_id], timeframe)[pool_id]
+
+    def read_bars_many(self, pool_ids: list[str], timeframe: str) -> dict[str, pd.DataFrame]:
+        """Every ``ohlcv_data`` row of each pool of a batch (one query per 500 pools), per pool in
+        (timestamp, id) order with the collector's column names; a pool without rows gets an empty frame."""
+        rows = []
         with self.engine.connect() as conn:
-            rows = conn.execute(stmt).all()
-        return pd.DataFrame(rows, columns=RAW_COLUMNS)
+            for chunk in _chunks(sorted(pool_ids)):
+                stmt = (
+                    select(ohlcv_data.c.pool_id, *(ohlcv_data.c[c] for c in RAW_COLUMNS))
+                    .where(ohlcv_data.c.pool_id.in_(chunk), ohlcv_data.c.timeframe == timeframe)
+                    .order_by(ohlcv_data.c.pool_id, ohlcv_data.c.timestamp, ohlcv_data.c.id)
+                )
+                rows.extend(conn.execute(stmt).all())
+        frame = pd.DataFrame(rows, columns=["pool_id", *RAW_COLUMNS])
+        groups = dict(tuple(frame.groupby("pool_id", sort=False))) if len(frame) else {}
+        return {p: groups.get(p, frame.iloc[0:0]).drop(columns="pool_id").reset_index(drop=True) for p in pool_ids}
 
     def collector_progress(self, collector_type: str = "ohlcv_collector") -> dict | None:
         """The collector's own progress row for one of its collectors (run_count, updated_at), or None."""
@@ -264,24 +334,40 @@ class CollectorDatabase(ConfigurableResource):
 
     def lowercase_collisions(self, pool_id: str) -> list[str]:
         """Other pool ids equal to ``pool_id`` once lower-cased."""
-        stmt = (
-            select(pools.c.id)
-            .where(func.lower(pools.c.id) == pool_id.lower(), pools.c.id != pool_id)
-            .order_by(pools.c.id)
-        )
+        return self.lowercase_collisions_many([pool_id])[pool_id]
+
+    def lowercase_collisions_many(self, pool_ids: list[str]) -> dict[str, list[str]]:
+        """Per pool of a batch, the other pool ids in ``pools`` equal to it once lower-cased."""
+        found: dict[str, set[str]] = {}
         with self.engine.connect() as conn:
-            return list(conn.execute(stmt).scalars())
+            for chunk in _chunks(sorted({p.lower() for p in pool_ids})):
+                for pid in conn.execute(select(pools.c.id).where(func.lower(pools.c.id).in_(chunk))).scalars():
+                    found.setdefault(pid.lower(), set()).add(pid)
+        return {p: sorted(found.get(p.lower(), set()) - {p}) for p in pool_ids}
 
     def pool_registered(self, pool_id: str) -> bool:
         """Whether the collector's ``pools`` table has a row for ``pool_id``."""
+        return pool_id in self.registered_pools([pool_id])
+
+    def registered_pools(self, pool_ids: list[str]) -> set[str]:
+        """The pools of a batch that have a row in the collector's ``pools`` table."""
+        out: set[str] = set()
         with self.engine.connect() as conn:
-            return conn.execute(select(pools.c.id).where(pools.c.id == pool_id)).first() is not None
+            for chunk in _chunks(sorted(pool_ids)):
+                out.update(conn.execute(select(pools.c.id).where(pools.c.id.in_(chunk))).scalars())
+        return out
 
     def pool_reserve_usd(self, pool_id: str) -> float | None:
         """The collector's latest liquidity snapshot of the pool (USD), None when unknown or not > 0."""
+        return self.pool_reserves_usd([pool_id])[pool_id]
+
+    def pool_reserves_usd(self, pool_ids: list[str]) -> dict[str, float | None]:
+        """Per pool of a batch, :meth:`pool_reserve_usd`."""
+        values: dict[str, float | None] = {}
         with self.engine.connect() as conn:
-            value = conn.execute(select(pools.c.reserve_usd).where(pools.c.id == pool_id)).scalar()
-        return float(value) if value is not None and float(value) > 0 else None
+            for chunk in _chunks(sorted(pool_ids)):
+                values.update(conn.execute(select(pools.c.id, pools.c.reserve_usd).where(pools.c.id.in_(chunk))).all())
+        return {p: (float(values[p]) if values.get(p) is not None and float(values[p]) > 0 else None) for p in pool_ids}
 
     def _records(self, frame: pd.DataFrame, table, fixed: dict) -> list[dict]:
         columns = [c.name for c in table.columns if c.name in frame.columns]
@@ -302,45 +388,98 @@ class CollectorDatabase(ConfigurableResource):
     def replace_backtest_results(self, backtest_run_id: str, pool_id: str, timeframe: str,
                                  results: pd.DataFrame) -> int:
         """One pool's metrics rows (one per variant) of one backtest run, replaced in one transaction."""
+        return self.replace_backtest_results_many(timeframe, {pool_id: (backtest_run_id, results)})[pool_id]
+
+    def replace_backtest_results_many(self, timeframe: str,
+                                      results: dict[str, tuple[str, pd.DataFrame]]) -> dict[str, int]:
+        """A batch of pools' metrics rows, per pool (backtest run id, one row per variant): each
+        (run, pool)'s rows replaced, all in one transaction."""
         self.ensure_schema()
         t = q50_backtest_results
-        records = self._records(results, t, {"backtest_run_id": backtest_run_id, "pool_id": pool_id,
-                                             "timeframe": timeframe})
-        with self._write(f"replacing {t.name} of backtest run {backtest_run_id}, pool {pool_id} "
-                         f"({len(records)} rows)", t, backtest_run_id, pool_id) as conn:
-            conn.execute(delete(t).where(t.c.backtest_run_id == backtest_run_id, t.c.pool_id == pool_id))
+        records, written = [], {}
+        for pool_id, (run_id, frame) in results.items():
+            rows = self._records(frame, t, {"backtest_run_id": run_id, "pool_id": pool_id, "timeframe": timeframe})
+            records.extend(rows)
+            written[pool_id] = len(rows)
+        keys = sorted((run_id, pool_id) for pool_id, (run_id, _) in results.items())
+        with self._write_many(f"replacing {t.name} of {_runs_text(keys)} ({len(records)} rows)",
+                              t, keys) as conn:
+            for run_id, pool_id in keys:
+                conn.execute(delete(t).where(t.c.backtest_run_id == run_id, t.c.pool_id == pool_id))
             if records:
                 conn.execute(t.insert(), records)
-        return len(records)
+        return written
 
     def replace_trading_history(self, backtest_run_id: str, pool_id: str, rows: pd.DataFrame) -> int:
         """A backtest run's orders and fills for one pool: that run's rows replaced in one transaction
         (re-running never duplicates and never leaves a half-written run)."""
+        return self.replace_trading_history_many({pool_id: (backtest_run_id, rows)})[pool_id]
+
+    def replace_trading_history_many(self, histories: dict[str, tuple[str, pd.DataFrame]]) -> dict[str, int]:
+        """A batch of pools' trading history, per pool (backtest run id, rows): each (run, pool)'s
+        rows replaced, all in one transaction."""
         self.ensure_schema()
         t = q50_trading_history
-        records = self._records(rows, t, {"backtest_run_id": backtest_run_id, "pool_id": pool_id})
-        with self._write(f"replacing {t.name} of backtest run {backtest_run_id}, pool {pool_id} "
-                         f"({len(records)} rows)", t, backtest_run_id, pool_id) as conn:
-            conn.execute(delete(t).where(t.c.backtest_run_id == backtest_run_id, t.c.pool_id == pool_id))
+        records, written = [], {}
+        for pool_id, (run_id, frame) in histories.items():
+            rows = self._records(frame, t, {"backtest_run_id": run_id, "pool_id": pool_id})
+            records.extend(rows)
+            written[pool_id] = len(rows)
+        keys = sorted((run_id, pool_id) for pool_id, (run_id, _) in histories.items())
+        with self._write_many(f"replacing {t.name} of {_runs_text(keys)} ({len(records)} rows)",
+                              t, keys) as conn:
+            for run_id, pool_id in keys:
+                conn.execute(delete(t).where(t.c.backtest_run_id == run_id, t.c.pool_id == pool_id))
             if records:
                 conn.execute(t.insert(), records)
-        return len(records)
+        return written
 
     def trading_history(self, backtest_run_id: str, pool_id: str) -> pd.DataFrame:
-        t = q50_trading_history
-        stmt = select(t).where(t.c.backtest_run_id == backtest_run_id, t.c.pool_id == pool_id).order_by(t.c.id)
-        with self.engine.connect() as conn:
-            rows = conn.execute(stmt).mappings().all()
-        return pd.DataFrame([dict(r) for r in rows], columns=[c.name for c in t.columns])
+        return self.trading_history_many({pool_id: backtest_run_id})[pool_id]
 
-    def latest_backtest_results(self, timeframe: str) -> pd.DataFrame:
-        """Per pool, the rows of its most recent backtest run (all variants)."""
-        t = q50_backtest_results
+    def trading_history_many(self, runs: dict[str, str]) -> dict[str, pd.DataFrame]:
+        """Per pool, the stored rows of one backtest run (``runs``: pool -> backtest run id), in id order."""
+        t = q50_trading_history
+        rows = []
         with self.engine.connect() as conn:
-            rows = conn.execute(select(t).where(t.c.timeframe == timeframe).order_by(t.c.id)).mappings().all()
+            for chunk in _chunks(sorted(runs)):
+                stmt = select(t).where(t.c.pool_id.in_(chunk), t.c.backtest_run_id.in_({runs[p] for p in chunk}))
+                rows.extend(dict(r) for r in conn.execute(stmt.order_by(t.c.id)).mappings())
+        frame = pd.DataFrame(rows, columns=[c.name for c in t.columns])
+        return {p: frame[(frame["pool_id"] == p) & (frame["backtest_run_id"] == run)].reset_index(drop=True)
+                for p, run in runs.items()}
+
+    def latest_backtest_results(self, timeframe: str, pool_ids: list[str] | None = None) -> pd.DataFrame:
+        """Per pool (all, or those of ``pool_ids``), the rows of its most recent backtest run (all variants)."""
+        t = q50_backtest_results
+        rows = []
+        with self.engine.connect() as conn:
+            if pool_ids is None:
+                rows = conn.execute(select(t).where(t.c.timeframe == timeframe).order_by(t.c.id)).mappings().all()
+            else:
+                for chunk in _chunks(sorted(pool_ids)):
+                    stmt = select(t).where(t.c.timeframe == timeframe, t.c.pool_id.in_(chunk)).order_by(t.c.id)
+                    rows.extend(conn.execute(stmt).mappings().all())
         frame = pd.DataFrame([dict(r) for r in rows], columns=[c.name for c in t.columns])
         if frame.empty:
             return frame
+        frame = frame.sort_values("id", kind="stable")
         latest_id = frame.groupby("pool_id")["id"].transform("max")
         latest_run = frame.loc[frame["id"] == latest_id].set_index("pool_id")["backtest_run_id"]
         return frame[frame["backtest_run_id"] == frame["pool_id"].map(latest_run)].reset_index(drop=True)
+
+
+# Pools per IN (...) list: far below SQLite's and PostgreSQL's parameter limits.
+_CHUNK = 500
+
+
+def _chunks(items: list) -> list[list]:
+    return [items[i:i + _CHUNK] for i in range(0, len(items), _CHUNK)] or [[]]
+
+
+def _runs_text(keys: list[tuple[str, str]]) -> str:
+    return f"backtest run {keys[0][0]}, pool {keys[0][1]}" if len(keys) == 1 else f"{len(keys)} pools' backtest runs"
+
+
+def _pools_text(pool_ids: list[str]) -> str:
+    return f"pool {pool_ids[0]}" if len(pool_ids) == 1 else f"{len(pool_ids)} pools"

@@ -147,38 +147,69 @@ class QlibStore(ConfigurableResource):
 
     def write_pool(self, pool_id: str, grid: pd.DataFrame) -> str:
         """Replace one pool's series with ``grid`` (index open_time UTC, STORE_FIELDS); returns its instrument."""
+        return self.write_pools({pool_id: grid})[pool_id]
+
+    def write_pools(self, grids: dict[str, pd.DataFrame]) -> dict[str, str]:
+        """Replace a batch of pools' series (per pool: index open_time UTC, STORE_FIELDS) under one
+        lock, the calendar extended and the instrument list written once; returns each instrument."""
         from qlib.data.storage.file_storage import FileFeatureStorage
 
-        if grid.empty:
-            raise QlibStoreError(f"pool {pool_id}: no bars to store")
-        start, end = grid.index[0], grid.index[-1]
-        if start < self._origin():
-            raise QlibStoreError(
-                f"pool {pool_id}: first bar {start} precedes the store's calendar_start {self._origin()}"
-            )
-        instrument = instrument_name(pool_id)
+        for pool_id, grid in grids.items():
+            if grid.empty:
+                raise QlibStoreError(f"pool {pool_id}: no bars to store")
+            if grid.index[0] < self._origin():
+                raise QlibStoreError(
+                    f"pool {pool_id}: first bar {grid.index[0]} precedes the store's calendar_start {self._origin()}"
+                )
+        if not grids:
+            return {}
+        instruments = {}
         with self._lock():
             mapping = self.mapping()
-            owner = mapping.get(instrument, {}).get("pool_id", pool_id)
-            if owner != pool_id:
-                raise QlibStoreError(f"instrument {instrument} already maps to {owner}, not {pool_id}")
-            self._ensure_calendar(end)
-            first = self._calendar_index(start)
-            for field in STORE_FIELDS:
-                storage = FileFeatureStorage(
-                    instrument=instrument, field=field, freq=self.freq, provider_uri={self.freq: str(self.root)}
-                )
-                storage.uri.parent.mkdir(parents=True, exist_ok=True)
-                # Not storage.clear(): write() then reads the empty file's start index and fails.
-                storage.uri.unlink(missing_ok=True)
-                storage.write(np.array(grid[field].to_numpy(dtype="float64"), copy=True), index=first)
-            mapping[instrument] = {
-                "pool_id": pool_id,
-                "start": start.strftime(_CAL_FORMAT),
-                "end": end.strftime(_CAL_FORMAT),
-            }
+            for pool_id in grids:
+                instrument = instrument_name(pool_id)
+                owner = mapping.get(instrument, {}).get("pool_id", pool_id)
+                if owner != pool_id:
+                    raise QlibStoreError(f"instrument {instrument} already maps to {owner}, not {pool_id}")
+                instruments[pool_id] = instrument
+            self._ensure_calendar(max(grid.index[-1] for grid in grids.values()))
+            for pool_id, grid in grids.items():
+                instrument = instruments[pool_id]
+                start, end = grid.index[0], grid.index[-1]
+                first = self._calendar_index(start)
+                for field in STORE_FIELDS:
+                    storage = FileFeatureStorage(
+                        instrument=instrument, field=field, freq=self.freq, provider_uri={self.freq: str(self.root)}
+                    )
+                    storage.uri.parent.mkdir(parents=True, exist_ok=True)
+                    # Not storage.clear(): write() then reads the empty file's start index and fails.
+                    storage.uri.unlink(missing_ok=True)
+                    storage.write(np.array(grid[field].to_numpy(dtype="float64"), copy=True), index=first)
+                mapping[instrument] = {
+                    "pool_id": pool_id,
+                    "start": start.strftime(_CAL_FORMAT),
+                    "end": end.strftime(_CAL_FORMAT),
+                }
             self._write_instruments(mapping)
-        return instrument
+        return instruments
+
+    def remove_pools(self, pool_ids: list[str]) -> list[str]:
+        """Take pools out of the store (their files and mapping entries): a pool that is now
+        blocked must not keep feeding its old series to the pooled model. Returns the pools removed."""
+        with self._lock():
+            mapping = self.mapping()
+            removed = [p for p in pool_ids if instrument_name(p) in mapping]
+            for pool_id in removed:
+                instrument = instrument_name(pool_id)
+                del mapping[instrument]
+                directory = self.root / "features" / instrument
+                for path in directory.glob("*") if directory.is_dir() else ():
+                    path.unlink()
+                if directory.is_dir():
+                    directory.rmdir()
+            if removed:
+                self._write_instruments(mapping)
+        return removed
 
     def _write_instruments(self, mapping: dict[str, dict]) -> None:
         path = self.root / "instruments" / "all.txt"

@@ -1,0 +1,81 @@
+"""How pools become runs: contiguous ranges of pool partitions, at most ``pools_per_run`` each.
+
+A run covers a range of partitions (run tags ``dagster/asset_partition_range_start`` / ``_end``);
+dynamic partitions are ordered by when they were added, so a range is the pools registered
+between two keys. The sensor's refresh of a handful of pools, the nightly refresh of every pool,
+Dagster's own backfills and ``q50 demo`` all execute the same batched asset bodies this way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+
+from dagster import AssetKey, DagsterInstance, RunRequest
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from q50_assets.assets.partitions import POOLS_PARTITION_NAME
+
+
+def pool_batches(ordered: Sequence[str], wanted: Iterable[str], pools_per_run: int) -> list[list[str]]:
+    """The wanted pools as contiguous ranges of ``ordered`` (partition order), each at most
+    ``pools_per_run`` long: a pool between two wanted ones that is not wanted splits the range,
+    so no run touches a pool it was not asked for."""
+    if pools_per_run < 1:
+        raise ValueError(f"pools_per_run must be >= 1, got {pools_per_run}")
+    wanted = set(wanted)
+    unknown = wanted - set(ordered)
+    if unknown:
+        raise ValueError(f"pools without a partition: {sorted(unknown)[:5]}")
+    batches: list[list[str]] = []
+    current: list[str] = []
+    for pool_id in ordered:
+        if pool_id in wanted and len(current) < pools_per_run:
+            current.append(pool_id)
+            continue
+        if current:
+            batches.append(current)
+        current = [pool_id] if pool_id in wanted else []
+    if current:
+        batches.append(current)
+    return batches
+
+
+def range_tags(batch: Sequence[str]) -> dict[str, str]:
+    return {ASSET_PARTITION_RANGE_START_TAG: batch[0], ASSET_PARTITION_RANGE_END_TAG: batch[-1]}
+
+
+def batch_run_requests(ordered: Sequence[str], wanted: Iterable[str], pools_per_run: int,
+                       selection: Sequence[AssetKey], tags: dict[str, str],
+                       run_key: Callable[[list[str]], str] | None = None) -> list[RunRequest]:
+    """One run request per batch of ``wanted`` pools (see :func:`pool_batches`)."""
+    return [
+        RunRequest(run_key=run_key(batch) if run_key else None, asset_selection=list(selection),
+                   tags={**tags, **range_tags(batch), "q50/pools": str(len(batch))})
+        for batch in pool_batches(ordered, wanted, pools_per_run)
+    ]
+
+
+def digest(parts: Iterable[str]) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+
+
+def registered_pools(instance: DagsterInstance) -> list[str]:
+    """Every pool partition, in partition (registration) order."""
+    return list(instance.get_dynamic_partitions(POOLS_PARTITION_NAME))
+
+
+def execute_batches(job, instance: DagsterInstance, pools: Sequence[str], pools_per_run: int,
+                    selection: Sequence[AssetKey], run_config: dict | None = None, tags: dict | None = None,
+                    on_batch: Callable | None = None) -> list:
+    """Materialize ``selection`` for ``pools`` in this process, one run per batch, through the job
+    (Dagster records every run, materialization and check). Returns the runs' results;
+    ``on_batch(batch, result)`` after each."""
+    results = []
+    for batch in pool_batches(registered_pools(instance), pools, pools_per_run):
+        result = job.execute_in_process(instance=instance, asset_selection=list(selection), run_config=run_config,
+                                        tags={**(tags or {}), **range_tags(batch)}, raise_on_error=False)
+        results.append(result)
+        if on_batch is not None:
+            on_batch(batch, result)
+    return results

@@ -1,0 +1,125 @@
+"""Stage 2 - QLib features: each safe pool's bars on a full grid in QLib's binary store, features
+from QLib's expression engine (one ``D.features`` call per batch of pools), one frame per pool.
+
+Formulas live in :mod:`q50_assets.research.features`; the store is passed in (the QLib door,
+:class:`q50_assets.resources.qlib_store.QlibStore`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+
+from q50_assets.research.features import (
+    feature_expressions,
+    feature_set_version,
+    mark_warmup,
+    to_hourly_grid,
+    warmup_bars,
+)
+
+STAGE = "qlib_features"
+# Columns a feature frame has besides the features themselves.
+FRAME_COLUMNS = ("close", "is_filled", "is_warmup", "known_at")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    bar_seconds: int = 3600
+    rsi_periods: int = 14
+    macd_fast: int = 12
+    macd_slow: int = 26
+
+    @cached_property
+    def expressions(self) -> dict[str, str]:
+        return feature_expressions(self.rsi_periods, self.macd_fast, self.macd_slow)
+
+    @property
+    def warmup(self) -> int:
+        return warmup_bars(self.macd_slow)
+
+    @property
+    def version(self) -> str:
+        return feature_set_version(self.expressions, self.warmup)
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.expressions)
+
+
+def pool_grids(bars_by_pool: Mapping[str, pd.DataFrame], config: FeatureConfig) -> dict[str, pd.DataFrame]:
+    """Each pool's validated bars on the full grid the store holds (missing bars flat and flagged)."""
+    return {pool_id: to_hourly_grid(bars, config.bar_seconds) for pool_id, bars in bars_by_pool.items()}
+
+
+def feature_frames(raw: pd.DataFrame, grids: Mapping[str, pd.DataFrame], bars_by_pool: Mapping[str, pd.DataFrame],
+                   config: FeatureConfig) -> dict[str, pd.DataFrame]:
+    """Per pool, the evaluated features (``raw``: index (pool_id, open_time), one column per
+    expression) with close, is_filled, is_warmup and known_at (the bar's close)."""
+    bar = pd.Timedelta(seconds=config.bar_seconds)
+    out = {}
+    for pool_id, grid in grids.items():
+        frame = raw.loc[pool_id].copy()
+        frame["close"] = grid["close"].reindex(frame.index)
+        frame["is_filled"] = grid["filled"].reindex(frame.index).astype(bool)
+        frame["is_warmup"] = mark_warmup(frame.index, bars_by_pool[pool_id].index[0], config.bar_seconds,
+                                         config.warmup)
+        frame["known_at"] = frame.index + bar
+        out[pool_id] = frame
+    return out
+
+
+@dataclass(frozen=True)
+class FeatureChecks:
+    """The stage's two rules for one pool; both block the pool downstream when they fail."""
+
+    rows_checked: int
+    rows_with_nan: pd.DatetimeIndex  # real, post-warm-up bars with a NaN/infinite feature
+    instrument: str
+    instrument_owner: str | None  # the pool the store maps the instrument to
+    instruments_shared: bool  # two pools mapped to one instrument anywhere in the store
+
+    @property
+    def no_nan_after_warmup(self) -> bool:
+        return len(self.rows_with_nan) == 0
+
+    @property
+    def instrument_mapping_roundtrip(self) -> bool:
+        return not self.instruments_shared and self.instrument_owner is not None
+
+    def failures(self) -> list[str]:
+        return [name for name, ok in (("no_nan_after_warmup", self.no_nan_after_warmup),
+                                      ("instrument_mapping_roundtrip", self.instrument_mapping_roundtrip)) if not ok]
+
+
+def check_frame(pool_id: str, frame: pd.DataFrame, config: FeatureConfig, instrument: str,
+                mapping: Mapping[str, Mapping]) -> FeatureChecks:
+    usable = ~frame["is_filled"] & ~frame["is_warmup"]
+    values = frame.loc[usable, config.columns].to_numpy()
+    bad_rows = frame.index[usable][~np.isfinite(values).all(axis=1)]
+    owners = [e["pool_id"] for e in mapping.values()]
+    owner = mapping.get(instrument, {}).get("pool_id")
+    return FeatureChecks(
+        rows_checked=int(usable.sum()),
+        rows_with_nan=bad_rows,
+        instrument=instrument,
+        instrument_owner=owner if owner == pool_id else None,
+        instruments_shared=len(set(owners)) != len(owners),
+    )
+
+
+def frame_summary(frame: pd.DataFrame, config: FeatureConfig) -> dict:
+    real = ~frame["is_filled"]
+    return {
+        "feature_set_version": config.version,
+        "features": len(config.columns),
+        "grid_rows": len(frame),
+        "real_bars": int(real.sum()),
+        "filled_bars": int(frame["is_filled"].sum()),
+        "warmup_rows": int(frame["is_warmup"].sum()),
+        "usable_rows": int((real & ~frame["is_warmup"]).sum()),
+    }
