@@ -11,7 +11,6 @@ from q50_assets.assets.backtest import BACKTEST_ASSET, PORTFOLIO_ASSET
 from q50_assets.assets.features import FEATURES_ASSET
 from q50_assets.assets.model import MODEL_ASSET
 from q50_assets.assets.ohlcv import OHLCV_ASSET
-from q50_assets.assets.partitions import pool_partitions
 from q50_assets.assets.regimes import REGIMES_ASSET
 from q50_assets.assets.signals import SIGNALS_ASSET
 from q50_assets.assets.trading_history import TRADING_HISTORY_ASSET
@@ -24,7 +23,6 @@ POOL_ASSETS = (*NEEDS_NO_MODEL_ASSETS, *MODEL_DEPENDENT_ASSETS)
 refresh_pools_job = define_asset_job(
     "refresh_pools",
     selection=AssetSelection.assets(*POOL_ASSETS),
-    partitions_def=pool_partitions,
     description="A batch of pools (a partition range, or one partition): collector bars -> validated bars -> "
     "QLib store + features -> regimes, signals from the latest q50_model -> Nautilus backtests -> "
     "q50_trading_history. Pools failing a blocking check are skipped downstream, the rest go on.",

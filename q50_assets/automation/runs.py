@@ -79,3 +79,10 @@ def execute_batches(job, instance: DagsterInstance, pools: Sequence[str], pools_
         if on_batch is not None:
             on_batch(batch, result)
     return results
+
+
+def request_pools(tags: dict[str, str], ordered: Sequence[str]) -> list[str]:
+    """The pools a batch run covers: its partition range in ``ordered`` (partition order)."""
+    start = ordered.index(tags[ASSET_PARTITION_RANGE_START_TAG])
+    end = ordered.index(tags[ASSET_PARTITION_RANGE_END_TAG])
+    return list(ordered[start:end + 1])

@@ -136,8 +136,11 @@ def evaluate_nightly(context: ScheduleEvaluationContext, settings: Settings):
     pools = registered_pools(context.instance)
     if not pools:
         return SkipReason("no pools registered yet (the new_collector_bars sensor or `q50 register-pools` adds them)")
+    # The tick's time makes each night's run keys its own (a repeated tick still runs once).
+    tick = context.scheduled_execution_time.isoformat()
     return batch_run_requests(pools, pools, settings.batches.pools_per_run,
-                              [AssetKey(a) for a in NEEDS_NO_MODEL_ASSETS], {TRIGGER_TAG: NIGHTLY})
+                              [AssetKey(a) for a in NEEDS_NO_MODEL_ASSETS], {TRIGGER_TAG: NIGHTLY},
+                              run_key=lambda batch: f"nightly:{tick}:{batch[0]}..{batch[-1]}")
 
 
 def build_automation(settings: Settings) -> tuple[list, list]:

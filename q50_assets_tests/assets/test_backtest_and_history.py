@@ -100,10 +100,10 @@ def test_database_integration(collector_url, tmp_path, instance):
 
     # A new backtest run keeps the old run's history (each run has its own id).
     defs = build_definitions(settings)
-    rerun = defs.resolve_job_def("refresh_pool").execute_in_process(
+    rerun = defs.resolve_job_def("refresh_pools").execute_in_process(
         partition_key=pool_id, instance=instance, run_config=QUIET,
         asset_selection=[AssetKey("backtest_results"), AssetKey("q50_trading_history")])
-    new_id = rerun.asset_value("backtest_results").backtest_run_id
+    new_id = rerun.output_for_node("backtest_and_trading_history", "backtest_results")[pool_id].backtest_run_id
     assert new_id not in run_ids
     assert _count(collector_url, q50_trading_history, backtest_run_id=new_id) == len(rows)  # deterministic
     assert _count(collector_url, q50_trading_history) == before + len(rows)
@@ -135,10 +135,11 @@ def test_regime_detection_with_existing_indicators(collector_url, tmp_path, inst
     settings = settings_for(collector_url, tmp_path)
     defs = build_definitions(settings)
     pool_id = POOLS[0]
-    r = defs.resolve_job_def("refresh_pool").execute_in_process(
+    r = defs.resolve_job_def("refresh_pools").execute_in_process(
         partition_key=pool_id, instance=instance, run_config=QUIET,
         asset_selection=[AssetKey("ohlcv_bars"), AssetKey("qlib_features"), AssetKey("regime_labels")])
-    features, regimes = r.asset_value("qlib_features"), r.asset_value("regime_labels")
+    features = r.output_for_node("qlib_features")[pool_id]
+    regimes = r.output_for_node("regime_labels")[pool_id]
     assert all(e.passed for e in r.get_asset_check_evaluations())
     assert {"low", "medium", "high", "extreme"} <= set(regimes["vol_regime"])
     assert regimes.loc[features["is_warmup"], "vol_regime"].eq("unknown").all()
@@ -147,6 +148,9 @@ def test_regime_detection_with_existing_indicators(collector_url, tmp_path, inst
     half = len(features) // 2
     pd.testing.assert_frame_equal(detect_regimes(features[cols].iloc[:half], config), regimes.iloc[:half])
     assert _count(collector_url, q50_regime_labels, pool_id=pool_id) == len(regimes)
+    # What the next stage reads back through the table IO manager is what was computed.
+    stored = build_definitions(settings).resources["collector_db"].pool_rows(q50_regime_labels, "1h", [pool_id])[pool_id]
+    pd.testing.assert_frame_equal(stored, regimes, check_like=True, check_index_type=False, check_names=False)
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])

@@ -1,6 +1,8 @@
 """ohlcv -> features -> walk-forward model -> signals on real pools, and the look-ahead test.
 
-A subset of real pools and a lighter model keep this fast; the demo runs the full sample.
+A subset of real pools and a lighter model keep this fast; the demo runs the full sample. The
+pools run two per batch (``Q50__BATCHES__POOLS_PER_RUN``), so several batch runs and a batch of
+more than one pool are both exercised.
 """
 
 import pandas as pd
@@ -9,6 +11,7 @@ from dagster import AssetKey, DagsterInstance
 from sqlalchemy import delete, func, select
 
 from q50_assets.assets.partitions import POOLS_PARTITION_NAME
+from q50_assets.automation.runs import execute_batches
 from q50_assets.db.collector_models import ohlcv_data
 from q50_assets.db.engine import get_engine
 from q50_assets.db.q50_models import q50_regime_labels, q50_signals
@@ -25,6 +28,7 @@ POOLS = [
     "solana_FtQ8ZY4Enw1HhvYFLFQftPB6exAGJuiUzGaY5L4B1xra",
 ]
 LIGHT_MODEL = {
+    "Q50__BATCHES__POOLS_PER_RUN": "2",
     "Q50__MODEL__INITIAL_TRAIN_BARS": "480",
     "Q50__MODEL__RETRAIN_EVERY_BARS": "72",
     "Q50__MODEL__NUM_BOOST_ROUND": "60",
@@ -32,43 +36,53 @@ LIGHT_MODEL = {
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
+def merged(results, node: str, output: str = "result") -> dict:
+    """One node's output over several batch runs: {pool_id: value}."""
+    out = {}
+    for r in results:
+        out.update(r.output_for_node(node, output))
+    return out
+
+
 def run_lineage(settings, instance, backtest: bool = False, pools=POOLS) -> dict:
-    """Materialize every stage for ``pools``, the way the demo and the UI do (per-pool runs + one
-    model run); with ``backtest`` also backtests, trading history and the portfolio."""
+    """Materialize every stage for ``pools`` the way the demo, the sensor and the nightly do:
+    batch runs over ranges of pool partitions (``batches.pools_per_run`` pools each) and one model
+    run between the two per-pool phases; with ``backtest`` also backtests, trading history and
+    the portfolio."""
     defs = build_definitions(settings)
-    refresh = defs.resolve_job_def("refresh_pool")
-    out = {"features": {}, "signals": {}, "regimes": {}}
-    for pool_id in pools:
-        r = refresh.execute_in_process(partition_key=pool_id, instance=instance, run_config=QUIET,
-                                       asset_selection=[AssetKey("ohlcv_bars"), AssetKey("qlib_features"),
-                                                        AssetKey("regime_labels")])
-        out["features"][pool_id] = r.asset_value("qlib_features")
-        out["regimes"][pool_id] = r.asset_value("regime_labels")
-        out.setdefault("regime_checks", []).extend(
-            e for e in r.get_asset_check_evaluations() if e.asset_key == AssetKey("regime_labels"))
+    refresh = defs.resolve_job_def("refresh_pools")
+    per_run = settings.batches.pools_per_run
+    first = execute_batches(refresh, instance, pools, per_run,
+                            [AssetKey("ohlcv_bars"), AssetKey("qlib_features"), AssetKey("regime_labels")],
+                            run_config=QUIET)
+    assert all(r.success for r in first)
+    out = {"first_runs": first, "features": merged(first, "qlib_features"), "regimes": merged(first, "regime_labels"),
+           "regime_checks": [e for r in first for e in r.get_asset_check_evaluations()
+                             if e.asset_key == AssetKey("regime_labels")]}
     model_run = defs.resolve_job_def("train_q50_model").execute_in_process(instance=instance, run_config=QUIET)
-    out["model"] = model_run.asset_value("q50_model")
+    out["model"] = model_run.output_for_node("q50_model")
     out["model_checks"] = {e.check_name: e for e in model_run.get_asset_check_evaluations()}
     out["model_metadata"] = model_run.asset_materializations_for_node("q50_model")[0].metadata
     later = [AssetKey("q50_signals")]
     if backtest:
         later += [AssetKey("backtest_results"), AssetKey("q50_trading_history")]
-    for pool_id in pools:
-        r = refresh.execute_in_process(partition_key=pool_id, instance=instance, run_config=QUIET,
-                                       asset_selection=later)
-        out["signals"][pool_id] = r.asset_value("q50_signals")
-        out.setdefault("signal_checks", []).extend(
-            e for e in r.get_asset_check_evaluations() if e.asset_key == AssetKey("q50_signals"))
-        if backtest:
-            out.setdefault("backtests", {})[pool_id] = r.asset_value("backtest_results")
-            out.setdefault("history", {})[pool_id] = r.asset_value("q50_trading_history")
-            out.setdefault("backtest_checks", []).extend(
-                e for e in r.get_asset_check_evaluations() if e.asset_key != AssetKey("q50_signals"))
-            out.setdefault("backtest_metadata", {})[pool_id] = r.asset_materializations_for_node(
-                "backtest_results")[0].metadata
+    second = execute_batches(refresh, instance, pools, per_run, later, run_config=QUIET)
+    assert all(r.success for r in second)
+    out["second_runs"] = second
+    out["signals"] = merged(second, "q50_signals")
+    out["signal_checks"] = [e for r in second for e in r.get_asset_check_evaluations()
+                            if e.asset_key == AssetKey("q50_signals")]
     if backtest:
+        out["backtests"] = merged(second, "backtest_and_trading_history", "backtest_results")
+        out["history"] = {p: h.rows for p, h in merged(second, "backtest_and_trading_history",
+                                                        "q50_trading_history").items()}
+        out["backtest_checks"] = [e for r in second for e in r.get_asset_check_evaluations()
+                                  if e.asset_key != AssetKey("q50_signals")]
+        out["backtest_metadata"] = {e.partition: e.materialization.metadata for r in second
+                                    for e in r.get_asset_materialization_events()
+                                    if e.asset_key == AssetKey("backtest_results")}
         portfolio = defs.resolve_job_def("portfolio_summary").execute_in_process(instance=instance, run_config=QUIET)
-        out["portfolio"] = portfolio.asset_value("backtest_portfolio")
+        out["portfolio"] = portfolio.output_for_node("backtest_portfolio")
         out["portfolio_metadata"] = portfolio.asset_materializations_for_node("backtest_portfolio")[0].metadata
     return out
 
@@ -115,6 +129,8 @@ def test_lineage_gives_out_of_sample_signals_persisted_and_looked_up_as_of(setti
 
     # Regimes: allowed labels, known at the bar's close, every vol regime reached on real data.
     assert len(out["regime_checks"]) == 2 * len(POOLS) and all(e.passed for e in out["regime_checks"])
+    assert {e.partition for e in out["regime_checks"]} == set(POOLS)  # one result per pool, on its partition
+    assert len(out["first_runs"]) == 3  # 5 pools, 2 per run
     regime_rows = 0
     for pool_id, regimes in out["regimes"].items():
         assert list(regimes.columns) == list(REGIME_COLUMNS)

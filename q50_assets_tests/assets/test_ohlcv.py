@@ -7,6 +7,7 @@ from sqlalchemy import func, insert, select, update
 
 from q50_assets.assets.ohlcv import ohlcv_bars
 from q50_assets.assets.partitions import POOLS_PARTITION_NAME, pool_partitions
+from q50_assets.automation.runs import range_tags
 from q50_assets.cli import register_pools
 from q50_assets.db.collector_models import ohlcv_data, pools
 from q50_assets.db.engine import get_engine
@@ -25,9 +26,9 @@ SHORT_POOLS = {  # fewer than 48 complete 1h bars in the real sample
 
 
 @asset(partitions_def=pool_partitions)
-def downstream_stage(ohlcv_bars):
-    """Stands in for the features stage: consumes only safe bars."""
-    return len(require_safe(ohlcv_bars))
+def downstream_stage(context, ohlcv_bars):
+    """Stands in for the features stage: consumes only safe bars (per pool, the gate in the data)."""
+    return {p: len(require_safe(v)) for p, v in ohlcv_bars.items()}
 
 
 def _run(settings, pool_id, instance, assets=(ohlcv_bars,)):
@@ -56,22 +57,33 @@ def test_every_sample_pool_materializes_and_every_row_is_accounted_for(settings,
     assert len(pool_ids) == 62
     assert instance.get_dynamic_partitions(POOLS_PARTITION_NAME) == pool_ids
 
+    # Every pool in one run (a range of partitions): blocked pools do not fail it.
+    job = build_definitions(settings).resolve_job_def("refresh_pools")
+    result = job.execute_in_process(instance=instance, asset_selection=[AssetKey("ohlcv_bars")],
+                                    tags=range_tags(pool_ids))
+    assert result.success
+    materializations = {m.partition: m for m in result.asset_materializations_for_node("ohlcv_bars")}
+    assert set(materializations) == set(pool_ids)
+    evaluations: dict[str, dict] = {}
+    for e in result.get_asset_check_evaluations():
+        evaluations.setdefault(e.partition, {})[e.check_name] = e
+    assert set(evaluations) == set(pool_ids)  # every check recorded on its pool's partition
+
     rows_read = 0
     blocked = set()
     for pool_id in pool_ids:
-        result = _run(settings, pool_id, instance)
-        (mat,) = result.asset_materializations_for_node("ohlcv_bars")
-        md = {k: v.value for k, v in mat.metadata.items()}
-        # A failed blocking check fails the run (after recording the materialization and checks).
-        assert result.success == md["safe_for_downstream"], pool_id
+        md = {k: v.value for k, v in materializations[pool_id].metadata.items()}
+        assert md["pool_id"] == pool_id
         assert md["rows_read"] == md["complete_bars"] + md["partial_bars_held_back"]
         rows_read += md["rows_read"]
-        evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
-        assert set(evaluations) == {r.name for r in BAR_RULES}
-        assert all(e.metadata["pool_id"].value == pool_id for e in evaluations.values())
+        checks = evaluations[pool_id]
+        assert set(checks) == {r.name for r in BAR_RULES}
+        assert all(e.metadata["pool_id"].value == pool_id for e in checks.values())
+        failing_blocking = {n for n, e in checks.items() if not e.passed and e.severity.value == "ERROR"}
+        assert md["safe_for_downstream"] == (not failing_blocking), pool_id
         if not md["safe_for_downstream"]:
             blocked.add(pool_id)
-            assert not evaluations["enough_bars"].passed
+            assert failing_blocking == {"enough_bars"}
 
     with get_engine(collector_url).connect() as conn:
         total = conn.execute(select(func.count()).select_from(ohlcv_data).where(ohlcv_data.c.timeframe == "1h")).scalar()
@@ -82,7 +94,8 @@ def test_every_sample_pool_materializes_and_every_row_is_accounted_for(settings,
 def test_main_pool_bars_are_utc_float_sorted_and_the_partial_bar_is_held_back(settings, instance):
     instance.add_dynamic_partitions(POOLS_PARTITION_NAME, [MAIN_POOL])
     result = _run(settings, MAIN_POOL, instance)
-    validated = result.asset_value("ohlcv_bars")  # noqa: F841 - loaded through the IO manager
+    stored = result.asset_value("ohlcv_bars")  # loaded back through the IO manager
+    validated = stored[MAIN_POOL]
     bars = validated.bars
     assert validated.safe and len(bars) == 240
     assert str(bars.index.tz) == "UTC" and bars.index.is_monotonic_increasing
@@ -107,20 +120,23 @@ def test_a_blocking_failure_names_pool_and_bar_and_stops_downstream(settings, in
     result = _run(settings, MAIN_POOL, instance, assets=(ohlcv_bars, downstream_stage))
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
     failed = evaluations["positive_prices"]
-    assert not failed.passed and failed.severity.value == "ERROR"
+    assert not failed.passed and failed.severity.value == "ERROR" and failed.partition == MAIN_POOL
     assert failed.metadata["pool_id"].value == MAIN_POOL
     listed = failed.metadata["offending_bars_listed"].value
     assert listed[0]["ohlcv_id"] == bad_id and listed[0]["reason"] == "low_price <= 0"
+    # The gate is in the data: the run goes on, and a stage handed the bars refuses them by name.
     assert not result.success
-    materialized = {e.asset_key for e in result.get_asset_materialization_events()}
-    assert materialized == {AssetKey("ohlcv_bars")}  # downstream_stage never ran
+    (failure,) = result.get_step_failure_events()
+    assert failure.step_key == "downstream_stage"
+    assert "UnsafeBarsError" in failure.step_failure_data.error.to_string()
+    assert "positive_prices" in failure.step_failure_data.error.to_string()
 
 
 def test_a_safe_pool_feeds_downstream(settings, instance):
     instance.add_dynamic_partitions(POOLS_PARTITION_NAME, [MAIN_POOL])
     result = _run(settings, MAIN_POOL, instance, assets=(ohlcv_bars, downstream_stage))
     assert result.success
-    assert result.output_for_node("downstream_stage") == 240
+    assert result.output_for_node("downstream_stage") == {MAIN_POOL: 240}
 
 
 def test_pool_ids_colliding_on_lower_case_are_blocked(settings, instance, collector_url):
@@ -148,4 +164,4 @@ def test_definitions_list_the_ohlcv_asset_and_every_check(settings):
     graph = defs.resolve_asset_graph()
     checks = {key.name for key in graph.asset_check_keys if key.asset_key == AssetKey("ohlcv_bars")}
     assert checks == {r.name for r in BAR_RULES}
-    assert defs.resolve_job_def("refresh_pool") is not None
+    assert defs.resolve_job_def("refresh_pools") is not None

@@ -12,11 +12,13 @@ from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, Postgr
 from sqlalchemy import create_engine, text
 
 from q50_assets.assets.partitions import POOLS_PARTITION_NAME
+from q50_assets.automation.runs import range_tags
 from q50_assets.definitions import build_definitions
 from q50_assets_tests.conftest import create_pg_database, drop_pg_database, settings_for
 
 REPO = Path(__file__).resolve().parents[2]
 POOL = "solana_4qs2R1Gsj2Lpy4ewV9hfVerNk2h4Qx3ZEkmJyKLywvb3"
+OTHER = "solana_Q2sPHPdUWFMg7M7wwrQKLrn619cAucfRsmhVJffodSp"
 
 
 @pytest.mark.parametrize("backend", ["postgresql"])
@@ -38,10 +40,10 @@ def test_materialization_on_a_postgresql_backed_instance(collector_url, postgres
             assert queue.tag_concurrency_limits == [
                 {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}]
 
-            instance.add_dynamic_partitions(POOLS_PARTITION_NAME, [POOL])
+            instance.add_dynamic_partitions(POOLS_PARTITION_NAME, [POOL, OTHER])
             defs = build_definitions(settings_for(collector_url, tmp_path / "data"))
-            result = defs.resolve_job_def("refresh_pool").execute_in_process(
-                instance=instance, partition_key=POOL,
+            result = defs.resolve_job_def("refresh_pools").execute_in_process(  # both pools in one run
+                instance=instance, tags=range_tags([POOL, OTHER]),
                 asset_selection=[AssetKey("ohlcv_bars"), AssetKey("qlib_features"), AssetKey("regime_labels")])
             assert result.success
             event = instance.get_latest_materialization_event(AssetKey("regime_labels"))
@@ -56,14 +58,18 @@ def test_materialization_on_a_postgresql_backed_instance(collector_url, postgres
                 "AND partition = :pool ORDER BY id"), {"pool": POOL}).scalars().all()
             checks = conn.execute(text(
                 "SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_CHECK_EVALUATION'")).scalar()
+            check_partitions = dict(conn.execute(text(
+                "SELECT partition, count(*) FROM asset_check_executions WHERE execution_status = 'SUCCEEDED' "
+                "GROUP BY partition")).all())
             partitions = conn.execute(text("SELECT partition FROM dynamic_partitions")).scalars().all()
             schedule_tables = conn.execute(text(
                 "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('instigators', 'job_ticks')")).scalar()
         engine.dispose()
         assert runs == [(result.run_id, "SUCCESS")]
         assert [k.strip('[]"') for k in materialized] == ["ohlcv_bars", "qlib_features", "regime_labels"]
-        assert checks >= 10  # every OHLCV rule, both feature checks, both regime checks
-        assert partitions == [POOL]
+        assert checks == 2 * 16  # every OHLCV rule, both feature checks, both regime checks, per pool
+        assert check_partitions == {POOL: 16, OTHER: 16}  # each recorded on its pool's partition
+        assert partitions == [POOL, OTHER]
         assert schedule_tables == 2
     finally:
         drop_pg_database(postgres_url, dagster_url)

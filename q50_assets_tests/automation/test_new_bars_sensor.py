@@ -7,7 +7,8 @@ import pytest
 from dagster import AssetKey, SensorResult, SkipReason, build_sensor_context, instance_for_test
 
 from q50_assets.assets.partitions import POOLS_PARTITION_NAME
-from q50_assets.automation.sensors import TRIGGER_TAG
+from q50_assets.automation.conditions import TRIGGER_TAG
+from q50_assets.automation.runs import registered_pools, request_pools
 from q50_assets.db.engine import get_engine
 from q50_assets.definitions import build_definitions
 from q50_assets.resources.database import CollectorDatabase
@@ -20,8 +21,8 @@ POOL = "solana_4qs2R1Gsj2Lpy4ewV9hfVerNk2h4Qx3ZEkmJyKLywvb3"
 class Ticker:
     """Ticks the sensor the way the daemon does: cursor carried over, partitions added."""
 
-    def __init__(self, url: str, data_dir, instance):
-        self.settings = settings_for(url, data_dir)
+    def __init__(self, url: str, data_dir, instance, **env):
+        self.settings = settings_for(url, data_dir, **env)
         self.sensor = build_definitions(self.settings).resolve_sensor_def("new_collector_bars")
         self.db = CollectorDatabase(url=url)
         self.instance = instance
@@ -36,6 +37,19 @@ class Ticker:
                 self.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
         return result
 
+    def pools(self, request) -> list[str]:
+        """The pools a run request covers (its partition range)."""
+        return request_pools(request.tags, registered_pools(self.instance))
+
+    def requested(self, result) -> dict[str, str]:
+        """Pool -> the trigger tag of the run requested for it."""
+        out = {}
+        for request in result.run_requests:
+            for pool in self.pools(request):
+                assert pool not in out, f"{pool} requested twice"
+                out[pool] = request.tags[TRIGGER_TAG]
+        return out
+
 
 @pytest.fixture
 def ticker(collector_url, tmp_path):
@@ -47,13 +61,29 @@ def test_first_tick_registers_every_pool_and_requests_runs_without_a_model(ticke
     result = ticker.tick()
     pools = CollectorDatabase(url=ticker.db.url).pools_with_bars("1h")
     assert len(pools) == 62
-    assert sorted(r.partition_key for r in result.run_requests) == pools
     assert sorted(ticker.instance.get_dynamic_partitions(POOLS_PARTITION_NAME)) == pools
-    assert {r.tags[TRIGGER_TAG] for r in result.run_requests} == {"new_pool"}
+    # Every pool, in batch runs of at most batches.pools_per_run (100): one run here.
+    assert ticker.requested(result) == dict.fromkeys(pools, "new_pool")
+    assert len(result.run_requests) == 1 and result.run_requests[0].tags["q50/pools"] == "62"
     # No q50_model yet: only the stages that do not need one.
     assert {tuple(k.to_user_string() for k in r.asset_selection) for r in result.run_requests} == {
         ("ohlcv_bars", "qlib_features", "regime_labels")}
-    assert len({r.run_key for r in result.run_requests}) == 62
+
+
+def test_batches_follow_pools_per_run_and_never_cover_an_unrequested_pool(collector_url, tmp_path):
+    with instance_for_test() as instance:
+        ticker = Ticker(collector_url, tmp_path / "data", instance, Q50__BATCHES__POOLS_PER_RUN="25")
+        first = ticker.tick()
+        assert [len(ticker.pools(r)) for r in first.run_requests] == [25, 25, 12]
+        order = registered_pools(instance)
+        engine = get_engine(ticker.db.url)
+        revised = [order[3], order[4], order[40]]  # two neighbours and one far away
+        for pool in revised:
+            newest = bars_of(engine, pool).iloc[-1]
+            revise_bar(engine, pool, int(newest["timestamp"]), volume_usd=float(newest["volume_usd"]) + 1)
+        record_collector_run(engine)
+        result = ticker.tick()
+        assert [ticker.pools(r) for r in result.run_requests] == [[order[3], order[4]], [order[40]]]
 
 
 def test_unchanged_collector_skips_with_the_reason(ticker):
@@ -77,7 +107,7 @@ def test_a_revision_in_place_is_seen_and_its_run_key_is_stable(ticker):
     record_collector_run(engine)
     before = ticker.cursor
     result = ticker.tick()
-    assert [(r.partition_key, r.tags[TRIGGER_TAG]) for r in result.run_requests] == [(POOL, "revised")]
+    assert ticker.requested(result) == {POOL: "revised"}
 
     # The same collector state asked again (a tick whose cursor was lost) gives the same run key,
     # so Dagster launches it once.
@@ -141,19 +171,19 @@ def test_a_fresh_sensor_does_not_rerun_pools_materialized_from_the_same_rows(tic
     engine = get_engine(ticker.db.url)
     ticker.instance.add_dynamic_partitions(POOLS_PARTITION_NAME, [POOL])
     defs = build_definitions(ticker.settings)
-    ran = defs.resolve_job_def("refresh_pool").execute_in_process(
+    ran = defs.resolve_job_def("refresh_pools").execute_in_process(
         instance=ticker.instance, partition_key=POOL, asset_selection=[AssetKey("ohlcv_bars")])
     assert ran.success
 
     first = ticker.tick()  # no cursor: every pool is new, but POOL was just materialized from these rows
-    requested = {r.partition_key for r in first.run_requests}
+    requested = ticker.requested(first)
     assert POOL not in requested and len(requested) == 61
 
     # Once its bars change, it is requested like any other pool.
     newest = bars_of(engine, POOL).iloc[-1]
     revise_bar(engine, POOL, int(newest["timestamp"]), volume_usd=float(newest["volume_usd"]) + 5)
     record_collector_run(engine)
-    assert [(r.partition_key, r.tags[TRIGGER_TAG]) for r in ticker.tick().run_requests] == [(POOL, "revised")]
+    assert ticker.requested(ticker.tick()) == {POOL: "revised"}
     # And a fresh sensor again: the materialization no longer matches the rows, so POOL is new.
     ticker.cursor = None
-    assert POOL in {r.partition_key for r in ticker.tick().run_requests}
+    assert POOL in ticker.requested(ticker.tick())

@@ -12,16 +12,17 @@ import time
 
 import pandas as pd
 import pytest
-from dagster import DagsterEventType, SensorResult, SkipReason, build_run_status_sensor_context, build_sensor_context, instance_for_test
+from dagster import AssetKey, SensorResult, SkipReason, build_sensor_context, evaluate_automation_conditions, instance_for_test
 from sqlalchemy import delete, select
 
-from q50_assets.assets.signals import LIVE_FOLD
-from q50_assets.automation.sensors import MODEL_RUN_TAG, TRIGGER_TAG
+from q50_assets.automation.conditions import TRIGGER_TAG
+from q50_assets.automation.runs import execute_batches, registered_pools, request_pools
 from q50_assets.db.collector_models import ohlcv_data
 from q50_assets.db.engine import get_engine
 from q50_assets.db.q50_models import q50_signals, q50_trading_history
 from q50_assets.definitions import build_definitions
 from q50_assets.resources.database import CollectorDatabase
+from q50_assets.stages.signals import LIVE_FOLD
 from q50_assets_tests.collector_sim import append_bars, bars_of, record_collector_run, revise_bar, take_bars_from
 from q50_assets_tests.conftest import settings_for
 
@@ -42,12 +43,12 @@ CUT = int(pd.Timestamp("2025-09-28 00:00", tz="UTC").timestamp())
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
-def _execute(defs, instance, request, default_job="refresh_pool"):
-    job = defs.resolve_job_def(request.job_name or default_job)
-    result = job.execute_in_process(
-        instance=instance, partition_key=request.partition_key, asset_selection=request.asset_selection or None,
-        tags=request.tags, run_config=QUIET, raise_on_error=False)
-    assert result.success, f"run for {request.partition_key} ({request.tags}) failed"
+def _execute(defs, instance, request):
+    """A run request of the sensor, executed as the daemon would launch it (its tags carry the pool range)."""
+    result = defs.resolve_job_def("refresh_pools").execute_in_process(
+        instance=instance, asset_selection=request.asset_selection, tags=request.tags, run_config=QUIET,
+        raise_on_error=False)
+    assert result.success, f"run for {request.tags} failed"
     return result
 
 
@@ -94,25 +95,32 @@ def test_sensor_loop_on_a_postgresql_collector(collector_url, tmp_path, backend)
                     instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
             return result
 
-        # Tick 1: every pool is new; no model yet, so bars, features and regimes only.
+        def requested(result) -> dict[str, str]:
+            order = registered_pools(instance)
+            return {p: r.tags[TRIGGER_TAG] for r in result.run_requests for p in request_pools(r.tags, order)}
+
+        # Tick 1: every pool is new; no model yet, so bars, features and regimes only (one batch run).
         first = tick()
-        assert sorted(r.partition_key for r in first.run_requests) == sorted(POOLS)
+        assert requested(first) == dict.fromkeys(POOLS, "new_pool") and len(first.run_requests) == 1
         for request in first.run_requests:
             _execute(defs, instance, request)
 
-        # Training, then the run-status sensor fans out every pool against the new model.
-        model_run = defs.resolve_job_def("train_q50_model").execute_in_process(instance=instance, run_config=QUIET)
-        success = next(e for e in instance.all_logs(model_run.run_id, of_type=DagsterEventType.RUN_SUCCESS))
-        fan_out = defs.resolve_sensor_def("refresh_pools_after_training")(build_run_status_sensor_context(
-            sensor_name="refresh_pools_after_training", dagster_event=success.dagster_event,
-            dagster_instance=instance, dagster_run=instance.get_run_by_id(model_run.run_id)))
-        assert sorted(r.partition_key for r in fan_out) == sorted(POOLS)
-        assert {r.tags[MODEL_RUN_TAG] for r in fan_out} == {model_run.run_id}
-        for request in fan_out:
-            _execute(defs, instance, request)
-        portfolio = defs.resolve_sensor_def("portfolio_after_refresh")(build_sensor_context(instance=instance))
-        assert portfolio.run_key == f"portfolio:{model_run.run_id}"
-        _execute(defs, instance, portfolio, default_job="portfolio_summary")
+        # Training; the assets' automation conditions then ask for every pool's signals, backtests
+        # and trading history against the new model, and the portfolio after them.
+        automation = evaluate_automation_conditions(defs, instance)
+        defs.resolve_job_def("train_q50_model").execute_in_process(instance=instance, run_config=QUIET)
+        automation = evaluate_automation_conditions(defs, instance, cursor=automation.cursor)
+        for name in ("q50_signals", "backtest_results", "q50_trading_history"):
+            assert automation.get_requested_partitions(AssetKey(name)) == set(POOLS), name
+        assert automation.get_num_requested(AssetKey("backtest_portfolio")) == 0  # not before the backtests ran
+        fan_out = execute_batches(defs.resolve_job_def("refresh_pools"), instance, POOLS, 100,
+                                  [AssetKey("q50_signals"), AssetKey("backtest_results"),
+                                   AssetKey("q50_trading_history")], run_config=QUIET)
+        assert all(r.success for r in fan_out)
+        automation = evaluate_automation_conditions(defs, instance, cursor=automation.cursor)
+        assert automation.total_requested == 1 and automation.get_num_requested(AssetKey("backtest_portfolio")) == 1
+        defs.resolve_job_def("portfolio_summary").execute_in_process(instance=instance, run_config=QUIET)
+        assert evaluate_automation_conditions(defs, instance, cursor=automation.cursor).total_requested == 0
 
         before = _outputs(db)
         assert all(len(o["signals"]) > 100 and len(o["results"]) == 3 for o in before.values())
@@ -132,11 +140,12 @@ def test_sensor_loop_on_a_postgresql_collector(collector_url, tmp_path, backend)
 
         started = time.perf_counter()
         third = tick()
-        requested = {r.partition_key: r.tags[TRIGGER_TAG] for r in third.run_requests}
-        assert requested == {APPENDED[0]: "new_bars", APPENDED[1]: "new_bars", REVISED: "revised"}
+        assert requested(third) == {APPENDED[0]: "new_bars", APPENDED[1]: "new_bars", REVISED: "revised"}
+        # Reasons run apart (each run's tag is exact) and neighbours together: 3 runs at most.
+        assert 2 <= len(third.run_requests) <= 3
         for request in third.run_requests:
             _execute(defs, instance, request)
-        print(f"tick -> trading history for {len(requested)} pools: {time.perf_counter() - started:.1f} s")
+        print(f"tick -> trading history for 3 pools: {time.perf_counter() - started:.1f} s")
 
         after = _outputs(db)
         for pool_id in APPENDED:
