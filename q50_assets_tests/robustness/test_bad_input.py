@@ -7,9 +7,10 @@ and asserts:
 
 1. which named asset check catches it (exactly which checks fail, nothing else), and that its
    metadata lists the offending ``ohlcv_data`` ids and counts all of them;
-2. what downstream does. Blocking: the run fails after ``ohlcv_bars`` is recorded,
-   ``qlib_features`` is not materialized, a later run of ``qlib_features`` alone refuses the stored
-   bars (``require_safe`` -> ``UnsafeBarsError``), and nothing of the pool is in the QLib store or
+2. what downstream does. Blocking: the pool is gated in the data - the run goes on (a batch's
+   other pools must not stop), ``qlib_features`` records the pool as blocked by ``ohlcv_bars``
+   naming the rule and evaluates none of its checks for it, a later run of ``qlib_features`` alone
+   refuses the stored bars the same way, and nothing of the pool is in the QLib store or
    ``pool_feature_vectors``. Warning / no check: ``qlib_features`` consumes the bars, one vector per
    complete bar (the flagged bar included);
 3. row accounting: ``rows_read == complete_bars + partial_bars_held_back == SELECT count(*)`` of
@@ -62,7 +63,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from dagster import AssetKey, DagsterInstance, FilesystemIOManager, materialize
+from dagster import AssetKey, DagsterInstance, materialize
 from sqlalchemy import Engine, event, func, insert, inspect, select, text, update
 from sqlalchemy.exc import DBAPIError
 
@@ -76,6 +77,7 @@ from q50_assets.db.q50_models import pool_feature_vectors
 from q50_assets.definitions import build_resources
 from q50_assets.research.bars import BAR_RULES, ValidatedBars
 from q50_assets.resources.qlib_store import instrument_name
+from q50_assets.stages.gate import Blocked
 from q50_assets_tests.conftest import create_pg_database, drop_pg_database, settings_for
 
 MAIN_POOL = "solana_F5vAiFCP82RQetoxK7ax4dNQCwqk2yez6aisAbFPenJ2"
@@ -443,16 +445,8 @@ def recorded_sql(engine: Engine):
 
 
 def _resources(settings, tmp_path):
-    # Values persist between runs, so a later run can load the stored (unsafe) ohlcv_bars.
-    return {**build_resources(settings), "io_manager": FilesystemIOManager(base_dir=str(tmp_path / "io"))}
-
-
-def _error_text(event) -> str:
-    parts, error = [], event.event_specific_data.error
-    while error is not None:
-        parts.append(error.message)
-        error = error.cause
-    return "\n".join(parts)
+    # Values persist between runs (pickles under the data dir), so a later run loads the stored bars.
+    return build_resources(settings)
 
 
 def _count(engine: Engine, table, pool_id: str) -> int:
@@ -489,7 +483,7 @@ def test_bad_input(case: Case, backend: str, db_url: str, tmp_path):
         instance.add_dynamic_partitions(POOLS_PARTITION_NAME, [pool_id])
         result = materialize([ohlcv_bars, qlib_features], partition_key=pool_id, resources=resources,
                              instance=instance, raise_on_error=False)
-        validated: ValidatedBars = result.asset_value("ohlcv_bars")
+        validated: ValidatedBars = result.output_for_node("ohlcv_bars")[pool_id]
         (mat,) = result.asset_materializations_for_node("ohlcv_bars")
         md = {k: v.value for k, v in mat.metadata.items()}
         evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()
@@ -526,17 +520,20 @@ def test_bad_input(case: Case, backend: str, db_url: str, tmp_path):
         materialized = {e.asset_key for e in result.get_asset_materialization_events()}
         instrument_dir = settings.data_dir / "qlib" / "features" / instrument_name(pool_id)
         if case.blocking(backend):
-            assert not result.success and md["safe_for_downstream"] is False
-            assert materialized == {AssetKey("ohlcv_bars")} and not feature_checks
+            assert result.success and md["safe_for_downstream"] is False
+            assert materialized == {AssetKey("ohlcv_bars"), AssetKey("qlib_features")} and not feature_checks
+            features = result.output_for_node("qlib_features")[pool_id]
+            assert isinstance(features, Blocked) and features.stage == "ohlcv_bars" and catches in features.reason
+            (feature_mat,) = result.asset_materializations_for_node("qlib_features")
+            assert feature_mat.metadata["status"].value == "blocked" and catches in feature_mat.metadata["reason"].value
             assert _count(engine, pool_feature_vectors, pool_id) == 0
             assert not instrument_dir.exists()
             # A later run of the features stage alone loads the stored bars and refuses them.
             later = materialize([ohlcv_bars, qlib_features], selection=[qlib_features], partition_key=pool_id,
                                 resources=resources, instance=instance, raise_on_error=False)
-            assert not later.success
-            (failure,) = later.get_step_failure_events()
-            message = _error_text(failure)
-            assert "UnsafeBarsError" in message and pool_id in message and catches in message
+            assert later.success
+            refused = later.output_for_node("qlib_features")[pool_id]
+            assert isinstance(refused, Blocked) and refused.pool_id == pool_id and catches in refused.reason
             assert _count(engine, pool_feature_vectors, pool_id) == 0 and not instrument_dir.exists()
         else:
             assert result.success and md["safe_for_downstream"] is True
@@ -577,7 +574,7 @@ def test_revised_partial_bar_is_held_back_until_a_newer_bar_arrives(backend: str
             assert md["rows_read"] == md["complete_bars"] + md["partial_bars_held_back"] \
                 == _count(engine, ohlcv_data, MAIN_POOL)
             assert not [e for e in result.get_asset_check_evaluations() if not e.passed]
-            return result.asset_value("ohlcv_bars"), result.asset_value("qlib_features")
+            return result.output_for_node("ohlcv_bars")[MAIN_POOL], result.output_for_node("qlib_features")[MAIN_POOL]
 
         bars, features = run()
         assert bars.partial_bar["ohlcv_id"].tolist() == [newest["id"]]

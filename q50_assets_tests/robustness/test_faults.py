@@ -4,14 +4,14 @@
     DELETE, at its INSERT): the run fails naming the write, the database and the lost
     connection; the transaction is gone (no rows of the failed write, the earlier rows intact
     byte for byte); the next run after the restart writes what a clean run writes.
-(b) Two ``refresh_pool`` runs of the same pool at once (this process and a child process, like
+(b) Two ``refresh_pools`` runs of the same pool at once (this process and a child process, like
     two run workers), their transactions made to overlap at every shared write: no duplicate
     rows anywhere, both runs succeed (``CollectorDatabase._write`` serialises writers of the same
     rows with a PostgreSQL advisory lock; before it, the later run failed with a UniqueViolation,
-    and two writers of one backtest run's history stored every fill twice). Deployments do not
-    rely on this alone: the ``tag_concurrency_limits`` on ``dagster/partition`` in
-    deploy/dagster.postgres.yaml never start two runs of one pool at once - shared FILES are the
-    reason (Dagster's pickled asset values; the QLib store's readers and writers lock, see the last test).
+    and two writers of one backtest run's history stored every fill twice). Batch runs cover pool
+    ranges and carry no ``dagster/partition`` tag, so the run queue's per-pool limit does not keep
+    a sensor batch and a backfill batch sharing a pool apart: the database locks, the QLib store's
+    file lock (see the last test) and the pickles' write-aside-and-rename are what make it safe.
 (c) The collector database becomes unreachable under the new-bars sensor (stopped before a tick,
     and killed in the middle of one): the tick skips naming the error, the cursor stays, and the
     first tick after the restart requests the pools whose bars arrived meanwhile.
@@ -44,7 +44,7 @@ from dagster import AssetKey, DagsterEventType, DagsterInstance, SensorResult, S
 from sqlalchemy import event, select, text
 
 from q50_assets.assets.partitions import POOLS_PARTITION_NAME
-from q50_assets.automation.sensors import TRIGGER_TAG
+from q50_assets.automation.conditions import TRIGGER_TAG
 from q50_assets.db.engine import get_engine
 from q50_assets.db.q50_models import Q50_TABLE_NAMES, q50_metadata
 from q50_assets.db.sample_loader import load_sample
@@ -181,7 +181,7 @@ class Prepared:
     url: str
     settings: object
     instance: DagsterInstance
-    storage: Path  # the instance's IO-manager directory (pickled asset values)
+    storage: Path  # the pickle IO manager's directory (asset values, under the data dir)
     out: dict      # run_lineage's asset values
 
 
@@ -195,7 +195,7 @@ def prepared(pg, sample_template, tmp_path_factory) -> Prepared:
         out = run_lineage(settings, instance, backtest=True, pools=POOLS)
         assert all(out["backtests"][p].status == "ok" for p in POOLS)
         assert len(out["history"][POOL]) > 0
-        yield Prepared(url, settings, instance, Path(instance.storage_directory()), out)
+        yield Prepared(url, settings, instance, settings.data_dir / "asset_values", out)
     get_engine(url).dispose()
 
 
@@ -346,16 +346,14 @@ def test_rematerializing_every_asset_twice_gives_identical_tables_and_backtests(
 
 # --- (a) the server stops in the middle of a trading-history write ------------------------------
 
-@pytest.mark.parametrize("selection", ["history_only", "backtest_and_history"])
-def test_server_stopped_in_the_middle_of_a_trading_history_write(prepared, pg, selection):
-    """``history_only`` re-writes the latest backtest run's history (its DELETE removes rows that
-    exist); ``backtest_and_history`` writes a new backtest run's first rows."""
+def test_server_stopped_in_the_middle_of_a_trading_history_write(prepared, pg):
+    """The backtest step writes a new backtest run's results, then its trading history (one step,
+    two outputs): the server stops at the history's INSERT."""
+    selection = "backtest_and_history"
     url = prepared.url
     engine = get_engine(url)
-    job = build_definitions(prepared.settings).resolve_job_def("refresh_pool")
-    keys = [AssetKey("q50_trading_history")]
-    if selection == "backtest_and_history":
-        keys.insert(0, AssetKey("backtest_results"))
+    job = build_definitions(prepared.settings).resolve_job_def("refresh_pools")
+    keys = [AssetKey("backtest_results"), AssetKey("q50_trading_history")]
     clean = comparable(history_of(url, prepared.out["backtests"][POOL].backtest_run_id), "q50_trading_history")
     assert len(clean) > 0
     everything_before = read_table(url, "q50_trading_history").sort_values("id").reset_index(drop=True)
@@ -384,24 +382,24 @@ def test_server_stopped_in_the_middle_of_a_trading_history_write(prepared, pg, s
     print(f"[{selection}] failure as Dagster recorded it:\n{errors[:1200]}")
     database = url.rsplit("/", 1)[1]
     clear = re.search(
-        rf"\[q50_trading_history\] DatabaseWriteError: .*DatabaseWriteError: replacing q50_trading_history of backtest run "
+        rf"\[backtest_and_trading_history\] DatabaseWriteError: .*DatabaseWriteError: replacing q50_trading_history of backtest run "
         rf"(?P<run>[0-9a-f-]{{36}}), pool {POOL} \((?P<rows>\d+) rows\) in "
         rf"postgresql://postgres@127\.0\.0\.1:{pg.port}/{database} failed \(OperationalError: (server closed the "
         r"connection unexpectedly|terminating connection[^)]*)\); it is one transaction, so no partial rows remain\. The connection was lost: "
         r"re-run once the database is reachable\.", errors)
     assert clear, errors[:3000]
     assert int(clear["rows"]) == len(clean)
-    assert "Steps failed: ['q50_trading_history']" in errors
+    assert "Steps failed: ['backtest_and_trading_history']" in errors
 
     # After the restart (the process's engine reconnects by itself: pool_pre_ping, no dispose):
     # the transaction is gone. Every row that existed is there, byte for byte; none was added.
     everything_after = read_table(url, "q50_trading_history").sort_values("id").reset_index(drop=True)
     pd.testing.assert_frame_equal(everything_after, everything_before, check_exact=True)
     if selection == "backtest_and_history":
-        new_run = failed.output_for_node("backtest_results").backtest_run_id
+        new_run = failed.output_for_node("backtest_and_trading_history", "backtest_results")[POOL].backtest_run_id
         assert history_of(url, new_run).empty
-        # backtest_results is its own step and committed before the failure: its rows stay, so
-        # until the next run this pool's latest backtest has no trading history.
+        # backtest_results is the step's first output, stored (committed) before the history's: its
+        # rows stay, so until the next run this pool's latest backtest has no trading history.
         results = read_table(url, "q50_backtest_results", lambda t: t.c.backtest_run_id == new_run)
         assert sorted(results["variant"]) == ["buy_and_hold", "q50", "shuffled"]
 
@@ -410,11 +408,10 @@ def test_server_stopped_in_the_middle_of_a_trading_history_write(prepared, pg, s
                                    run_config=QUIET, raise_on_error=False)
     assert again.success, _error_text(again)
     assert all(e.passed for e in again.get_asset_check_evaluations())
-    run_id = again.asset_materializations_for_node("q50_trading_history")[0].metadata["backtest_run_id"].value
-    if selection == "history_only":
-        assert run_id == clear["run"]  # the same backtest run's rows, re-written
-    else:
-        assert run_id != clear["run"] and history_of(url, clear["run"]).empty
+    (history_mat,) = [m for m in again.asset_materializations_for_node("backtest_and_trading_history")
+                      if m.asset_key == AssetKey("q50_trading_history")]
+    run_id = history_mat.metadata["backtest_run_id"].value
+    assert run_id != clear["run"] and history_of(url, clear["run"]).empty
     pd.testing.assert_frame_equal(comparable(history_of(url, run_id), "q50_trading_history"), clean, check_exact=True)
     added = len(read_table(url, "q50_trading_history")) - len(everything_before)
     assert added == (len(clean) if selection == "backtest_and_history" else 0)  # replaced, never duplicated
@@ -435,7 +432,7 @@ def test_sensor_skips_while_the_collector_server_is_down_and_recovers(pg, sample
     with instance_for_test() as instance:
         ticker = Ticker(url, tmp_path / "data", instance)
         first = ticker.tick()
-        assert isinstance(first, SensorResult) and len(first.run_requests) == 62
+        assert isinstance(first, SensorResult) and len(ticker.requested(first)) == 62
         cursor = ticker.cursor
 
         # The collector writes bars to two pools, then the database goes away.
@@ -470,7 +467,7 @@ def test_sensor_skips_while_the_collector_server_is_down_and_recovers(pg, sample
         pg.restart()
         back = ticker.tick()
         assert isinstance(back, SensorResult)
-        assert {r.partition_key: r.tags[TRIGGER_TAG] for r in back.run_requests} == dict.fromkeys(APPENDED, "new_bars")
+        assert ticker.requested(back) == dict.fromkeys(APPENDED, "new_bars")
         assert ticker.cursor != cursor
         quiet = ticker.tick()
         assert isinstance(quiet, SkipReason) and "has not run since the last tick" in quiet.skip_message
@@ -543,12 +540,11 @@ class Rendezvous:
 
 
 def refresh_at_once(args: dict, abort=lambda: False) -> dict:
-    """One full refresh_pool run of ``args['pool']`` (a run worker), started together with the
-    other writer's and meeting it at REFRESH_POINTS. Its own Dagster instance (pickled asset
-    values in its own directory, with a copy of the prepared q50_model value); the database
-    and the QLib store are the shared ones."""
+    """One full refresh_pools run of ``args['pool']`` (a run worker), started together with the
+    other writer's and meeting it at REFRESH_POINTS. Its own Dagster instance; the database, the
+    QLib store and the stored asset values (the prepared q50_model among them) are the shared ones."""
     settings = settings_for(args["url"], Path(args["data_dir"]), **LIGHT_MODEL)
-    job = build_definitions(settings).resolve_job_def("refresh_pool")
+    job = build_definitions(settings).resolve_job_def("refresh_pools")
     meet = Rendezvous(args["url"], Path(args["marks"]), args["me"], args["other"], REFRESH_POINTS)
     engine = get_engine(args["url"])
     event.listen(engine, "after_cursor_execute", meet)
@@ -556,9 +552,6 @@ def refresh_at_once(args: dict, abort=lambda: False) -> dict:
     try:
         with DagsterInstance.ephemeral(tempdir=args["instance_dir"]) as instance:
             instance.add_dynamic_partitions(POOLS_PARTITION_NAME, [args["pool"]])
-            storage = Path(instance.storage_directory())
-            storage.mkdir(parents=True, exist_ok=True)
-            shutil.copy(args["model_pickle"], storage / "q50_model")
             meet.wait_for_the_other(abort)
             report["started"] = time.time()
             result = job.execute_in_process(partition_key=args["pool"], instance=instance, run_config=QUIET,
@@ -581,8 +574,7 @@ def test_two_refreshes_of_one_pool_at_once_write_no_duplicates(prepared, tmp_pat
     (UniqueViolation on uq_q50_regime_labels_pool_bar / uq_q50_signals_pool_bar).
     """
     url = prepared.url
-    model_pickle = prepared.storage / "q50_model"
-    assert model_pickle.exists()
+    assert (prepared.storage / "q50_model.pkl").exists()
     per_pool = {name: comparable(read_table(url, name, lambda t: t.c.pool_id == POOL), name)
                 for name in ("q50_signals", "q50_regime_labels", "pool_feature_vectors")}
     clean_history = comparable(history_of(url, prepared.out["backtests"][POOL].backtest_run_id),
@@ -594,8 +586,7 @@ def test_two_refreshes_of_one_pool_at_once_write_no_duplicates(prepared, tmp_pat
 
     def args(me, other):
         return {"me": me, "other": other, "marks": str(marks), "url": url, "pool": POOL,
-                "data_dir": str(prepared.settings.data_dir), "instance_dir": str(tmp_path / f"instance_{me}"),
-                "model_pickle": str(model_pickle)}
+                "data_dir": str(prepared.settings.data_dir), "instance_dir": str(tmp_path / f"instance_{me}")}
 
     child = subprocess.Popen([sys.executable, __file__, json.dumps(args("B", "A"))], cwd=REPO,
                              env={**os.environ, "PYTHONPATH": str(REPO)},

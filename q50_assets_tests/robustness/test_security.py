@@ -125,7 +125,7 @@ def test_the_project_runs_as_a_role_that_may_only_select_the_collector_tables(re
         result = materialize([ohlcv_bars, qlib_features, regime_labels], partition_key=MAIN_POOL,
                              resources=build_resources(settings), instance=instance)
         assert result.success
-        features = result.asset_value("qlib_features")
+        features = result.output_for_node("qlib_features")[MAIN_POOL]
     with role_engine.connect() as conn:
         vectors = conn.execute(select(func.count()).select_from(pool_feature_vectors)
                                .where(pool_feature_vectors.c.pool_id == MAIN_POOL)).scalar()
