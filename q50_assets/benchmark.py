@@ -1,33 +1,25 @@
-"""``q50 benchmark``: wall time of each lineage stage's work on the bundled sample.
+"""``q50 benchmark``: the lineage through Dagster on the bundled sample (P1, P3), and the core
+compute it is compared with, timed standalone.
 
-Runs the same functions the assets call (not Dagster runs: run bookkeeping is measured
-separately as ``dagster_run_overhead``), in a fresh scratch data dir, so the numbers do not
-depend on what a previous run left behind. Prints a table and writes JSON.
+Prints a table and writes JSON. Order and what each figure covers:
 
-Stages and what their time covers:
-
-* ``load_sample``    - the sample loader filling an empty embedded collector database.
-* ``ohlcv``          - reading and validating every pool's bars.
-* ``qlib_export``    - writing every safe pool's hourly grid into QLib's binary store.
-* ``features``       - evaluating every feature expression for every pool with ``D.features``.
-* ``feature_vectors``- persisting the vectors to ``pool_feature_vectors``.
-* ``model``          - every walk-forward fold of the Q50 model (load panel, fit, predict).
-* ``signals``        - signal columns for every pool.
-* ``regimes``        - regime labels for every pool.
-* ``backtest``       - the backtest stage for every pool: three NautilusTrader engines each
-  (the Q50 strategy, buy & hold, shuffled) plus metrics; ``backtest_q50_only`` the strategy alone.
-* ``backtest_vs_bare`` - the Q50 strategy's engines against a bare Nautilus engine replaying the
-  same bars and orders (research/bare_replay.py), when that module is present.
+* ``p1_full_lineage`` - ``q50 demo`` in a fresh process on an empty embedded database and an
+  empty Dagster instance: every pool through every asset, batch runs (``batches.pools_per_run``
+  pools each), the model run, the portfolio run. Compared with the sum of the core stages below.
+* The core compute, timed standalone on the inputs P1 stored (its validated bars and feature
+  frames, its q50_signals and q50_regime_labels rows), calling the research functions directly:
+  ``ohlcv`` (validate every pool's rows), ``qlib_export`` (every safe pool's grid into a fresh
+  QLib store), ``features`` (every expression, every pool, one ``D.features`` call), ``model``
+  (training panel, every walk-forward fold, the live model), ``signals``, ``regimes``,
+  ``backtest`` (three NautilusTrader engines per pool + metrics), ``backtest_q50_only``, and
+  ``backtest_vs_bare`` (the strategy's engines against a bare engine replaying the same orders).
+  The core sum is qlib_export + features + model + backtest.
 * ``p3_new_bar_to_trading_history`` - through Dagster: the collector writes one new bar for one
-  pool (the one whose Q50 strategy trades most), then the new_collector_bars sensor ticks and the
+  pool (the one whose Q50 strategy traded most in P1), the new_collector_bars sensor ticks and the
   run it requests executes in-process; timed from the tick to the pool's new trading history being
   readable. Met only if exactly that pool was requested, its history is non-empty and a bystander
-  pool's materializations, backtest run and history are untouched. Set-up (partitions, model run,
-  both pools' first refresh) is not timed.
-* P4 (``q50 benchmark --scale``) is scale_benchmark.py.
-* ``p1_full_lineage`` - ``q50 demo`` in a subprocess on an empty embedded database and an empty
-  Dagster instance (every pool through every asset, ~120 recorded runs); compared with the sum of
-  the core compute stages above (QLib export + features, model folds, Nautilus runs).
+  pool's materializations, backtest run and history are untouched.
+* P4 and P5 (``--scale``, ``--nightly``) are scale_benchmark.py.
 """
 
 from __future__ import annotations
@@ -69,110 +61,131 @@ def _versions() -> dict[str, str]:
 
 
 def run_benchmark(settings, scratch: Path) -> dict:
-    """Run every stage once on the sample in ``scratch`` (emptied first); return the report."""
-    from q50_assets.assets.features import build_pool_features, expressions_for
-    from q50_assets.assets.model import load_training_panel, oos_summary, walk_forward_config
-    from q50_assets.assets.ohlcv import bar_rules
-    from q50_assets.assets.signals import signal_config
-    from q50_assets.db.sample_loader import load_sample
-    from q50_assets.research.bars import validate_bars
-    from q50_assets.research.q50_model import walk_forward
-    from q50_assets.research.signals import compute_signals
-    from q50_assets.resources.database import CollectorDatabase
-    from q50_assets.resources.qlib_store import QlibStore
-
+    """P1, the core stages on P1's outputs, P3, in ``scratch`` (emptied first); the report."""
     if scratch.exists():
         shutil.rmtree(scratch)
     scratch.mkdir(parents=True)
-    settings = settings.model_copy(update={"data_dir": scratch, "database": settings.database.model_copy(update={"url": None})})
-    db = CollectorDatabase(url=settings.database_url)
-    store = QlibStore(provider_dir=str(scratch / "qlib"), timeframe=settings.timeframe)
     timer = _Timer()
+    p1_full_lineage(scratch, timer)
+    core = core_stages(settings, scratch / "p1", scratch / "core", timer)
+    p3_new_bar_to_trading_history(settings, scratch / "p3", core["q50_fills"], timer)
 
-    with timer.stage("load_sample") as rec:
-        report = load_sample(db.engine)
-        rec["rows"] = report.inserted
-    db.migrate()
+    stages = timer.stages
+    checks = {name: {"target_seconds": target, "seconds": stages[name]["seconds"],
+                     "met": stages[name]["seconds"] <= target}
+              for name, target in TARGETS_SECONDS.items() if name in stages}
+    if "p3_new_bar_to_trading_history" in stages:
+        p3 = stages["p3_new_bar_to_trading_history"]
+        checks["p3_new_bar_to_trading_history"] = {
+            "target_seconds": 20.0, "seconds": p3["seconds"],
+            "met": p3["seconds"] <= 20.0 and p3["requested_pools"] == [p3["pool_id"]] and p3["backtest_updated"]
+                     and p3["bystander_untouched"] and p3["trading_history_rows"] > 0}
+    p1 = stages["p1_full_lineage"]
+    core_sum = sum(stages[name]["seconds"] for name in CORE_STAGES if name in stages)
+    p1["core_sum_seconds"] = round(core_sum, 3)
+    p1["ratio_to_core"] = round(p1["seconds"] / core_sum, 2) if core_sum else None
+    checks["p1_full_lineage"] = {"target_seconds": 60.0, "seconds": p1["seconds"],
+                                 "met": p1["exit_code"] == 0 and p1["seconds"] <= 60.0}
+    checks["p1_ratio_to_core"] = {"target_seconds": 2.0, "seconds": p1["ratio_to_core"],
+                                  "met": p1["ratio_to_core"] is not None and p1["ratio_to_core"] <= 2.0}
+    if "backtest_vs_bare" in stages:
+        # Stage vs bare engine, both including bar preparation (see research/bare_replay.py);
+        # the engine-only ratio is reported beside it in the stage's details.
+        ratio = stages["backtest_vs_bare"]["ratio"]
+        checks["backtest_vs_bare_ratio"] = {"target_seconds": 1.3, "seconds": ratio, "met": ratio <= 1.3}
+    return {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), **_versions()},
+        "stages": stages,
+        "targets": checks,
+    }
+
+
+# The core compute of the lineage, measured standalone: what P1's wall time is compared with.
+CORE_STAGES = ("qlib_export", "features", "model", "backtest")
+
+
+def _p1_resources(settings, p1: Path) -> dict:
+    """The resources of P1's deployment (its collector database, QLib store, stored values)."""
+    from q50_assets.definitions import build_resources
+
+    p1_settings = settings.model_copy(update={"data_dir": p1, "database": settings.database.model_copy(update={"url": None})})
+    return build_resources(p1_settings)
+
+
+def core_stages(settings, p1: Path, scratch: Path, timer: _Timer) -> dict:
+    """The core compute on P1's inputs, each stage timed alone (see the module doc)."""
+    from q50_assets.db.q50_models import q50_regime_labels, q50_signals
+    from q50_assets.research.bars import validate_bars
+    from q50_assets.research.features import feature_expressions, to_hourly_grid, warmup_bars
+    from q50_assets.research.regimes import detect_regimes
+    from q50_assets.research.signals import compute_signals
+    from q50_assets.resources.qlib_store import QlibStore
+    from q50_assets.stages.gate import Blocked
+    from q50_assets.stages.model import load_training_panel
+
+    from q50_assets.assets.backtest import run_variants
+    from q50_assets.research.q50_model import fit_live_model, walk_forward
+
+    resources = _p1_resources(settings, p1)
+    db, lineage, nautilus, stored = (resources[k] for k in ("collector_db", "lineage", "nautilus", "io_manager"))
+    tf = settings.timeframe
+    pool_ids = db.pools_with_bars(tf)
 
     with timer.stage("ohlcv") as rec:
-        rules = bar_rules(settings)
-        pool_ids = db.pools_with_bars(settings.timeframe)
-        validated = {p: validate_bars(p, db.read_bars(p, settings.timeframe), rules) for p in pool_ids}
+        rules = lineage.bar_rules()
+        raw = db.read_bars_many(pool_ids, tf)
+        validated = {p: validate_bars(p, raw[p], rules) for p in pool_ids}
         safe = {p: v.bars for p, v in validated.items() if v.safe}
         rec.update(pools=len(pool_ids), safe_pools=len(safe), bars=sum(len(b) for b in safe.values()))
 
-    frames = {}
+    store = QlibStore(provider_dir=str(scratch / "qlib"), timeframe=tf)
     with timer.stage("qlib_export") as rec:
-        # build_pool_features writes the grid and then evaluates one pool; time the write alone
-        # by writing everything first, then evaluate all pools in one D.features call below.
-        from q50_assets.research.bars import TIMEFRAME_SECONDS
-        from q50_assets.research.features import to_hourly_grid
-
-        bar_seconds = TIMEFRAME_SECONDS[settings.timeframe]
-        for pool_id, bars in safe.items():
-            store.write_pool(pool_id, to_hourly_grid(bars, bar_seconds))
+        store.write_pools({p: to_hourly_grid(b, lineage.bar_seconds) for p, b in safe.items()})
         rec["pools"] = len(safe)
 
-    expressions = expressions_for(settings)
+    rd = lineage.features
+    expressions = feature_expressions(rd.rsi_periods, rd.macd_fast, rd.macd_slow)
     with timer.stage("features") as rec:
         panel = store.features(sorted(safe), expressions)
-        rec.update(rows=len(panel), expressions=len(expressions))
+        rec.update(rows=len(panel), expressions=len(expressions), warmup_bars=warmup_bars(rd.macd_slow))
 
-    with timer.stage("feature_vectors") as rec:
-        # The asset's own path (write + evaluate one pool + persist), for every pool.
-        written = 0
-        for pool_id, bars in safe.items():
-            frame, columns, version = build_pool_features(pool_id, bars, settings, store)
-            real = ~frame["is_filled"]
-            frame["feature_vector_id"], _ = db.upsert_feature_vectors(
-                pool_id, settings.timeframe, version, frame[real], columns
-            )
-            frames[pool_id] = frame
-            written += int(real.sum())
-        rec.update(vectors=written, note="per-pool asset path: QLib write + evaluate + DB upsert")
-
+    config = lineage.training_config()
     with timer.stage("model") as rec:
-        features, labels, counts = load_training_panel(store, settings)
-        result = walk_forward(features, labels, walk_forward_config(settings))
+        features, labels, counts = load_training_panel(store, config)
+        result = walk_forward(features, labels, config.walk_forward)
+        fit_live_model(features, labels, config.walk_forward)
         trained = result.folds[~result.folds["skipped"]]
-        summary = oos_summary(result)
-        rec.update(folds=len(trained), train_rows_last_fold=int(trained["train_rows"].max()) if len(trained) else 0,
-                   predictions=len(result.predictions), **{k: round(v, 5) for k, v in summary.items()})
+        rec.update(folds=len(trained), predictions=len(result.predictions), usable_rows=counts["usable_rows"])
 
+    frames = {p: f for p, f in stored.load("qlib_features", sorted(safe)).items() if not isinstance(f, Blocked)}
     with timer.stage("signals") as rec:
-        preds = result.predictions
-        n = 0
+        preds, n = result.predictions, 0
         for pool_id, frame in frames.items():
-            if pool_id not in preds.index.get_level_values(0):
+            try:
+                pool_preds = preds.xs(pool_id, level="pool_id")
+            except KeyError:
                 continue
-            pool_preds = preds.xs(pool_id, level="pool_id")
-            signals = compute_signals(pool_preds[["q10", "q50", "q90", "predicted_at"]],
-                                      frame["vol_risk"], signal_config(settings))
-            n += len(signals)
+            n += len(compute_signals(pool_preds[["q10", "q50", "q90", "predicted_at"]], frame["vol_risk"],
+                                     lineage.signal_config()))
         rec["signals"] = n
 
-    from q50_assets.assets.backtest import run_variants
-    from q50_assets.assets.regimes import pool_regimes
-    from q50_assets.definitions import build_resources
-
+    regime_config = lineage.regime_config()
+    columns = [*regime_config.required_columns(), "is_warmup", "is_filled"]
     with timer.stage("regimes") as rec:
-        regimes = {p: pool_regimes(frame, settings) for p, frame in frames.items()}
-        rec["rows"] = sum(len(r) for r in regimes.values())
+        rec["rows"] = sum(len(detect_regimes(f[columns], regime_config)) for f in frames.values())
 
-    pool_signals = {}
-    for pool_id, frame in frames.items():
-        if pool_id in preds.index.get_level_values(0):
-            pool_preds = preds.xs(pool_id, level="pool_id")
-            pool_signals[pool_id] = compute_signals(pool_preds[["q10", "q50", "q90", "predicted_at"]],
-                                                    frame["vol_risk"], signal_config(settings))
-    nautilus = build_resources(settings)["nautilus"]
-    fallback = settings.nautilus_trader.backtest.fallback_reserve_usd
-    reserves = {p: db.pool_reserve_usd(p) or fallback for p in pool_signals}
+    # The backtest on what P1 stored: its bars, signals and regime labels.
+    signals = {p: s for p, s in db.pool_rows(q50_signals, tf, sorted(frames)).items() if len(s)}
+    regimes = db.pool_rows(q50_regime_labels, tf, sorted(signals))
+    fallback = lineage.backtest.fallback_reserve_usd
+    reserves = {p: r or fallback for p, r in db.pool_reserves_usd(sorted(signals)).items()}
+    backtest_settings = lineage.backtest_settings()
     results = {}
     with timer.stage("backtest") as rec:
-        for pool_id, signals in pool_signals.items():
-            results[pool_id] = run_variants(pool_id, safe[pool_id], signals, regimes[pool_id], nautilus,
-                                            reserves[pool_id], settings, "benchmark")
+        for pool_id, pool_signals in signals.items():
+            results[pool_id] = run_variants(pool_id, safe[pool_id], pool_signals, regimes[pool_id], nautilus,
+                                            reserves[pool_id], backtest_settings, "benchmark")
         rec.update(pools=len(results), engines=3 * len(results),
                    fills=sum(len(o.fills) for r in results.values() for o in r.outcomes.values()))
     with timer.stage("backtest_q50_only") as rec:
@@ -189,45 +202,7 @@ def run_benchmark(settings, scratch: Path) -> dict:
         with timer.stage("backtest_vs_bare") as rec:
             data = [(p, safe[p], results[p].decisions["target"], nautilus.spec(reserves[p])) for p in results]
             rec.update(bare_replay.time_stage_vs_bare(data))
-
-    q50_fills = {p: len(r.outcomes["q50"].fills) for p, r in results.items() if r.outcomes}
-    p3_new_bar_to_trading_history(settings, db, scratch, safe, q50_fills, timer)
-    p1_full_lineage(scratch, timer)
-
-    stages = timer.stages
-    checks = {name: {"target_seconds": target, "seconds": stages[name]["seconds"],
-                     "met": stages[name]["seconds"] <= target}
-              for name, target in TARGETS_SECONDS.items()}
-    if "p3_new_bar_to_trading_history" in stages:
-        p3 = stages["p3_new_bar_to_trading_history"]
-        checks["p3_new_bar_to_trading_history"] = {
-            "target_seconds": 20.0, "seconds": p3["seconds"],
-            "met": p3["seconds"] <= 20.0 and p3["requested_pools"] == [p3["pool_id"]] and p3["backtest_updated"]
-                     and p3["bystander_untouched"] and p3["trading_history_rows"] > 0}
-    if "p1_full_lineage" in stages:
-        core = sum(stages[name]["seconds"] for name in CORE_STAGES if name in stages)
-        p1 = stages["p1_full_lineage"]
-        p1["core_sum_seconds"] = round(core, 3)
-        p1["ratio_to_core"] = round(p1["seconds"] / core, 2) if core else None
-        checks["p1_full_lineage"] = {"target_seconds": 60.0, "seconds": p1["seconds"],
-                                     "met": p1["exit_code"] == 0 and p1["seconds"] <= 60.0}
-        checks["p1_ratio_to_core"] = {"target_seconds": 2.0, "seconds": p1["ratio_to_core"],
-                                      "met": p1["ratio_to_core"] is not None and p1["ratio_to_core"] <= 2.0}
-    if "backtest_vs_bare" in stages:
-        # Stage vs bare engine, both including bar preparation (see research/bare_replay.py);
-        # the engine-only ratio is reported beside it in the stage's details.
-        ratio = stages["backtest_vs_bare"]["ratio"]
-        checks["backtest_vs_bare_ratio"] = {"target_seconds": 1.3, "seconds": ratio, "met": ratio <= 1.3}
-    return {
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), **_versions()},
-        "stages": stages,
-        "targets": checks,
-    }
-
-
-# The core compute of the lineage, measured standalone above: what P1's wall time is compared with.
-CORE_STAGES = ("qlib_export", "features", "model", "backtest")
+    return {"q50_fills": {p: len(r.outcomes["q50"].fills) for p, r in results.items() if r.outcomes}}
 
 
 def p1_full_lineage(scratch: Path, timer: _Timer) -> None:
@@ -238,21 +213,36 @@ def p1_full_lineage(scratch: Path, timer: _Timer) -> None:
     home = scratch / "p1"
     env = {**os.environ, "Q50_DATA_DIR": str(home), "DAGSTER_HOME": str(home / "dagster_home")}
     env.pop("Q50_DATABASE_URL", None)  # the embedded database, whatever the shell says
+    print("P1: q50 demo from an empty database and Dagster instance ...", flush=True)
     with timer.stage("p1_full_lineage") as rec:
         done = subprocess.run([sys.executable, "-m", "q50_assets.cli", "demo"], env=env, capture_output=True, text=True)
     rec["exit_code"] = done.returncode
-    timing = [line for line in done.stdout.splitlines() if line.startswith("Time:")]
-    rec["phases"] = timing[0] if timing else done.stderr[-500:]
+    lines = done.stdout.splitlines()
+    for prefix, key in (("Time:", "phases"), ("Runs:", "runs"), ("Pools:", "pools")):
+        found = [line for line in lines if line.startswith(prefix)]
+        rec[key] = found[0] if found else None
+    if done.returncode != 0:
+        rec["stderr_tail"] = done.stderr[-2000:]
 
 
-def p3_new_bar_to_trading_history(settings, db, scratch: Path, safe: dict, q50_fills: dict, timer: _Timer) -> None:
-    """One new bar -> sensor tick -> refresh_pool run -> updated trading history (see module doc)."""
-    from dagster import AssetKey, DagsterInstance, SensorResult, build_sensor_context
+def p3_new_bar_to_trading_history(settings, scratch: Path, q50_fills: dict, timer: _Timer) -> None:
+    """One new bar -> sensor tick -> the batch run it requests -> updated trading history (see module doc)."""
+    from dagster import DagsterInstance, SensorResult, build_sensor_context
     from sqlalchemy import delete, insert, select
 
+    from q50_assets.automation.lineage_run import materialize_lineage
+    from q50_assets.automation.runs import registered_pools, request_pools
     from q50_assets.db.collector_models import ohlcv_data as o
+    from q50_assets.db.sample_loader import load_sample, record_collector_run
     from q50_assets.definitions import build_definitions
+    from q50_assets.resources.database import CollectorDatabase
 
+    print("P3: one new bar through the sensor ...", flush=True)
+    scratch.mkdir(parents=True)
+    settings = settings.model_copy(update={"data_dir": scratch, "database": settings.database.model_copy(update={"url": None})})
+    db = CollectorDatabase(url=settings.database_url)
+    load_sample(db.engine)
+    db.migrate()
     tf = settings.timeframe
     quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
     # The pool whose Q50 strategy trades most (so there is trading history to update), and a
@@ -263,10 +253,10 @@ def p3_new_bar_to_trading_history(settings, db, scratch: Path, safe: dict, q50_f
                                    .order_by(o.c.timestamp.desc()).limit(1)).mappings().one())
         conn.execute(delete(o).where(o.c.id == newest["id"]))
     (scratch / "dagster_home").mkdir(parents=True, exist_ok=True)
-    instance = DagsterInstance.local_temp(str(scratch / "dagster_home"))
+    instance = DagsterInstance.local_temp(str(scratch / "dagster_home"), overrides={"telemetry": {"enabled": False}})
     defs = build_definitions(settings)
     sensor = defs.resolve_sensor_def("new_collector_bars")
-    refresh = defs.resolve_job_def("refresh_pool")
+    refresh = defs.resolve_job_def("refresh_pools")
     cursor = None
 
     def tick():
@@ -278,18 +268,11 @@ def p3_new_bar_to_trading_history(settings, db, scratch: Path, safe: dict, q50_f
                 instance.add_dynamic_partitions(req.partitions_def_name, list(req.partition_keys))
         return result
 
-    tick()
-    upstream = [AssetKey("ohlcv_bars"), AssetKey("qlib_features"), AssetKey("regime_labels")]
-    for pool in (pool_id, bystander):
-        refresh.execute_in_process(partition_key=pool, instance=instance, run_config=quiet, asset_selection=upstream)
-    defs.resolve_job_def("train_q50_model").execute_in_process(instance=instance, run_config=quiet)
-    for pool in (pool_id, bystander):
-        refresh.execute_in_process(partition_key=pool, instance=instance, run_config=quiet)
+    tick()  # registers every pool; only the two below are materialized
+    materialize_lineage(defs, instance, [pool_id, bystander], settings.batches.pools_per_run, run_config=quiet)
     before = db.latest_backtest_results(tf)
     before_run = before.loc[before["pool_id"] == pool_id, "backtest_run_id"].iloc[0]
     bystander_outputs = _pool_outputs(instance, db, before, bystander)
-
-    from q50_assets.db.sample_loader import record_collector_run
 
     with db.engine.begin() as conn:  # the collector's next run writes the bar
         conn.execute(insert(o).values(**{k: v for k, v in newest.items() if k != "id"}))
@@ -297,12 +280,12 @@ def p3_new_bar_to_trading_history(settings, db, scratch: Path, safe: dict, q50_f
 
     with timer.stage("p3_new_bar_to_trading_history", pool_id=pool_id) as rec:
         result = tick()
-        requested = [r.partition_key for r in result.run_requests]
+        order = registered_pools(instance)
+        requested = [p for r in result.run_requests for p in request_pools(r.tags, order)]
         ok = True
         for request in result.run_requests:
-            ok &= refresh.execute_in_process(partition_key=request.partition_key, asset_selection=request.asset_selection,
-                                             tags=request.tags, instance=instance, run_config=quiet,
-                                             raise_on_error=False).success
+            ok &= refresh.execute_in_process(asset_selection=request.asset_selection, tags=request.tags,
+                                             instance=instance, run_config=quiet, raise_on_error=False).success
         after = db.latest_backtest_results(tf)
         after_run = after.loc[after["pool_id"] == pool_id, "backtest_run_id"].iloc[0]
         history = db.trading_history(after_run, pool_id)
@@ -315,10 +298,10 @@ def _pool_outputs(instance, db, latest, pool_id: str) -> tuple:
     """What a refresh of ``pool_id`` would change: its materializations, backtest run, trading history."""
     from dagster import AssetKey
 
-    from q50_assets.automation.jobs import MODEL_DEPENDENT_ASSETS, NEEDS_NO_MODEL_ASSETS
+    from q50_assets.automation.jobs import POOL_ASSETS
 
     storage_ids = []
-    for key in (*NEEDS_NO_MODEL_ASSETS, *MODEL_DEPENDENT_ASSETS):
+    for key in POOL_ASSETS:
         records = instance.fetch_materializations(AssetKey(key), limit=1000).records
         storage_ids.append(tuple(r.storage_id for r in records if r.partition_key == pool_id))
     run_id = latest.loc[latest["pool_id"] == pool_id, "backtest_run_id"].iloc[0]
@@ -327,13 +310,13 @@ def _pool_outputs(instance, db, latest, pool_id: str) -> tuple:
 
 
 def format_table(report: dict) -> str:
-    lines = [f"{'stage':<18} {'seconds':>8}  details"]
+    lines = [f"{'stage':<30} {'seconds':>8}  details"]
     for name, rec in report["stages"].items():
-        details = ", ".join(f"{k}={v}" for k, v in rec.items() if k not in ("seconds", "note"))
-        lines.append(f"{name:<18} {rec['seconds']:>8.2f}  {details}")
+        details = ", ".join(f"{k}={v}" for k, v in rec.items() if k not in ("seconds", "note", "stderr_tail"))
+        lines.append(f"{name:<30} {rec['seconds']:>8.2f}  {details}")
     lines.append("")
     for name, t in report["targets"].items():
         unit = "" if "ratio" in name else " s"
-        lines.append(f"target {name:<11} <= {t['target_seconds']:>5.1f}{unit}: {t['seconds']:.2f}{unit} "
+        lines.append(f"target {name:<30} <= {t['target_seconds']:>5.1f}{unit}: {t['seconds']:.2f}{unit} "
                      f"{'met' if t['met'] else 'MISSED'}")
     return "\n".join(lines)

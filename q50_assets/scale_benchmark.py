@@ -1,21 +1,25 @@
-"""P4 of ``q50 benchmark --scale``: the lineage's work on N synthetic pools of 2,160 hourly bars.
+"""Scale benchmarks of ``q50 benchmark``: the lineage on N synthetic pools of 2,160 hourly bars.
 
 The pools are generated from the bundled sample's real bars (seeded): each synthetic pool takes
 one real safe pool and resamples its bars in blocks of a day (block bootstrap, so volatility
 clusters survive), keeping each bar's return, high/low excursions and volume together. They
-are written into a fresh embedded collector database as the collector would, then every pool
-goes through the functions the assets call, with the database writes the assets make:
+are written into a fresh embedded collector database as the collector would.
 
-* ``ohlcv``           read + validate each pool's rows (ohlcv_bars),
-* ``features``        QLib store write + expression evaluation + pool_feature_vectors upsert (qlib_features),
-* ``regimes``         labels + q50_regime_labels write (regime_labels),
-* ``model``           every walk-forward fold + the live model on the pooled panel (q50_model),
-* ``signals``         signal rows + q50_signals write (q50_signals),
-* ``backtest``        three Nautilus engines per pool, metrics, equity picture, results write (backtest_results),
-* ``trading_history`` rows from the Q50 fills + q50_trading_history write (q50_trading_history).
+* **P4** (``--scale N,...``, :func:`run_scale`): the same work as the nightly, called as functions -
+  the asset layer's batch steps, ``batches.pools_per_run`` pools at a time, with the same table
+  writes the IO manager makes, no Dagster. Seconds per stage:
 
-Not Dagster runs: the per-run bookkeeping is P1's subject. Each scale runs in its own process
-(``python -m q50_assets.scale_benchmark``) so its peak resident memory is its own.
+  ``ohlcv`` read + validate, ``features`` QLib store + expressions + pool_feature_vectors,
+  ``regimes`` labels + q50_regime_labels, ``model`` every walk-forward fold + the live model,
+  ``signals`` signal rows + q50_signals, ``backtest`` three Nautilus engines per pool, metrics,
+  equity picture, q50_backtest_results, ``trading_history`` q50_trading_history.
+* **P5** (``--nightly N``, :func:`run_nightly_dagster`): the same pools through Dagster - every
+  pool's bars, features and regimes in batch runs, the model run, every pool's signals,
+  backtests and trading history in batch runs, the portfolio run - on PostgreSQL run storage
+  (``DAGSTER_PG_URL``, else a throwaway local server), against P4's time for the same N.
+
+Each N runs in its own process (``python -m q50_assets.scale_benchmark``) so its peak resident
+memory is its own.
 """
 
 from __future__ import annotations
@@ -42,14 +46,14 @@ STAGES = ("ohlcv", "features", "regimes", "model", "signals", "backtest", "tradi
 
 def _source_bars(settings, scratch: Path) -> list[pd.DataFrame]:
     """The bundled sample's safe pools (validated bars), the material the synthetic pools resample."""
-    from q50_assets.assets.ohlcv import bar_rules
     from q50_assets.db.sample_loader import load_sample
     from q50_assets.research.bars import validate_bars
     from q50_assets.resources.database import CollectorDatabase
+    from q50_assets.resources.lineage import stage_resources
 
     db = CollectorDatabase(url=f"sqlite:///{scratch / 'sample.db'}")
     load_sample(db.engine)
-    rules = bar_rules(settings)
+    rules = stage_resources(settings)["lineage"].bar_rules()
     sources = []
     for pool_id in db.pools_with_bars(settings.timeframe):
         validated = validate_bars(pool_id, db.read_bars(pool_id, settings.timeframe), rules)
@@ -122,28 +126,14 @@ def write_collector(engine, pools: dict[str, pd.DataFrame], reserves: dict[str, 
     return rows
 
 
-def run_scale(settings, n_pools: int, scratch: Path) -> dict:
-    """Generate ``n_pools`` pools, push them through every stage; per-stage seconds and counts."""
-    from q50_assets.assets.backtest import equity_png, run_variants
-    from q50_assets.assets.features import build_pool_features
-    from q50_assets.assets.model import TrainedQ50Model, load_training_panel, walk_forward_config
-    from q50_assets.assets.ohlcv import bar_rules
-    from q50_assets.assets.regimes import pool_regimes
-    from q50_assets.assets.signals import pool_signals
-    from q50_assets.assets.trading_history import history_rows
-    from q50_assets.definitions import build_resources
-    from q50_assets.research.bars import TIMEFRAME_SECONDS, validate_bars
-    from q50_assets.research.q50_model import fit_live_model, walk_forward
+def generate(settings, n_pools: int, scratch: Path) -> tuple[dict, float]:
+    """A fresh scratch dir with N synthetic pools written into its embedded collector database.
+    Returns (counts, seconds)."""
     from q50_assets.resources.database import CollectorDatabase
-    from q50_assets.resources.qlib_store import QlibStore
 
     if scratch.exists():
         shutil.rmtree(scratch)
     scratch.mkdir(parents=True)
-    settings = settings.model_copy(update={"data_dir": scratch, "database": settings.database.model_copy(update={"url": None})})
-    tf = settings.timeframe
-    bar = pd.Timedelta(seconds=TIMEFRAME_SECONDS[tf])
-
     started = time.perf_counter()
     sources = _source_bars(settings, scratch)
     rng = np.random.default_rng(SEED)
@@ -162,14 +152,43 @@ def run_scale(settings, n_pools: int, scratch: Path) -> dict:
         pools[pool_id] = bars
         reserves[pool_id] = float(rng.choice([2e4, 1e5, 5e5, 2e6]))
     db = CollectorDatabase(url=settings.database_url)
-    collector_rows = write_collector(db.engine, pools, reserves, tf)
+    collector_rows = write_collector(db.engine, pools, reserves, settings.timeframe)
     db.migrate()
-    del pools
-    setup_seconds = time.perf_counter() - started
+    db.engine.dispose()
+    return {"pools": n_pools, "collector_rows": collector_rows, "paths_redrawn": redrawn}, time.perf_counter() - started
 
-    store = QlibStore(provider_dir=str(scratch / "qlib"), timeframe=tf)
-    nautilus = build_resources(settings)["nautilus"]
-    rules = bar_rules(settings)
+
+def _scratch_settings(settings, scratch: Path):
+    return settings.model_copy(update={"data_dir": scratch, "database": settings.database.model_copy(update={"url": None})})
+
+
+def _peak_rss_mb() -> float:
+    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round(max(self_kb, child_kb) / 1024, 1)
+
+
+def run_scale(settings, n_pools: int, scratch: Path) -> dict:
+    """P4: generate ``n_pools`` pools and push them through the asset layer's batch steps as plain
+    function calls (no Dagster), with the same table writes; per-stage seconds and counts."""
+    from q50_assets.assets.backtest import backtest_step, equity_png
+    from q50_assets.assets.features import features_step
+    from q50_assets.assets.model import model_step
+    from q50_assets.assets.ohlcv import ohlcv_step
+    from q50_assets.assets.regimes import regimes_step
+    from q50_assets.assets.signals import signals_step
+    from q50_assets.assets.trading_history import history_step
+    from q50_assets.automation.runs import pool_batches
+    from q50_assets.definitions import build_resources
+    from q50_assets.resources.io_managers import POOL_ROW_TABLES, write_table_outputs
+    from q50_assets.stages.gate import Blocked
+
+    settings = _scratch_settings(settings, scratch)
+    generated, setup_seconds = generate(settings, n_pools, scratch)
+    resources = build_resources(settings)
+    db, store, nautilus, lineage = (resources[k] for k in ("collector_db", "qlib_store", "nautilus", "lineage"))
+    tf = settings.timeframe
+    bar = pd.Timedelta(seconds=lineage.bar_seconds)
     seconds = dict.fromkeys(STAGES, 0.0)
     counts: dict[str, int] = {}
 
@@ -179,93 +198,225 @@ def run_scale(settings, n_pools: int, scratch: Path) -> dict:
         seconds[stage] += time.perf_counter() - t0
         return out
 
-    # Per pool, the three assets that need no model (as refresh_pool's first steps run them).
-    safe, frames, unsafe = {}, {}, {}
-    for pool_id in db.pools_with_bars(tf):
-        validated = timed("ohlcv", lambda p: validate_bars(p, db.read_bars(p, tf), rules), pool_id)
-        if not validated.safe:  # counted by the blocking checks that failed, as ohlcv_bars reports them
-            for rule in validated.blocking_failures:
-                unsafe[rule] = unsafe.get(rule, 0) + 1
-            continue
-        safe[pool_id] = validated.bars
+    pool_ids = db.pools_with_bars(tf)
+    batches = pool_batches(pool_ids, pool_ids, lineage.pools_per_run)
+    validated, frames, unsafe = {}, {}, {}
+    for batch in batches:  # bars, features, regimes, batch by batch (as the first phase's runs do)
+        v, _states = timed("ohlcv", ohlcv_step, batch, db, lineage)
+        validated.update(v)
+        f, _checks, _stale = timed("features", features_step, v, store, db, lineage)
+        frames.update(f)
+        regimes, _ = timed("regimes", regimes_step, f, lineage)
+        timed("regimes", write_table_outputs, db, tf, "regime_labels", regimes)
+    for v in validated.values():
+        for rule in v.blocking_failures:  # counted by the blocking checks that failed
+            unsafe[rule] = unsafe.get(rule, 0) + 1
 
-        def features(p=pool_id, bars=validated.bars):
-            frame, columns, version = build_pool_features(p, bars, settings, store)
-            real = ~frame["is_filled"]
-            frame["feature_vector_id"], _ = db.upsert_feature_vectors(p, tf, version, frame[real], columns)
-            return frame
-
-        frames[pool_id] = timed("features", features)
-        regimes = timed("regimes", lambda f: pool_regimes(f, settings), frames[pool_id])
-        timed("regimes", db.replace_regime_labels, pool_id, tf, regimes)
-        frames[pool_id] = (frames[pool_id], regimes)
-
-    def model():
-        panel, labels, panel_counts = load_training_panel(store, settings)
-        config = walk_forward_config(settings)
-        result = walk_forward(panel, labels, config)
-        counts.update(model_rows=int(panel_counts["usable_rows"]), folds=int((~result.folds["skipped"]).sum()),
-                      predictions=len(result.predictions))
-        return TrainedQ50Model(run_id="scale", result=result, live=fit_live_model(panel, labels, config))
-
-    trained = timed("model", model)
+    trained = timed("model", model_step, store, lineage, "scale")
+    counts.update(model_rows=int(trained.panel_counts["usable_rows"]),
+                  folds=int((~trained.result.folds["skipped"]).sum()), predictions=len(trained.result.predictions))
 
     fills = history = 0
-    for pool_id, (frame, regimes) in frames.items():
-        signals = timed("signals", pool_signals, pool_id, trained, frame, settings)
-        timed("signals", db.replace_signals, pool_id, tf, signals)
+    for batch in batches:  # signals, backtests, trading history, batch by batch
+        signals, _ = timed("signals", signals_step, trained, {p: frames[p] for p in batch}, lineage)
+        timed("signals", write_table_outputs, db, tf, "q50_signals", signals)
 
-        def backtest(p=pool_id, s=signals, r=regimes):
-            result = run_variants(p, safe[p], s, r, nautilus, reserves[p], settings, f"scale-{p}")
-            if result.status == "ok":
-                db.replace_backtest_results(result.backtest_run_id, p, tf, result.metrics.reset_index())
-                equity_png(result)
-            return result
 
-        result = timed("backtest", backtest)
-        if result.status != "ok":
-            continue
-        fills += len(result.outcomes["q50"].fills)
-        rows = timed("trading_history", history_rows, result, bar)
-        history += timed("trading_history", db.replace_trading_history, result.backtest_run_id, pool_id, rows)
+        def backtest(batch=batch):
+            # Signals and regimes read back from their tables, as the backtest step's IO manager does.
+            stored_signals = db.pool_rows(POOL_ROW_TABLES["q50_signals"], tf, batch)
+            stored_regimes = db.pool_rows(POOL_ROW_TABLES["regime_labels"], tf, batch)
+            results, _, _ = backtest_step({p: validated[p] for p in batch}, stored_signals, stored_regimes, nautilus,
+                                          db, lineage, f"scale-{batch[0]}")
+            write_table_outputs(db, tf, "backtest_results", results)
+            for result in results.values():
+                if not isinstance(result, Blocked) and result.status == "ok":
+                    equity_png(result)
+            return results
 
+        results = timed("backtest", backtest)
+        histories = timed("trading_history", history_step, results, bar)
+        history += sum(timed("trading_history", write_table_outputs, db, tf, "q50_trading_history",
+                             histories).values())
+        fills += sum(len(r.outcomes["q50"].fills) for r in results.values()
+                     if not isinstance(r, Blocked) and r.status == "ok")
+
+    safe = {p: v.bars for p, v in validated.items() if v.safe}
     total_bars = sum(len(b) for b in safe.values())
-    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {
-        "pools": n_pools,
+        **generated,
         "safe_pools": len(safe),
         "unsafe_pools_by_check": unsafe,
-        "collector_rows": collector_rows,
-        "paths_redrawn": redrawn,
         "bars": total_bars,
+        "pools_per_run": lineage.pools_per_run,
         "setup_seconds": round(setup_seconds, 2),
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
         "total_seconds": round(sum(seconds.values()), 2),
         "seconds_per_1000_bars": {k: round(1000 * v / max(total_bars, 1), 4) for k, v in seconds.items()},
-        "peak_rss_mb": round(max(self_kb, child_kb) / 1024, 1),
+        "peak_rss_mb": _peak_rss_mb(),
         "fills_q50": fills,
         "trading_history_rows": history,
         **counts,
     }
 
 
-def run_curve(scales: list[int], scratch: Path) -> dict:
-    """Each scale in its own process (own peak memory); the curve of seconds per 1,000 bars."""
+DAGSTER_PG_YAML = """\
+storage:
+  postgres:
+    postgres_url:
+      env: DAGSTER_PG_URL
+telemetry:
+  enabled: false
+"""
+
+
+def run_nightly_dagster(settings, n_pools: int, scratch: Path) -> dict:
+    """P5: generate the same ``n_pools`` pools and materialize the whole graph for them through
+    Dagster (batch runs, the model run, the portfolio run) on PostgreSQL run storage
+    (``DAGSTER_PG_URL`` must be set); seconds per phase, runs, events, peak memory."""
+    import os
+
+    from dagster import DagsterInstance
+
+    from q50_assets.automation.lineage_run import materialize_lineage
+    from q50_assets.definitions import build_definitions
+
+    if not os.environ.get("DAGSTER_PG_URL"):
+        raise RuntimeError("P5 needs DAGSTER_PG_URL (PostgreSQL run storage), e.g. from q50 benchmark --nightly")
+    settings = _scratch_settings(settings, scratch)
+    generated, setup_seconds = generate(settings, n_pools, scratch)
+    home = scratch / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(DAGSTER_PG_YAML)
+    os.environ["DAGSTER_HOME"] = str(home)
+    from q50_assets.resources.database import CollectorDatabase
+
+    pool_ids = CollectorDatabase(url=settings.database_url).pools_with_bars(settings.timeframe)
+    with DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions("pools", pool_ids)
+        defs = build_definitions(settings)
+
+        def progress(phase, done, total):
+            print(f"P5 {n_pools}: {phase}: {done}/{total} pools", flush=True)
+
+        started = time.perf_counter()
+        run = materialize_lineage(defs, instance, pool_ids, settings.batches.pools_per_run, progress=progress)
+        wall = time.perf_counter() - started
+        failed = [f"{r.job_def.name} {r.run_id}" for r in run.results() if not r.success]
+        events = sum(len(r.all_events) for r in run.results())
+    return {
+        **generated,
+        "pools_per_run": settings.batches.pools_per_run,
+        "setup_seconds": round(setup_seconds, 2),
+        "wall_seconds": round(wall, 2),
+        "phases": {name: {"seconds": round(p.seconds, 2), "runs": len(p.results)} for name, p in run.phases.items()},
+        "runs": len(run.results()),
+        "events": events,
+        "failed_runs": failed,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def _in_own_process(n: int, scratch: Path, through_dagster: bool, env: dict | None = None) -> dict:
+    import os
     import subprocess
+
+    name = f"{'nightly' if through_dagster else 'scale'}_{n}"
+    out = scratch / f"{name}.json"
+    command = [sys.executable, "-m", "q50_assets.scale_benchmark", "--pools", str(n),
+               "--scratch", str(scratch / f"pools_{name}"), "--output", str(out)]
+    done = subprocess.run(command + (["--through-dagster"] if through_dagster else []),
+                          env={**os.environ, **(env or {})})
+    if done.returncode != 0 or not out.exists():
+        return {"pools": n, "failed": f"exit code {done.returncode}"}
+    shutil.rmtree(scratch / f"pools_{name}", ignore_errors=True)
+    return json.loads(out.read_text())
+
+
+def run_curve(scales: list[int], scratch: Path) -> dict:
+    """P4: each scale in its own process (own peak memory); the curve of seconds per 1,000 bars."""
+    points = []
+    for n in scales:
+        print(f"P4: {n} pools x {BARS_PER_POOL} bars ...", flush=True)
+        points.append(_in_own_process(n, scratch, through_dagster=False))
+    return {"bars_per_pool": BARS_PER_POOL, "seed": SEED, "points": points}
+
+
+def throwaway_postgres(base: Path) -> tuple[str, callable]:
+    """A PostgreSQL server on a free loopback port for Dagster's storage (initdb refuses root: run
+    as ``postgres`` then). Returns (superuser URL of database ``dagster``, stop function)."""
+    import glob
+    import os
+    import socket
+    import subprocess
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        raise RuntimeError("PostgreSQL server binaries (initdb) not found: set DAGSTER_PG_URL instead")
+    bindir = Path(found[-1]).parent
+    base.mkdir(parents=True, exist_ok=True)
+    as_postgres = os.geteuid() == 0
+    if as_postgres:
+        shutil.chown(base, "postgres", "postgres")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    def run(*args: str) -> None:
+        command = [str(bindir / args[0]), *args[1:]]
+        subprocess.run((["runuser", "-u", "postgres", "--"] if as_postgres else []) + command, check=True,
+                       capture_output=True, text=True)
+
+    # fsync stays on: P5 measures Dagster's storage as a deployment would run it.
+    run("initdb", "-D", str(base / "data"), "-U", "postgres", "-A", "trust", "-E", "UTF8")
+    run("pg_ctl", "-D", str(base / "data"), "-l", str(base / "log"), "-w", "-o",
+        f"-c listen_addresses=127.0.0.1 -p {port} -k {base}", "start")
+    run("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "dagster")
+
+    def stop() -> None:
+        run("pg_ctl", "-D", str(base / "data"), "-m", "fast", "-w", "stop")
+        shutil.rmtree(base, ignore_errors=True)
+
+    return f"postgresql+psycopg2://postgres@127.0.0.1:{port}/dagster", stop
+
+
+def run_nightly_curve(scales: list[int], scratch: Path) -> dict:
+    """P5: per N, the nightly through Dagster (PostgreSQL run storage) and the same work as
+    functions (P4), each in its own process; the ratio and Dagster's share of the time."""
+    import os
 
     points = []
     for n in scales:
-        out = scratch / f"scale_{n}.json"
-        print(f"P4: {n} pools x {BARS_PER_POOL} bars ...", flush=True)
-        done = subprocess.run([sys.executable, "-m", "q50_assets.scale_benchmark", "--pools", str(n),
-                               "--scratch", str(scratch / f"pools_{n}"), "--output", str(out)])
-        if done.returncode != 0 or not out.exists():
-            points.append({"pools": n, "failed": f"exit code {done.returncode}"})
-            continue
-        points.append(json.loads(out.read_text()))
-        shutil.rmtree(scratch / f"pools_{n}", ignore_errors=True)
+        print(f"P5: {n} pools x {BARS_PER_POOL} bars, the same work as functions first ...", flush=True)
+        functions = _in_own_process(n, scratch, through_dagster=False)
+        url, stop = (os.environ["DAGSTER_PG_URL"], None) if os.environ.get("DAGSTER_PG_URL") else \
+            throwaway_postgres(Path("/tmp") / f"q50-p5-pg-{os.getpid()}")
+        try:
+            print(f"P5: {n} pools through Dagster (PostgreSQL run storage) ...", flush=True)
+            dagster = _in_own_process(n, scratch, through_dagster=True, env={"DAGSTER_PG_URL": url})
+        finally:
+            if stop:
+                stop()
+        point = {"pools": n, "functions": functions, "dagster": dagster}
+        if "failed" not in functions and "failed" not in dagster:
+            work = functions["total_seconds"]
+            point["ratio"] = round(dagster["wall_seconds"] / work, 3)
+            point["dagster_share"] = round(1 - work / dagster["wall_seconds"], 3)
+        points.append(point)
     return {"bars_per_pool": BARS_PER_POOL, "seed": SEED, "points": points}
+
+
+def format_nightly(curve: dict) -> str:
+    lines = ["P5 nightly through Dagster vs the same work as functions"]
+    for p in curve["points"]:
+        if "ratio" not in p:
+            lines.append(f"{p['pools']:>6} pools: failed ({p['functions'].get('failed') or p['dagster'].get('failed')})")
+            continue
+        d, f = p["dagster"], p["functions"]
+        lines.append(f"{p['pools']:>6} pools: Dagster {d['wall_seconds']:.0f} s ({d['runs']} runs, {d['events']} events, "
+                     f"peak {d['peak_rss_mb']:.0f} MB) vs functions {f['total_seconds']:.0f} s (peak "
+                     f"{f['peak_rss_mb']:.0f} MB): ratio {p['ratio']:.2f}, Dagster's share {100 * p['dagster_share']:.1f} %")
+    return "\n".join(lines)
 
 
 def format_curve(curve: dict) -> str:
@@ -288,8 +439,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pools", type=int, required=True)
     parser.add_argument("--scratch", required=True)
     parser.add_argument("--output", required=True)
+    parser.add_argument("--through-dagster", action="store_true", help="P5 instead of P4")
     args = parser.parse_args(argv)
-    report = run_scale(load_settings(), args.pools, Path(args.scratch))
+    run = run_nightly_dagster if args.through_dagster else run_scale
+    report = run(load_settings(), args.pools, Path(args.scratch))
     Path(args.output).write_text(json.dumps(report, indent=2))
     print(json.dumps(report), flush=True)
     return 0

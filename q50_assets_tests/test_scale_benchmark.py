@@ -1,13 +1,23 @@
-"""The P4 scale benchmark's generator and driver (correctness only; its speed is the benchmark's)."""
+"""The scale benchmarks' generator and drivers (correctness only; their speed is the benchmark's):
+P4 calls the asset layer's batch steps as functions, P5 materializes the same pools through
+Dagster on PostgreSQL run storage, and both store the same results."""
 
 import numpy as np
 import pandas as pd
 
-from q50_assets.assets.ohlcv import bar_rules
 from q50_assets.research.bars import validate_bars
 from q50_assets.resources.database import CollectorDatabase
-from q50_assets.scale_benchmark import BARS_PER_POOL, END, _source_bars, run_scale, synthesize_pool, write_collector
-from q50_assets_tests.conftest import settings_for
+from q50_assets.resources.lineage import stage_resources
+from q50_assets.scale_benchmark import (
+    BARS_PER_POOL,
+    END,
+    _source_bars,
+    run_nightly_dagster,
+    run_scale,
+    synthesize_pool,
+    write_collector,
+)
+from q50_assets_tests.conftest import create_pg_database, drop_pg_database, settings_for
 
 
 def test_synthetic_pools_are_resampled_real_bars(tmp_path):
@@ -37,13 +47,14 @@ def test_synthetic_pools_are_resampled_real_bars(tmp_path):
     db = CollectorDatabase(url=f"sqlite:///{tmp_path / 'collector.sqlite'}")
     kept = bars[(bars["low"].cummin() >= 0.01).cummin()]  # whatever the path, a storable stretch
     assert write_collector(db.engine, {"synthetic_poolA": kept}, {"synthetic_poolA": 1e5}, "1h") == len(kept)
-    validated = validate_bars("synthetic_poolA", db.read_bars("synthetic_poolA", "1h"), bar_rules(settings))
+    validated = validate_bars("synthetic_poolA", db.read_bars("synthetic_poolA", "1h"), stage_resources(settings)["lineage"].bar_rules())
     assert validated.rows_read == len(kept)
     assert validated.outcome("ohlc_consistent").passed and validated.outcome("timestamps_aligned_unique").passed
 
 
-def test_scale_run_takes_every_pool_through_every_stage(tmp_path):
-    settings = settings_for(f"sqlite:///{tmp_path / 'unused.sqlite'}", tmp_path)
+def test_scale_run_takes_every_pool_through_every_stage_and_dagster_stores_the_same(tmp_path, postgres_url,
+                                                                                   monkeypatch):
+    settings = settings_for(f"sqlite:///{tmp_path / 'unused.sqlite'}", tmp_path, Q50__BATCHES__POOLS_PER_RUN="2")
     report = run_scale(settings, 3, tmp_path / "scale")
     assert report["pools"] == report["safe_pools"] == 3
     assert report["collector_rows"] == 3 * BARS_PER_POOL
@@ -52,3 +63,23 @@ def test_scale_run_takes_every_pool_through_every_stage(tmp_path):
     assert all(report["seconds"][stage] > 0 for stage in report["seconds"])
     assert report["trading_history_rows"] == report["fills_q50"] > 0
     assert report["peak_rss_mb"] > 0  # of this (pytest) process here; the benchmark runs each N alone
+
+    # P5: the same pools through Dagster (batch runs of 2 pools, PostgreSQL run storage).
+    dagster_url = create_pg_database(postgres_url)
+    monkeypatch.setenv("DAGSTER_PG_URL", dagster_url.replace("postgresql://", "postgresql+psycopg2://"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))  # restored afterwards; the driver points it at its own
+    try:
+        nightly = run_nightly_dagster(settings, 3, tmp_path / "nightly")
+    finally:
+        drop_pg_database(postgres_url, dagster_url)
+    assert nightly["failed_runs"] == []
+    assert nightly["phases"] == {name: {"seconds": nightly["phases"][name]["seconds"], "runs": runs} for name, runs in
+                                 (("bars, features, regimes", 2), ("model", 1),
+                                  ("signals, backtests, trading history", 2), ("portfolio", 1))}
+    functions_db = CollectorDatabase(url=f"sqlite:///{tmp_path / 'scale' / 'collector.sqlite'}")
+    dagster_db = CollectorDatabase(url=f"sqlite:///{tmp_path / 'nightly' / 'collector.sqlite'}")
+    ignore = ["id", "created_at", "backtest_run_id"]
+    a = functions_db.latest_backtest_results("1h").drop(columns=ignore).sort_values(["pool_id", "variant"])
+    b = dagster_db.latest_backtest_results("1h").drop(columns=ignore).sort_values(["pool_id", "variant"])
+    assert len(a) == 9
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True))

@@ -20,8 +20,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
-import pandas as pd
-from dagster import ConfigurableIOManager, InputContext, OutputContext
+from dagster import AssetKey, ConfigurableIOManager, InputContext, OutputContext
 from pydantic import Field
 
 from q50_assets.db.q50_models import q50_regime_labels, q50_signals
@@ -75,6 +74,14 @@ class PoolPickleIOManager(ConfigurableIOManager):
             return self._load(context.asset_key, None)
         return {pool_id: self._load(context.asset_key, pool_id) for pool_id in context.asset_partition_keys}
 
+    def load(self, asset: str, pool_ids: list[str] | None = None):
+        """What a stage stored, outside a run (the benchmark reads a run's outputs): per pool for a
+        partitioned asset, the one value otherwise."""
+        key = AssetKey(asset)
+        if pool_ids is None:
+            return self._load(key, None)
+        return {pool_id: self._load(key, pool_id) for pool_id in pool_ids}
+
     def _load(self, asset_key, partition: str | None):
         path = self._path(asset_key, partition)
         try:
@@ -90,6 +97,21 @@ class PoolPickleIOManager(ConfigurableIOManager):
 POOL_ROW_TABLES = {"regime_labels": q50_regime_labels, "q50_signals": q50_signals}
 
 
+def write_table_outputs(db: CollectorDatabase, timeframe: str, asset: str, values: dict) -> dict[str, int]:
+    """A batch's output of a table-shaped stage written in one transaction; rows written per pool."""
+    if asset in POOL_ROW_TABLES:
+        return db.replace_pool_rows_many(POOL_ROW_TABLES[asset], timeframe,
+                                         {p: (None if isinstance(v, Blocked) else v) for p, v in values.items()})
+    if asset == "backtest_results":
+        ok = {p: (v.backtest_run_id, v.metrics.reset_index()) for p, v in values.items()
+              if not isinstance(v, Blocked) and v.status == "ok"}
+        return db.replace_backtest_results_many(timeframe, ok) if ok else {}
+    if asset == "q50_trading_history":
+        histories = {p: (v.backtest_run_id, v.rows) for p, v in values.items() if not isinstance(v, Blocked)}
+        return db.replace_trading_history_many(histories) if histories else {}
+    raise ValueError(f"{asset}: no project table is defined for this asset")
+
+
 class Q50TableIOManager(ConfigurableIOManager):
     """Stores the table-shaped stages in the project's tables, a batch per transaction."""
 
@@ -97,21 +119,8 @@ class Q50TableIOManager(ConfigurableIOManager):
     timeframe: str = "1h"
 
     def handle_output(self, context: OutputContext, obj) -> None:
-        values = _pool_values(context, obj)
-        name = context.asset_key.to_user_string()
-        db = self.database
-        if name in POOL_ROW_TABLES:
-            written = db.replace_pool_rows_many(POOL_ROW_TABLES[name], self.timeframe,
-                                                {p: (None if isinstance(v, Blocked) else v) for p, v in values.items()})
-        elif name == "backtest_results":
-            ok = {p: (v.backtest_run_id, v.metrics.reset_index()) for p, v in values.items()
-                  if not isinstance(v, Blocked) and v.status == "ok"}
-            written = db.replace_backtest_results_many(self.timeframe, ok) if ok else {}
-        elif name == "q50_trading_history":
-            histories = {p: (v.backtest_run_id, v.rows) for p, v in values.items() if not isinstance(v, Blocked)}
-            written = db.replace_trading_history_many(histories) if histories else {}
-        else:
-            raise ValueError(f"{name}: no project table is defined for this asset")
+        written = write_table_outputs(self.database, self.timeframe, context.asset_key.to_user_string(),
+                                      _pool_values(context, obj))
         context.add_output_metadata({"table_rows_written": int(sum(written.values())),
                                      "pools_written": len(written)})
 
@@ -122,15 +131,12 @@ class Q50TableIOManager(ConfigurableIOManager):
         if name in POOL_ROW_TABLES:
             return db.pool_rows(POOL_ROW_TABLES[name], self.timeframe, pool_ids)
         if name == "backtest_results":
+            # Per pool its latest backtest run's rows; a pool without one (blocked, no signal) is absent.
             latest = db.latest_backtest_results(self.timeframe, pool_ids)
-            return {p: latest[latest["pool_id"] == p].set_index("variant") for p in pool_ids if len(latest)
-                    and (latest["pool_id"] == p).any()}
+            return {p: rows.set_index("variant") for p, rows in latest.groupby("pool_id")} if len(latest) else {}
         if name == "q50_trading_history":
             latest = db.latest_backtest_results(self.timeframe, pool_ids)
             runs = dict(zip(latest["pool_id"], latest["backtest_run_id"])) if len(latest) else {}
             return db.trading_history_many(runs)
         raise ValueError(f"{name}: no project table is defined for this asset")
 
-
-def pools_of(frames: dict) -> pd.Index:
-    return pd.Index(sorted(frames), name="pool_id")

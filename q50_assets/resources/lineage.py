@@ -3,7 +3,8 @@
 :func:`stage_resources` turns :class:`~q50_assets.settings.Settings` into the fields of
 :class:`LineageConfig` (and of the Nautilus door): those fields are what the launchpad shows and
 lets a user override for one run. Each stage then gets its own small, frozen config object from
-one method here (``bar_rules()``, ``features()``, ``model()``, ``signals()``, ``regimes()``).
+one method here (``bar_rules()``, ``feature_config()``, ``training_config()``, ``signal_config()``,
+``regime_config()``).
 """
 
 from __future__ import annotations
