@@ -236,7 +236,7 @@ def _backtest_metadata(result: PoolBacktest, bar: pd.Timedelta, reserve: tuple[f
     return {
         "pool_id": result.pool_id,
         "status": result.status,
-        "reason": result.reason,
+        **({"reason": result.reason} if result.reason else {}),
         "backtest_run_id": result.backtest_run_id,
         "oos_start": MetadataValue.text(str(result.oos_start)),
         "oos_bars": int((result.bars.index + bar >= result.oos_start).sum()),

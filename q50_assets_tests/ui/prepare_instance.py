@@ -3,10 +3,11 @@
 
 The environment (DAGSTER_HOME, Q50_DATABASE_URL, Q50_DATA_DIR, ...) is the one the test later
 gives ``dagster dev``: settings are read once per process, so this runs in its own process.
-It mirrors ``q50 demo`` for a few pools: migrate, register every pool as a partition, then per
-pool ohlcv + features (what the model reads; the UI run redoes the rest for its pool), then the
-pooled ``q50_model`` over those pools' QLib store.
-Prints one JSON line (pools, model folds) last; exits non-zero if any run fails.
+It mirrors ``q50 demo`` for a few pools: migrate, register every pool as a partition, then the
+pools' bars, features and regimes in one batch run (what the model reads; the UI run redoes the
+rest for its pool; the last pool given is one that fails a blocking OHLCV check), then the pooled
+``q50_model`` over the QLib store.
+Prints one JSON line (pools, model folds, blocked pools) last; exits non-zero if a run fails.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def main(pools: list[str]) -> int:
-    from dagster import AssetKey, DagsterInstance
+    from dagster import DagsterInstance
 
+    from q50_assets.automation.lineage_run import materialize_lineage
     from q50_assets.cli import register_pools
     from q50_assets.definitions import build_definitions
     from q50_assets.resources.database import CollectorDatabase
@@ -35,27 +37,19 @@ def main(pools: list[str]) -> int:
         return 1
 
     defs = build_definitions(settings)
-    refresh = defs.resolve_job_def("refresh_pool")
-    for pool_id in pools:
-        result = refresh.execute_in_process(
-            partition_key=pool_id, instance=instance, run_config=QUIET, raise_on_error=False,
-            asset_selection=[AssetKey("ohlcv_bars"), AssetKey("qlib_features")],
-        )
-        failed = [f"{e.asset_key.to_user_string()}.{e.check_name}"
-                  for e in result.get_asset_check_evaluations() if not e.passed and e.severity.value == "ERROR"]
-        if not result.success or failed:
-            print(f"pool {pool_id}: upstream run failed (blocking checks failed: {failed})", file=sys.stderr)
-            return 1
-
-    model_run = defs.resolve_job_def("train_q50_model").execute_in_process(
-        instance=instance, run_config=QUIET, raise_on_error=False)
-    if not model_run.success:
-        print("q50_model: run failed", file=sys.stderr)
+    run = materialize_lineage(defs, instance, pools, len(pools), run_config=QUIET,
+                              phases=["bars, features, regimes", "model"])
+    failed = [f"{r.job_def.name} {r.run_id}" for r in run.results() if not r.success]
+    if failed:
+        print(f"runs failed: {failed}", file=sys.stderr)
         return 1
+    blocked = sorted({e.partition for r in run.results() for e in r.get_asset_check_evaluations()
+                      if not e.passed and e.severity.value == "ERROR"})
+    model_run = run.phases["model"].results[0]
     md = {k: v.value for k, v in model_run.asset_materializations_for_node("q50_model")[0].metadata.items()}
     print(json.dumps({"pools": pools, "registered": len(registered), "model_pools": md["pools"],
                       "folds": md["folds"], "folds_skipped": md["folds_skipped"],
-                      "oos_labelled_rows": md["oos_labelled_rows"]}))
+                      "oos_labelled_rows": md["oos_labelled_rows"], "blocked": blocked}))
     return 0
 
 

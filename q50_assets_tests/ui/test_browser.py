@@ -2,10 +2,12 @@
 
 Starts ``dagster dev -w workspace.yaml`` on a free loopback port against a throwaway instance
 (its own DAGSTER_HOME, an SQLite collector database holding the bundled sample, a few pools
-materialized up to the trained ``q50_model``), drives Debian's Chromium through Playwright:
-opens the asset graph, launches ``refresh_pool`` for one pool from the UI, waits for the run to
-succeed and checks that the pool's backtest metadata renders its summary table and its
-equity-curve picture. Screenshots go to ``<tmp_path>/screenshots`` (the path is printed).
+materialized up to the trained ``q50_model`` in one batch with a pool too short to use), drives
+Debian's Chromium through Playwright: opens the asset graph, checks that the OHLCV check
+``enough_bars`` shows its result per pool (the short pool failed, the others passed), launches
+``refresh_pools`` for one pool from the UI, waits for the run to succeed and checks that the
+pool's backtest metadata renders its summary table and its equity-curve picture. Screenshots go
+to ``<tmp_path>/screenshots`` (the path is printed).
 
 Needs /usr/bin/chromium and the ``playwright`` package (never ``playwright install``): without
 them the test skips, or fails when ``CI`` is set.
@@ -46,6 +48,7 @@ POOLS = [
     "solana_FtQ8ZY4Enw1HhvYFLFQftPB6exAGJuiUzGaY5L4B1xra",
 ]
 LAUNCHED_POOL = POOLS[0]  # the longest history: hundreds of out-of-sample bars to backtest
+BLOCKED_POOL = "solana_2Ausg8ScDHmATwzUVavkQC5fmp59CdvXeHgSTFi4gTQL"  # 1 complete bar: fails enough_bars
 GRAPH_ASSETS = ["ohlcv_bars", "qlib_features", "q50_model", "q50_signals", "regime_labels", "backtest_results"]
 
 SERVER_START_SECONDS = 120
@@ -102,7 +105,7 @@ def deployment_dir(tmp_path):
 @pytest.fixture
 def instance_env(deployment_dir, sqlite_sample_file) -> dict[str, str]:
     """Environment of a prepared throwaway deployment: pools registered, a few pools' features
-    and the pooled model materialized, so a one-pool ``refresh_pool`` run can succeed."""
+    and the pooled model materialized, so a one-pool ``refresh_pools`` run can succeed."""
     home = deployment_dir / "dagster_home"
     home.mkdir(parents=True)
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
@@ -118,11 +121,12 @@ def instance_env(deployment_dir, sqlite_sample_file) -> dict[str, str]:
     }
     # Settings are read once per process: prepare in a child process that sees this environment.
     started = time.monotonic()
-    prep = subprocess.run([sys.executable, "-m", "q50_assets_tests.ui.prepare_instance", *POOLS],
+    prep = subprocess.run([sys.executable, "-m", "q50_assets_tests.ui.prepare_instance", *POOLS, BLOCKED_POOL],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert prep.returncode == 0, f"preparing the instance failed:\n{prep.stdout[-3000:]}\n{prep.stderr[-5000:]}"
     summary = json.loads(prep.stdout.strip().splitlines()[-1])
-    assert summary["model_pools"] == len(POOLS)
+    assert summary["model_pools"] == len(POOLS)  # the blocked pool never reached the QLib store
+    assert summary["blocked"] == [BLOCKED_POOL]
     assert summary["folds"] > 0, f"the model trained no fold on {len(POOLS)} pools: {summary}"
     print(f"prepared in {time.monotonic() - started:.0f} s: {summary}")
     return env
@@ -231,10 +235,13 @@ def _drive(page, base: str, shots: Path) -> None:
         expect(page.get_by_text(name, exact=True).first).to_be_visible(timeout=UI_TIMEOUT_MS)
     page.screenshot(path=shots / "01-asset-graph.png")
 
-    # 2. The refresh_pool job's asset graph: materialize its assets for one pool (one partition).
+    # 2. Checks per pool: enough_bars failed for the short pool only, passed for the others.
+    _check_partitions(page, base, shots)
+
+    # 3. The refresh_pools job's asset graph: materialize its assets for one pool (one partition).
     page.goto(f"{base}/jobs")
-    page.locator("a", has=page.get_by_text("refresh_pool", exact=True)).first.click()
-    expect(page).to_have_url(re.compile(r"/jobs/refresh_pool"), timeout=UI_TIMEOUT_MS)
+    page.locator("a", has=page.get_by_text("refresh_pools", exact=True)).first.click()
+    expect(page).to_have_url(re.compile(r"/jobs/refresh_pools"), timeout=UI_TIMEOUT_MS)
     page.get_by_role("button", name="Materialize all…").click()
     launch = page.get_by_role("dialog").filter(has_text="Launch runs to materialize")
     launch.get_by_text("Select a partition or create one").click()
@@ -249,7 +256,7 @@ def _drive(page, base: str, shots: Path) -> None:
     expect(view_run).to_be_visible(timeout=UI_TIMEOUT_MS)
     run_id = view_run.get_attribute("href").rsplit("/", 1)[1]
 
-    # 3. The run page, until the run ends (reloaded now and then in case a live update is missed).
+    # 4. The run page, until the run ends (reloaded now and then in case a live update is missed).
     page.goto(f"{base}/runs/{run_id}")
     expect(page.get_by_text(f"partition: {LAUNCHED_POOL}")).to_be_visible(timeout=UI_TIMEOUT_MS)
     status = page.get_by_text(re.compile(r"^(Success|Failure|Canceled)$")).first
@@ -265,7 +272,7 @@ def _drive(page, base: str, shots: Path) -> None:
     page.screenshot(path=shots / "03-run.png")
     assert status.inner_text() == "Success", f"run {run_id} ended with {status.inner_text()}"
 
-    # 4. The pool's backtest (its partition's latest materialization): the summary markdown
+    # 5. The pool's backtest (its partition's latest materialization): the summary markdown
     # table and the equity-curve picture.
     page.goto(f"{base}/assets/backtest_results?view=partitions&partition={LAUNCHED_POOL}")
     def metadata_row(key: str):
@@ -294,3 +301,31 @@ def _drive(page, base: str, shots: Path) -> None:
     width, height = image.evaluate("img => [img.naturalWidth, img.naturalHeight]")
     assert width > 100 and height > 50, f"equity curve decoded to {width}x{height} px"
     page.screenshot(path=shots / "05-equity-curve.png")
+
+
+def _check_partitions(page, base: str, shots: Path) -> None:
+    """The ohlcv_bars check ``enough_bars``: its Partitions tab counts one failed pool and the
+    prepared pools as passed; the short pool's row opens its failed result and metadata, a
+    prepared pool's its passed one."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{base}/assets/ohlcv_bars?view=checks&checkDetail=enough_bars")
+    page.locator("button[role=tab]", has_text="Partitions").click()
+    expect(page.get_by_text("Failed (1)", exact=True)).to_be_visible(timeout=UI_TIMEOUT_MS)
+    expect(page.get_by_text(f"Passed ({len(POOLS)})", exact=True)).to_be_visible()
+    page.screenshot(path=shots / "02-check-partitions.png")
+
+    for pool, status in ((BLOCKED_POOL, "Failed"), (POOLS[1], "Passed")):
+        page.get_by_placeholder("Filter by partition").fill(pool)
+        expect(page.get_by_text("1 Partitions Selected", exact=True)).to_be_visible(timeout=UI_TIMEOUT_MS)
+        page.locator(f"text={pool[:12]}").locator("visible=true").first.click()
+        # The selected partition's latest result: its status badge and the check's own metadata.
+        history = page.get_by_text("View all historical executions (1)")
+        expect(history).to_be_visible(timeout=UI_TIMEOUT_MS)
+        detail = page.locator("div", has=history).filter(has=page.get_by_text(pool, exact=True)).last
+        expect(detail.get_by_text(status, exact=True)).to_have_count(1)
+        pool_row = page.get_by_role("row").filter(has=page.get_by_text("pool_id", exact=True))
+        expect(pool_row).to_contain_text(pool)
+        complete = page.get_by_role("row").filter(has=page.get_by_text("complete_bars", exact=True))
+        expect(complete).to_contain_text("1" if status == "Failed" else re.compile(r"\d{3}"))
+        page.screenshot(path=shots / f"02-{status.lower()}-pool-check.png")
