@@ -11,17 +11,31 @@ environment variables. Two kinds of environment override exist:
 Database URLs carry credentials, so they never live in a committed file: the
 YAML keys for URLs must stay ``null`` and the values come from the environment.
 A bad value raises :class:`SettingsError` with one line per bad key.
+
+pydantic-settings does the loading: :class:`Settings` is a ``BaseSettings`` whose sources are,
+highest first, the ``Q50__`` path variables (its environment source with ``__`` as the nesting
+delimiter, each value read as a YAML scalar like config.yaml's), the named variables, and the
+YAML file (its YAML source).
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE = PROJECT_ROOT / "config.yaml"
@@ -247,7 +261,11 @@ class ExecutionSettings(_Section):
         "Celery task (dagster-celery), broker and result backend from Q50_CELERY_BROKER / Q50_CELERY_BACKEND.")
 
 
-class Settings(_Section):
+class Settings(BaseSettings):
+    # Unknown keys are typos; the sources are chosen in settings_customise_sources.
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, env_prefix=ENV_PATH_PREFIX,
+                                      env_nested_delimiter="__", case_sensitive=False, enable_decoding=False)
+
     data_dir: Path = Field(
         default=Path(".q50_data"),
         description="Everything the project writes locally. Relative paths are taken from the "
@@ -275,19 +293,70 @@ class Settings(_Section):
         return self.nautilus_trader.strategy_config.database_uri or self.database_url
 
 
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        config_file, environ = _SOURCES.get()
+        return (
+            init_settings,
+            _PathEnvSource(settings_cls, environ),
+            _NamedEnvSource(settings_cls, environ),
+            YamlConfigSettingsSource(settings_cls, yaml_file=config_file),
+        )
+
+
+# The config file and environment of the load_settings call in progress.
+_SOURCES: ContextVar[tuple[Path, Mapping[str, str]]] = ContextVar("q50_settings_sources")
+
 # Keys whose values are URLs that may carry credentials: never accepted from YAML.
 _ENV_ONLY_KEYS = (("database", "url"), ("nautilus_trader", "strategy_config", "database_uri"))
 
 
-def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
-    node = tree
-    for key in path[:-1]:
-        child = node.get(key)
-        if not isinstance(child, dict):
-            child = {}
-            node[key] = child
-        node = child
-    node[path[-1]] = value
+def _yaml_scalars(value: Any) -> Any:
+    """Environment strings read as YAML scalars, like config.yaml's ("0.3" -> 0.3, "false" -> False)."""
+    if isinstance(value, dict):
+        return {k: _yaml_scalars(v) for k, v in value.items()}
+    if isinstance(value, str):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+    return value
+
+
+class _PathEnvSource(EnvSettingsSource):
+    """``Q50__SECTION__KEY`` variables of a given environment (not necessarily ``os.environ``)."""
+
+    def __init__(self, settings_cls, environ: Mapping[str, str]):
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {k.lower(): v for k, v in self._environ.items()}
+
+    def __call__(self) -> dict[str, Any]:
+        return _yaml_scalars(super().__call__())
+
+
+class _NamedEnvSource(PydanticBaseSettingsSource):
+    """The everyday variables by name: Q50_DATABASE_URL, Q50_DATA_DIR, Q50_TIMEFRAME."""
+
+    def __init__(self, settings_cls, environ: Mapping[str, str]):
+        super().__init__(settings_cls)
+        self._environ = environ
+
+    def get_field_value(self, field, field_name):  # every value comes from __call__
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        tree: dict[str, Any] = {}
+        for name, path in ENV_NAMED_OVERRIDES.items():
+            if self._environ.get(name):
+                node = tree
+                for key in path[:-1]:
+                    node = node.setdefault(key, {})
+                node[path[-1]] = _yaml_scalars(self._environ[name]) if name != ENV_DATABASE_URL else self._environ[name]
+        return tree
 
 
 def _get_path(tree: dict[str, Any], path: tuple[str, ...]) -> Any:
@@ -299,24 +368,17 @@ def _get_path(tree: dict[str, Any], path: tuple[str, ...]) -> Any:
     return node
 
 
-def _env_overrides(environ: dict[str, str]) -> list[tuple[tuple[str, ...], str]]:
-    overrides = []
-    for name, path in ENV_NAMED_OVERRIDES.items():
-        if environ.get(name):
-            overrides.append((path, environ[name]))
-    for name, value in sorted(environ.items()):
-        if name.startswith(ENV_PATH_PREFIX) and len(name) > len(ENV_PATH_PREFIX):
-            path = tuple(part.lower() for part in name[len(ENV_PATH_PREFIX) :].split("__"))
-            overrides.append((path, value))
-    return overrides
-
-
-def _parse_env_value(raw: str) -> Any:
-    # YAML scalars give "0.3" -> 0.3, "false" -> False, "null" -> None, like config.yaml.
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw
+def _unknown_path_variables(environ: Mapping[str, str]) -> list[str]:
+    """``Q50__X...`` variables whose first key is no section of the settings (the environment
+    source only reads known sections; nested typos reach validation as unknown keys)."""
+    known = set(Settings.model_fields)
+    out = []
+    for name in sorted(environ):
+        if name.upper().startswith(ENV_PATH_PREFIX) and len(name) > len(ENV_PATH_PREFIX):
+            path = [part.lower() for part in name[len(ENV_PATH_PREFIX):].split("__")]
+            if path[0] not in known:
+                out.append(".".join(path))
+    return out
 
 
 def _format_error(source: str, error: dict[str, Any]) -> str:
@@ -354,15 +416,18 @@ def load_settings(
                 f"{path}: {'.'.join(key_path)}: must be null in the file; URLs carry "
                 f"credentials and come from the environment ({ENV_DATABASE_URL} for database.url)"
             )
+    unknown = _unknown_path_variables(environ)
+    if unknown:
+        raise SettingsError("\n".join(f"{path}: {key}: unknown key" for key in unknown))
 
-    for key_path, raw in _env_overrides(environ):
-        _set_path(tree, key_path, _parse_env_value(raw))
-
+    token = _SOURCES.set((path, environ))
     try:
-        settings = Settings.model_validate(tree)
+        settings = Settings()
     except ValidationError as exc:
         lines = [_format_error(str(path), err) for err in exc.errors()]
         raise SettingsError("\n".join(lines)) from None
+    finally:
+        _SOURCES.reset(token)
 
     data_dir = settings.data_dir
     if not data_dir.is_absolute():

@@ -96,3 +96,26 @@ def test_no_committed_file_holds_a_password():
         import re
 
         assert not re.search(r"://[^/\s:@]+:[^@\s/]+@", text), path
+
+
+def test_nested_and_mapping_overrides_and_an_unknown_section(tmp_path):
+    s = load_settings(environ={
+        "Q50__NAUTILUS_TRADER__STRATEGY_CONFIG__REGIME_DETECTION__POSITION_MULTIPLIERS":
+            "{low: 1.0, medium: 1.0, high: 0.5, extreme: 0.0, unknown: 0.0}",
+        "Q50__BATCHES__POOLS_PER_RUN": "25",
+        "Q50__EXECUTION__EXECUTOR": "celery",
+    })
+    assert s.nautilus_trader.strategy_config.regime_detection.position_multipliers["high"] == 0.5
+    assert (s.batches.pools_per_run, s.execution.executor) == (25, "celery")
+    with pytest.raises(SettingsError) as err:
+        load_settings(environ={"Q50__BATCHS__POOLS_PER_RUN": "25"})
+    assert str(err.value) == f"{DEFAULT_CONFIG_FILE}: batchs.pools_per_run: unknown key"
+
+
+def test_settings_are_loaded_by_pydantic_settings_sources():
+    from pydantic_settings import BaseSettings
+
+    from q50_assets.settings import Settings
+
+    assert issubclass(Settings, BaseSettings)
+    assert Settings.model_config["env_nested_delimiter"] == "__"
