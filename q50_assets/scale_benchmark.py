@@ -171,7 +171,7 @@ def _peak_rss_mb() -> float:
 def run_scale(settings, n_pools: int, scratch: Path) -> dict:
     """P4: generate ``n_pools`` pools and push them through the asset layer's batch steps as plain
     function calls (no Dagster), with the same table writes; per-stage seconds and counts."""
-    from q50_assets.assets.backtest import backtest_step, equity_png
+    from q50_assets.assets.backtest import backtest_step
     from q50_assets.assets.features import features_step
     from q50_assets.assets.model import model_step
     from q50_assets.assets.ohlcv import ohlcv_step
@@ -226,12 +226,10 @@ def run_scale(settings, n_pools: int, scratch: Path) -> dict:
             # Signals and regimes read back from their tables, as the backtest step's IO manager does.
             stored_signals = db.pool_rows(POOL_ROW_TABLES["q50_signals"], tf, batch)
             stored_regimes = db.pool_rows(POOL_ROW_TABLES["regime_labels"], tf, batch)
-            results, _, _ = backtest_step({p: validated[p] for p in batch}, stored_signals, stored_regimes, nautilus,
-                                          db, lineage, f"scale-{batch[0]}")
+            # The step draws each pool's equity picture too, as it does for the asset's metadata.
+            results = backtest_step({p: validated[p] for p in batch}, stored_signals, stored_regimes, nautilus,
+                                    db, lineage, f"scale-{batch[0]}").results
             write_table_outputs(db, tf, "backtest_results", results)
-            for result in results.values():
-                if not isinstance(result, Blocked) and result.status == "ok":
-                    equity_png(result)
             return results
 
         results = timed("backtest", backtest)

@@ -296,7 +296,10 @@ class Settings(BaseSettings):
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
                                    file_secret_settings):
-        config_file, environ = _SOURCES.get()
+        sources = _SOURCES.get(None)
+        if sources is None:  # built from values (model_validate, tests): those values only
+            return (init_settings,)
+        config_file, environ = sources
         return (
             init_settings,
             _PathEnvSource(settings_cls, environ),

@@ -119,3 +119,11 @@ def test_settings_are_loaded_by_pydantic_settings_sources():
 
     assert issubclass(Settings, BaseSettings)
     assert Settings.model_config["env_nested_delimiter"] == "__"
+
+
+def test_settings_built_from_values_read_no_file_and_no_environment(monkeypatch):
+    from q50_assets.settings import Settings
+
+    monkeypatch.setenv("Q50__OHLCV__MIN_BARS", "99")
+    s = Settings.model_validate({"ohlcv": {"min_bars": 50}})
+    assert s.ohlcv.min_bars == 50 and s.timeframe == "1h"

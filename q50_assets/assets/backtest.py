@@ -192,18 +192,24 @@ def _pool_inputs_gate(pool_id: str, validated, signals: pd.DataFrame | None, reg
     return bars
 
 
+@dataclass
+class BacktestBatch:
+    results: dict  # pool -> PoolBacktest or Blocked
+    outcomes: dict  # pool -> {check name: (passed, metadata)} for computed pools
+    reserves: dict  # pool -> (reserve USD used, where it came from)
+    pictures: dict  # pool -> equity picture (PNG bytes) for pools with metrics
+
+
 def backtest_step(ohlcv: dict, signals: dict, regimes: dict, nautilus: NautilusBacktester, db: CollectorDatabase,
-                  lineage: LineageConfig, run_id: str, progress=None
-                  ) -> tuple[dict[str, PoolBacktest | Blocked], dict[str, dict], dict[str, str]]:
+                  lineage: LineageConfig, run_id: str, progress=None) -> BacktestBatch:
     """A batch of pools: three Nautilus engines per usable pool (strategy and both baselines), then
     the stage's rules; a pool failing one keeps its result out of the table (status
-    ``failed_checks``). Returns (result or Blocked per pool, check outcomes per computed pool,
-    where each pool's reserve came from)."""
+    ``failed_checks``); the equity picture of every pool with metrics."""
     settings = lineage.backtest_settings()
     bar = pd.Timedelta(seconds=lineage.bar_seconds)
     reserves = db.pool_reserves_usd(list(ohlcv))
     fallback = lineage.backtest.fallback_reserve_usd
-    out, outcomes, sources = {}, {}, {}  # sources: pool -> (reserve USD used, where it came from)
+    out, outcomes, sources = {}, {}, {}
     for pool_id in each(list(ohlcv), progress):
         bars = _pool_inputs_gate(pool_id, ohlcv[pool_id], signals.get(pool_id), regimes.get(pool_id))
         if isinstance(bars, Blocked):
@@ -224,13 +230,15 @@ def backtest_step(ohlcv: dict, signals: dict, regimes: dict, nautilus: NautilusB
             if failed:  # only verified results reach the table
                 result = replace(result, status="failed_checks", reason=f"checks failed: {', '.join(failed)}")
         out[pool_id] = result
-    return out, outcomes, sources
+    drawn = {p: equity_png(r) for p, r in out.items()
+             if not isinstance(r, Blocked) and r.status in ("ok", "failed_checks")}
+    return BacktestBatch(out, outcomes, sources, drawn)
 
 
-def _backtest_metadata(result: PoolBacktest, bar: pd.Timedelta, reserve: tuple[float | None, str]) -> dict:
+def _backtest_metadata(result: PoolBacktest, bar: pd.Timedelta, reserve: tuple[float | None, str],
+                       png: bytes | None) -> dict:
     if result.status not in ("ok", "failed_checks"):
         return {"pool_id": result.pool_id, "status": result.status, "reason": result.reason}
-    png = equity_png(result)
     q50 = result.metrics.loc["q50"]
     reserve_usd, reserve_source = reserve
     return {
@@ -295,9 +303,9 @@ def backtest_results(context: AssetExecutionContext, ohlcv_bars: dict, q50_signa
     pool_ids = list(context.partition_keys)
     run_id = context.run.run_id
     bar = pd.Timedelta(seconds=lineage.bar_seconds)
-    results, outcomes, sources = backtest_step(ohlcv_bars, q50_signals, regime_labels, nautilus, collector_db,
-                                               lineage, run_id, progress_callback(context, BACKTEST_ASSET,
-                                                                                  len(pool_ids)))
+    batch = backtest_step(ohlcv_bars, q50_signals, regime_labels, nautilus, collector_db, lineage, run_id,
+                          progress_callback(context, BACKTEST_ASSET, len(pool_ids)))
+    results = batch.results
     histories = history_step(results, bar)
     checks = PoolChecks(context)
     for pool_id in pool_ids:
@@ -308,8 +316,9 @@ def backtest_results(context: AssetExecutionContext, ohlcv_bars: dict, q50_signa
             continue
         if result.status == "disabled":
             context.log.warning(f"pool {pool_id}: {result.reason}")
-        add_pool_metadata(context, pool_id, _backtest_metadata(result, bar, sources.get(pool_id, (None, "none"))), BACKTEST_ASSET)
-        for name, (passed, metadata) in outcomes.get(pool_id, {}).items():
+        add_pool_metadata(context, pool_id, _backtest_metadata(result, bar, batch.reserves.get(pool_id, (None, "none")),
+                                                               batch.pictures.get(pool_id)), BACKTEST_ASSET)
+        for name, (passed, metadata) in batch.outcomes.get(pool_id, {}).items():
             checks.add(BACKTEST_ASSET, name, pool_id, passed, metadata)
     yield Output(results, output_name=BACKTEST_ASSET,
                  metadata={"pools": len(pool_ids), "backtest_run_id": run_id,
