@@ -131,8 +131,10 @@ class ProgressPrinter:
         progress_log.removeHandler(self._handler)
 
 
-def summarize(run, settings: Settings) -> tuple[list[str], list[str]]:
-    """The demo's summary lines from the runs' recorded events, and the runs that failed outright."""
+def summarize(run, settings: Settings, instance) -> tuple[list[str], list[str]]:
+    """The demo's summary lines from what the runs recorded in the instance, and the runs that failed outright."""
+    from q50_assets.automation.lineage_run import recorded_events
+
     lines: list[str] = []
     checks: dict[str, Counter] = {}
     blocked: dict[str, list[str]] = {}
@@ -142,34 +144,32 @@ def summarize(run, settings: Settings) -> tuple[list[str], list[str]]:
     backtest_status = Counter()
     model_md: dict = {}
     portfolio_md = ""
-    failed_runs = []
-    for result in run.results():
-        if not result.success:
-            failed_runs.append(f"{result.job_def.name} {result.run_id}")
-        for event in result.get_asset_materialization_events():
-            key = event.asset_key.to_user_string()
-            md = {k: v.value for k, v in event.materialization.metadata.items()}
-            if key == "ohlcv_bars":
-                totals["rows_read"] += md["rows_read"]
-                totals["complete_bars"] += md["complete_bars"]
-                totals["partial"] += md["partial_bars_held_back"]
-                safe += bool(md["safe_for_downstream"])
-            elif key == "q50_signals" and md.get("status") == "ok":
-                signal_counts[event.partition] = md
-            elif key == "backtest_results":
-                backtest_status[md.get("status", "?")] += 1
-            elif key == "q50_model":
-                model_md = md
-            elif key == "backtest_portfolio":
-                portfolio_md = md["summary"]
-        for e in result.get_asset_check_evaluations():
-            label = f"{e.asset_key.to_user_string()}.{e.check_name}"
-            counts = checks.setdefault(label, Counter())
-            counts["passed" if e.passed else "failed"] += 1
-            counts["blocking"] = int(e.severity.value == "ERROR")
-            counts["per_pool"] = int(e.partition is not None)
-            if not e.passed and e.severity.value == "ERROR" and e.partition:
-                blocked.setdefault(e.partition, []).append(label)
+    materializations, evaluations = recorded_events(instance, run.run_ids())
+    for event in materializations:
+        key = event.asset_key.to_user_string()
+        md = {k: v.value for k, v in event.step_materialization_data.materialization.metadata.items()}
+        if key == "ohlcv_bars":
+            totals["rows_read"] += md["rows_read"]
+            totals["complete_bars"] += md["complete_bars"]
+            totals["partial"] += md["partial_bars_held_back"]
+            safe += bool(md["safe_for_downstream"])
+        elif key == "q50_signals" and md.get("status") == "ok":
+            signal_counts[event.partition] = md
+        elif key == "backtest_results":
+            backtest_status[md.get("status", "?")] += 1
+        elif key == "q50_model":
+            model_md = md
+        elif key == "backtest_portfolio":
+            portfolio_md = md["summary"]
+    for e in evaluations:
+        label = f"{e.asset_key.to_user_string()}.{e.check_name}"
+        counts = checks.setdefault(label, Counter())
+        counts["passed" if e.passed else "failed"] += 1
+        counts["blocking"] = int(e.severity.value == "ERROR")
+        counts["per_pool"] = int(e.partition is not None)
+        if not e.passed and e.severity.value == "ERROR" and e.partition:
+            blocked.setdefault(e.partition, []).append(label)
+    failed_runs = run.failed_runs()
     pools = len(run.pools)
     lines.append(f"Pools: {pools} with {settings.timeframe} bars; {safe} safe for downstream stages")
     lines.append(f"Bars: {totals['rows_read']:,} read = {totals['complete_bars']:,} complete "
@@ -226,17 +226,19 @@ def cmd_demo(settings: Settings, args) -> int:
     pool_ids = register_pools(settings, instance)
     defs = build_definitions(settings)
     per_run = settings.batches.pools_per_run
-    print(f"Materializing {len(pool_ids)} pools, at most {per_run} per run (Dagster home "
-          f"{os.environ['DAGSTER_HOME']}) ...", flush=True)
+    print(f"Materializing {len(pool_ids)} pools (Dagster home {os.environ['DAGSTER_HOME']}) ...", flush=True)
+    at_once = max(1, args.runs_at_once if args.runs_at_once is not None else settings.batches.runs_at_once)
+    # With several runs at once, the pools are split so that each process gets a batch.
+    per_run = min(per_run, -(-len(pool_ids) // at_once)) if at_once > 1 else per_run
     with ProgressPrinter() as progress:
-        run = materialize_lineage(defs, instance, pool_ids, per_run, progress=progress.phase)
-    lines, failed_runs = summarize(run, settings)
+        run = materialize_lineage(defs, instance, pool_ids, per_run, progress=progress.phase, runs_at_once=at_once)
+    lines, failed_runs = summarize(run, settings, instance)
     print()
     print("\n".join(lines))
     if failed_runs:
         print(f"Runs that failed outright: {failed_runs}")
-    print(f"Runs: {len(run.results())} (" + ", ".join(f"{name} {len(p.results)}" for name, p in run.phases.items())
-          + ")")
+    print(f"Runs: {len(run.run_ids())}, at most {at_once} at once, at most {per_run} pools each ("
+          + ", ".join(f"{name} {len(p.runs)}" for name, p in run.phases.items()) + ")")
     print("Time: " + ", ".join(f"{name} {p.seconds:.0f} s" for name, p in run.phases.items()))
     print(f"Done in {time.perf_counter() - started:.1f} s. Open the UI: make ui  (or dagster dev -w workspace.yaml)")
     return 1 if failed_runs else 0
@@ -296,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--load-sample", action="store_true", help="load the sample even into a non-embedded database")
             p.add_argument("--hold-back-bars", type=int, default=0, metavar="N",
                            help="load the sample minus each series' newest N bars (replay-collector writes them later)")
+            p.add_argument("--runs-at-once", type=int, metavar="N",
+                           help="batch runs executed at once, each in its own process (default batches.runs_at_once)")
         if name == "load-sample":
             p.add_argument("--hold-back-bars", type=int, default=0, metavar="N",
                            help="leave out each series' newest N bars, for replay-collector to write later")

@@ -48,8 +48,9 @@ class NormalSyncSqliteEventLogStorage(SqliteEventLogStorage):
 
     * each shard's connection stays open between events (Dagster opens an engine per event; a
       WAL database whose last connection closes is checkpointed and its WAL file removed, a sync
-      and two file operations per event), and
-    * commits run at ``synchronous=NORMAL`` (no sync per commit; WAL checkpoints still sync).
+      and two file operations per event),
+    * commits run at ``synchronous=NORMAL`` (no sync per commit; WAL checkpoints still sync), and
+    * transactions begin IMMEDIATE, so runs in parallel processes queue for the write lock.
 
     Several processes (webserver, daemon, run workers) may still share the files: SQLite's WAL
     locking is unchanged. Engines of run shards are closed after :data:`OPEN_SHARDS` others.
@@ -77,6 +78,14 @@ class NormalSyncSqliteEventLogStorage(SqliteEventLogStorage):
         @event.listens_for(engine, "connect")
         def _normal_sync(dbapi_connection, _record):
             dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+            dbapi_connection.isolation_level = None  # transactions begun below, not by the driver
+
+        @event.listens_for(engine, "begin")
+        def _immediate(conn):
+            # Take the write lock up front (waiting up to the busy timeout): a transaction that
+            # reads, then writes while another process (a parallel run) committed meanwhile, would
+            # fail at once with "database is locked" instead of waiting its turn.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         self._engines[shard] = engine
         while len(self._engines) > self.OPEN_SHARDS:
@@ -107,6 +116,10 @@ class NormalSyncSqliteEventLogStorage(SqliteEventLogStorage):
         if found:
             self._tables.add(table_name)
         return found
+
+    def dispose_connections(self) -> None:
+        """Close this process's connections (before forking run processes; reopened on next use)."""
+        self._close_engines()
 
     def _close_engines(self) -> None:
         with self._db_lock:

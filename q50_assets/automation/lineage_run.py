@@ -1,31 +1,36 @@
-"""Materialize the whole asset graph for a set of pools, in this process, through Dagster.
+"""Materialize the whole asset graph for a set of pools, through Dagster, from one process.
 
 What ``q50 demo``, the benchmarks (P1, P5) and tests run: the graph's own assets in its
 dependency order, in batch runs of the graph's jobs - bars, features and regimes per batch of
 pools; the pooled model; signals, backtests and trading history per batch; the portfolio. Every
 run, materialization and check is recorded in the instance, as if the daemon had launched them.
 No stage is computed here.
+
+``runs_at_once > 1`` executes a phase's batch runs in that many forked processes at once, as the
+daemon's run queue would (``max_concurrent_runs``); the model runs in a child too, so the parent
+never starts the threads of LightGBM or Nautilus that a later fork could inherit mid-lock.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from dagster import AssetKey, DagsterInstance, Definitions
+from dagster import AssetKey, DagsterEventType, DagsterInstance, Definitions
 
 from q50_assets.automation.jobs import MODEL_DEPENDENT_ASSETS, NEEDS_NO_MODEL_ASSETS
-from q50_assets.automation.runs import execute_batches
+from q50_assets.automation.runs import pool_batches, range_tags, registered_pools
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
-# (phase name, what it covers) in the order the graph needs them.
+# (phase name, job, what it covers) in the order the graph needs them.
 PHASES = (
-    ("bars, features, regimes", NEEDS_NO_MODEL_ASSETS),
-    ("model", ("q50_model",)),
-    ("signals, backtests, trading history", MODEL_DEPENDENT_ASSETS),
-    ("portfolio", ("backtest_portfolio",)),
+    ("bars, features, regimes", "refresh_pools", NEEDS_NO_MODEL_ASSETS),
+    ("model", "train_q50_model", ("q50_model",)),
+    ("signals, backtests, trading history", "refresh_pools", MODEL_DEPENDENT_ASSETS),
+    ("portfolio", "portfolio_summary", ("backtest_portfolio",)),
 )
 
 
@@ -33,11 +38,12 @@ PHASES = (
 class PhaseRun:
     name: str
     seconds: float = 0.0
-    results: list = field(default_factory=list)  # Dagster's ExecuteInProcessResult per run
+    runs: list[tuple[str, bool]] = field(default_factory=list)  # (run id, succeeded) per run
+    results: list = field(default_factory=list)  # ExecuteInProcessResult per run, when run in this process
 
     @property
     def succeeded(self) -> bool:
-        return bool(self.results) and all(r.success for r in self.results)
+        return bool(self.runs) and all(ok for _, ok in self.runs)
 
 
 @dataclass
@@ -48,45 +54,128 @@ class LineageRun:
     def results(self) -> list:
         return [r for phase in self.phases.values() for r in phase.results]
 
+    def run_ids(self) -> list[str]:
+        return [run_id for phase in self.phases.values() for run_id, _ in phase.runs]
+
+    def failed_runs(self) -> list[str]:
+        return [run_id for phase in self.phases.values() for run_id, ok in phase.runs if not ok]
+
 
 ProgressFn = Callable[[str, int, int], None]  # (phase, pools done, pools in phase)
 
 
 def materialize_lineage(defs: Definitions, instance: DagsterInstance, pools: Sequence[str], pools_per_run: int,
                         run_config: dict | None = QUIET, progress: ProgressFn | None = None,
-                        phases: Sequence[str] | None = None, tags: dict | None = None) -> LineageRun:
+                        phases: Sequence[str] | None = None, tags: dict | None = None,
+                        runs_at_once: int = 1) -> LineageRun:
     """Every asset for ``pools`` (registered partitions), ``pools_per_run`` pools per run.
 
     ``phases`` restricts to some of :data:`PHASES` by name. The per-pool phases go on when one
-    pool is blocked (the gate is in the data); a run that fails outright is in the results.
+    pool is blocked (the gate is in the data); a run that fails outright is in ``runs``.
     """
-    refresh = defs.resolve_job_def("refresh_pools")
     run = LineageRun(list(pools))
-    for name, assets in PHASES:
+    forked = runs_at_once > 1
+    for name, job_name, assets in PHASES:
         if phases is not None and name not in phases:
             continue
         phase = run.phases[name] = PhaseRun(name)
         started = time.perf_counter()
-        if name == "model":
-            phase.results.append(defs.resolve_job_def("train_q50_model").execute_in_process(
-                instance=instance, run_config=run_config, tags=tags, raise_on_error=False))
-        elif name == "portfolio":
-            phase.results.append(defs.resolve_job_def("portfolio_summary").execute_in_process(
-                instance=instance, run_config=run_config, tags=tags, raise_on_error=False))
+        selection = [AssetKey(a) for a in assets]
+        if job_name == "refresh_pools":
+            batches = pool_batches(registered_pools(instance), pools, pools_per_run)
         else:
-            done = 0
+            batches = [None]  # one unpartitioned run
+        done = 0
 
-            def on_batch(batch, _result, name=name):
-                nonlocal done
-                done += len(batch)
-                if progress:
-                    progress(name, done, len(pools))
+        def on_batch(batch, run_id, ok, name=name):
+            nonlocal done
+            done += len(batch) if batch else len(pools)
+            phase.runs.append((run_id, ok))
+            if progress:
+                progress(name, done, len(pools))
 
-            phase.results = execute_batches(refresh, instance, pools, pools_per_run, [AssetKey(a) for a in assets],
-                                            run_config=run_config, tags=tags, on_batch=on_batch)
+        if forked and job_name != "portfolio_summary":
+            _in_children(defs, instance, job_name, batches, selection, run_config, tags, runs_at_once, on_batch)
+        else:
+            job = defs.resolve_job_def(job_name)
+            for batch in batches:
+                result = job.execute_in_process(
+                    instance=instance, asset_selection=selection if batch else None, run_config=run_config,
+                    tags={**(tags or {}), **(range_tags(batch) if batch else {})}, raise_on_error=False)
+                phase.results.append(result)
+                on_batch(batch, result.run_id, result.success)
         phase.seconds = time.perf_counter() - started
-        if name == "model" and progress:
-            progress(name, len(pools), len(pools))
         if name == "model" and not phase.succeeded:
             break  # nothing downstream can run without a model
     return run
+
+
+def _in_children(defs, instance, job_name, batches, selection, run_config, tags, runs_at_once, on_batch) -> None:
+    """The batches in ``runs_at_once`` forked processes (each takes the next batch when free)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    todo, results = context.Queue(), context.Queue()
+    for i, batch in enumerate(batches):
+        todo.put(i)
+    workers = min(runs_at_once, len(batches))
+    for _ in range(workers):
+        todo.put(None)
+    _release_connections(instance, defs)  # a child must not share the parent's open connections
+    children = [context.Process(target=_child, args=(defs, instance.get_ref(), job_name, batches, selection,
+                                                     run_config, tags, todo, results)) for _ in range(workers)]
+    for child in children:
+        child.start()
+    received = 0
+    while received < len(batches):
+        message = results.get()
+        if message[0] == "error":
+            for child in children:
+                child.kill()
+            raise RuntimeError(f"a {job_name} run process failed: {message[1]}")
+        index, run_id, ok = message
+        on_batch(batches[index], run_id, ok)
+        received += 1
+    for child in children:
+        child.join()
+
+
+def _release_connections(instance, defs) -> None:
+    from q50_assets.db.engine import get_engine
+
+    dispose = getattr(instance.event_log_storage, "dispose_connections", None)
+    if dispose:
+        dispose()
+    database = defs.resources.get("collector_db") if hasattr(defs, "resources") else None
+    if database is not None:
+        get_engine(database.url).dispose()
+
+
+def _child(defs, instance_ref, job_name, batches, selection, run_config, tags, todo, results) -> None:
+    try:
+        with DagsterInstance.from_ref(instance_ref) as instance:
+            job = defs.resolve_job_def(job_name)
+            while (index := todo.get()) is not None:
+                batch = batches[index]
+                result = job.execute_in_process(
+                    instance=instance, asset_selection=selection if batch else None, run_config=run_config,
+                    tags={**(tags or {}), **(range_tags(batch) if batch else {})}, raise_on_error=False)
+                results.put((index, result.run_id, result.success))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which stops
+        results.put(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        os._exit(0)  # no interpreter teardown in a forked child: the parent owns the shared state
+
+
+def recorded_events(instance: DagsterInstance, run_ids: Sequence[str]) -> tuple[list, list]:
+    """(materializations, check evaluations) the runs recorded, as Dagster events."""
+    materializations, checks = [], []
+    of_type = {DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.ASSET_CHECK_EVALUATION}
+    for run_id in run_ids:
+        for entry in instance.all_logs(run_id, of_type=of_type):
+            event = entry.dagster_event
+            if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+                materializations.append(event)
+            else:
+                checks.append(event.asset_check_evaluation_data)
+    return materializations, checks
