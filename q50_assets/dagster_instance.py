@@ -48,9 +48,11 @@ class NormalSyncSqliteEventLogStorage(SqliteEventLogStorage):
 
     * each shard's connection stays open between events (Dagster opens an engine per event; a
       WAL database whose last connection closes is checkpointed and its WAL file removed, a sync
-      and two file operations per event),
-    * commits run at ``synchronous=NORMAL`` (no sync per commit; WAL checkpoints still sync), and
-    * transactions begin IMMEDIATE, so runs in parallel processes queue for the write lock.
+      and two file operations per event), and
+    * commits run at ``synchronous=NORMAL`` (no sync per commit; WAL checkpoints still sync).
+
+    Dagster's event writes begin with the write, so runs in parallel processes wait for the
+    write lock (SQLite's busy timeout) as they do on Dagster's own storage.
 
     Several processes (webserver, daemon, run workers) may still share the files: SQLite's WAL
     locking is unchanged. Engines of run shards are closed after :data:`OPEN_SHARDS` others.
@@ -78,14 +80,6 @@ class NormalSyncSqliteEventLogStorage(SqliteEventLogStorage):
         @event.listens_for(engine, "connect")
         def _normal_sync(dbapi_connection, _record):
             dbapi_connection.execute("PRAGMA synchronous=NORMAL")
-            dbapi_connection.isolation_level = None  # transactions begun below, not by the driver
-
-        @event.listens_for(engine, "begin")
-        def _immediate(conn):
-            # Take the write lock up front (waiting up to the busy timeout): a transaction that
-            # reads, then writes while another process (a parallel run) committed meanwhile, would
-            # fail at once with "database is locked" instead of waiting its turn.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         self._engines[shard] = engine
         while len(self._engines) > self.OPEN_SHARDS:

@@ -161,6 +161,7 @@ def test_backtests_skip_clearly_when_nautilus_is_disabled(collector_url, tmp_pat
     assert len(out["regimes"][pool_id]) > 0 and len(out["signals"][pool_id]) > 0  # analysis continues
     result = out["backtests"][pool_id]
     assert result.status == "disabled" and "nautilus_trader.enabled is false" in result.reason
+    assert "disabled" in out["history"][pool_id].reason  # no trading history: the pool is skipped, saying why
     assert out["backtest_metadata"][pool_id]["status"].value == "disabled"
     assert _count(collector_url, q50_backtest_results) == 0
     assert _count(collector_url, q50_trading_history) == 0

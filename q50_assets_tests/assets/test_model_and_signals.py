@@ -74,8 +74,8 @@ def run_lineage(settings, instance, backtest: bool = False, pools=POOLS) -> dict
                             if e.asset_key == AssetKey("q50_signals")]
     if backtest:
         out["backtests"] = merged(second, "backtest_and_trading_history", "backtest_results")
-        out["history"] = {p: h.rows for p, h in merged(second, "backtest_and_trading_history",
-                                                        "q50_trading_history").items()}
+        out["history"] = {p: getattr(h, "rows", h) for p, h in merged(second, "backtest_and_trading_history",
+                                                                       "q50_trading_history").items()}
         out["backtest_checks"] = [e for r in second for e in r.get_asset_check_evaluations()
                                   if e.asset_key != AssetKey("q50_signals")]
         out["backtest_metadata"] = {e.partition: e.materialization.metadata for r in second
