@@ -21,6 +21,12 @@ Walk-forward scheme:
 * Rows predicted before ``T_0``, or falling in a fold skipped for lack of training rows, get no
   prediction; they are counted in ``rows_without_prediction``, never silently dropped.
 
+Recalibration (:mod:`q50_assets.research.calibration`): :func:`calibrate_walk_forward` shifts
+each fold's q10/q90 by offsets fitted on the out-of-sample labels known at the fold's boundary
+(earlier folds' predictions), keeping the raw values as ``q10_raw``/``q90_raw``; folds without
+enough such labels (the first) are left out and counted. :func:`calibrate_live_model` gives the
+live model its own offsets, fitted on the labels known at its ``trained_until``.
+
 Everything is deterministic: rows are processed in index order, LightGBM runs single-threaded
 with ``deterministic=True`` and a fixed seed, so the same input gives bit-identical output.
 """
@@ -29,11 +35,13 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+
+from q50_assets.research.calibration import CalibrationConfig, QuantileOffsets, calibrate_folds, calibration_evidence, fit_offsets
 
 QUANTILES: tuple[float, ...] = (0.1, 0.5, 0.9)
 QUANTILE_COLUMNS = ("q10", "q50", "q90")
@@ -46,6 +54,8 @@ FOLD_COLUMNS = (
     "coverage_q10", "coverage_q50", "coverage_q90",
     "skipped", "skip_reason",
 )
+# After calibrate_walk_forward: q10/q90 recalibrated, the model's own values kept beside them.
+CALIBRATED_PREDICTION_COLUMNS = (*PREDICTION_COLUMNS, "q10_raw", "q90_raw", "label_known_at")
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,10 @@ class WalkForwardResult:
     # fold -> index of the rows that fold trained on (only with record_training_index=True);
     # lets callers audit the embargo instead of trusting it.
     training_index: dict[int, pd.MultiIndex] | None = None
+    # Set by calibrate_walk_forward: one row per fold (research.calibration.CALIBRATION_TABLE_COLUMNS),
+    # and the predictions of folds that had no evidence to calibrate them (left out, counted).
+    calibration: pd.DataFrame | None = None
+    rows_uncalibrated: int = 0
 
 
 def _check_panel_index(index: pd.Index, what: str) -> None:
@@ -358,6 +372,8 @@ class LiveQ50Model:
     feature_columns: list[str]
     model_strings: tuple[str, ...]  # one per quantile, QUANTILES order
     bar_seconds: int
+    # Offsets for q10/q90 fitted on out-of-sample labels known at trained_until (calibrate_live_model).
+    calibration: QuantileOffsets | None = None
 
     def predict(self, features: pd.DataFrame) -> pd.DataFrame:
         """q10/q50/q90 (repaired) and ``crossed`` for each row of ``features`` (same index).
@@ -382,6 +398,8 @@ class LiveQ50Model:
         preds, crossed = repair_crossings(raw)
         out = pd.DataFrame(preds, index=features.index, columns=list(QUANTILE_COLUMNS))
         out["crossed"] = crossed
+        if self.calibration is not None:  # q10/q90 recalibrated; q10_raw/q90_raw keep the boosters' values
+            out = self.calibration.apply(out)
         return out
 
 
@@ -411,3 +429,27 @@ def fit_live_model(features: pd.DataFrame, labels: pd.DataFrame, config: WalkFor
     return LiveQ50Model(trained_until=trained_until, train_rows=int(train.sum()),
                         feature_columns=[str(c) for c in features.columns], model_strings=strings,
                         bar_seconds=config.bar_seconds)
+
+
+def calibrate_walk_forward(result: WalkForwardResult, labels: pd.DataFrame, config: CalibrationConfig) -> WalkForwardResult:
+    """The walk-forward result with each fold's q10/q90 recalibrated on the out-of-sample labels
+    known at its boundary (:mod:`q50_assets.research.calibration`).
+
+    Predictions of folds without enough evidence (always the first) are left out and counted in
+    ``rows_uncalibrated``: their intervals are known to be unreliable and nothing known at the time
+    could correct them. ``labels``: output of :func:`make_labels` covering every prediction.
+    """
+    boundaries = result.folds.set_index("fold")["boundary"]
+    calibrated, table, left_out = calibrate_folds(result.predictions, labels["label_known_at"], boundaries, config)
+    calibrated = calibrated[list(CALIBRATED_PREDICTION_COLUMNS)]
+    return replace(result, predictions=calibrated, calibration=table, rows_uncalibrated=left_out)
+
+
+def calibrate_live_model(live: LiveQ50Model, raw_predictions: pd.DataFrame, labels: pd.DataFrame,
+                         config: CalibrationConfig) -> LiveQ50Model | None:
+    """The live model with q10/q90 offsets fitted on the walk-forward's raw out-of-sample
+    predictions whose labels are known at its ``trained_until``; None when there are too few
+    (a live model whose intervals cannot be calibrated is not published)."""
+    evidence = calibration_evidence(raw_predictions, labels["label_known_at"], live.trained_until, config)
+    offsets = fit_offsets(evidence, live.trained_until, config)
+    return None if offsets is None else replace(live, calibration=offsets)

@@ -8,10 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from q50_assets.research.calibration import CalibrationConfig
 from q50_assets.research.q50_model import (
+    CALIBRATED_PREDICTION_COLUMNS,
     QUANTILE_COLUMNS,
     QUANTILES,
     WalkForwardConfig,
+    calibrate_live_model,
+    calibrate_walk_forward,
     fit_live_model,
     make_labels,
     pinball_loss,
@@ -344,3 +348,56 @@ def test_live_model_predicts_new_bars_only_and_learns_the_signal():
 def test_live_model_needs_min_train_rows():
     features, _, labels = _panel(n_pools=1, n_bars=60)
     assert fit_live_model(features, labels, FAST) is None
+
+
+# ---------------------------------------------------------------- calibration hooks
+
+CAL = CalibrationConfig(window_bars=96, min_rows=100)
+
+
+def test_calibrated_walk_forward_accounts_for_every_row():
+    features, _, labels = _panel(n_pools=4, n_bars=400)
+    raw = walk_forward(features, labels, FAST)
+    cal = calibrate_walk_forward(raw, labels, CAL)
+    p = cal.predictions
+    assert list(p.columns) == list(CALIBRATED_PREDICTION_COLUMNS)
+    # The first fold has no earlier out-of-sample labels: its rows are left out and counted.
+    assert cal.rows_uncalibrated == int((raw.predictions["fold"] == 0).sum()) > 0
+    assert len(p) + cal.rows_without_prediction + cal.rows_uncalibrated == len(features)
+    assert list(cal.calibration["fold"]) == list(raw.folds["fold"])
+    np.testing.assert_array_equal(p["q10_raw"], raw.predictions.loc[p.index, "q10"])
+    np.testing.assert_array_equal(p["q50"], raw.predictions.loc[p.index, "q50"])
+    offsets = cal.calibration.set_index("fold")
+    for fold, rows in p.groupby("fold"):
+        expected = np.minimum(rows["q10_raw"] + offsets.loc[fold, "offset_q10"], rows["q50"])
+        np.testing.assert_allclose(rows["q10"], expected)
+    assert ((p["q10"] <= p["q50"]) & (p["q50"] <= p["q90"])).all()
+    assert (pd.DatetimeIndex(p["label_known_at"]) == p.index.get_level_values("open_time") + 2 * BAR).all()
+
+
+def test_live_model_carries_offsets_fitted_on_labels_known_at_trained_until():
+    features, _, labels = _panel(n_pools=3, n_bars=300)
+    raw = walk_forward(features, labels, FAST)
+    live = calibrate_live_model(fit_live_model(features, labels, FAST), raw.predictions, labels, CAL)
+    assert live.calibration is not None and live.calibration.fitted_at == live.trained_until
+    known = labels.loc[raw.predictions.index, "label_known_at"]
+    in_window = (known <= live.trained_until) & (known > live.trained_until - 96 * BAR) & raw.predictions["label"].notna()
+    assert live.calibration.evidence_rows == int(in_window.sum())
+
+    new_opens = pd.date_range(live.trained_until, periods=5, freq="h", tz="UTC")
+    new = pd.DataFrame(np.random.RandomState(2).normal(size=(5, 3)), columns=["x1", "x2", "x3"],
+                       index=pd.DatetimeIndex(new_opens, name="open_time"))
+    preds = live.predict(new)
+    np.testing.assert_allclose(preds["q10"], np.minimum(preds["q10_raw"] + live.calibration.q10, preds["q50"]))
+    np.testing.assert_allclose(preds["q90"], np.maximum(preds["q90_raw"] + live.calibration.q90, preds["q50"]))
+
+    # Labels not yet known at trained_until cannot move the offsets; a known one can.
+    tampered = raw.predictions.copy()
+    tampered.loc[(known > live.trained_until).to_numpy(), "label"] = 9.0
+    again = calibrate_live_model(fit_live_model(features, labels, FAST), tampered, labels, CAL)
+    assert again.calibration == live.calibration
+    tampered.loc[in_window.to_numpy(), "label"] = 9.0
+    assert calibrate_live_model(fit_live_model(features, labels, FAST), tampered, labels, CAL).calibration != live.calibration
+
+    # Too little evidence: no live model is published rather than an uncalibrated one.
+    assert calibrate_live_model(live, raw.predictions, labels, CalibrationConfig(min_rows=10**6)) is None
