@@ -8,7 +8,9 @@ offsets learnt from the model's own recent out-of-sample errors:
 * **Evidence at time T** = out-of-sample predictions whose label is KNOWN at T
   (``label_known_at <= T``) and became known within the last ``window_bars`` bars
   (``label_known_at > T - window_bars * bar``): the most recent errors, as drift makes old ones
-  stale. Predictions are the model's raw quantiles, never recalibrated ones.
+  stale. When that window holds fewer than ``min_rows`` labels (few pools), the ``min_rows``
+  most recently known labels instead (ties in ``label_known_at`` broken by index order).
+  Predictions are the model's raw quantiles, never recalibrated ones.
 * **Offsets** (one-sided conformalised quantile regression, additive): with n evidence rows,
   ``offset_q10`` = the k-th smallest ``label - q10_raw``, k = floor(0.1 (n + 1)), and
   ``offset_q90`` = the k-th smallest ``label - q90_raw``, k = ceil(0.9 (n + 1)). Under
@@ -64,7 +66,7 @@ class QuantileOffsets:
 
     fitted_at: pd.Timestamp
     evidence_rows: int
-    evidence_from: pd.Timestamp  # exclusive lower bound of the evidence's label_known_at
+    evidence_from: pd.Timestamp  # earliest label_known_at among the evidence
     q10: float
     q90: float
 
@@ -91,15 +93,22 @@ def _raw(frame: pd.DataFrame, column: str) -> np.ndarray:
 
 def calibration_evidence(predictions: pd.DataFrame, label_known_at: pd.Series, at: pd.Timestamp,
                          config: CalibrationConfig) -> pd.DataFrame:
-    """Rows of ``predictions`` (with ``label``) whose label is known at ``at`` and became known
-    within the last ``window_bars`` bars; ``label_known_at`` aligned on the same index."""
+    """Rows of ``predictions`` (with ``label``) whose label is known at ``at``: those that became
+    known within the last ``window_bars`` bars, or the ``min_rows`` most recently known when the
+    window holds fewer. ``label_known_at`` is aligned on the same index and added as a column."""
     known = pd.DatetimeIndex(label_known_at.reindex(predictions.index))
     if known.tz is None:
         raise ValueError("label_known_at must be tz-aware (UTC)")
     start = at - config.window_bars * pd.Timedelta(seconds=config.bar_seconds)
     label = predictions["label"].to_numpy(dtype=np.float64)
-    mask = np.isfinite(label) & np.asarray(known <= at) & np.asarray(known > start)
-    return predictions[mask]
+    eligible = np.isfinite(label) & np.asarray(known <= at)
+    mask = eligible & np.asarray(known > start)
+    if mask.sum() < config.min_rows:
+        rows = np.flatnonzero(eligible)
+        newest = rows[np.argsort(known.asi8[rows], kind="stable")][-config.min_rows:]
+        mask = np.zeros(len(predictions), dtype=bool)
+        mask[newest] = True
+    return predictions[mask].assign(label_known_at=known[mask])
 
 
 def _kth_smallest(values: np.ndarray, k: int) -> float:
@@ -117,7 +126,7 @@ def fit_offsets(evidence: pd.DataFrame, at: pd.Timestamp, config: CalibrationCon
     upper = y - _raw(evidence, "q90")
     k_low = min(n, max(1, math.floor(LOWER * (n + 1))))
     k_high = min(n, max(1, math.ceil(UPPER * (n + 1))))
-    start = at - config.window_bars * pd.Timedelta(seconds=config.bar_seconds)
+    start = pd.Timestamp(evidence["label_known_at"].min()) if "label_known_at" in evidence.columns else pd.NaT
     return QuantileOffsets(fitted_at=at, evidence_rows=n, evidence_from=start,
                            q10=_kth_smallest(lower, k_low), q90=_kth_smallest(upper, k_high))
 
@@ -151,7 +160,7 @@ def calibrate_folds(predictions: pd.DataFrame, label_known_at: pd.Series, bounda
         labelled = np.isfinite(y)
         row = {"fold": int(fold), "boundary": boundary, "calibrated": offsets is not None,
                "evidence_rows": len(evidence),
-               "evidence_from": boundary - config.window_bars * pd.Timedelta(seconds=config.bar_seconds),
+               "evidence_from": evidence["label_known_at"].min() if len(evidence) else pd.NaT,
                "offset_q10": offsets.q10 if offsets else np.nan, "offset_q90": offsets.q90 if offsets else np.nan,
                "test_labelled_rows": int(labelled.sum()),
                "coverage_raw_q10": _coverage(y, _raw(test, "q10")), "coverage_raw_q90": _coverage(y, _raw(test, "q90")),

@@ -110,6 +110,24 @@ def test_evidence_is_past_only_and_within_the_window():
     assert moved.loc[10, "offset_q10"] != base.loc[10, "offset_q10"]
 
 
+def test_a_thin_window_reaches_back_to_the_most_recent_min_rows_labels():
+    """One pool gives 24 labels a day: a 1-day window is too thin, so the evidence is the 50 most
+    recently known labels (still none known after the boundary)."""
+    predictions, known_at, boundaries = _narrow_predictions(n_pools=1, n_bars=24 * 10)
+    cfg = CalibrationConfig(window_bars=24, min_rows=50)
+    at = boundaries[5]
+    ev = calibration_evidence(predictions, known_at, at, cfg)
+    eligible = known_at[(known_at <= at) & predictions["label"].notna()]
+    assert len(ev) == 50 and (ev["label_known_at"] <= at).all()
+    assert ev["label_known_at"].min() == eligible.sort_values().iloc[-50]
+    offsets = fit_offsets(ev, at, cfg)
+    assert offsets.evidence_rows == 50 and offsets.evidence_from == ev["label_known_at"].min()
+    _, table, left_out = calibrate_folds(predictions, known_at, boundaries, cfg)
+    # At the boundaries of folds 0-2 fewer than 50 out-of-sample labels are known (0, 24, 48): left out.
+    assert table["calibrated"].tolist() == [False] * 3 + [True] * 7
+    assert left_out == 3 * 24
+
+
 def test_bad_inputs_are_named():
     predictions, known_at, boundaries = _narrow_predictions(n_bars=96)
     with pytest.raises(KeyError, match="label_known_at"):
