@@ -126,14 +126,13 @@ def run_scale(settings, n_pools: int, scratch: Path) -> dict:
     """Generate ``n_pools`` pools, push them through every stage; per-stage seconds and counts."""
     from q50_assets.assets.backtest import equity_png, run_variants
     from q50_assets.assets.features import build_pool_features
-    from q50_assets.assets.model import TrainedQ50Model, load_training_panel, walk_forward_config
+    from q50_assets.assets.model import load_training_panel, train_q50_model
     from q50_assets.assets.ohlcv import bar_rules
     from q50_assets.assets.regimes import pool_regimes
     from q50_assets.assets.signals import pool_signals
     from q50_assets.assets.trading_history import history_rows
     from q50_assets.definitions import build_resources
     from q50_assets.research.bars import TIMEFRAME_SECONDS, validate_bars
-    from q50_assets.research.q50_model import fit_live_model, walk_forward
     from q50_assets.resources.database import CollectorDatabase
     from q50_assets.resources.qlib_store import QlibStore
 
@@ -202,11 +201,11 @@ def run_scale(settings, n_pools: int, scratch: Path) -> dict:
 
     def model():
         panel, labels, panel_counts = load_training_panel(store, settings)
-        config = walk_forward_config(settings)
-        result = walk_forward(panel, labels, config)
+        trained = train_q50_model(panel, labels, settings, "scale")  # the asset's own path, recalibration included
+        result = trained.result
         counts.update(model_rows=int(panel_counts["usable_rows"]), folds=int((~result.folds["skipped"]).sum()),
                       predictions=len(result.predictions))
-        return TrainedQ50Model(run_id="scale", result=result, live=fit_live_model(panel, labels, config))
+        return trained
 
     trained = timed("model", model)
 

@@ -88,12 +88,36 @@ class ModelSettings(_Section):
     min_train_rows: int = Field(default=200, ge=10, description="Folds with fewer labelled rows are skipped.")
     seed: int = 42
     num_boost_round: int = Field(default=150, ge=10)
+    calibration_window_bars: int = Field(
+        default=168, ge=24,
+        description="q10/q90 are recalibrated on the out-of-sample labels that became known in the last N bars.",
+    )
+    calibration_min_rows: int = Field(
+        default=200, ge=10, description="Fewer out-of-sample labels known at a fold boundary: that fold is not calibrated."
+    )
     coverage_tolerance: float = Field(
-        default=0.05,
+        default=0.02,
         gt=0,
         lt=0.5,
-        description="Allowed miscalibration of OOS q10/q90 coverage beyond 3 binomial standard errors.",
+        description="Allowed miscalibration of the recalibrated OOS q10/q90 coverage beyond 3 binomial "
+        "standard errors; beyond it the blocking oos_coverage check fails.",
     )
+
+
+class EvaluationSettings(_Section):
+    """Yardsticks and intervals of the model's evidence (research/evaluation.py, research/uncertainty.py)."""
+
+    naive_window_bars: int | None = Field(
+        default=168, ge=1, description="The naive forecaster's window of known labels (null = every known label)."
+    )
+    naive_min_pool_labels: int = Field(
+        default=48, ge=2, description="Fewer known labels of its own: a pool's naive forecast uses every pool's."
+    )
+    bootstrap_samples: int = Field(default=1000, ge=100, description="Block-bootstrap replicates per interval.")
+    bootstrap_block_days: float = Field(
+        default=1.0, ge=1.0, description="Block length of the calendar-time bootstrap (a day or more)."
+    )
+    bootstrap_seed: int = 0
 
 
 class SignalSettings(_Section):
@@ -239,6 +263,7 @@ class Settings(_Section):
     database: DatabaseSettings = DatabaseSettings()
     ohlcv: OhlcvSettings = OhlcvSettings()
     model: ModelSettings = ModelSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
     signals: SignalSettings = SignalSettings()
     nautilus_trader: NautilusTraderSettings = NautilusTraderSettings()
     automation: AutomationSettings = AutomationSettings()

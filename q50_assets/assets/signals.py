@@ -41,6 +41,7 @@ def pool_predictions(pool_id: str, model: TrainedQ50Model, features: pd.DataFram
     """One pool's out-of-sample quantiles (index open_time): the walk-forward predictions for
     bars the training run saw, and the live model's for real, post-warm-up bars that close
     after it (new collector bars). Neither ever saw the label of a bar it predicts."""
+    model.require_usable()  # a model run that failed a blocking check (e.g. coverage) yields no signals
     preds = model.result.predictions
     # A lookup in the sorted index, not a membership test on get_level_values(): that builds a
     # hash of every prediction per pool (0.28 s at 1,000 pools x 1,900 bars: quadratic overall).

@@ -98,9 +98,30 @@ def test_lineage_gives_out_of_sample_signals_persisted_and_looked_up_as_of(setti
     assert len(folds) >= 5 and (folds["train_rows"].diff().dropna() >= 0).all()  # expanding
     assert ((preds["q10"] <= preds["q50"]) & (preds["q50"] <= preds["q90"])).all()
     assert out["model_checks"]["quantiles_ordered"].passed
-    cov10 = out["model_metadata"]["coverage_q10"].value
-    cov90 = out["model_metadata"]["coverage_q90"].value
+    meta = out["model_metadata"]
+    cov10 = meta["coverage_q10"].value
+    cov90 = meta["coverage_q90"].value
     assert 0.0 < cov10 < 0.3 and 0.7 < cov90 < 1.0  # real OOS numbers, not a constant
+
+    # Recalibrated q10/q90 are what the signals read; the model's own stay beside them, and the
+    # metadata shows coverage before and after on the same rows.
+    assert {"q10_raw", "q90_raw", "label_known_at"} <= set(preds.columns)
+    assert result.rows_uncalibrated > 0 and not result.calibration["calibrated"].iloc[0]
+    known = preds.dropna(subset=["label"])
+    assert cov10 == pytest.approx((known["label"] <= known["q10"]).mean())
+    assert meta["coverage_q10_raw"].value == pytest.approx((known["label"] <= known["q10_raw"]).mean())
+    assert out["model_checks"]["oos_coverage"].passed
+    assert out["model"].live.calibration is not None
+    # The evidence a researcher needs: skill over the naive forecaster with its interval, rank IC,
+    # reliability numbers (plotted by the UI) and picture.
+    for q in ("q10", "q50", "q90", "q10_raw", "q90_raw"):
+        assert meta[f"skill_{q}_low"].value <= meta[f"skill_{q}"].value <= meta[f"skill_{q}_high"].value
+    assert -1 < meta["rank_ic_mean"].value < 1 and "naive_rank_ic_mean" in meta
+    assert meta["reliability_10"].value == pytest.approx(cov10)
+    assert [k for k in meta if k.startswith("reliability_") and k[-2:].isdigit()] == [
+        f"reliability_{v}" for v in ("05", "10", "20", "30", "40", "50", "60", "70", "80", "90", "95")]
+    assert meta["reliability_picture"].value.startswith("![reliability](data:image/png;base64,")
+    assert "naive" in meta["skill_table"].value and "calibration_table" in meta
 
     # Signals: documented columns, known at or after the bar's close, persisted one row per bar.
     assert all(e.passed for e in out["signal_checks"])
@@ -177,3 +198,36 @@ def test_no_look_ahead_anywhere_in_the_lineage(settings, instance, collector_url
         s0, s1 = before["signals"][pool_id], after["signals"][pool_id]
         cols = [c for c in s0.columns if c not in ("model_run", "feature_vector_id")]
         pd.testing.assert_frame_equal(s0[s0["known_at"] <= t][cols], s1[s1["known_at"] <= t][cols])
+
+
+def test_a_failed_coverage_check_blocks_signals(collector_url, tmp_path):
+    """No fold can be recalibrated (too few evidence rows demanded): the blocking oos_coverage check
+    fails, and a later signals run for a pool refuses that model instead of trading on it."""
+    if not collector_url.startswith("sqlite"):
+        pytest.skip("one backend is enough: nothing here touches the database differently")
+    settings = settings_for(collector_url, tmp_path, **LIGHT_MODEL, Q50__MODEL__CALIBRATION_MIN_ROWS="100000000")
+    pools = POOLS[:2]
+    with DagsterInstance.ephemeral() as inst:
+        inst.add_dynamic_partitions(POOLS_PARTITION_NAME, pools)
+        defs = build_definitions(settings)
+        refresh = defs.resolve_job_def("refresh_pool")
+        for pool_id in pools:
+            refresh.execute_in_process(partition_key=pool_id, instance=inst, run_config=QUIET,
+                                       asset_selection=[AssetKey("ohlcv_bars"), AssetKey("qlib_features")])
+        model_run = defs.resolve_job_def("train_q50_model").execute_in_process(
+            instance=inst, run_config=QUIET, raise_on_error=False)
+        assert not model_run.success
+        checks = {e.check_name: e for e in model_run.get_asset_check_evaluations()}
+        assert not checks["oos_coverage"].passed and checks["oos_coverage"].metadata["rows_uncalibrated"].value > 0
+
+        signals_run = refresh.execute_in_process(partition_key=pools[0], instance=inst, run_config=QUIET,
+                                                 asset_selection=[AssetKey("q50_signals")], raise_on_error=False)
+        assert not signals_run.success
+        failures = [e for e in signals_run.all_events if e.event_type_value == "STEP_FAILURE"]
+        error, messages = failures[0].step_failure_data.error, []
+        while error is not None:  # Dagster wraps the user error: read the whole chain
+            messages.append(error.message)
+            error = error.cause
+        assert any("ModelBlockedError" in m and "failed a blocking check (oos_coverage)" in m for m in messages)
+    with get_engine(collector_url).connect() as conn:
+        assert conn.execute(select(func.count()).select_from(q50_signals)).scalar() == 0
