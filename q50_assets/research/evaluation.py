@@ -117,9 +117,8 @@ def naive_quantiles(predictions: pd.DataFrame, labels: pd.DataFrame, config: Nai
     Returns, on ``predictions``' index: ``naive_q10``, ``naive_q50``, ``naive_q90``,
     ``naive_source`` ("pool", "pooled" or "none") and ``naive_history`` (labels it used).
     """
-    for col in ("predicted_at",):
-        if col not in predictions.columns:
-            raise KeyError(f"predictions lack column {col!r}")
+    if "predicted_at" not in predictions.columns:
+        raise KeyError("predictions lack column 'predicted_at'")
     for col in ("label", "label_known_at"):
         if col not in labels.columns:
             raise KeyError(f"labels lack column {col!r}")

@@ -12,6 +12,7 @@ shown with its yardstick and interval:
 * the permutation null: the histogram of the pooled null statistic with the strategy's mark;
 * the model's skill over the naive forecaster, rank IC, coverage before/after recalibration and
   the reliability picture (:mod:`q50_assets.research.evaluation`), when given;
+* the hit rate of tradeable signals net of their expected cost beside trading every bar, when given;
 * where the edge lives: the Q50 round trips by regime, tier and liquidity.
 
 The markdown names pictures by file name (``![..](equity_curves.png)``) so that writing
@@ -74,6 +75,7 @@ class ReportInputs:
     permutation_statistic: str = "mean per-bar net return of q50"
     round_trips: pd.DataFrame | None = None   # Q50 round trips of every pool
     model: ModelEvidence | None = None
+    hit_rate: Mapping[str, float] | None = None  # research.evaluation.net_hit_rate of the signals
     bar_seconds: int = 3600
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     title: str = "Q50: out-of-sample evidence"
@@ -365,6 +367,16 @@ def render_report(inputs: ReportInputs) -> Report:
         blocks += _model_blocks(inputs.model, pngs)
         tables["skill"] = inputs.model.skill
         tables["reliability"] = inputs.model.reliability
+
+    if inputs.hit_rate is not None:
+        h = inputs.hit_rate
+        blocks.append(_Block("h2", "Signals net of cost"))
+        blocks.append(_Block("p", f"Tradeable signals whose realised return beat their expected cost: "
+                                  f"{_with_interval(_pct, h['hit_rate'], h['hit_rate_low'], h['hit_rate_high'])} of "
+                                  f"{h['tradeable_signals']:,}; every labelled bar traded long: "
+                                  f"{_with_interval(_pct, h['long_every_bar_hit_rate'], h['long_every_bar_low'], h['long_every_bar_high'])}"
+                                  f" of {h['long_every_bar_rows']:,}; difference "
+                                  f"{_with_interval(_pct, h['difference'], h['difference_low'], h['difference_high'])}."))
 
     if inputs.round_trips is not None:
         blocks.append(_Block("h2", "Where the edge lives (Q50 round trips)"))

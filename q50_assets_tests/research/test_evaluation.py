@@ -22,8 +22,9 @@ from q50_assets.research.evaluation import (
     summarize_rank_ic,
 )
 from q50_assets.research.q50_model import calibrate_walk_forward
+from q50_assets.research.signals import SignalConfig, compute_signals
 from q50_assets.research.uncertainty import BootstrapConfig
-from q50_assets_tests.research.real_sample import real_walk_forward
+from q50_assets_tests.research.real_sample import real_panel, real_walk_forward
 
 T0 = pd.Timestamp("2025-07-01", tz="UTC")
 H = pd.Timedelta(hours=1)
@@ -244,3 +245,24 @@ def test_real_sample_evidence():
     assert ev.rank_ic_summary["folds"] == cal.predictions["fold"].nunique()
     assert sum(ev.naive_sources.values()) == len(cal.predictions)
     assert len(ev.pool_skill) == cal.predictions.index.get_level_values(0).nunique()
+
+
+def test_real_sample_hit_rate_net_of_cost_of_recalibrated_signals():
+    raw, labels = real_walk_forward()
+    features, _ = real_panel()
+    cal = calibrate_walk_forward(raw, labels, CalibrationConfig())
+    config = SignalConfig(round_trip_cost=0.005)
+    parts = []
+    for pool, preds in cal.predictions.groupby(level="pool_id"):
+        preds = preds.droplevel("pool_id")
+        vol_risk = features.loc[pool, "vol_6"] ** 2
+        signals = compute_signals(preds[["q10", "q50", "q90", "predicted_at"]], vol_risk, config)
+        parts.append(signals.assign(label=preds["label"], expected_cost=config.round_trip_cost))
+    signals = pd.concat(parts)
+    out = net_hit_rate(signals, cost_column="expected_cost", config=FAST)
+    traded = signals[signals["tradeable"] & signals["label"].notna()]
+    assert out["tradeable_signals"] == len(traded) > 0
+    assert out["hits"] == int((traded["label"] > 0.005).sum())  # spot: every tradeable signal is long
+    assert out["long_every_bar_rows"] == int(signals["label"].notna().sum())
+    assert out["unlabelled_signals"] == int(signals["label"].isna().sum())
+    assert out["hit_rate_low"] <= out["hit_rate"] <= out["hit_rate_high"]

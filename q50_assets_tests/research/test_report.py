@@ -60,8 +60,12 @@ def report():
     evidence = model_evidence(cal.predictions, labels, bootstrap=FAST)
     permutation = pooled_permutation({p: PermutationNull(s, d, float((1 + (d >= s).sum()) / (1 + len(d))))
                                       for p, (s, d) in nulls.items()})
+    hit_rate = {"tradeable_signals": 132, "hits": 66, "hit_rate": 0.5, "hit_rate_low": 0.437, "hit_rate_high": 0.579,
+                "long_every_bar_rows": 16764, "long_every_bar_hit_rate": 0.406, "long_every_bar_low": 0.396,
+                "long_every_bar_high": 0.415, "difference": 0.094, "difference_low": 0.033, "difference_high": 0.171,
+                "unlabelled_signals": 57}
     inputs = ReportInputs(bar_returns=bar_returns, trials=6, permutation=permutation, round_trips=trips,
-                          model=evidence, bootstrap=FAST)
+                          model=evidence, hit_rate=hit_rate, bootstrap=FAST)
     return render_report(inputs), inputs
 
 
@@ -73,7 +77,7 @@ def test_report_has_every_part_in_markdown_pngs_and_html(report):
         assert len(png) < 120_000, f"{name} is {len(png)} bytes: too big for metadata"
     md = out.markdown
     for heading in ("## Headline", "## Against chance", "## The model against a naive forecaster",
-                    "## Coverage and reliability", "## Where the edge lives"):
+                    "## Coverage and reliability", "## Signals net of cost", "## Where the edge lives"):
         assert heading in md
     # Every picture the markdown names exists, and every picture is named.
     assert set(re.findall(r"!\[[^\]]*\]\(([^)]+)\.png\)", md)) == set(out.pngs)
@@ -84,6 +88,7 @@ def test_report_has_every_part_in_markdown_pngs_and_html(report):
     q50_row = next(line for line in md.splitlines() if line.startswith("| q50 | all pools"))
     assert q50_row.count("[") >= 3  # mean, Sharpe and hit rate each carry an interval
     assert f"p = {inputs.permutation.p_value:.3f}" in md
+    assert "50.0 % [43.7 %, 57.9 %] of 132" in md
     for by in ("vol_regime", "momentum_regime", "signal_tier", "liquidity"):
         assert f"breakdown_{by}" in out.tables
 
