@@ -151,7 +151,8 @@ def run_benchmark(settings, scratch: Path) -> dict:
             n += len(signals)
         rec["signals"] = n
 
-    from q50_assets.assets.backtest import run_variants
+    from q50_assets.assets.backtest import backtest_stage_config
+    from q50_assets.research.backtest_stage import run_variants
     from q50_assets.assets.regimes import pool_regimes
     from q50_assets.definitions import build_resources
 
@@ -168,11 +169,12 @@ def run_benchmark(settings, scratch: Path) -> dict:
     nautilus = build_resources(settings)["nautilus"]
     fallback = settings.nautilus_trader.backtest.fallback_reserve_usd
     reserves = {p: db.pool_reserve_usd(p) or fallback for p in pool_signals}
+    stage_config = backtest_stage_config(settings, nautilus)
     results = {}
     with timer.stage("backtest") as rec:
         for pool_id, signals in pool_signals.items():
-            results[pool_id] = run_variants(pool_id, safe[pool_id], signals, regimes[pool_id], nautilus,
-                                            reserves[pool_id], settings, "benchmark")
+            results[pool_id] = run_variants(pool_id, safe[pool_id], signals, regimes[pool_id], reserves[pool_id],
+                                            stage_config, "benchmark")
         rec.update(pools=len(results), engines=3 * len(results),
                    fills=sum(len(o.fills) for r in results.values() for o in r.outcomes.values()))
     with timer.stage("backtest_q50_only") as rec:

@@ -124,13 +124,13 @@ def write_collector(engine, pools: dict[str, pd.DataFrame], reserves: dict[str, 
 
 def run_scale(settings, n_pools: int, scratch: Path) -> dict:
     """Generate ``n_pools`` pools, push them through every stage; per-stage seconds and counts."""
-    from q50_assets.assets.backtest import equity_png, run_variants
+    from q50_assets.assets.backtest import backtest_stage_config
     from q50_assets.assets.features import build_pool_features
     from q50_assets.assets.model import TrainedQ50Model, load_training_panel, walk_forward_config
     from q50_assets.assets.ohlcv import bar_rules
     from q50_assets.assets.regimes import pool_regimes
     from q50_assets.assets.signals import pool_signals
-    from q50_assets.assets.trading_history import history_rows
+    from q50_assets.research.backtest_stage import equity_png, history_rows, run_variants
     from q50_assets.definitions import build_resources
     from q50_assets.research.bars import TIMEFRAME_SECONDS, validate_bars
     from q50_assets.research.q50_model import fit_live_model, walk_forward
@@ -142,7 +142,6 @@ def run_scale(settings, n_pools: int, scratch: Path) -> dict:
     scratch.mkdir(parents=True)
     settings = settings.model_copy(update={"data_dir": scratch, "database": settings.database.model_copy(update={"url": None})})
     tf = settings.timeframe
-    bar = pd.Timedelta(seconds=TIMEFRAME_SECONDS[tf])
 
     started = time.perf_counter()
     sources = _source_bars(settings, scratch)
@@ -216,7 +215,8 @@ def run_scale(settings, n_pools: int, scratch: Path) -> dict:
         timed("signals", db.replace_signals, pool_id, tf, signals)
 
         def backtest(p=pool_id, s=signals, r=regimes):
-            result = run_variants(p, safe[p], s, r, nautilus, reserves[p], settings, f"scale-{p}")
+            result = run_variants(p, safe[p], s, r, reserves[p], backtest_stage_config(settings, nautilus),
+                                  f"scale-{p}")
             if result.status == "ok":
                 db.replace_backtest_results(result.backtest_run_id, p, tf, result.metrics.reset_index())
                 equity_png(result)
@@ -226,7 +226,7 @@ def run_scale(settings, n_pools: int, scratch: Path) -> dict:
         if result.status != "ok":
             continue
         fills += len(result.outcomes["q50"].fills)
-        rows = timed("trading_history", history_rows, result, bar)
+        rows = timed("trading_history", history_rows, result)
         history += timed("trading_history", db.replace_trading_history, result.backtest_run_id, pool_id, rows)
 
     total_bars = sum(len(b) for b in safe.values())
