@@ -15,8 +15,7 @@ import pytest
 
 import q50_assets.research.strategy as strategy_module
 from q50_assets.research.backtest import (BacktestEndedEarly, BacktestSpec, buy_and_hold_targets, lot_exponent_for,
-                                          price_precision_for, run_pool_backtest, safe_symbol, shuffled_targets,
-                                          size_precision_for)
+                                          price_precision_for, run_pool_backtest, safe_symbol, size_precision_for)
 from q50_assets.research.metrics import outcome_metrics
 
 T0 = pd.Timestamp("2025-03-01", tz="UTC")
@@ -106,7 +105,7 @@ def test_price_scale_does_not_change_results():
         bars[["open", "high", "low", "close"]] *= scale
         out = run_pool_backtest("solana_scaledPool", bars, targets, BacktestSpec(reserve_usd=1e6))
         finals.append((out.final_equity, out.fees_paid, len(out.trades)))
-        ratio = out.trades["price_per_token"] / (out.trades["ref_close"] / out.lot_tokens)
+        ratio = out.trades["price_per_token"] / (out.trades["ref_price"] / out.lot_tokens)
         assert ratio.between(1 / 1.1 - 1e-6, 1 / 0.9 + 1e-6).all()  # impact within the 10 % reserve cap
     for other in finals[1:]:
         assert other[2] == finals[0][2]
@@ -219,7 +218,7 @@ def test_no_reserve_means_no_impact_and_fill_at_close():
     out = run_pool_backtest("solana_noReservePool", bars, targets, BacktestSpec(reserve_usd=None))
     assert not out.impact_applied
     assert out.impact_paid == 0.0
-    assert (out.trades["price"] == out.trades["ref_close"]).all()
+    assert (out.trades["price"] == out.trades["ref_price"]).all()
     assert out.fees_paid == pytest.approx(out.trades["commission_usd"].sum())
     assert out.fees_paid == pytest.approx(0.0025 * out.trades["notional_usd"].sum(), abs=0.05)
 
@@ -269,12 +268,15 @@ def test_bars_stamped_at_close_and_targets_used_at_that_close():
     assert out.iterations == 6
 
 
-def test_missing_and_nan_targets_mean_flat():
-    bars = make_bars([1.0, 1.1, 1.2, 1.3])
-    targets = pd.Series([0.5, np.nan], index=bars.index[:2])  # bars 2, 3 missing
+def test_missing_and_nan_targets_mean_no_order():
+    bars = make_bars([1.0, 1.1, 1.2, 1.3, 1.4])
+    targets = pd.Series([0.5, np.nan], index=bars.index[:2])  # bars 2..4 missing: keep the position
     out = run_pool_backtest("solana_missingTargets", bars, targets, BacktestSpec())
-    assert list(out.trades["side"]) == ["BUY", "SELL"]
-    assert out.trades.index[1] == T0 + 2 * H
+    assert list(out.trades["side"]) == ["BUY"]
+    assert out.equity["qty"].iloc[-1] > 0
+    exits = pd.Series([0.5, np.nan, 0.0], index=bars.index[:3])  # an explicit 0 leaves
+    out = run_pool_backtest("solana_missingTargets", bars, exits, BacktestSpec())
+    assert list(out.trades["side"]) == ["BUY", "SELL"] and out.trades.index[1] == T0 + 3 * H
     assert out.equity["qty"].iloc[-1] == 0.0
 
 
@@ -291,17 +293,6 @@ def test_buy_and_hold_helper_and_run():
     assert (out.equity["cash"] >= 0).all()
     held = out.equity["qty"].iloc[-1]
     assert out.final_equity == pytest.approx(out.equity["cash"].iloc[-1] + held * bars["close"].iloc[-1])
-
-
-def test_shuffled_targets_helper():
-    idx = pd.date_range(T0, periods=50, freq="h")
-    targets = pd.Series(np.r_[np.zeros(30), np.linspace(0.1, 0.5, 20)], index=idx)
-    a = shuffled_targets(targets, seed=1)
-    assert a.index.equals(targets.index)
-    assert sorted(a) == sorted(targets)
-    assert a.equals(shuffled_targets(targets, seed=1))
-    assert not a.equals(shuffled_targets(targets, seed=2))
-    assert not a.equals(targets)
 
 
 # --------------------------------------------------------------------------------------
@@ -340,7 +331,7 @@ def test_determinism_and_no_state_leak_between_engines():
     rng = np.random.default_rng(9)
     targets_a = pd.Series(rng.choice([0.0, 0.2, 0.5, 1.0], size=120), index=bars_a.index)
     bars_b = random_walk(90, seed=6, start=3e-9)
-    targets_b = shuffled_targets(targets_a.iloc[:90].set_axis(bars_b.index), seed=3)
+    targets_b = pd.Series(np.random.default_rng(3).permutation(targets_a.iloc[:90].to_numpy()), index=bars_b.index)
     spec = BacktestSpec(reserve_usd=250_000.0)
     first = _comparable(run_pool_backtest(REAL_POOL, bars_a, targets_a, spec))
     other = run_pool_backtest("solana_otherPool", bars_b, targets_b, BacktestSpec())
