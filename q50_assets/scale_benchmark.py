@@ -130,9 +130,9 @@ def run_scale(settings, n_pools: int, scratch: Path) -> dict:
     from q50_assets.assets.ohlcv import bar_rules
     from q50_assets.assets.regimes import pool_regimes
     from q50_assets.assets.signals import pool_signals
-    from q50_assets.research.backtest_stage import equity_png, history_rows, run_variants
+    from q50_assets.research.backtest_stage import equity_png, history_rows, results_rows, run_pool_stage
     from q50_assets.definitions import build_resources
-    from q50_assets.research.bars import TIMEFRAME_SECONDS, validate_bars
+    from q50_assets.research.bars import validate_bars
     from q50_assets.research.q50_model import fit_live_model, walk_forward
     from q50_assets.resources.database import CollectorDatabase
     from q50_assets.resources.qlib_store import QlibStore
@@ -211,14 +211,16 @@ def run_scale(settings, n_pools: int, scratch: Path) -> dict:
 
     fills = history = 0
     for pool_id, (frame, regimes) in frames.items():
-        signals = timed("signals", pool_signals, pool_id, trained, frame, settings)
+        signals = timed("signals", pool_signals, pool_id, trained, frame, settings,
+                        db.pool_reserves(pool_id, settings.nautilus_trader.backtest.fallback_reserve_usd)[0])
         timed("signals", db.replace_signals, pool_id, tf, signals)
 
         def backtest(p=pool_id, s=signals, r=regimes):
-            result = run_variants(p, safe[p], s, r, reserves[p], backtest_stage_config(settings, nautilus),
-                                  f"scale-{p}")
+            reserve_series, _ = db.pool_reserves(p, settings.nautilus_trader.backtest.fallback_reserve_usd)
+            result = run_pool_stage(p, safe[p], s, r, reserve_series, backtest_stage_config(settings, nautilus),
+                                    f"scale-{p}")
             if result.status == "ok":
-                db.replace_backtest_results(result.backtest_run_id, p, tf, result.metrics.reset_index())
+                db.replace_backtest_results(result.backtest_run_id, p, tf, results_rows(result))
                 equity_png(result)
             return result
 

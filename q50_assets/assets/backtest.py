@@ -1,6 +1,6 @@
-"""Lineage stage 5 - backtest results: per pool, the Q50 strategy in a real NautilusTrader engine
-beside two baselines on the same bars and costs (buy & hold; the same targets shuffled in time),
-metrics on the out-of-sample span only; plus a portfolio summary across pools.
+"""Lineage stage 5 - backtest results: per pool, the Q50 strategy in real NautilusTrader engines
+beside its yardsticks on the same bars and costs, on the out-of-sample span only; plus a
+portfolio summary across pools with the pooled permutation p-value.
 
 Glue only: the stage is :mod:`q50_assets.research.backtest_stage`, the portfolio table
 :mod:`q50_assets.research.portfolio`.
@@ -26,9 +26,11 @@ from q50_assets.assets.partitions import pool_partitions
 from q50_assets.assets.regimes import REGIMES_ASSET
 from q50_assets.assets.signals import SIGNALS_ASSET
 from q50_assets.research.backtest_stage import (BacktestStageConfig, PoolBacktest, bars_match_pipeline,
-                                                equity_png, metrics_markdown, run_variants)
+                                                equity_png, metrics_markdown, nautilus_status, results_rows,
+                                                run_pool_stage, variants_for)
 from q50_assets.research.bars import TIMEFRAME_SECONDS, ValidatedBars, require_safe
-from q50_assets.research.portfolio import comparable_baselines, portfolio_markdown, portfolio_table
+from q50_assets.research.portfolio import (comparable_baselines, no_trade_summary, permutation_summary,
+                                           portfolio_markdown, portfolio_table)
 from q50_assets.resources.database import CollectorDatabase
 from q50_assets.resources.nautilus import NautilusBacktester
 from q50_assets.settings import Settings
@@ -41,9 +43,12 @@ def backtest_stage_config(settings: Settings, nautilus: NautilusBacktester) -> B
     """The backtest stage's config from the settings and the Nautilus resource."""
     risk = settings.nautilus_trader.risk_management
     bt = settings.nautilus_trader.backtest
-    return BacktestStageConfig(spec=nautilus.spec(None), base_position_size=risk.base_position_size,
-                               max_position_size=risk.max_position_size, kelly_fraction=bt.kelly_fraction,
-                               shuffle_seed=bt.shuffle_seed, buy_and_hold_fraction=bt.buy_and_hold_fraction)
+    return BacktestStageConfig(
+        spec=nautilus.spec(), base_position_size=risk.base_position_size, max_position_size=risk.max_position_size,
+        kelly_fraction=bt.kelly_fraction, variance_multiplier=settings.signals.variance_multiplier,
+        buy_and_hold_fraction=bt.buy_and_hold_fraction, permutations=bt.permutations,
+        permutation_seed=bt.permutation_seed, reserve_sensitivity=tuple(bt.reserve_sensitivity),
+        timeframe=settings.timeframe)
 
 
 @asset(
@@ -61,9 +66,11 @@ def backtest_stage_config(settings: Settings, nautilus: NautilusBacktester) -> B
         AssetCheckSpec("cash_never_negative", asset=BACKTEST_ASSET, blocking=True,
                        description="USD cash after every bar's trade is >= 0 in every variant."),
     ],
-    description="Per pool: the Q50 strategy in a NautilusTrader BacktestEngine (targets from the signal and "
-    "regime known at each bar's close), beside buy & hold and the same targets shuffled in time, on the same "
-    "bars, fee and AMM price impact. Metrics on the out-of-sample span only; equity picture and table in metadata.",
+    description="Per pool: the Q50 strategy in NautilusTrader BacktestEngines (decisions bar by bar from the "
+    "signal and regime known at each close, sized and charged by one cost model: fee + constant-product impact "
+    "at the pool's liquidity at the time; fills one or more bars later), beside the same decisions filled at "
+    "the close, the reserve assumption halved and doubled, buy & hold at full and at q50's own exposure, and "
+    "cash; per-bar returns on the full time grid out of sample; a permutation null of q50's timing.",
 )
 def backtest_results(
     context: AssetExecutionContext,
@@ -79,27 +86,33 @@ def backtest_results(
     bar = pd.Timedelta(seconds=TIMEFRAME_SECONDS[settings.timeframe])
     check_names = ("bars_match_pipeline", "engine_processed_every_bar", "cash_never_negative")
 
-    if not nautilus.enabled:
-        reason = "nautilus_trader.enabled is false: no backtest ran (signals and regimes are unaffected)"
-        context.log.warning(f"pool {pool_id}: {reason}")
-        yield Output(PoolBacktest(pool_id, run_id, "disabled", reason),
-                     metadata={"pool_id": pool_id, "status": "disabled", "reason": reason})
-        for name in check_names:
-            yield AssetCheckResult(check_name=name, passed=True, metadata={"skipped": reason})
-        return
-
-    bars = require_safe(ohlcv_bars)
-    reserve_usd = collector_db.pool_reserve_usd(pool_id)
-    reserve_source = "collector"
-    if reserve_usd is None:
-        reserve_usd = settings.nautilus_trader.backtest.fallback_reserve_usd
-        reserve_source = "fallback_reserve_usd" if reserve_usd is not None else "none (no impact)"
-    result = run_variants(pool_id, bars, q50_signals, regime_labels, reserve_usd,
-                          backtest_stage_config(settings, nautilus), run_id)
-    if result.status != "ok":
+    def skipped(result: PoolBacktest):
+        context.log.warning(f"pool {pool_id}: {result.status}: {result.reason}")
         yield Output(result, metadata={"pool_id": pool_id, "status": result.status, "reason": result.reason})
         for name in check_names:
             yield AssetCheckResult(check_name=name, passed=True, metadata={"skipped": result.reason})
+
+    if not nautilus.enabled:
+        reason = "nautilus_trader.enabled is false: no backtest ran (signals and regimes are unaffected)"
+        yield from skipped(PoolBacktest(pool_id, run_id, "disabled", reason))
+        return
+    available, reason = nautilus_status()
+    if not available:
+        yield from skipped(PoolBacktest(pool_id, run_id, "unavailable",
+                                        f"{reason} (signals and regimes are unaffected)"))
+        return
+
+    bars = require_safe(ohlcv_bars)
+    bt = settings.nautilus_trader.backtest
+    reserves, reserve_rows_ignored = collector_db.pool_reserves(pool_id, bt.fallback_reserve_usd)
+    source = settings.nautilus_trader.strategy_config.signal_source
+    loader = None
+    if source == "database":  # signals made elsewhere, stored in q50_signals of strategy_config.database_uri
+        loader = CollectorDatabase(url=settings.signal_database_url).signal_loader(pool_id, settings.timeframe)
+    result = run_pool_stage(pool_id, bars, q50_signals, regime_labels, reserves,
+                            backtest_stage_config(settings, nautilus), run_id, signal_loader=loader)
+    if result.status != "ok":
+        yield from skipped(result)
         return
 
     bars_ok, bars_details = bars_match_pipeline(result)
@@ -110,29 +123,36 @@ def backtest_results(
 
     written = 0
     if bars_ok and processed_ok and cash_ok:  # only verified results reach the table
-        written = collector_db.replace_backtest_results(run_id, pool_id, settings.timeframe,
-                                                         result.metrics.reset_index())
+        written = collector_db.replace_backtest_results(run_id, pool_id, settings.timeframe, results_rows(result))
     png = equity_png(result)
-    q50 = result.metrics.loc["q50"]
+    m = result.metrics
+    perm = result.permutation
     yield Output(
         result,
         metadata={
             "pool_id": pool_id,
             "status": "ok",
             "backtest_run_id": run_id,
+            "signal_source": source,
             "oos_start": MetadataValue.text(str(result.oos_start)),
-            "oos_bars": int((bars.index + bar >= result.oos_start).sum()),
-            "q50_total_return": MetadataValue.float(float(q50["total_return"])),
-            "buy_and_hold_total_return": MetadataValue.float(float(result.metrics.loc["buy_and_hold", "total_return"])),
-            "shuffled_total_return": MetadataValue.float(float(result.metrics.loc["shuffled", "total_return"])),
-            "q50_trades": int(q50["trades"]),
-            "impact_applied": result.outcomes["q50"].impact_applied,
-            "reserve_usd": MetadataValue.float(float(reserve_usd)) if reserve_usd is not None else "none",
-            "reserve_source": reserve_source,
+            "oos_grid_bars": len(result.bar_returns),
+            **{f"{v}_total_return": MetadataValue.float(float(m.loc[v, "total_return"])) for v in m.index},
+            "q50_trades": int(m.loc["q50", "trades"]),
+            "q50_turnover": MetadataValue.float(float(m.loc["q50", "turnover"])),
+            "q50_mean_holding_bars": MetadataValue.float(float(m.loc["q50", "mean_holding_bars"])),
+            "q50_orders_expired": int(m.loc["q50", "orders_expired"]),
+            "permutation_p_value": MetadataValue.float(float(perm["p_value"])),
+            "permutation_draws": int(perm["draws"]),
+            "reserve_fallback_share": MetadataValue.float(float(result.reserve["fallback_share"])),
+            "reserve_sources": MetadataValue.json(result.reserve["sources"]),
+            "reserve_observations": int(result.reserve["observations"]),
+            "reserve_rows_ignored": int(reserve_rows_ignored),
+            "fallback_reserve_usd": MetadataValue.float(float(bt.fallback_reserve_usd))
+            if bt.fallback_reserve_usd is not None else "none (no impact)",
             "rows_written": written,
-            "summary": MetadataValue.md(metrics_markdown(result.metrics)),
+            "summary": MetadataValue.md(metrics_markdown(m)),
             "equity_curve": MetadataValue.md(
-                f"![equity curve](data:image/png;base64,{base64.b64encode(png).decode()})"),
+                f"![growth of 1 USD](data:image/png;base64,{base64.b64encode(png).decode()})"),
         },
     )
     yield AssetCheckResult(check_name="bars_match_pipeline", passed=bars_ok, severity=AssetCheckSeverity.ERROR,
@@ -152,18 +172,28 @@ def backtest_results(
     kinds={"pandas"},
     check_specs=[
         AssetCheckSpec("comparable_baselines", asset=PORTFOLIO_ASSET, blocking=True,
-                       description="Every pool in the table has q50, buy & hold and shuffled results from one "
-                       "backtest run on the same out-of-sample span, with finite returns >= -100 %."),
+                       description="Every pool in the table has every variant from one backtest run on the same "
+                       "out-of-sample span, finite returns >= -100 %, and a permutation null of >= 1,000 draws."),
     ],
-    description="Across pools: the latest backtest of each pool, per variant (q50, buy & hold, shuffled), "
-    "out of sample, equal weight per pool. Read from q50_backtest_results, so pools blocked upstream "
-    "simply have no row.",
+    description="Across pools: the latest backtest of each pool, per variant (q50 with latency fills and with "
+    "close fills, the reserve sensitivity, buy & hold at full and matched exposure, cash), out of sample, equal "
+    "weight per pool, over the pools where q50 traded (the others reported apart), with the pooled permutation "
+    "p-value. Read from q50_backtest_results, so pools blocked upstream simply have no row.",
 )
 def backtest_portfolio(context: AssetExecutionContext, collector_db: CollectorDatabase,
                        settings: ResourceParam[Settings]):
     results = collector_db.latest_backtest_results(settings.timeframe)
-    problems, checked = comparable_baselines(results)
-    table = portfolio_table(results)
-    yield Output(table, metadata={"pools": checked, "summary": MetadataValue.md(portfolio_markdown(table))})
+    variants = variants_for(tuple(settings.nautilus_trader.backtest.reserve_sensitivity))
+    problems, checked = comparable_baselines(results, variants)
+    table = portfolio_table(results, variants)
+    permutation = permutation_summary(results) if len(results) else {}
+    no_trade = no_trade_summary(results) if len(results) else {"pools": 0}
+    yield Output(table, metadata={
+        "pools": checked,
+        "pools_q50_traded": int(table["pools"].max()) if len(table) else 0,
+        "pools_q50_never_traded": int(no_trade["pools"]),
+        "pooled_permutation_p_value": MetadataValue.float(float(permutation.get("pooled_p_value", float("nan")))),
+        "summary": MetadataValue.md(portfolio_markdown(table, permutation, no_trade)),
+    })
     yield AssetCheckResult(check_name="comparable_baselines", passed=not problems, severity=AssetCheckSeverity.ERROR,
                            metadata={"pools_checked": checked, "problems": MetadataValue.json(problems[:50])})

@@ -36,9 +36,10 @@ TRADING_HISTORY_ASSET = "q50_trading_history"
                        description="The rows stored for this backtest run equal Nautilus' fills report: count, "
                        "total quantity, total fees."),
     ],
-    description="Every order of the Q50 strategy's Nautilus backtest with its fill (side, quantity, price, fee, "
-    "impact), the signal, regime and target that decided it and the feature vector behind it; keyed by the "
-    "backtest run id, replaced per run in one transaction.",
+    description="Every fill of the Q50 strategy's Nautilus backtest (side, quantity, price, fee, impact), when "
+    "its order was decided, what the cost model expected it to cost and at which liquidity, the signal, regime "
+    "and target that decided it and the feature vector behind it; keyed by the backtest run id, replaced per "
+    "run in one transaction.",
 )
 def q50_trading_history(
     context: AssetExecutionContext,
