@@ -16,11 +16,15 @@ NautilusTrader 1.231, see the project's library field notes):
   ``CASH`` account with ``base_currency=None`` (multi-currency) and ``NETTING``.
 * **Precision and size.** ``Price`` silently rounds to its precision and ``Quantity`` is capped
   at ``QUANTITY_MAX`` (3.4e13): a 4.2e-12 USD token bought for 10 000 USD is 2.4e15 tokens.
-  So an instrument unit is a LOT of ``lot_tokens = 10**k`` tokens, k chosen from the pool's
-  smallest price (k = 0 unless that price is below 1e-4 USD; lots then cost 1e-4..1e-3 USD),
-  and prices are per lot. Price precision keeps >= 6 significant digits of the smallest
-  (per-lot) price (:func:`price_precision_for`); size precision makes one increment worth
-  <= ~1e-5 USD at the largest price. Nautilus reports are per lot; ``trades`` gives both.
+  So an instrument unit is a LOT of ``lot_tokens = 10**k`` tokens, and prices are per lot. The
+  grid is set from the FIRST bar only (an instrument exists before the prices it will trade
+  at; a grid taken from the whole series would let later prices move earlier fills by a
+  rounding step): k so that a lot of the first bar's low costs >= 1e-4 USD; price precision
+  keeps >= 6 significant digits of that lot price plus :data:`PRICE_MARGIN_DECIMALS` (room for
+  a 1,000-fold fall with 6 digits kept, a 10-million-fold one with 2); size precision makes one
+  increment worth <= ~1e-5 USD at the first bar's high. A later price the grid cannot hold with
+  >= 2 significant digits stops the run with an error naming the bar. Nautilus reports are per
+  lot; ``trades`` gives both.
 * **Costs: one model.** :class:`q50_assets.research.costs.CostModel` (fee + constant-product
   impact at the pool's liquidity at the fill's time) is what the strategy decides and sizes
   with, and what :class:`AmmImpactFillModel` charges: it moves the FILL PRICE to the AMM
@@ -80,7 +84,12 @@ from q50_assets.research.strategy import (DECISION_FIELDS, EQUITY_FIELDS, ORDER_
 
 VENUE = Venue("DEX")
 MAX_PRECISION = 16  # Nautilus high-precision build
-MIN_LOT_PRICE_USD = 1e-4  # below this smallest price, trade lots of 10**k tokens
+MIN_LOT_PRICE_USD = 1e-4  # below this first price, trade lots of 10**k tokens
+PRICE_MARGIN_DECIMALS = 3  # price grid: 6 significant digits of the first price, 3 more decimals
+# Size grid: one increment <= 1e-5 USD at the first price, no margin: a rise only makes increments
+# coarser (still far below a cent after a 100-fold rise), and finer ones put positions past the ~15
+# significant digits Nautilus' float booking keeps exactly (dust left behind by every exit).
+SIZE_MARGIN_DECIMALS = 0
 BAR_COLUMNS = ("open", "high", "low", "close", "volume")
 FILL_PRICES = ("close", "typical")
 
@@ -348,10 +357,20 @@ def build_pool_instrument(pool_id: str, frame: pd.DataFrame, spec: BacktestSpec)
     ONE place they are made, for the backtest and the bare replay alike."""
     bar_ns = pd.Timedelta(spec.bar_length).value
     symbol = safe_symbol(pool_id)
-    lot_tokens = 10 ** lot_exponent_for(float(frame["low"].min()))
+    first = frame.iloc[0]
+    lot_tokens = 10 ** lot_exponent_for(float(first["low"]))
     scaled = frame[["open", "high", "low", "close"]] * float(lot_tokens)
-    price_prec = price_precision_for(float(scaled["low"].min()), spec.significant_digits)
-    size_prec = size_precision_for(float(scaled["high"].max()))
+    price_prec = min(MAX_PRECISION, price_precision_for(float(first["low"]) * lot_tokens, spec.significant_digits)
+                     + PRICE_MARGIN_DECIMALS)
+    size_prec = min(MAX_PRECISION, size_precision_for(float(first["high"]) * lot_tokens) + SIZE_MARGIN_DECIMALS)
+    # A guard, not an input: a price the grid (set from the first bar) would hold with fewer than
+    # two significant digits, or a lot price beyond what a Quantity of 10 000 USD can hold, fails loudly.
+    coarse = scaled["low"] < 10.0 ** (1 - price_prec)
+    if coarse.any():
+        when = frame.index[coarse.to_numpy()][0]
+        raise ValueError(f"pool {pool_id}: the price at {when} ({frame.loc[when, 'low']!r} USD) is too small for the "
+                         f"instrument's price grid ({price_prec} decimals per lot of {lot_tokens} tokens, set from "
+                         "the first bar): it fell more than the grid's margin allows")
 
     base = Currency(symbol, size_prec, 0, symbol, CurrencyType.CRYPTO)
     instrument_id = InstrumentId(Symbol(symbol), VENUE)

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from q50_assets.research.costs import SOURCE_FALLBACK, ReserveSeries
+from q50_assets.research.execution import DUST_USD
 from q50_assets.research.metrics import bars_per_year, grid_equity, grid_returns, returns_metrics
 
 Q50 = "q50"
@@ -181,13 +182,14 @@ def round_trips(outcome, reserves: ReserveSeries | None, bar: pd.Timedelta) -> p
     trips, current, held = [], None, 0.0
     step = 10.0 ** -outcome.size_precision
     for ts, row in trades.iterrows():
+        dust = DUST_USD / row["ref_price"]  # a leftover worth under a cent closes the trip
         if current is None:
             if row["side"] != "BUY":
                 continue  # a sell while flat cannot happen on a cash account; nothing to attribute
             current = {"fills": [], "first": ts, "order": row["client_order_id"]}
         current["fills"].append((ts, row))
         held += row["qty"] if row["side"] == "BUY" else -row["qty"]
-        if held <= step / 2:
+        if held <= max(step / 2, dust):
             trips.append((current, False))
             current, held = None, 0.0
     if current is not None:

@@ -37,8 +37,12 @@ import math
 import numpy as np
 import pandas as pd
 
+from q50_assets.research.execution import DUST_USD
+
 HOURLY_BARS_PER_YEAR = 24 * 365
 SECONDS_PER_YEAR = 365 * 86_400
+# A fraction of equity below this (a cent of 10 000 USD) is dust, not a position.
+HELD_FRACTION = 1e-6
 
 
 def bars_per_year(bar_seconds: int) -> float:
@@ -185,8 +189,10 @@ def compute_metrics(equity: pd.Series, trades: pd.DataFrame | None = None, posit
 def outcome_metrics(outcome, start=None, bars_per_year: float = HOURLY_BARS_PER_YEAR) -> dict[str, float]:
     """:func:`compute_metrics` of a ``BacktestOutcome``. When no bar precedes ``start`` (or
     without ``start``) the base is the starting capital, so the first trade's costs count."""
+    eq = outcome.equity
+    held = eq["qty"].where(eq["qty"] * eq["close"] >= DUST_USD, 0.0)  # dust is flat (research/execution.py)
     return compute_metrics(
-        outcome.equity["equity"], outcome.trades, outcome.positions, outcome.equity["qty"], start=start,
+        eq["equity"], outcome.trades, outcome.positions, held, start=start,
         initial_equity=outcome.spec.starting_capital_usd, bars_per_year=bars_per_year,
     )
 
@@ -220,7 +226,7 @@ def returns_metrics(returns: pd.Series, positions: pd.Series, periods_per_year: 
     r = np.asarray(returns, dtype="float64")
     held_into = np.r_[0.0, np.asarray(positions, dtype="float64")[:-1]]
     path = np.cumprod(np.r_[1.0, 1.0 + r])
-    held = held_into > 1e-12
+    held = held_into > HELD_FRACTION
     return {
         "total_return": float(path[-1] - 1.0) if len(r) else float("nan"),
         "sharpe": sharpe_ratio(r, periods_per_year),

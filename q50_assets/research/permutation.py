@@ -13,7 +13,7 @@ at the pool's reserve at the fill's time, tick and cent rounding
 
 The replay is vectorised over draws (numpy arrays of one value per draw, one step per bar): a
 thousand draws cost about as much as a few Nautilus engines. It mirrors
-:class:`q50_assets.research.strategy.TargetStrategy` rule for rule; ``test_permutation.py``
+:class:`q50_assets.research.strategy.TargetStrategy` rule for rule (sharing research/execution.py); ``test_permutation.py``
 replays shifted schedules through Nautilus and checks fills and equity agree.
 
 Statistic: the mean per-bar simple return of equity net of all costs over the out-of-sample
@@ -31,7 +31,7 @@ from decimal import Decimal
 import numpy as np
 
 from q50_assets.research.costs import CostModel
-from q50_assets.research.strategy import CASH_MARGIN_USD, PoolMarket
+from q50_assets.research.execution import CASH_MARGIN_USD, DUST_USD, PoolMarket
 
 
 @dataclass(frozen=True)
@@ -203,9 +203,9 @@ def replay_targets(market: ReplayMarket, params: ReplayParams, taus: np.ndarray,
         value = qty * close
         eq = cash + value
         target_value = np.maximum(np.where(has, tau, 0.0), 0.0) * eq
-        held = qty > 0
-        to_flat = has & (target_value <= 0) & held
-        inside_band = held & (np.abs(target_value - value) < params.min_trade_fraction * eq)
+        to_flat = has & (target_value <= 0) & (units > 0)
+        # A dust position is flat for the band (research/execution.py): its "rebalance" is an entry.
+        inside_band = (value >= DUST_USD) & (np.abs(target_value - value) < params.min_trade_fraction * eq)
         to_target = has & (target_value > 0) & ~inside_band
         target = np.full(draws, np.nan)
         target[to_flat] = 0.0

@@ -23,7 +23,8 @@ target x equity / close(t) tokens, to fill ``fill_latency_bars`` (L) bars later.
 band applies to buys and sells alike: a change of an open position smaller than
 ``min_trade_fraction`` of equity is skipped (no churn from drift); opening from flat and closing
 to flat are not rebalances and always go (the cost-optimal entry is often far smaller than the
-band). With L >= 2 several orders may be pending; each moves the position toward its own target.
+band). A position worth under a cent (``DUST_USD``: float booking leftovers) counts as flat
+for decisions and the band; an exit sells it too. With L >= 2 several orders may be pending; each moves the position toward its own target.
 
 **Executing** (:meth:`_TargetExecution._execute`, shared), at the close of the fill bar (the bar
 opening L bars after the decision bar closed; L = 0: at the decision's own close, the
@@ -54,7 +55,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_DOWN, Decimal
 
 from nautilus_trader.config import StrategyConfig
 from nautilus_trader.model.currencies import USD
@@ -64,92 +65,10 @@ from nautilus_trader.model.identifiers import InstrumentId
 from nautilus_trader.model.objects import Quantity
 from nautilus_trader.trading.strategy import Strategy
 
-from q50_assets.research.costs import CostModel, execution_price
+from q50_assets.research.costs import CostModel
+from q50_assets.research.execution import (CASH_MARGIN_USD, DUST_USD, PoolMarket, affordable_buy_qty, floor_qty,
+                                           sellable_qty)
 from q50_assets.research.sizing import SizingParams, decide
-
-# USD balances are in cents: notional and commission are each rounded to 0.01, so a buy may
-# cost up to 0.01 more than the exact arithmetic. Kept free on every buy.
-CASH_MARGIN_USD = 0.02
-
-
-def floor_qty(value: float, size_precision: int) -> Decimal:
-    """``value`` rounded down to the size increment 10**-size_precision (>= 0), after
-    rounding away float noise below 1e-6 increments."""
-    if not value > 0 or not math.isfinite(value):
-        return Decimal(0)
-    # Remove float noise far below one increment first (4999.999999999999 -> 5000).
-    denoised = Decimal(value).quantize(Decimal(1).scaleb(-(size_precision + 6)), rounding=ROUND_HALF_EVEN)
-    return denoised.quantize(Decimal(1).scaleb(-size_precision), rounding=ROUND_DOWN)
-
-
-def sellable_qty(tokens: Decimal, size_precision: int) -> Decimal:
-    """Most of ``tokens`` (the account's token balance, or the position) a sell may take.
-
-    Nautilus books fills into balances and positions through floats. Beyond ~15 significant
-    digits (1e6 tokens at size precision 12: a pool whose price spans many orders of magnitude)
-    a sell of everything can exceed the balance or the position by a few increments; Nautilus
-    then stops the whole backtest on the negative balance, or leaves a tiny short. There, keep
-    a relative 1e-14 back (dust worth far less than a cent); at 15 digits or fewer the floats
-    are exact and everything may go.
-    """
-    if not tokens > 0:
-        return Decimal(0)
-    if tokens.adjusted() + 1 + size_precision > 15:
-        tokens -= tokens * Decimal("1e-14")
-    return tokens.quantize(Decimal(1).scaleb(-size_precision), rounding=ROUND_DOWN)
-
-
-def affordable_buy_qty(cash_usd: float, ref_price: float, fee_rate: float, quote_reserve_usd: float | None,
-                       max_reserve_fraction: float, price_precision: int, size_precision: int) -> Decimal:
-    """Largest quantity whose buy keeps the USD balance >= 0 (fees, impact and cent rounding).
-
-    Closed form first: spending budget B = (cash - margin) / (1 + fee) in a pool with quote
-    reserve Y buys tokens worth n = B * Y / (Y + B) at mid price (n = B without a reserve),
-    capped at ``max_reserve_fraction * Y``; then checked with the rounded execution price
-    and shrunk until quantity * price * (1 + fee) + margin <= cash.
-    """
-    budget = (cash_usd - CASH_MARGIN_USD) / (1.0 + fee_rate)
-    if not budget > 0 or not ref_price > 0:
-        return Decimal(0)
-    notional = budget
-    if quote_reserve_usd is not None and quote_reserve_usd > 0:
-        notional = min(budget * quote_reserve_usd / (quote_reserve_usd + budget),
-                       max_reserve_fraction * quote_reserve_usd)
-    qty = floor_qty(notional / ref_price, size_precision)
-    step = Decimal(1).scaleb(-size_precision)
-    for _ in range(50):
-        if qty <= 0:
-            return Decimal(0)
-        px = execution_price(ref_price, float(qty), True, quote_reserve_usd, max_reserve_fraction, price_precision)
-        cost = float(qty * px) * (1.0 + fee_rate) + CASH_MARGIN_USD
-        if cost <= cash_usd:
-            return qty
-        shrunk = floor_qty(float(qty) * (cash_usd - CASH_MARGIN_USD) / (cost - CASH_MARGIN_USD), size_precision)
-        qty = min(shrunk, qty - step)
-    return Decimal(0)
-
-
-class PoolMarket:
-    """What the strategies know of the pool's bars, as plain lists indexed by bar position:
-    ``ts`` (bar close, epoch ns), ``close`` and ``ref`` (fill reference price: the close, or
-    the typical price) per instrument unit (lot), ``volume_usd``; ``bar_ns``, ``lot_tokens``,
-    price and size precision. Built by :mod:`q50_assets.research.backtest` from the same frame
-    as the Nautilus bars."""
-
-    def __init__(self, ts, close, ref, volume_usd, *, bar_ns: int, lot_tokens: int, price_precision: int,
-                 size_precision: int):
-        self.ts = [int(t) for t in ts]
-        self.close = [float(v) for v in close]
-        self.ref = [float(v) for v in ref]
-        self.volume_usd = [float(v) for v in volume_usd]
-        if not len(self.ts) == len(self.close) == len(self.ref) == len(self.volume_usd):
-            raise ValueError("PoolMarket lists differ in length")
-        self.bar_ns = int(bar_ns)
-        self.lot_tokens = int(lot_tokens)
-        self.price_precision = int(price_precision)
-        self.size_precision = int(size_precision)
-        self.index_of = {t: i for i, t in enumerate(self.ts)}
-
 
 class ExecutionConfig(StrategyConfig, frozen=True):
     """Execution settings shared by both strategies (module docstring).
@@ -241,9 +160,9 @@ class _TargetExecution(Strategy):
         if target_value <= 0.0:
             if held <= 0.0:
                 return
-            target = 0.0
-        elif held > 0.0 and abs(target_value - value) < self.config.min_trade_fraction * equity:
-            return  # a rebalance inside the band
+            target = 0.0  # leave, dust included (it closes Nautilus' position)
+        elif value >= DUST_USD and abs(target_value - value) < self.config.min_trade_fraction * equity:
+            return  # a rebalance inside the band (a dust position is flat: this is an entry)
         else:
             target = target_value / close
         fill_ts = ts + self.config.fill_latency_bars * self.market.bar_ns
@@ -410,6 +329,8 @@ class Q50Strategy(_TargetExecution):
         has_signal = sig >= 0 and self.signals.open_ns[sig] + bar_ns == ts
         close = market.close[i]
         held_value = float(self._held) * close
+        if held_value < DUST_USD:
+            held_value = 0.0  # dust left by Nautilus' float booking (strategy.sellable_qty) is flat
         if held_value <= 0.0 and not (has_signal and self._may_enter[sig]):
             return math.nan  # flat, and no signal that could pay for an entry: the common bar, kept cheap
         signals, regimes = self.signals, self.regimes

@@ -81,7 +81,7 @@ def test_tiny_price_keeps_precision_end_to_end():
     targets = pd.Series([0.5, 0.0, 0.0, 0.5, 0.0, 0.0], index=bars.index)
     out = run_pool_backtest("solana_tinyPriceToken", bars, targets, BacktestSpec())
     assert out.lot_tokens == 10 ** 8
-    assert out.price_precision == 9
+    assert out.price_precision == 9 + 3  # 6 significant digits of the first lot price, 3 decimals of margin
     # The engine saw every close with >= 6 significant digits (none rounded to 0).
     assert out.bars.count == 6
     assert out.equity["close"].to_numpy() / out.lot_tokens == pytest.approx(closes, rel=1e-6)
@@ -169,17 +169,18 @@ def test_exact_fills_match_hand_computation():
     spec = BacktestSpec(starting_capital_usd=10_000.0, taker_fee=0.0025, reserve_usd=1_000_000.0,
                         min_trade_fraction=0.05)
     out = run_pool_backtest("solana_exactFillsPool", bars, targets, spec)
-    assert (out.price_precision, out.size_precision, out.lot_tokens) == (5, 6, 1)
+    # The grid from the first bar (low 1.98, high 2.02): 5 + 3 price decimals, 6 size decimals.
+    assert (out.price_precision, out.size_precision, out.lot_tokens) == (8, 6, 1)
 
-    expected = reference_fills(CLOSES, TARGETS, 10_000, 0.0025, 1_000_000.0, 0.05)
+    expected = reference_fills(CLOSES, TARGETS, 10_000, 0.0025, 1_000_000.0, 0.05, price_prec=8, size_prec=6)
     # Anchor the first fill by hand: bar 1 (close 2.2), target 0.5 of 10 000 USD.
     #   qty = floor(5000 / 2.2, 6 dp) = 2272.727272
     #   u   = 2272.727272 * 2.2 / 500 000 = 0.0099999999968
-    #   px  = ceil(2.2 / (1 - u), 5 dp) = ceil(2.2222222222...) = 2.22223
-    #   fee = cents(cents(2272.727272 * 2.22223) * 0.0025) = cents(5050.52 * 0.0025) = 12.63
+    #   px  = ceil(2.2 / (1 - u), 8 dp) = ceil(2.22222222219...) = 2.22222223
+    #   fee = cents(cents(2272.727272 * 2.22222223) * 0.0025) = cents(5050.51 * 0.0025) = 12.63
     assert expected[0]["qty"] == Decimal("2272.727272")
-    assert expected[0]["px"] == Decimal("2.22223")
-    assert cents(2272.727272 * 2.22223) == Decimal("5050.52")
+    assert expected[0]["px"] == Decimal("2.22222223")
+    assert cents(2272.727272 * 2.22222223) == Decimal("5050.51")
     assert expected[0]["commission"] == Decimal("12.63")
     assert [f["bar"] for f in expected] == [1, 3, 4, 6, 9]  # bars 2, 7, 8 stay inside the 5 % band
 
@@ -394,7 +395,7 @@ def test_exact_fills_on_a_real_sample_pool():
     # pool's smallest price): the reference starts from the same rounded closes.
     tick = Decimal(1).scaleb(-out.price_precision)
     closes = [float(Decimal(repr(c)).quantize(tick, rounding=ROUND_HALF_UP)) for c in closes]  # Price rounds half up
-    assert closes != bars["close"].tolist()  # the real prices do carry more digits
+    assert out.price_precision >= 8  # the grid holds the collector's 8-decimal prices
     expected = reference_fills(closes, TARGETS, 10_000, 0.0025, 250_000.0, 0.05,
                                price_prec=out.price_precision, size_prec=out.size_precision)
     assert len(expected) >= 4
@@ -410,20 +411,32 @@ def test_exact_fills_on_a_real_sample_pool():
     assert Decimal(usd["total"].iloc[-1]) == expected[-1]["cash"]
 
 
-def test_price_spanning_eight_orders_of_magnitude_runs_to_the_end():
-    # Found by the P4 scale benchmark: a token from 0.006 to ~1e5 USD gets price precision 8
-    # and size precision 11, so early positions hold ~18 significant digits. Nautilus books
-    # fills through floats, and selling the whole position overdrew the token balance by a
-    # few increments: AccountBalanceNegative stopped the engine after a few hundred bars.
-    bars = random_walk(800, seed=11, start=0.006, drift=0.02, vol=0.05)
-    assert bars["high"].max() / bars["low"].min() > 1e6
-    rng = np.random.default_rng(0)
-    targets = pd.Series(rng.choice([0.0, 0.3, 1.0], size=len(bars)), index=bars.index)
-    out = run_pool_backtest("solana_moonPool", bars, targets)  # BacktestEndedEarly before the fix
-    assert out.size_precision + 7 > 15  # the regime the fix is for: > 15 significant digits
+def test_positions_beyond_fifteen_digits_run_to_the_end():
+    # Found by the P4 scale benchmark: when a position holds more than ~15 significant digits
+    # (many tokens on a fine size grid), Nautilus books fills through floats, and selling the whole
+    # position overdrew the token balance by a few increments: AccountBalanceNegative stopped the
+    # engine. Here the grid is set at ~5 000 USD (size precision 9), the price falls a million-fold
+    # and is then traded: positions reach 16 digits.
+    rng = np.random.default_rng(11)
+    steps = np.r_[rng.normal(-0.035, 0.03, 400), rng.normal(0.0, 0.03, 400)]
+    bars = make_bars(5_000.0 * np.exp(np.cumsum(steps)))
+    assert bars["close"].iloc[400:].max() < 0.05
+    targets = pd.Series(np.r_[np.zeros(400), rng.choice([0.0, 0.3, 1.0], size=400)], index=bars.index)
+    out = run_pool_backtest("solana_fallingPool", bars, targets)  # BacktestEndedEarly before the fix
+    digits = np.floor(np.log10(out.equity["qty"][out.equity["qty"] > 1].max())) + 1
+    assert digits + out.size_precision > 15  # the regime the fix is for
     assert out.bars.count == len(bars)
-    assert len(out.fills) > 300
+    assert len(out.fills) > 250
     assert (out.equity["qty"] >= 0).all(), "a sell never turns into a short"
     assert (out.equity["cash"] >= 0).all()
     tokens = out.account[out.account["currency"] != "USD"]
     assert (tokens["total"].astype(float) >= 0).all()
+
+
+def test_a_price_the_first_bar_grid_cannot_hold_is_refused():
+    """The instrument's grid comes from the first bar (no later price may shape earlier fills); a
+    fall of more than a million-fold would lose the price's digits, so the run refuses it, naming
+    the bar."""
+    bars = make_bars([1.0, 0.5, 1e-9, 0.9])
+    with pytest.raises(ValueError, match="too small for the instrument's price grid"):
+        run_pool_backtest("solana_rugPool", bars, buy_and_hold_targets(bars.index))
