@@ -162,7 +162,8 @@ def replay_targets(market: ReplayMarket, params: ReplayParams, taus: np.ndarray,
                 bad = buy & (afford > 0) & (cost > cash)
                 if not bad.any():
                     break
-                shrunk = _floor_units(q * (cash - CASH_MARGIN_USD) / (cost - CASH_MARGIN_USD), size_scale)
+                with np.errstate(divide="ignore", invalid="ignore"):  # rows outside `bad` may divide by 0
+                    shrunk = _floor_units(q * (cash - CASH_MARGIN_USD) / (cost - CASH_MARGIN_USD), size_scale)
                 afford = np.where(bad, np.minimum(shrunk, afford - 1.0), afford)
             afford = np.maximum(afford, 0.0)
             b = np.where(buy, np.minimum(b, afford), 0.0)

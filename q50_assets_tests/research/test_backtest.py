@@ -32,9 +32,9 @@ def make_bars(closes, volume=50_000.0) -> pd.DataFrame:
                          "volume": volume}, index=idx)
 
 
-def random_walk(n, seed, start=1.0, drift=0.0, vol=0.02) -> pd.DataFrame:
+def random_walk(n, seed, start=1.0, drift=0.0, vol=0.02, volume=50_000.0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    return make_bars(start * np.exp(np.cumsum(rng.normal(drift, vol, n))))
+    return make_bars(start * np.exp(np.cumsum(rng.normal(drift, vol, n))), volume=volume)
 
 
 def cents(x: float) -> Decimal:
@@ -440,3 +440,125 @@ def test_a_price_the_first_bar_grid_cannot_hold_is_refused():
     bars = make_bars([1.0, 0.5, 1e-9, 0.9])
     with pytest.raises(ValueError, match="too small for the instrument's price grid"):
         run_pool_backtest("solana_rugPool", bars, buy_and_hold_targets(bars.index))
+
+
+# --------------------------------------------------------------------------------------
+# the Q50 strategy: one cost model, latency, caps, hold by expected value
+
+from q50_assets.research.backtest import run_q50_backtest  # noqa: E402
+from q50_assets.research.costs import trade_cost  # noqa: E402
+from q50_assets_tests.research.q50_fixtures import (inputs_for, neutral_regimes, oracle_inputs,  # noqa: E402
+                                                    signals_from_q50)
+
+
+@pytest.mark.parametrize("latency", [0, 1])
+def test_decision_and_fill_read_one_cost_model(latency):
+    """What the decision expected a trade to cost is what Nautilus charged for its fill (fee +
+    impact), to the cent and tick: both read research/costs.py at the same liquidity."""
+    bars = random_walk(300, seed=4, vol=0.03)
+    reserve = 120_000.0
+    spec = BacktestSpec(reserve_usd=reserve, fill_latency_bars=latency)
+    out = run_q50_backtest("solana_oneCostModel", bars, oracle_inputs(bars, seed=1, skill=0.8), spec)
+    trades = out.trades
+    assert len(trades) >= 6
+    charged = trades["commission_usd"] + trades["impact_usd"]
+    orders = out.orders.set_index("client_order_id").loc[trades["client_order_id"]]
+    tick = 10.0 ** -out.price_precision
+    # Every fill: the cost model's figure for that trade vs Nautilus' charge.
+    assert (np.abs(orders["expected_cost_usd"].to_numpy() - charged.to_numpy())
+            <= 0.011 + trades["qty"].to_numpy() * tick).all()
+    assert out.impact_paid > 0 and out.fees_paid > 0
+    if latency == 0:
+        # Entries decided and filled at the same close: the decision's own expectation (the entry
+        # half of its round trip, at the intended size) is the fill's charge.
+        entries = out.decisions[out.decisions["action"] == "enter"]
+        assert len(entries) >= 3
+        for ts, d in entries.iterrows():
+            fill = trades.loc[ts]
+            expected = trade_cost(d["intended_notional_usd"], True, reserve, 0.0025, 0.1).total_usd
+            assert abs(expected - (fill["commission_usd"] + fill["impact_usd"])) <= 0.011 + fill["qty"] * tick * 2 \
+                + 10.0 ** -out.size_precision * fill["price"]
+            assert d["expected_cost_usd"] == pytest.approx(
+                expected + trade_cost(d["intended_notional_usd"], False, reserve, 0.0025, 0.1).total_usd)
+
+
+@pytest.mark.parametrize("latency, fill_price", [(1, "close"), (2, "close"), (1, "typical")])
+def test_latency_fills_at_the_later_bar(latency, fill_price):
+    bars = make_bars([1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7])
+    targets = pd.Series([0.5, np.nan, np.nan, 0.0], index=bars.index[:4])
+    out = run_pool_backtest("solana_latePool", bars, targets,
+                            BacktestSpec(fill_latency_bars=latency, fill_price=fill_price))
+    buy, sell = out.trades.iloc[0], out.trades.iloc[1]
+    # Decided at bar 0's close (01:00), filled at the close of bar L (L bars later), never at the
+    # close the decision saw.
+    assert buy.name == T0 + (1 + latency) * H and sell.name == T0 + (4 + latency) * H
+    ref = bars.iloc[latency]
+    expected = ref["close"] if fill_price == "close" else (ref["high"] + ref["low"] + ref["close"]) / 3
+    assert buy["price"] == pytest.approx(expected, abs=2e-5) and buy["ref_price"] == pytest.approx(expected)
+    assert buy["qty"] == pytest.approx(0.5 * 10_000 / 1.0, rel=1e-6)  # tokens decided at the decision's close
+    o = out.orders
+    assert (o["fill_at"] - o["decided_at"] == latency * H).all()
+
+
+def test_orders_expire_on_zero_volume_and_missing_fill_bars():
+    bars = make_bars([1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6])
+    bars.loc[bars.index[1], "volume"] = 0.0  # the fill bar of the first decision has no swaps
+    bars = bars.drop(bars.index[4])  # nor does the hour the third decision would fill in
+    targets = pd.Series([0.5, 0.5, np.nan, 0.0, np.nan, np.nan], index=bars.index)
+    out = run_pool_backtest("solana_quietPool", bars, targets, BacktestSpec(fill_latency_bars=1))
+    assert out.orders_expired == 2
+    statuses = out.orders["status"].tolist()
+    assert statuses[0] == "expired: zero-volume fill bar" and statuses[1] == "filled"
+    assert statuses[2] == "expired: no fill bar (no swaps)"
+    # The position the second decision bought is still held: its exit expired with the missing bar.
+    assert list(out.trades["side"]) == ["BUY"] and out.equity["qty"].iloc[-1] > 0
+
+
+def test_a_fill_takes_at_most_a_share_of_the_bar_volume():
+    bars = random_walk(30, seed=9, volume=2_000.0)
+    out = run_pool_backtest("solana_thinVolume", bars, buy_and_hold_targets(bars.index),
+                            BacktestSpec(fill_latency_bars=1, max_volume_share=0.1))
+    notional = out.trades["qty"] * out.trades["ref_price"]
+    assert (notional <= 0.1 * 2_000.0 + 1e-6).all()
+    # The entry is spread over every bar after the first (decisions at each close, fills a bar later),
+    # each capped: 29 x 200 USD leaves most of the cash uninvested.
+    assert len(out.trades) == 29 and (out.trades["side"] == "BUY").all()
+    assert out.equity["cash"].iloc[-1] == pytest.approx(10_000 - 29 * 200.0, rel=0.03)
+
+
+def test_max_position_size_binds_in_a_deep_pool():
+    """Deep liquidity and a strong forecast: the cost-optimal size is unbounded, Kelly's budget
+    saturates, and max_position_size decides the position."""
+    bars = random_walk(120, seed=6, vol=0.02)
+    signals = signals_from_q50(bars.index, np.full(len(bars), 0.05))
+    for cap in (0.5, 0.2):
+        spec = BacktestSpec(reserve_usd=1e12, fill_latency_bars=0)
+        inputs = inputs_for(signals, neutral_regimes(bars.index), max_position_size=cap, base_position_size=0.1)
+        out = run_q50_backtest("solana_deepPool", bars, inputs, spec)
+        first = out.decisions.iloc[0]
+        assert first["action"] == "enter" and first["intended_notional_usd"] == pytest.approx(cap * 10_000.0)
+        assert out.trades["notional_usd"].iloc[0] == pytest.approx(cap * 10_000.0, rel=1e-4)
+
+
+def test_q50_holds_by_expected_value_and_exits_when_the_edge_reverses():
+    bars = make_bars(np.full(12, 1.0) * np.exp(np.linspace(0, 0.01, 12)))
+    # Bar 0: a strong forecast (enter); bars 1-5: slightly negative, above minus the exit cost
+    # (keep: entering would not pay, leaving would cost more than staying); bar 6: clearly
+    # negative (exit); then nothing (flat stays flat).
+    q50 = [0.04, -0.001, -0.001, 0.0005, -0.001, -0.001, -0.03, -0.001, -0.001, -0.001, -0.001, -0.001]
+    signals = signals_from_q50(bars.index, q50, spread=0.004)
+    out = run_q50_backtest("solana_holdPool", bars, inputs_for(signals, neutral_regimes(bars.index)),
+                           BacktestSpec(reserve_usd=400_000.0, fill_latency_bars=1))
+    actions = out.decisions["action"].tolist()
+    assert actions[0] == "enter" and actions[1:6] == ["keep"] * 5 and actions[6] == "exit"
+    assert len(out.decisions) == 7  # flat and staying flat is not a decision row
+    keep = out.decisions.iloc[1]
+    assert -keep["exit_cost_fraction"] < keep["expected_value"] < 0
+    assert list(out.trades["side"]) == ["BUY", "SELL"]
+    assert out.trades.index[0] == T0 + 2 * H and out.trades.index[1] == T0 + 8 * H  # one bar after each decision
+    # A regime that forbids holding exits too.
+    regimes = neutral_regimes(bars.index)
+    regimes.loc[regimes.index[3], "position_multiplier"] = 0.0
+    out = run_q50_backtest("solana_holdPool", bars, inputs_for(signals, regimes),
+                           BacktestSpec(reserve_usd=400_000.0, fill_latency_bars=1))
+    assert out.decisions["action"].iloc[3] == "exit" and out.decisions["reason"].iloc[3] == "regime forbids holding"
