@@ -386,8 +386,10 @@ def metrics_markdown(metrics: pd.DataFrame) -> str:
                 cells.append(str(int(v)))
             elif c in ("fees_paid", "impact_paid"):
                 cells.append(f"{v:,.2f}")
-            elif c in ("total_return", "max_drawdown", "win_rate", "exposure", "mean_position"):
+            elif c in ("total_return", "max_drawdown", "win_rate"):
                 cells.append("n/a" if missing else f"{100 * v:.2f} %")
+            elif c in ("exposure", "mean_position"):
+                cells.append("n/a" if missing else f"{100 * v:.3g} %")  # often a few hundredths of a percent
             else:
                 cells.append("n/a" if missing else f"{v:.2f}")
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")

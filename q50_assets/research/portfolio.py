@@ -98,8 +98,14 @@ def no_trade_summary(results: pd.DataFrame) -> dict:
             "buy_and_hold_median_return": float(bh.median()) if len(bh) else np.nan}
 
 
-def _pct(v) -> str:
-    return "n/a" if pd.isna(v) else f"{100 * v:.2f} %"
+def _pct(v, digits: int = 2) -> str:
+    return "n/a" if pd.isna(v) else f"{100 * v:.{digits}f} %"
+
+
+def _pct_small(v) -> str:
+    """A share that may be tiny (q50's mean position is often a few hundredths of a percent):
+    three significant digits instead of two decimals that would print 0.00 %."""
+    return "n/a" if pd.isna(v) else f"{100 * v:.3g} %"
 
 
 def _num(v, fmt="{:.2f}") -> str:
@@ -118,10 +124,11 @@ def portfolio_markdown(table: pd.DataFrame, permutation: dict | None = None, no_
     for variant, r in table.iterrows():
         beats = r.get("q50_beats_this", np.nan)
         lines.append(
-            f"| {variant} | {int(r['pools'])} | {_pct(r['mean_return'])} | {_pct(r['median_return'])} | "
-            f"{_num(r['mean_sharpe'])} | {_num(r['median_sharpe'])} | {_pct(r['mean_max_drawdown'])} | "
-            f"{int(r['trades'])} | {r['fees_paid']:,.0f} | {r['impact_paid']:,.0f} | {_pct(r['mean_exposure'])} | "
-            f"{_pct(r['mean_position'])} | {_num(r['mean_turnover'])} | {_num(r['mean_holding_bars'], '{:.1f}')} | "
+            f"| {variant} | {int(r['pools'])} | {_pct(r['mean_return'], 3)} | {_pct(r['median_return'], 3)} | "
+            f"{_num(r['mean_sharpe'])} | {_num(r['median_sharpe'])} | {_pct(r['mean_max_drawdown'], 3)} | "
+            f"{int(r['trades'])} | {r['fees_paid']:,.2f} | {r['impact_paid']:,.2f} | {_pct_small(r['mean_exposure'])} | "
+            f"{_pct_small(r['mean_position'])} | {_num(r['mean_turnover'], '{:.3g}')} | "
+            f"{_num(r['mean_holding_bars'], '{:.1f}')} | "
             f"{'' if pd.isna(beats) else int(beats)} |")
     if permutation and permutation.get("pools"):
         lines += ["", f"Permutation null ({permutation['draws']:,} circular shifts of q50's own positions per pool, "

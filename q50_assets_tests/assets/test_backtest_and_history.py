@@ -25,7 +25,7 @@ from q50_assets.research.backtest_stage import variants_for
 from q50_assets.research.costs import trade_cost
 from q50_assets.research.regimes import REGIME_LABELS, RegimeDetector, detect_regimes
 from q50_assets.research.signals import Q50SignalLoader
-from q50_assets_tests.assets.test_model_and_signals import LIGHT_MODEL, QUIET, run_lineage
+from q50_assets_tests.assets.test_model_and_signals import DEEP_POOL, LIGHT_MODEL, QUIET, run_lineage
 from q50_assets_tests.conftest import settings_for
 
 POOLS = [
@@ -131,7 +131,7 @@ class TestNautilusIntegration:
         honoured."""
         # A deep assumed pool (2 M USD instead of 50 k): impact small enough that the light model's
         # signals trade in these three pools, so fills, history and round trips are exercised.
-        deep = {**LIGHT_MODEL, "Q50__NAUTILUS_TRADER__BACKTEST__FALLBACK_RESERVE_USD": "2000000"}
+        deep = {**LIGHT_MODEL, **DEEP_POOL}
         settings = settings_for(collector_url, tmp_path, **deep)
         out = run_lineage(settings, instance, backtest=True, pools=POOLS)
 

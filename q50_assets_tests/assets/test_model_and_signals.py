@@ -29,6 +29,11 @@ LIGHT_MODEL = {
     "Q50__MODEL__RETRAIN_EVERY_BARS": "72",
     "Q50__MODEL__NUM_BOOST_ROUND": "60",
 }
+# The light model's signals rarely pay for their costs in a 50 000 USD pool (the assumed reserve)
+# on top of the variance premium; tests that need fills (history, fault and look-ahead tests)
+# assume a deep pool and no premium instead.
+DEEP_POOL = {"Q50__NAUTILUS_TRADER__BACKTEST__FALLBACK_RESERVE_USD": "2000000",
+             "Q50__SIGNALS__VARIANCE_MULTIPLIER": "0"}
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
@@ -143,11 +148,9 @@ def test_lineage_gives_out_of_sample_signals_persisted_and_looked_up_as_of(setti
 def test_no_look_ahead_anywhere_in_the_lineage(instance, collector_url, tmp_path):
     """Change and delete every bar after t: features, regimes, predictions, signals, the strategy's
     decisions and targets, its orders and fills at or before t stay identical."""
-    # A deep assumed pool and no variance premium, so the light model's signals trade before t:
-    # the comparison below then covers real decisions and fills, not empty frames.
-    settings = settings_for(collector_url, tmp_path, **LIGHT_MODEL,
-                            Q50__NAUTILUS_TRADER__BACKTEST__FALLBACK_RESERVE_USD="2000000",
-                            Q50__SIGNALS__VARIANCE_MULTIPLIER="0")
+    # DEEP_POOL: the light model's signals trade before t, so the comparison below covers real
+    # decisions and fills, not empty frames.
+    settings = settings_for(collector_url, tmp_path, **LIGHT_MODEL, **DEEP_POOL)
     before = run_lineage(settings, instance, backtest=True)
     t = pd.Timestamp("2025-09-20 12:00", tz="UTC")
     t_epoch = int(t.timestamp())
