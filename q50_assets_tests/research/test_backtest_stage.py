@@ -116,3 +116,17 @@ def test_unavailable_when_nautilus_cannot_be_imported(monkeypatch):
     result = run_pool_stage("solana_noEngine", bars, signals, regimes, None, _config(), "run-3")
     assert result.status == "unavailable" and "cannot be imported" in result.reason
     assert result.bar_returns is None and result.outcomes == {}
+
+
+def test_unavailable_when_the_engine_cannot_start(monkeypatch):
+    import q50_assets.research.backtest as backtest
+
+    class Broken:
+        def __init__(self, *args, **kwargs):
+            raise OSError("shared library missing")
+
+    bars, signals, regimes = _pool(n=80)
+    monkeypatch.setattr(backtest, "BacktestEngine", Broken)
+    result = run_pool_stage("solana_noStart", bars, signals, regimes, None, _config(), "run-4")
+    assert result.status == "unavailable"
+    assert "BacktestEngine could not start" in result.reason and "shared library missing" in result.reason
