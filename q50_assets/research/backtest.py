@@ -501,7 +501,13 @@ def _frame(rows: list[tuple], fields: tuple[str, ...], index: str | None = None,
            times: dict[str, str] | None = None) -> pd.DataFrame:
     """The strategy's record tuples -> a DataFrame, columns built once (no per-column pops:
     this runs after every engine)."""
-    columns = list(zip(*rows)) if rows else [[] for _ in fields]
+    if not rows:
+        frame = pd.DataFrame({times.get(f, f) if times else f: pd.Series(dtype=object) for f in fields
+                              if f != index}, index=pd.DatetimeIndex([], tz="UTC", name=index) if index else None)
+        for ns_name, name in (times or {}).items():
+            frame[name] = pd.DatetimeIndex([], tz="UTC")
+        return frame
+    columns = list(zip(*rows))
     data, idx = {}, None
     for name, values in zip(fields, columns):
         if name == index:
@@ -539,7 +545,10 @@ def _run(pool_id: str, built: PoolInstrument, strategy, spec: BacktestSpec, cost
         engine.dispose()
 
     n = len(built.frame)
-    equity = _frame(strategy.equity_rows, EQUITY_FIELDS, index="ts")
+    # One float block (clock ns fit a float64 exactly only to 2**53: kept as int64 beside it).
+    values = np.array(strategy.equity_rows, dtype=np.float64).reshape(-1, len(EQUITY_FIELDS) - 1)
+    equity = pd.DataFrame(values[:, 1:], columns=list(EQUITY_FIELDS[2:]), index=_times(strategy.equity_ts).rename("ts"))
+    equity.insert(0, "clock_ns", np.array([r[0] for r in strategy.equity_rows], dtype=np.int64))
     seen = len(equity)
     close_sum = float(equity["close"].sum()) if seen else 0.0
     consumed = BarsConsumed(count=seen, first_ts=equity.index[0] if seen else None,

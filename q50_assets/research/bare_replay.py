@@ -207,33 +207,42 @@ def same_orders(a: pd.DataFrame, b: pd.DataFrame) -> bool:
             and [Decimal(str(x)) for x in a["qty"]] == [Decimal(str(x)) for x in b["qty"]])
 
 
-def time_stage_vs_bare(pool_data, warmup: bool = True) -> dict:
+def time_stage_vs_bare(pool_data, warmup: bool = True, repeats: int = 3) -> dict:
     """Time the Q50 strategy's backtest (:func:`run_q50_backtest`) against :func:`replay_bare`
     pool by pool.
 
     ``pool_data``: iterable of (pool_id, bars, inputs (:class:`~q50_assets.research.backtest.Q50Inputs`),
     spec). Sequential, same process, interleaved (each pool's backtest, then its bare replay,
-    then the next pool). With ``warmup`` the first pool is run both ways once, untimed, first
-    (one-off process costs). Returns totals: backtest_seconds, bare_seconds, ratio (= backtest /
-    bare), pools, fills_backtest, fills_bare, plus orders, orders_mismatch_pools (pools whose
-    bare orders differ from the backtest's: should be 0), bars, bare_engine_seconds and
-    ratio_engine_only (backtest / bare engine build..dispose only).
+    then the next pool), ``repeats`` times; each side's time per pool is its fastest repeat (as
+    ``timeit`` does: on a shared machine the minimum is the run least disturbed by others). With
+    ``warmup`` the first pool is run both ways once, untimed, first (one-off process costs).
+    Returns totals: backtest_seconds, bare_seconds, ratio (= backtest / bare), pools,
+    fills_backtest, fills_bare, plus orders, orders_mismatch_pools (pools whose bare orders
+    differ from the backtest's: should be 0), bars, bare_engine_seconds, ratio_engine_only
+    (backtest / bare engine build..dispose only) and repeats.
     """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     pool_data = list(pool_data)
     if warmup and pool_data:
         pool_id, bars, inputs, spec = pool_data[0]
         replay_bare(pool_id, bars, orders_from_outcome(run_q50_backtest(pool_id, bars, inputs, spec)), spec)
     totals = {"backtest_seconds": 0.0, "bare_seconds": 0.0, "bare_engine_seconds": 0.0, "pools": 0,
-              "bars": 0, "orders": 0, "fills_backtest": 0, "fills_bare": 0, "orders_mismatch_pools": 0}
+              "bars": 0, "orders": 0, "fills_backtest": 0, "fills_bare": 0, "orders_mismatch_pools": 0,
+              "repeats": repeats}
     for pool_id, bars, inputs, spec in pool_data:
-        t0 = time.perf_counter()
-        outcome = run_q50_backtest(pool_id, bars, inputs, spec)
-        stage_s = time.perf_counter() - t0
-        orders = orders_from_outcome(outcome)  # untimed: the bare side's input
-        bare = replay_bare(pool_id, bars, orders, spec)
+        stage_s = bare_s = engine_s = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            outcome = run_q50_backtest(pool_id, bars, inputs, spec)
+            stage_s = min(stage_s, time.perf_counter() - t0)
+            orders = orders_from_outcome(outcome)  # untimed: the bare side's input
+            bare = replay_bare(pool_id, bars, orders, spec)
+            bare_s = min(bare_s, bare["seconds"])
+            engine_s = min(engine_s, bare["engine_seconds"])
         totals["backtest_seconds"] += stage_s
-        totals["bare_seconds"] += bare["seconds"]
-        totals["bare_engine_seconds"] += bare["engine_seconds"]
+        totals["bare_seconds"] += bare_s
+        totals["bare_engine_seconds"] += engine_s
         totals["pools"] += 1
         totals["bars"] += bare["bars"]
         totals["orders"] += len(orders)

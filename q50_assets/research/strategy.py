@@ -44,8 +44,8 @@ opening L bars after the decision bar closed; L = 0: at the decision's own close
   (h+l+c)/3 -- a setting) moved by constant-product impact, and charges the swap fee: the same
   cost model the decision used.
 
-Records (plain tuples, turned into frames after the run): ``equity_rows`` one per bar after its
-fills; ``orders`` one per order decided (filled or expired) with what the cost model expected it
+Records (plain tuples, turned into frames after the run): ``equity_ts`` / ``equity_rows`` one per
+bar after its fills; ``orders`` one per order decided (filled or expired) with what the cost model expected it
 to cost; ``decisions`` (Q50 only) one per bar where it held a position or acted (enter, add,
 keep, trim, exit): a flat bar that stays flat is not recorded (the signal table's ``reason``
 says why a flat book would not enter).
@@ -101,8 +101,11 @@ class _TargetExecution(Strategy):
         self._i = 0
         self._cash = 0.0
         self._held = Decimal(0)
+        self._held_f = 0.0  # float(self._held), refreshed after each fill (read every bar)
+        self._latency = int(config.fill_latency_bars)
         self._pending: dict[int, list[tuple]] = {}  # fill bar close ns -> [(target lots, decided ns, tau)]
-        self.equity_rows: list[tuple] = []
+        self.equity_ts: list[int] = []  # bar close ns, one per bar
+        self.equity_rows: list[tuple] = []  # EQUITY_FIELDS[1:], plain floats
         self.orders: list[tuple] = []
         self.orders_expired = 0
         self.bars_seen = 0
@@ -117,6 +120,7 @@ class _TargetExecution(Strategy):
         self._account = self.portfolio.account(self.config.instrument_id.venue)
         self._cash = self._account.balance_free(USD).as_double()
         self._held = self.portfolio.net_position(self.config.instrument_id)
+        self._held_f = float(self._held)
         self.subscribe_bars(self.config.bar_type)
 
     def on_stop(self) -> None:
@@ -134,18 +138,18 @@ class _TargetExecution(Strategy):
             i = market.index_of[ts]
         self._i = i + 1
         self.bars_seen += 1
-        latency = self.config.fill_latency_bars
-        if latency > 0 and self._pending:
+        if self._pending and self._latency > 0:
             self._execute_due(i, ts)
         tau = self._target(i, ts)
         if tau == tau:  # not NaN
             self._schedule(i, ts, tau)
-            if latency == 0:
+            if self._latency == 0:
                 self._execute_due(i, ts)
         close = market.close[i]
-        held = float(self._held)
-        self.equity_rows.append((ts, self.clock.timestamp_ns(), close, self._cash, held, self._cash + held * close,
-                                 tau))
+        held = self._held_f
+        cash = self._cash
+        self.equity_ts.append(ts)
+        self.equity_rows.append((self.clock.timestamp_ns(), close, cash, held, cash + held * close, tau))
 
     def _target(self, i: int, ts: int) -> float:
         raise NotImplementedError
@@ -153,7 +157,7 @@ class _TargetExecution(Strategy):
     # --- scheduling and execution -----------------------------------------------------------
     def _schedule(self, i: int, ts: int, tau: float) -> None:
         close = self.market.close[i]
-        held = float(self._held)
+        held = self._held_f
         value = held * close
         equity = self._cash + value
         target_value = max(tau, 0.0) * equity
@@ -222,6 +226,7 @@ class _TargetExecution(Strategy):
         # Fills are synchronous on this venue: read the post-trade state.
         self._cash = self._account.balance_free(USD).as_double()
         self._held = self.portfolio.net_position(cfg.instrument_id)
+        self._held_f = float(self._held)
         self._record_order(decided, ts, "BUY" if is_buy else "SELL", float(qty), tau, target, "filled",
                            expected.total_usd, str(order.client_order_id))
 
@@ -328,7 +333,7 @@ class Q50Strategy(_TargetExecution):
         sig = self.signals.index_at_ns(ts)
         has_signal = sig >= 0 and self.signals.open_ns[sig] + bar_ns == ts
         close = market.close[i]
-        held_value = float(self._held) * close
+        held_value = self._held_f * close
         if held_value < DUST_USD:
             held_value = 0.0  # dust left by Nautilus' float booking (strategy.sellable_qty) is flat
         if held_value <= 0.0 and not (has_signal and self._may_enter[sig]):

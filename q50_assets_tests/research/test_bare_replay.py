@@ -125,8 +125,8 @@ def test_time_stage_vs_bare_totals():
         bars = random_walk(n, seed=10 + i)
         spec = BacktestSpec(reserve_usd=2_000_000.0, fill_latency_bars=1, max_volume_share=0.1)
         pools.append((f"solana_timed{i}", bars, oracle_inputs(bars, seed=20 + i), spec))
-    res = time_stage_vs_bare(pools, warmup=False)
-    assert res["pools"] == 2
+    res = time_stage_vs_bare(pools, warmup=False, repeats=2)
+    assert res["pools"] == 2 and res["repeats"] == 2
     assert res["bars"] == 270
     assert res["fills_backtest"] == res["fills_bare"] == res["orders"] > 0
     assert res["orders_mismatch_pools"] == 0
