@@ -213,6 +213,14 @@ class StrategySettings(_Section):
     )
     regime_detection: RegimeDetectionSettings = RegimeDetectionSettings()
 
+    @model_validator(mode="after")
+    def _uri_only_with_database_source(self) -> "StrategySettings":
+        # A key that is parsed and then ignored misleads: the URI is only read for signal_source: database.
+        if self.database_uri and self.signal_source != "database":
+            raise ValueError("database_uri is only read with signal_source: database (got signal_source: "
+                             f"{self.signal_source}); unset it or set signal_source to database")
+        return self
+
 
 class RiskManagementSettings(_Section):
     max_position_size: float = Field(default=0.5, gt=0, le=1)

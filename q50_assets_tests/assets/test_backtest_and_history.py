@@ -22,7 +22,6 @@ from q50_assets.db.q50_models import q50_backtest_results, q50_regime_labels, q5
 from q50_assets.definitions import build_definitions
 from q50_assets.research.backtest import Q50Inputs, run_q50_backtest
 from q50_assets.research.backtest_stage import variants_for
-from q50_assets.research.costs import trade_cost
 from q50_assets.research.regimes import REGIME_LABELS, RegimeDetector, detect_regimes
 from q50_assets.research.signals import Q50SignalLoader
 from q50_assets_tests.assets.test_model_and_signals import DEEP_POOL, LIGHT_MODEL, QUIET, run_lineage

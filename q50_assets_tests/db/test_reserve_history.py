@@ -3,7 +3,6 @@ on both databases: the pools snapshot as of last_updated, the history tables whe
 rows that observe nothing left out and counted, never a later observation."""
 
 import pandas as pd
-import pytest
 from sqlalchemy import inspect, update
 
 from q50_assets.db.collector_models import COLLECTOR_HISTORY_TABLES, collector_history_metadata, pools

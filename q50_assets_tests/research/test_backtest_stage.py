@@ -12,7 +12,7 @@ from q50_assets.research.backtest import BacktestSpec
 from q50_assets.research.backtest_stage import (BacktestStageConfig, history_rows, results_rows, run_pool_stage,
                                                 variants_for)
 from q50_assets.research.costs import ReserveSeries
-from q50_assets_tests.research.q50_fixtures import neutral_regimes, signals_from_q50
+from q50_assets_tests.research.q50_fixtures import neutral_regimes
 
 T0 = pd.Timestamp("2025-03-01", tz="UTC")
 H4 = pd.Timedelta(hours=4)

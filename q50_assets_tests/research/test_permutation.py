@@ -8,7 +8,7 @@ import pytest
 from q50_assets.research.backtest import BacktestSpec, _prepare_bars, build_pool_instrument, run_pool_backtest
 from q50_assets.research.permutation import (ReplayMarket, ReplayParams, circular_shifts, grid_mean_return, p_value,
                                              permutation_null, pooled_p_value, replay_targets)
-from q50_assets_tests.research.q50_fixtures import H, T0, make_bars
+from q50_assets_tests.research.q50_fixtures import make_bars
 
 
 def _thin_pool(n=260, seed=1):
