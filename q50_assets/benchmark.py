@@ -14,8 +14,10 @@ Stages and what their time covers:
 * ``model``          - every walk-forward fold of the Q50 model (load panel, fit, predict).
 * ``signals``        - signal columns for every pool.
 * ``regimes``        - regime labels for every pool.
-* ``backtest``       - the backtest stage for every pool: three NautilusTrader engines each
-  (the Q50 strategy, buy & hold, shuffled) plus metrics; ``backtest_q50_only`` the strategy alone.
+* ``backtest``       - the backtest stage for every pool (research/backtest_stage.py run_pool_stage):
+  the NautilusTrader engines of every variant (q50, q50_close, the reserve sensitivity where the
+  reserve is assumed, buy & hold, buy & hold at q50's exposure), metrics, round trips and the
+  permutation null; ``backtest_q50_only`` the Q50 strategy's engine alone.
 * ``backtest_vs_bare`` - the Q50 strategy's engines against a bare Nautilus engine replaying the
   same bars and orders (research/bare_replay.py), when that module is present.
 * ``p3_new_bar_to_trading_history`` - through Dagster: the collector writes one new bar for one
@@ -139,6 +141,8 @@ def run_benchmark(settings, scratch: Path) -> dict:
         rec.update(folds=len(trained), train_rows_last_fold=int(trained["train_rows"].max()) if len(trained) else 0,
                    predictions=len(result.predictions), **{k: round(v, 5) for k, v in summary.items()})
 
+    fallback = settings.nautilus_trader.backtest.fallback_reserve_usd
+    reserve_series = {p: db.pool_reserves(p, fallback)[0] for p in frames}
     with timer.stage("signals") as rec:
         preds = result.predictions
         n = 0
@@ -147,13 +151,17 @@ def run_benchmark(settings, scratch: Path) -> dict:
                 continue
             pool_preds = preds.xs(pool_id, level="pool_id")
             signals = compute_signals(pool_preds[["q10", "q50", "q90", "predicted_at"]],
-                                      frame["vol_risk"], signal_config(settings))
+                                      frame["vol_risk"], signal_config(settings), reserves=reserve_series[pool_id])
             n += len(signals)
         rec["signals"] = n
 
-    from q50_assets.assets.backtest import run_variants
+    from q50_assets.assets.backtest import backtest_stage_config
     from q50_assets.assets.regimes import pool_regimes
     from q50_assets.definitions import build_resources
+    from q50_assets.research.backtest import Q50Inputs, run_q50_backtest
+    from q50_assets.research.backtest_stage import run_pool_stage
+    from q50_assets.research.regimes import RegimeDetector
+    from q50_assets.research.signals import Q50SignalLoader
 
     with timer.stage("regimes") as rec:
         regimes = {p: pool_regimes(frame, settings) for p, frame in frames.items()}
@@ -164,33 +172,50 @@ def run_benchmark(settings, scratch: Path) -> dict:
         if pool_id in preds.index.get_level_values(0):
             pool_preds = preds.xs(pool_id, level="pool_id")
             pool_signals[pool_id] = compute_signals(pool_preds[["q10", "q50", "q90", "predicted_at"]],
-                                                    frame["vol_risk"], signal_config(settings))
+                                                    frame["vol_risk"], signal_config(settings),
+                                                    reserves=reserve_series[pool_id])
     nautilus = build_resources(settings)["nautilus"]
-    fallback = settings.nautilus_trader.backtest.fallback_reserve_usd
-    reserves = {p: db.pool_reserve_usd(p) or fallback for p in pool_signals}
+    stage_config = backtest_stage_config(settings, nautilus)
     results = {}
     with timer.stage("backtest") as rec:
         for pool_id, signals in pool_signals.items():
-            results[pool_id] = run_variants(pool_id, safe[pool_id], signals, regimes[pool_id], nautilus,
-                                            reserves[pool_id], settings, "benchmark")
-        rec.update(pools=len(results), engines=3 * len(results),
-                   fills=sum(len(o.fills) for r in results.values() for o in r.outcomes.values()))
+            results[pool_id] = run_pool_stage(pool_id, safe[pool_id], signals, regimes[pool_id],
+                                              reserve_series[pool_id], stage_config, "benchmark")
+        ok = [r for r in results.values() if r.status == "ok"]
+        rec.update(pools=len(results), engines=sum(len({id(o) for o in r.outcomes.values()}) for r in ok),
+                   fills=sum(len(o.fills) for r in ok for o in {id(o): o for o in r.outcomes.values()}.values()),
+                   permutation_draws=sum(r.permutation["draws"] for r in ok))
+    risk = settings.nautilus_trader.risk_management
+
+    def q50_inputs(pool_id):
+        return Q50Inputs(signals=Q50SignalLoader(pool_signals[pool_id]),
+                         regimes=RegimeDetector().with_labels(regimes[pool_id]),
+                         base_position_size=risk.base_position_size, max_position_size=risk.max_position_size,
+                         kelly_fraction=settings.nautilus_trader.backtest.kelly_fraction,
+                         variance_multiplier=settings.signals.variance_multiplier)
+
+    def pool_spec(pool_id):
+        from dataclasses import replace
+
+        return replace(stage_config.spec, reserves=reserve_series[pool_id])
+
     with timer.stage("backtest_q50_only") as rec:
         fills = 0
-        for pool_id, result in results.items():
-            outcome = nautilus.run(pool_id, safe[pool_id], result.decisions["target"], reserves[pool_id])
+        for pool_id in pool_signals:
+            outcome = run_q50_backtest(pool_id, safe[pool_id], q50_inputs(pool_id), pool_spec(pool_id),
+                                       timeframe=settings.timeframe)
             fills += len(outcome.fills)
-        rec.update(pools=len(results), bars=sum(len(safe[p]) for p in results), fills=fills)
+        rec.update(pools=len(pool_signals), bars=sum(len(safe[p]) for p in pool_signals), fills=fills)
     try:
         from q50_assets.research import bare_replay
     except ImportError:
         bare_replay = None
     if bare_replay is not None:
         with timer.stage("backtest_vs_bare") as rec:
-            data = [(p, safe[p], results[p].decisions["target"], nautilus.spec(reserves[p])) for p in results]
+            data = [(p, safe[p], q50_inputs(p), pool_spec(p)) for p in pool_signals]
             rec.update(bare_replay.time_stage_vs_bare(data))
 
-    q50_fills = {p: len(r.outcomes["q50"].fills) for p, r in results.items() if r.outcomes}
+    q50_fills = {p: len(r.outcomes["q50"].fills) for p, r in results.items() if r.status == "ok"}
     p3_new_bar_to_trading_history(settings, db, scratch, safe, q50_fills, timer)
     p1_full_lineage(scratch, timer)
 

@@ -38,6 +38,9 @@ def build_resources(settings: Settings) -> dict:
             max_reserve_fraction=settings.nautilus_trader.backtest.max_reserve_fraction,
             min_trade_fraction=settings.nautilus_trader.backtest.min_trade_fraction,
             bar_seconds=TIMEFRAME_SECONDS[settings.timeframe],
+            fill_latency_bars=settings.nautilus_trader.backtest.fill_latency_bars,
+            fill_price=settings.nautilus_trader.backtest.fill_price,
+            max_volume_share=settings.nautilus_trader.backtest.max_volume_share,
         ),
         "settings": settings,
     }

@@ -124,15 +124,15 @@ def write_collector(engine, pools: dict[str, pd.DataFrame], reserves: dict[str, 
 
 def run_scale(settings, n_pools: int, scratch: Path) -> dict:
     """Generate ``n_pools`` pools, push them through every stage; per-stage seconds and counts."""
-    from q50_assets.assets.backtest import equity_png, run_variants
+    from q50_assets.assets.backtest import backtest_stage_config
     from q50_assets.assets.features import build_pool_features
     from q50_assets.assets.model import load_training_panel, train_q50_model
     from q50_assets.assets.ohlcv import bar_rules
     from q50_assets.assets.regimes import pool_regimes
     from q50_assets.assets.signals import pool_signals
-    from q50_assets.assets.trading_history import history_rows
+    from q50_assets.research.backtest_stage import equity_png, history_rows, results_rows, run_pool_stage
     from q50_assets.definitions import build_resources
-    from q50_assets.research.bars import TIMEFRAME_SECONDS, validate_bars
+    from q50_assets.research.bars import validate_bars
     from q50_assets.resources.database import CollectorDatabase
     from q50_assets.resources.qlib_store import QlibStore
 
@@ -141,7 +141,6 @@ def run_scale(settings, n_pools: int, scratch: Path) -> dict:
     scratch.mkdir(parents=True)
     settings = settings.model_copy(update={"data_dir": scratch, "database": settings.database.model_copy(update={"url": None})})
     tf = settings.timeframe
-    bar = pd.Timedelta(seconds=TIMEFRAME_SECONDS[tf])
 
     started = time.perf_counter()
     sources = _source_bars(settings, scratch)
@@ -211,13 +210,16 @@ def run_scale(settings, n_pools: int, scratch: Path) -> dict:
 
     fills = history = 0
     for pool_id, (frame, regimes) in frames.items():
-        signals = timed("signals", pool_signals, pool_id, trained, frame, settings)
+        signals = timed("signals", pool_signals, pool_id, trained, frame, settings,
+                        db.pool_reserves(pool_id, settings.nautilus_trader.backtest.fallback_reserve_usd)[0])
         timed("signals", db.replace_signals, pool_id, tf, signals)
 
         def backtest(p=pool_id, s=signals, r=regimes):
-            result = run_variants(p, safe[p], s, r, nautilus, reserves[p], settings, f"scale-{p}")
+            reserve_series, _ = db.pool_reserves(p, settings.nautilus_trader.backtest.fallback_reserve_usd)
+            result = run_pool_stage(p, safe[p], s, r, reserve_series, backtest_stage_config(settings, nautilus),
+                                    f"scale-{p}")
             if result.status == "ok":
-                db.replace_backtest_results(result.backtest_run_id, p, tf, result.metrics.reset_index())
+                db.replace_backtest_results(result.backtest_run_id, p, tf, results_rows(result))
                 equity_png(result)
             return result
 
@@ -225,7 +227,7 @@ def run_scale(settings, n_pools: int, scratch: Path) -> dict:
         if result.status != "ok":
             continue
         fills += len(result.outcomes["q50"].fills)
-        rows = timed("trading_history", history_rows, result, bar)
+        rows = timed("trading_history", history_rows, result)
         history += timed("trading_history", db.replace_trading_history, result.backtest_run_id, pool_id, rows)
 
     total_bars = sum(len(b) for b in safe.values())

@@ -121,13 +121,10 @@ class EvaluationSettings(_Section):
 
 
 class SignalSettings(_Section):
-    swap_fee: float = Field(default=0.0025, ge=0, lt=0.1, description="DEX swap fee per side (0.25 %).")
+    swap_fee: float = Field(default=0.0025, ge=0, lt=0.1, description="DEX swap fee per side (0.25 %); the cost "
+                            "model adds constant-product impact at the intended size (research/costs.py).")
     variance_multiplier: float = Field(default=1.0, ge=0)
     allow_short: bool = Field(default=False, description="Spot DEX: no borrowing is modelled.")
-
-    @property
-    def round_trip_cost(self) -> float:
-        return 2 * self.swap_fee
 
 
 class BacktestSettings(_Section):
@@ -139,13 +136,37 @@ class BacktestSettings(_Section):
     )
     min_trade_fraction: float = Field(default=0.02, ge=0, lt=1, description="Smallest rebalance, fraction of equity.")
     kelly_fraction: float = Field(default=0.5, gt=0, le=1, description="Fractional Kelly for signal strength.")
-    shuffle_seed: int = Field(default=7, description="Seed of the shuffled-signal baseline.")
+    fill_latency_bars: int = Field(
+        default=1, ge=1, le=24,
+        description="Bars between a decision (at a bar's close) and its fill; also the model's label offset "
+        "(the label is the return from close(t+L) to close(t+L+h)). The q50_close variant fills at the "
+        "decision's own close for comparison.")
+    fill_price: Literal["close", "typical"] = Field(
+        default="close", description="Price a delayed fill executes at (before impact): the fill bar's close, "
+        "or its typical price (high + low + close) / 3.")
+    max_volume_share: float = Field(
+        default=0.1, gt=0, le=1,
+        description="Largest trade as a share of the fill bar's USD volume; a zero-volume fill bar fills nothing "
+        "(the order expires).")
+    permutations: int = Field(default=1000, ge=1000, le=100_000,
+                              description="Permutation null draws per pool (circular shifts of the Q50 positions).")
+    permutation_seed: int = Field(default=7, description="Seed of the permutation null.")
     fallback_reserve_usd: float | None = Field(
         default=50_000.0, gt=0,
-        description="Liquidity assumed for price impact when the collector has no reserve_usd for a pool; "
-        "null = no impact for such pools (flagged in metadata).",
+        description="Liquidity assumed for price impact when the collector has no observation of a pool's reserve "
+        "at a bar's time; null = no impact for such bars (flagged in metadata).",
     )
+    reserve_sensitivity: tuple[float, ...] = Field(
+        default=(0.5, 2.0),
+        description="The assumed reserve is also scaled by each factor (variants q50_reserve_x<factor>).")
     buy_and_hold_fraction: float = Field(default=1.0, gt=0, le=1, description="Equity share of the buy & hold baseline.")
+
+    @model_validator(mode="after")
+    def _sensitivity_factors(self) -> "BacktestSettings":
+        bad = [f for f in self.reserve_sensitivity if not (f > 0 and f != 1 and f < 1e3)]
+        if bad:
+            raise ValueError(f"reserve_sensitivity factors must be > 0, not 1 and < 1000, got {bad}")
+        return self
 
 
 class RegimeDetectionSettings(_Section):
@@ -205,13 +226,24 @@ class RegimeDetectionSettings(_Section):
 
 
 class StrategySettings(_Section):
-    signal_source: Literal["qlib"] = "qlib"
+    signal_source: Literal["qlib", "database"] = Field(
+        default="qlib",
+        description="qlib: backtest this run's signals (the q50_signals asset); database: backtest the signals "
+        "stored in q50_signals of database_uri (signals made elsewhere).")
     database_uri: str | None = Field(
         default=None,
-        description="Where the strategy reads signals. From the environment; null means the "
+        description="Where signal_source: database reads q50_signals. From the environment; null means the "
         "project database (database.url).",
     )
     regime_detection: RegimeDetectionSettings = RegimeDetectionSettings()
+
+    @model_validator(mode="after")
+    def _uri_only_with_database_source(self) -> "StrategySettings":
+        # A key that is parsed and then ignored misleads: the URI is only read for signal_source: database.
+        if self.database_uri and self.signal_source != "database":
+            raise ValueError("database_uri is only read with signal_source: database (got signal_source: "
+                             f"{self.signal_source}); unset it or set signal_source to database")
+        return self
 
 
 class RiskManagementSettings(_Section):

@@ -82,6 +82,8 @@ def walk_forward_config(settings: Settings) -> WalkForwardConfig:
     m = settings.model
     return WalkForwardConfig(
         horizon_bars=m.horizon_bars,
+        # The label starts where a delayed strategy's fill does (research/q50_model.py make_labels).
+        label_offset_bars=settings.nautilus_trader.backtest.fill_latency_bars,
         bar_seconds=TIMEFRAME_SECONDS[settings.timeframe],
         initial_train_bars=m.initial_train_bars,
         retrain_every_bars=m.retrain_every_bars,
@@ -112,7 +114,8 @@ def load_training_panel(store: QlibStore, settings: Settings) -> tuple[pd.DataFr
     expressions = expressions_for(settings)
     panel = store.features(pool_ids, {**expressions, "close": "$close", "filled": "$filled"})
     bar_seconds = TIMEFRAME_SECONDS[settings.timeframe]
-    labels = make_labels(panel["close"], settings.model.horizon_bars, bar_seconds)
+    labels = make_labels(panel["close"], settings.model.horizon_bars, bar_seconds,
+                         offset_bars=settings.nautilus_trader.backtest.fill_latency_bars)
 
     # Each pool's grid is contiguous from its first bar: the position in it is bars since start.
     bars_in = panel.groupby(level="pool_id").cumcount().to_numpy()

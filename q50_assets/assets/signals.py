@@ -20,6 +20,7 @@ from dagster import (
 from q50_assets.assets.model import TrainedQ50Model
 from q50_assets.assets.partitions import pool_partitions
 from q50_assets.research.bars import TIMEFRAME_SECONDS
+from q50_assets.research.costs import ReserveSeries
 from q50_assets.research.signals import SignalConfig, compute_signals
 from q50_assets.resources.database import CollectorDatabase
 from q50_assets.settings import Settings
@@ -29,8 +30,12 @@ SIGNALS_ASSET = "q50_signals"
 
 def signal_config(settings: Settings) -> SignalConfig:
     s = settings.signals
+    bt = settings.nautilus_trader.backtest
+    risk = settings.nautilus_trader.risk_management
     return SignalConfig(
-        round_trip_cost=s.round_trip_cost, variance_multiplier=s.variance_multiplier, allow_short=s.allow_short
+        swap_fee=s.swap_fee, max_reserve_fraction=bt.max_reserve_fraction, capital_usd=bt.starting_capital_usd,
+        base_position_size=risk.base_position_size, max_position_size=risk.max_position_size,
+        kelly_fraction=bt.kelly_fraction, variance_multiplier=s.variance_multiplier, allow_short=s.allow_short,
     )
 
 
@@ -63,14 +68,17 @@ def pool_predictions(pool_id: str, model: TrainedQ50Model, features: pd.DataFram
     return pd.concat([pool_preds, live_preds[pool_preds.columns]]).sort_index()
 
 
-def pool_signals(pool_id: str, model: TrainedQ50Model, features: pd.DataFrame, settings: Settings) -> pd.DataFrame:
-    """One pool's signal rows (index open_time) from the model's out-of-sample quantiles."""
+def pool_signals(pool_id: str, model: TrainedQ50Model, features: pd.DataFrame, settings: Settings,
+                 reserves: ReserveSeries | None) -> pd.DataFrame:
+    """One pool's signal rows (index open_time) from the model's out-of-sample quantiles, costs
+    priced at the pool's liquidity over time (``reserves``)."""
     bar = pd.Timedelta(seconds=TIMEFRAME_SECONDS[settings.timeframe])
     pool_preds = pool_predictions(pool_id, model, features, bar)
     signals = compute_signals(
         pool_preds[["q10", "q50", "q90", "predicted_at"]],
         features["vol_risk"].reindex(pool_preds.index),
         signal_config(settings),
+        reserves=reserves,
     )
     signals["fold"] = pool_preds["fold"].astype("int64")
     signals["model_run"] = model.run_id
@@ -98,8 +106,9 @@ def pool_signals(pool_id: str, model: TrainedQ50Model, features: pd.DataFrame, s
         ),
     ],
     description="Per pool: spread, prob_up, enhanced info ratio, expected value, adaptive threshold "
-    "(with the round-trip cost), tradeable, side and tier from the out-of-sample q10/q50/q90; "
-    "persisted to q50_signals with the time each becomes known.",
+    "(with the round trip's fee and impact at the intended size, from the one cost model), tradeable, "
+    "side and tier from the out-of-sample q10/q50/q90; persisted to q50_signals with the time each "
+    "becomes known.",
 )
 def q50_signals(
     context: AssetExecutionContext,
@@ -109,7 +118,8 @@ def q50_signals(
     settings: ResourceParam[Settings],
 ):
     pool_id = context.partition_key
-    signals = pool_signals(pool_id, q50_model, qlib_features, settings)
+    reserves, _ = collector_db.pool_reserves(pool_id, settings.nautilus_trader.backtest.fallback_reserve_usd)
+    signals = pool_signals(pool_id, q50_model, qlib_features, settings, reserves)
 
     bar = pd.Timedelta(seconds=TIMEFRAME_SECONDS[settings.timeframe])
     early = signals.index[signals["known_at"] < signals.index + bar]
@@ -126,6 +136,8 @@ def q50_signals(
             "signals": len(signals),
             "rows_written": written,
             "tradeable": int(signals["tradeable"].sum()),
+            "reserve_sources": MetadataValue.json(
+                {str(k): int(v) for k, v in signals["reserve_source"].value_counts().items()}),
             "long": int(sides.get("long", 0)),
             "short": int(sides.get("short", 0)),
             "hold": int(sides.get("hold", 0)),

@@ -18,51 +18,12 @@ from dagster import (
     asset,
 )
 
-from q50_assets.assets.backtest import PoolBacktest
 from q50_assets.assets.partitions import pool_partitions
-from q50_assets.research.bars import TIMEFRAME_SECONDS
+from q50_assets.research.backtest_stage import PoolBacktest, history_rows
 from q50_assets.resources.database import CollectorDatabase
 from q50_assets.settings import Settings
 
 TRADING_HISTORY_ASSET = "q50_trading_history"
-
-
-def history_rows(result: PoolBacktest, bar: pd.Timedelta) -> pd.DataFrame:
-    """One row per fill of the strategy (variant q50), from Nautilus' fills and order reports.
-
-    The decision behind a fill is the one of the bar whose close is the fill time (orders are
-    submitted and filled at that close); a fill with no decision at that bar (the strategy going
-    flat where no signal exists) keeps the signal fields empty rather than borrowing another bar's.
-    """
-    outcome = result.outcomes["q50"]
-    fills = outcome.fills
-    if fills is None or fills.empty:
-        return pd.DataFrame()
-    fills = fills.sort_values("ts_event", kind="stable")
-    trades = outcome.trades  # same fills, same stable order: per-token quantities, fee, impact
-    if len(trades) != len(fills):
-        raise RuntimeError(f"pool {result.pool_id}: {len(fills)} Nautilus fills but {len(trades)} trade rows")
-    status = outcome.order_fills["status"].astype(str) if "status" in outcome.order_fills else pd.Series(dtype=str)
-    fill_time = pd.DatetimeIndex(fills["ts_event"]).tz_convert("UTC")
-    decision_open = fill_time - bar
-    decisions = result.decisions.reindex(decision_open)
-    signals = result.signals.reindex(decision_open)
-    client_ids = [str(i) for i in fills.index]
-    return pd.DataFrame({
-        "timestamp": fill_time,
-        "filled_at": fill_time,
-        "q50_signal": signals["q50"].to_numpy(),
-        "regime_classification": decisions["regime"].to_numpy(),
-        "position_size": decisions["target"].to_numpy(),
-        "nautilus_order_id": client_ids,
-        "execution_status": [status.get(i, "FILLED") for i in client_ids],
-        "feature_vector_id": signals["feature_vector_id"].to_numpy() if "feature_vector_id" in signals else None,
-        "side": trades["side"].to_numpy(),
-        "quantity": trades["qty_tokens"].to_numpy(),
-        "price": trades["price_per_token"].to_numpy(),
-        "fee": trades["commission_usd"].to_numpy(),
-        "impact": trades["impact_usd"].to_numpy(),
-    })
 
 
 @asset(
@@ -75,9 +36,10 @@ def history_rows(result: PoolBacktest, bar: pd.Timedelta) -> pd.DataFrame:
                        description="The rows stored for this backtest run equal Nautilus' fills report: count, "
                        "total quantity, total fees."),
     ],
-    description="Every order of the Q50 strategy's Nautilus backtest with its fill (side, quantity, price, fee, "
-    "impact), the signal, regime and target that decided it and the feature vector behind it; keyed by the "
-    "backtest run id, replaced per run in one transaction.",
+    description="Every fill of the Q50 strategy's Nautilus backtest (side, quantity, price, fee, impact), when "
+    "its order was decided, what the cost model expected it to cost and at which liquidity, the signal, regime "
+    "and target that decided it and the feature vector behind it; keyed by the backtest run id, replaced per "
+    "run in one transaction.",
 )
 def q50_trading_history(
     context: AssetExecutionContext,
@@ -92,8 +54,7 @@ def q50_trading_history(
         yield AssetCheckResult(check_name="reconciles_with_fills", passed=True,
                                metadata={"skipped": backtest_results.reason})
         return
-    bar = pd.Timedelta(seconds=TIMEFRAME_SECONDS[settings.timeframe])
-    rows = history_rows(backtest_results, bar)
+    rows = history_rows(backtest_results)
     run_id = backtest_results.backtest_run_id
     written = collector_db.replace_trading_history(run_id, pool_id, rows)
 

@@ -147,3 +147,34 @@ watchlist = Table(
 # Insert order that satisfies the foreign keys.
 COLLECTOR_TABLES = (dexes, tokens, pools, ohlcv_data, trades, collection_metadata, watchlist)
 COLLECTOR_TABLE_NAMES = tuple(t.name for t in COLLECTOR_TABLES)
+
+
+# Liquidity history the collector keeps where it has it: its base ``new_pools_history`` (one row
+# per pool and collection) and, after its enhanced-history migration, ``new_pools_history_enhanced``.
+# Many collector databases have neither, so they live in their own MetaData: nothing here ever
+# creates them, and readers look them up first (``CollectorDatabase.reserve_observations``).
+# Only the columns this project reads are declared; the collector's tables have more.
+collector_history_metadata = MetaData()
+
+new_pools_history = Table(
+    "new_pools_history",
+    collector_history_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("pool_id", String(255), nullable=False),
+    Column("reserve_in_usd", Numeric(20, 4, asdecimal=False)),
+    # When the collector observed the row (naive, UTC): the earliest time its reserve is known.
+    Column("collected_at", TimestampTZ),
+)
+
+new_pools_history_enhanced = Table(
+    "new_pools_history_enhanced",
+    collector_history_metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("pool_id", String(200), nullable=False),
+    Column("timestamp", BigInteger, nullable=False),  # epoch seconds of the interval
+    Column("collection_interval", String(10)),
+    Column("reserve_in_usd", Numeric(20, 4, asdecimal=False)),
+    Column("collected_at", TimestampTZ, nullable=False),
+)
+
+COLLECTOR_HISTORY_TABLES = (new_pools_history, new_pools_history_enhanced)

@@ -69,6 +69,12 @@ q50_trading_history = Table(
     # Added by migration 0004: price impact paid on the fill (USD) and the fill's time.
     Column("impact", Float),
     Column("filled_at", TimestampTZ),
+    # Added by migration 0006: when the order was decided (filled fill_latency_bars later), what the
+    # cost model expected the fill to cost, and the liquidity it assumed.
+    Column("decided_at", TimestampTZ),
+    Column("expected_cost_usd", Float),
+    Column("reserve_usd", Float),
+    Column("reserve_source", String(30)),
     Index("idx_q50_trading_history_pool_time", "pool_id", "timestamp"),
     Index("idx_q50_trading_history_run", "backtest_run_id"),
 )
@@ -100,6 +106,12 @@ q50_signals = Table(
     Column("reason", String(60)),
     Column("feature_vector_id", _Id, ForeignKey("pool_feature_vectors.id")),
     Column("created_at", TimestampTZ, nullable=False, server_default=func.now()),
+    # Added by migration 0006: the cost model's view of the intended entry (research/signals.py).
+    Column("intended_notional_usd", Float),
+    Column("expected_cost_usd", Float),
+    Column("expected_cost_fraction", Float),
+    Column("reserve_usd", Float),
+    Column("reserve_source", String(30)),
     UniqueConstraint("pool_id", "timeframe", "timestamp", name="uq_q50_signals_pool_bar"),
     Index("idx_q50_signals_pool_known_at", "pool_id", "timeframe", "known_at"),
 )
@@ -130,7 +142,7 @@ q50_backtest_results = Table(
     Column("backtest_run_id", String(64), nullable=False),
     Column("pool_id", String(200), ForeignKey("pools.id"), nullable=False),
     Column("timeframe", String(10), nullable=False),
-    # q50 (the strategy), buy_and_hold, shuffled (same targets permuted in time)
+    # q50 (latency fills), q50_close, q50_reserve_x<k>, buy_and_hold, buy_and_hold_matched, cash
     Column("variant", String(20), nullable=False),
     Column("oos_start", TimestampTZ),  # first bar close of the out-of-sample span
     Column("oos_end", TimestampTZ),
@@ -147,6 +159,17 @@ q50_backtest_results = Table(
     Column("exposure", Float),
     Column("final_equity", Float),
     Column("created_at", TimestampTZ, nullable=False, server_default=func.now()),
+    # Added by migration 0006 (research/backtest_stage.py METRIC definitions).
+    Column("mean_position", Float),
+    Column("turnover", Float),
+    Column("mean_holding_bars", Float),
+    Column("hit_rate", Float),
+    Column("orders_expired", Integer),
+    Column("reserve_fallback_share", Float),
+    Column("bars_per_year", Float),
+    Column("permutation_statistic", Float),
+    Column("permutation_p_value", Float),
+    Column("permutation_null", JsonB),  # the null draws (q50 rows only), for the pooled p-value
     UniqueConstraint("backtest_run_id", "pool_id", "variant", name="uq_q50_backtest_results_run_pool_variant"),
     Index("idx_q50_backtest_results_pool_created", "pool_id", "created_at"),
 )

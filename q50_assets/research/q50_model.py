@@ -7,8 +7,11 @@ Timing conventions (all timestamps tz-aware UTC, ``bar`` = ``bar_seconds``):
 
 * A feature row for pool p at bar-open time t is known at the bar's close, ``t + bar``; that is
   the row's *prediction time* (``predicted_at``).
-* Its label is the forward return over ``h = horizon_bars`` bars from that close,
-  ``close(t + h*bar) / close(t) - 1``, fully known at ``t + (h+1)*bar`` (``label_known_at``).
+* Its label is the forward return over ``h = horizon_bars`` bars that a strategy filling
+  ``L = label_offset_bars`` bars after the decision can capture: ``close(t + (L+h)*bar) /
+  close(t + L*bar) - 1`` (L = 0: from the bar's own close), fully known at ``t + (L+h+1)*bar``
+  (``label_known_at``). L is the backtest's fill latency: a signal acted on at a bar's close is
+  filled L bars later, so that is the return it should predict.
 
 Walk-forward scheme:
 
@@ -61,6 +64,7 @@ CALIBRATED_PREDICTION_COLUMNS = (*PREDICTION_COLUMNS, "q10_raw", "q90_raw", "lab
 @dataclass(frozen=True)
 class WalkForwardConfig:
     horizon_bars: int = 1
+    label_offset_bars: int = 0        # L of make_labels: the label starts L bars after the bar's close
     bar_seconds: int = 3600
     initial_train_bars: int = 240     # calendar bars from the first prediction time to T_0
     retrain_every_bars: int = 24      # fold cadence: a new model every N bars of calendar time
@@ -104,16 +108,18 @@ def _check_panel_index(index: pd.Index, what: str) -> None:
         raise ValueError(f"{what} has {len(dups)} duplicated (pool_id, open_time) rows, e.g. {list(dups[:5])}")
 
 
-def make_labels(close: pd.Series, horizon_bars: int, bar_seconds: int) -> pd.DataFrame:
-    """Forward returns over ``horizon_bars`` bars, measured from each bar's close.
+def make_labels(close: pd.Series, horizon_bars: int, bar_seconds: int, offset_bars: int = 0) -> pd.DataFrame:
+    """Forward returns over ``horizon_bars`` bars, starting ``offset_bars`` bars after each bar's close.
 
     ``close``: float Series indexed by (pool_id, open_time[UTC, tz-aware]) on a full hourly grid
-    per pool (missing bars are NaN rows). Returns a DataFrame on the same index with ``label``
-    (NaN when either close is missing or the horizon runs past the pool's end) and
-    ``label_known_at`` (``open_time + (h+1)*bar``).
+    per pool (missing bars are NaN rows). Returns a DataFrame on the same index with ``label`` =
+    close(t + (L+h)*bar) / close(t + L*bar) - 1 (NaN when either close is missing or the horizon
+    runs past the pool's end) and ``label_known_at`` (``open_time + (L+h+1)*bar``).
     """
     if horizon_bars < 1:
         raise ValueError(f"horizon_bars must be >= 1, got {horizon_bars}")
+    if offset_bars < 0:
+        raise ValueError(f"offset_bars must be >= 0, got {offset_bars}")
     _check_panel_index(close.index, "close")
     bar = pd.Timedelta(seconds=bar_seconds)
     pools = close.index.get_level_values(0)
@@ -121,16 +127,21 @@ def make_labels(close: pd.Series, horizon_bars: int, bar_seconds: int) -> pd.Dat
     # Look the future close up by (same pool, open_time + h*bar) rather than shifting by
     # position: equivalent to a per-pool shift on a full grid, never crosses pools, and stays
     # correct (NaN) if a bar is absent from the grid instead of silently shifting further.
-    future_index = pd.MultiIndex.from_arrays([pools, opens + horizon_bars * bar], names=close.index.names)
+    future_index = pd.MultiIndex.from_arrays([pools, opens + (offset_bars + horizon_bars) * bar],
+                                             names=close.index.names)
     future = close.reindex(future_index).to_numpy(dtype=np.float64, copy=True)
-    now = close.to_numpy(dtype=np.float64, copy=True)
+    if offset_bars:
+        start_index = pd.MultiIndex.from_arrays([pools, opens + offset_bars * bar], names=close.index.names)
+        now = close.reindex(start_index).to_numpy(dtype=np.float64, copy=True)
+    else:
+        now = close.to_numpy(dtype=np.float64, copy=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         label = future / now - 1.0
     # A zero/negative-free close series should never produce inf, but a bad tick (close 0)
     # would; an infinite target would poison the quantile fit, so treat it as unknown.
     label[~np.isfinite(label)] = np.nan
     return pd.DataFrame(
-        {"label": label, "label_known_at": opens + (horizon_bars + 1) * bar},
+        {"label": label, "label_known_at": opens + (offset_bars + horizon_bars + 1) * bar},
         index=close.index,
     )
 
@@ -235,13 +246,13 @@ def walk_forward(features: pd.DataFrame, labels: pd.DataFrame, config: WalkForwa
 
     # Guard against leakage from a mismatched horizon: a label claiming to be known before
     # its horizon has elapsed would let a fold train on the future of its own test rows.
-    horizon_end = predicted_at + config.horizon_bars * bar
+    horizon_end = predicted_at + (config.label_offset_bars + config.horizon_bars) * bar
     too_early = labelled & ~np.asarray(known_at >= horizon_end)
     if too_early.any():
         bad = index[too_early]
         raise ValueError(
             f"{int(too_early.sum())} labelled rows have label_known_at (or NaT) earlier than "
-            f"open_time + (horizon_bars+1)*bar, e.g. {list(bad[:5])}"
+            f"open_time + (label_offset_bars+horizon_bars+1)*bar, e.g. {list(bad[:5])}"
         )
 
     # Fold boundaries on calendar time, independent of how many rows exist.

@@ -9,14 +9,20 @@ import math
 import pandas as pd
 from dagster import ConfigurableResource
 from pydantic import Field
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, delete, func, inspect, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from q50_assets.automation.bar_changes import window_rows
 from q50_assets.db import migrate
-from q50_assets.db.collector_models import collection_metadata, ohlcv_data, pools
+from q50_assets.db.collector_models import (
+    collection_metadata,
+    new_pools_history,
+    new_pools_history_enhanced,
+    ohlcv_data,
+    pools,
+)
 from q50_assets.db.engine import get_engine, redact_url
 from q50_assets.db.q50_models import (
     pool_feature_vectors,
@@ -26,6 +32,7 @@ from q50_assets.db.q50_models import (
     q50_trading_history,
 )
 from q50_assets.research.bars import RAW_COLUMNS
+from q50_assets.research.costs import ReserveSeries
 
 def _utc(value) -> pd.Timestamp:
     """SQLite returns naive datetimes (stored as UTC), PostgreSQL aware ones."""
@@ -198,6 +205,37 @@ class CollectorDatabase(ConfigurableResource):
             row = conn.execute(stmt).mappings().first()
         return None if row is None else dict(row)
 
+    def read_signals(self, pool_id: str, timeframe: str) -> pd.DataFrame:
+        """One pool's rows of ``q50_signals`` (index open_time UTC, the table's columns)."""
+        t = q50_signals
+        stmt = select(t).where(t.c.pool_id == pool_id, t.c.timeframe == timeframe).order_by(t.c.timestamp)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).mappings().all()
+        frame = pd.DataFrame([dict(r) for r in rows], columns=[c.name for c in t.columns])
+        frame.index = pd.DatetimeIndex([_utc(v) for v in frame["timestamp"]], name="open_time")
+        frame["known_at"] = pd.to_datetime([_utc(v) for v in frame["known_at"]], utc=True) if len(frame) else \
+            pd.Series(dtype="datetime64[ns, UTC]")
+        return frame.drop(columns=["id", "pool_id", "timeframe", "timestamp", "created_at"])
+
+    def signal_loader(self, pool_id: str, timeframe: str):
+        """A :class:`~q50_assets.research.signals.Q50SignalLoader` over the stored signals of one pool
+        (signals made elsewhere: ``strategy_config.signal_source: database``)."""
+        from q50_assets.research.signals import Q50SignalLoader
+
+        return Q50SignalLoader(self.read_signals(pool_id, timeframe))
+
+    def read_regime_labels(self, pool_id: str, timeframe: str) -> pd.DataFrame:
+        """One pool's rows of ``q50_regime_labels`` (index open_time UTC)."""
+        t = q50_regime_labels
+        stmt = select(t).where(t.c.pool_id == pool_id, t.c.timeframe == timeframe).order_by(t.c.timestamp)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).mappings().all()
+        frame = pd.DataFrame([dict(r) for r in rows], columns=[c.name for c in t.columns])
+        frame.index = pd.DatetimeIndex([_utc(v) for v in frame["timestamp"]], name="open_time")
+        frame["known_at"] = pd.to_datetime([_utc(v) for v in frame["known_at"]], utc=True) if len(frame) else \
+            pd.Series(dtype="datetime64[ns, UTC]")
+        return frame.drop(columns=["id", "pool_id", "timeframe", "timestamp", "created_at"])
+
     def read_bars(self, pool_id: str, timeframe: str) -> pd.DataFrame:
         """Every ``ohlcv_data`` row of one pool and timeframe, collector column names."""
         stmt = (
@@ -277,11 +315,41 @@ class CollectorDatabase(ConfigurableResource):
         with self.engine.connect() as conn:
             return conn.execute(select(pools.c.id).where(pools.c.id == pool_id)).first() is not None
 
-    def pool_reserve_usd(self, pool_id: str) -> float | None:
-        """The collector's latest liquidity snapshot of the pool (USD), None when unknown or not > 0."""
+    def reserve_observations(self, pool_id: str) -> tuple[pd.DataFrame, int]:
+        """Every observation of the pool's liquidity the collector has, with the time it was made.
+
+        ``pools.reserve_usd`` as of ``pools.last_updated`` (source ``collector_snapshot``), and,
+        where those tables exist, ``new_pools_history.reserve_in_usd`` and
+        ``new_pools_history_enhanced.reserve_in_usd`` as of their ``collected_at``
+        (``collector_history``, ``collector_history_enhanced``). A row without a time or with a
+        reserve that is NULL or not > 0 observes nothing (the collector writes 0 for unknown
+        liquidity): it is left out and counted. Returns (observed_at, reserve_usd, source frame,
+        rows left out). Read-only, bound parameters.
+        """
+        stmts = [("collector_snapshot", select(pools.c.last_updated, pools.c.reserve_usd).where(pools.c.id == pool_id))]
+        existing = inspect(self.engine)
+        for source, table in (("collector_history", new_pools_history),
+                              ("collector_history_enhanced", new_pools_history_enhanced)):
+            if existing.has_table(table.name):
+                stmts.append((source, select(table.c.collected_at, table.c.reserve_in_usd)
+                               .where(table.c.pool_id == pool_id).order_by(table.c.collected_at, table.c.id)))
+        rows, ignored = [], 0
         with self.engine.connect() as conn:
-            value = conn.execute(select(pools.c.reserve_usd).where(pools.c.id == pool_id)).scalar()
-        return float(value) if value is not None and float(value) > 0 else None
+            for source, stmt in stmts:
+                for observed_at, reserve in conn.execute(stmt):
+                    if observed_at is None or reserve is None or not float(reserve) > 0 \
+                            or not math.isfinite(float(reserve)):
+                        ignored += 1
+                        continue
+                    rows.append((_utc(observed_at), float(reserve), source))
+        frame = pd.DataFrame(rows, columns=["observed_at", "reserve_usd", "source"])
+        return frame, ignored
+
+    def pool_reserves(self, pool_id: str, fallback_usd: float | None) -> tuple[ReserveSeries, int]:
+        """The pool's :class:`ReserveSeries` (as-of lookups; ``fallback_usd`` before the first
+        observation) and the number of collector rows that observed nothing."""
+        observations, ignored = self.reserve_observations(pool_id)
+        return ReserveSeries(observations, fallback_usd=fallback_usd), ignored
 
     def _records(self, frame: pd.DataFrame, table, fixed: dict) -> list[dict]:
         columns = [c.name for c in table.columns if c.name in frame.columns]
@@ -344,3 +412,18 @@ class CollectorDatabase(ConfigurableResource):
         latest_id = frame.groupby("pool_id")["id"].transform("max")
         latest_run = frame.loc[frame["id"] == latest_id].set_index("pool_id")["backtest_run_id"]
         return frame[frame["backtest_run_id"] == frame["pool_id"].map(latest_run)].reset_index(drop=True)
+
+
+def strategy_inputs_from_database(pool_id: str, timeframe: str, database_uri: str | None):
+    """The Q50 strategy's ``inputs_factory`` for a live node: its signal loader and regime detector
+    from the ``q50_signals`` and ``q50_regime_labels`` tables of ``database_uri`` (from the
+    environment; None = ``Q50_DATABASE_URL``)."""
+    import os
+
+    from q50_assets.research.regimes import RegimeDetector
+
+    url = database_uri or os.environ.get("Q50_DATABASE_URL")
+    if not url:
+        raise ValueError("strategy inputs from a database need database_uri or Q50_DATABASE_URL")
+    db = CollectorDatabase(url=url)
+    return db.signal_loader(pool_id, timeframe), RegimeDetector().with_labels(db.read_regime_labels(pool_id, timeframe))

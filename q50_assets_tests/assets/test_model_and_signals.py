@@ -29,6 +29,11 @@ LIGHT_MODEL = {
     "Q50__MODEL__RETRAIN_EVERY_BARS": "72",
     "Q50__MODEL__NUM_BOOST_ROUND": "60",
 }
+# The light model's signals rarely pay for their costs in a 50 000 USD pool (the assumed reserve)
+# on top of the variance premium; tests that need fills (history, fault and look-ahead tests)
+# assume a deep pool and no premium instead.
+DEEP_POOL = {"Q50__NAUTILUS_TRADER__BACKTEST__FALLBACK_RESERVE_USD": "2000000",
+             "Q50__SIGNALS__VARIANCE_MULTIPLIER": "0"}
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
@@ -161,9 +166,13 @@ def test_lineage_gives_out_of_sample_signals_persisted_and_looked_up_as_of(setti
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
-def test_no_look_ahead_anywhere_in_the_lineage(settings, instance, collector_url, tmp_path):
-    """Change and delete every bar after t: features, regimes, predictions and signals at or before t stay identical."""
-    before = run_lineage(settings, instance)
+def test_no_look_ahead_anywhere_in_the_lineage(instance, collector_url, tmp_path):
+    """Change and delete every bar after t: features, regimes, predictions, signals, the strategy's
+    decisions and targets, its orders and fills at or before t stay identical."""
+    # DEEP_POOL: the light model's signals trade before t, so the comparison below covers real
+    # decisions and fills, not empty frames.
+    settings = settings_for(collector_url, tmp_path, **LIGHT_MODEL, **DEEP_POOL)
+    before = run_lineage(settings, instance, backtest=True)
     t = pd.Timestamp("2025-09-20 12:00", tz="UTC")
     t_epoch = int(t.timestamp())
     with get_engine(collector_url).begin() as conn:  # the collector rewrites history after t
@@ -174,7 +183,7 @@ def test_no_look_ahead_anywhere_in_the_lineage(settings, instance, collector_url
         conn.execute(delete(ohlcv_data).where(later & (ohlcv_data.c.timestamp % (5 * 3600) == 0)))
     with DagsterInstance.ephemeral() as fresh:
         fresh.add_dynamic_partitions(POOLS_PARTITION_NAME, POOLS)
-        after = run_lineage(settings, fresh)
+        after = run_lineage(settings, fresh, backtest=True)
 
     for pool_id in POOLS:
         f0, f1 = before["features"][pool_id], after["features"][pool_id]
@@ -199,6 +208,37 @@ def test_no_look_ahead_anywhere_in_the_lineage(settings, instance, collector_url
         cols = [c for c in s0.columns if c not in ("model_run", "feature_vector_id")]
         pd.testing.assert_frame_equal(s0[s0["known_at"] <= t][cols], s1[s1["known_at"] <= t][cols])
 
+    # The backtest: decisions (with their known_at) and targets decided at or before t, the orders
+    # decided by then and the fills made by then are identical; later ones did change.
+    traded = 0
+    for pool_id in POOLS:
+        b0, b1 = before["backtests"][pool_id], after["backtests"][pool_id]
+        assert b0.status == b1.status == "ok"
+        o0, o1 = b0.outcomes["q50"], b1.outcomes["q50"]
+        # Quantities and prices pass through the instrument's size and price grid, chosen from the
+        # pool's price range; the changed bars must not have moved it for the comparison below.
+        assert (o0.lot_tokens, o0.price_precision, o0.size_precision) == (
+            o1.lot_tokens, o1.price_precision, o1.size_precision)
+        d0, d1 = b0.decisions, b1.decisions
+        assert (d0["known_at"].dropna() <= d0.index[d0["known_at"].notna()]).all()
+        pd.testing.assert_frame_equal(d0.loc[:t], d1.loc[:t])
+        pd.testing.assert_series_equal(o0.equity.loc[:t, "target"], o1.equity.loc[:t, "target"])
+        pd.testing.assert_frame_equal(o0.equity.loc[:t].drop(columns="clock_ns"),
+                                      o1.equity.loc[:t].drop(columns="clock_ns"))
+        for frame in (o0.orders, o1.orders):
+            assert (frame["fill_at"].dropna() > frame.loc[frame["fill_at"].notna(), "decided_at"]).all()
+        early0 = o0.orders[o0.orders["decided_at"] <= t].drop(columns="client_order_id")
+        early1 = o1.orders[o1.orders["decided_at"] <= t].drop(columns="client_order_id")
+        filled_by_t0 = early0[early0["fill_at"] <= t]
+        filled_by_t1 = early1[early1["fill_at"] <= t]
+        pd.testing.assert_frame_equal(filled_by_t0.reset_index(drop=True), filled_by_t1.reset_index(drop=True))
+        pd.testing.assert_frame_equal(o0.trades.loc[:t].drop(columns="client_order_id"),
+                                      o1.trades.loc[:t].drop(columns="client_order_id"))
+        r0, r1 = b0.bar_returns, b1.bar_returns
+        pd.testing.assert_frame_equal(r0.loc[:t, ["q50", "q50_close"]], r1.loc[:t, ["q50", "q50_close"]])
+        traded += len(o0.trades.loc[:t])
+        assert not o0.equity.loc[t:, "equity"].equals(o1.equity.loc[t:, "equity"])
+    assert traded > 0, {p: (len(before["backtests"][p].outcomes["q50"].trades), len(before["backtests"][p].decisions)) for p in POOLS}  # the comparison covered real fills
 
 def test_a_failed_coverage_check_blocks_signals(collector_url, tmp_path):
     """No fold can be recalibrated (too few evidence rows demanded): the blocking oos_coverage check

@@ -21,6 +21,7 @@ from q50_assets.db.collector_models import ohlcv_data
 from q50_assets.db.engine import get_engine
 from q50_assets.db.q50_models import q50_signals, q50_trading_history
 from q50_assets.definitions import build_definitions
+from q50_assets.research.backtest_stage import variants_for
 from q50_assets.resources.database import CollectorDatabase
 from q50_assets_tests.collector_sim import append_bars, bars_of, record_collector_run, revise_bar, take_bars_from
 from q50_assets_tests.conftest import settings_for
@@ -115,7 +116,8 @@ def test_sensor_loop_on_a_postgresql_collector(collector_url, tmp_path, backend)
         _execute(defs, instance, portfolio, default_job="portfolio_summary")
 
         before = _outputs(db)
-        assert all(len(o["signals"]) > 100 and len(o["results"]) == 3 for o in before.values())
+        assert all(len(o["signals"]) > 100 and len(o["results"]) == len(variants_for((0.5, 2.0)))
+                   for o in before.values())
         assert not (pd.concat([o["signals"] for o in before.values()])["fold"] == LIVE_FOLD).any()
 
         # Tick 2: the collector has not run: skip, and say so.

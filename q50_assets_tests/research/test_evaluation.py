@@ -22,6 +22,7 @@ from q50_assets.research.evaluation import (
     summarize_rank_ic,
 )
 from q50_assets.research.q50_model import calibrate_walk_forward
+from q50_assets.research.costs import ReserveSeries
 from q50_assets.research.signals import SignalConfig, compute_signals
 from q50_assets.research.uncertainty import BootstrapConfig
 from q50_assets_tests.research.real_sample import real_panel, real_walk_forward
@@ -251,18 +252,21 @@ def test_real_sample_hit_rate_net_of_cost_of_recalibrated_signals():
     raw, labels = real_walk_forward()
     features, _ = real_panel()
     cal = calibrate_walk_forward(raw, labels, CalibrationConfig())
-    config = SignalConfig(round_trip_cost=0.005)
+    config = SignalConfig()
+    reserves = ReserveSeries(fallback_usd=50_000.0)  # the sample's assumed liquidity
     parts = []
     for pool, preds in cal.predictions.groupby(level="pool_id"):
         preds = preds.droplevel("pool_id")
         vol_risk = features.loc[pool, "vol_6"] ** 2
-        signals = compute_signals(preds[["q10", "q50", "q90", "predicted_at"]], vol_risk, config)
-        parts.append(signals.assign(label=preds["label"], expected_cost=config.round_trip_cost))
+        signals = compute_signals(preds[["q10", "q50", "q90", "predicted_at"]], vol_risk, config, reserves=reserves)
+        parts.append(signals.assign(label=preds["label"]))
     signals = pd.concat(parts)
-    out = net_hit_rate(signals, cost_column="expected_cost", config=FAST)
+    # The cost of each signal's own trade at its intended size, from the one cost model.
+    out = net_hit_rate(signals, cost_column="expected_cost_fraction", config=FAST)
     traded = signals[signals["tradeable"] & signals["label"].notna()]
     assert out["tradeable_signals"] == len(traded) > 0
-    assert out["hits"] == int((traded["label"] > 0.005).sum())  # spot: every tradeable signal is long
+    # spot: every tradeable signal is long; a hit beats its own expected round-trip cost
+    assert out["hits"] == int((traded["label"] > traded["expected_cost_fraction"]).sum())
     assert out["long_every_bar_rows"] == int(signals["label"].notna().sum())
     assert out["unlabelled_signals"] == int(signals["label"].isna().sum())
     assert out["hit_rate_low"] <= out["hit_rate"] <= out["hit_rate_high"]

@@ -75,6 +75,37 @@ def test_make_labels_shifts_within_each_pool_only():
     assert (pd.DatetimeIndex(h2["label_known_at"]) == opens + 3 * BAR).all()
 
 
+def test_make_labels_offset_starts_the_label_after_the_fill_latency():
+    # L = 1: the label of bar t is close(t+2)/close(t+1) - 1, known at open + (1+1+1) bars.
+    index = _index(["A", "B"], 5)
+    close = pd.Series([1, 2, 4, 8, 16, 10, 20, np.nan, 40, 80], index=index, dtype=float)
+    l1 = make_labels(close, 1, 3600, offset_bars=1)
+    np.testing.assert_array_equal(l1["label"].to_numpy(),
+                                  [1, 1, 1, np.nan, np.nan, np.nan, np.nan, 1, np.nan, np.nan])
+    opens = index.get_level_values("open_time")
+    assert (pd.DatetimeIndex(l1["label_known_at"]) == opens + 3 * BAR).all()
+    # It is the plain label of the bar L later, made known L bars later.
+    plain = make_labels(close, 1, 3600)
+    assert l1["label"].iloc[0] == plain["label"].iloc[1]
+    with pytest.raises(ValueError):
+        make_labels(close, 1, 3600, offset_bars=-1)
+
+
+def test_walk_forward_embargo_covers_the_label_offset():
+    features, close, _ = _panel(n_bars=300)
+    labels = make_labels(close, 1, 3600, offset_bars=2)
+    config = WalkForwardConfig(**{**FAST.__dict__, "label_offset_bars": 2})
+    res = walk_forward(features, labels, config, record_training_index=True)
+    for fold in res.folds.itertuples():
+        known = labels.loc[res.training_index[fold.fold], "label_known_at"]
+        assert (known <= fold.boundary).all()
+    # open + (L+h+1) bars <= boundary: the newest training row opened >= 4 bars before it.
+    assert (res.folds["train_last_open"] <= res.folds["boundary"] - 4 * BAR).all()
+    # Labels made without the offset claim to be known too early for this config.
+    with pytest.raises(ValueError, match="label_known_at"):
+        walk_forward(features, make_labels(close, 1, 3600), config)
+
+
 def test_make_labels_absent_bar_gives_nan_not_a_longer_shift():
     # A bar missing from the index entirely (not a NaN row) must not make the label span 2 bars.
     index = _index(["A"], 4).delete(2)

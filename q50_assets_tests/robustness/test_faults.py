@@ -51,21 +51,23 @@ from q50_assets.db.sample_loader import load_sample
 from q50_assets.definitions import build_definitions
 from q50_assets.resources.database import CollectorDatabase
 from q50_assets.resources.qlib_store import QlibStore
+from q50_assets.research.backtest_stage import variants_for
 from q50_assets.research.features import STORE_FIELDS
-from q50_assets_tests.assets.test_model_and_signals import LIGHT_MODEL, QUIET, run_lineage
+from q50_assets_tests.assets.test_model_and_signals import DEEP_POOL, LIGHT_MODEL, QUIET, run_lineage
 from q50_assets_tests.automation.test_new_bars_sensor import Ticker
 from q50_assets_tests.collector_sim import append_bars, record_collector_run, take_bars_from
 from q50_assets_tests.conftest import PostgresServer, _no_postgres, _pg_bindir, create_pg_database, settings_for
 
 REPO = Path(__file__).resolve().parents[2]
 # Three real hourly pools the light model trains on (as in assets/test_backtest_and_history.py);
-# the first trades (its q50 backtest has fills), so its trading history is not empty.
+# POOL is one whose q50 backtest trades there (with DEEP_POOL's costs), so its trading history is
+# not empty.
 POOLS = [
     "solana_4w2cysotX6czaUGmmWg13hDpY4QEMG2CzeKYEQyK9Ama",
     "solana_Q2sPHPdUWFMg7M7wwrQKLrn619cAucfRsmhVJffodSp",
     "solana_Ekv9HdumWqnXZgq5G6ge6bk1ZRHKXYC2WnSFL94sQmLJ",
 ]
-POOL = POOLS[0]
+POOL = POOLS[2]
 
 # Columns that legitimately differ between two materializations of the same inputs, per q50
 # table; everything else must be equal. A new q50 table fails test (d) until it is listed here.
@@ -189,7 +191,7 @@ class Prepared:
 def prepared(pg, sample_template, tmp_path_factory) -> Prepared:
     url = create_pg_database(pg.url, template=sample_template)
     base = tmp_path_factory.mktemp("faults")
-    settings = settings_for(url, base / "data", **LIGHT_MODEL)
+    settings = settings_for(url, base / "data", **LIGHT_MODEL, **DEEP_POOL)
     with DagsterInstance.ephemeral(tempdir=str(base / "dagster")) as instance:
         instance.add_dynamic_partitions(POOLS_PARTITION_NAME, POOLS)
         out = run_lineage(settings, instance, backtest=True, pools=POOLS)
@@ -403,7 +405,7 @@ def test_server_stopped_in_the_middle_of_a_trading_history_write(prepared, pg, s
         # backtest_results is its own step and committed before the failure: its rows stay, so
         # until the next run this pool's latest backtest has no trading history.
         results = read_table(url, "q50_backtest_results", lambda t: t.c.backtest_run_id == new_run)
-        assert sorted(results["variant"]) == ["buy_and_hold", "q50", "shuffled"]
+        assert sorted(results["variant"]) == sorted(variants_for((0.5, 2.0)))
 
     # The next run succeeds and writes exactly what a clean run writes.
     again = job.execute_in_process(partition_key=POOL, instance=prepared.instance, asset_selection=keys,
@@ -547,7 +549,7 @@ def refresh_at_once(args: dict, abort=lambda: False) -> dict:
     other writer's and meeting it at REFRESH_POINTS. Its own Dagster instance (pickled asset
     values in its own directory, with a copy of the prepared q50_model value); the database
     and the QLib store are the shared ones."""
-    settings = settings_for(args["url"], Path(args["data_dir"]), **LIGHT_MODEL)
+    settings = settings_for(args["url"], Path(args["data_dir"]), **LIGHT_MODEL, **DEEP_POOL)
     job = build_definitions(settings).resolve_job_def("refresh_pool")
     meet = Rendezvous(args["url"], Path(args["marks"]), args["me"], args["other"], REFRESH_POINTS)
     engine = get_engine(args["url"])
@@ -628,7 +630,7 @@ def test_two_refreshes_of_one_pool_at_once_write_no_duplicates(prepared, tmp_pat
     # Per-run tables: each run wrote its own rows once, both equal to a clean run's.
     for report in (a, b):
         results = read_table(url, "q50_backtest_results", lambda t: t.c.backtest_run_id == report["run_id"])
-        assert sorted(results["variant"]) == ["buy_and_hold", "q50", "shuffled"]
+        assert sorted(results["variant"]) == sorted(variants_for((0.5, 2.0)))
         history = history_of(url, report["run_id"])
         assert not history.duplicated(["nautilus_order_id"]).any()
         pd.testing.assert_frame_equal(comparable(history, "q50_trading_history"), clean_history, check_exact=True)
