@@ -10,7 +10,7 @@ Stages and what their time covers:
 * ``ohlcv``          - reading and validating every pool's bars.
 * ``qlib_export``    - writing every safe pool's hourly grid into QLib's binary store.
 * ``features``       - evaluating every feature expression for every pool with ``D.features``.
-* ``feature_vectors``- persisting the vectors to ``pool_feature_vectors``.
+* ``feature_vectors``- persisting the vectors to ``q50_feature_vectors``.
 * ``model``          - every walk-forward fold of the Q50 model (load panel, fit, predict).
 * ``signals``        - signal columns for every pool.
 * ``regimes``        - regime labels for every pool.
@@ -106,11 +106,11 @@ def run_benchmark(settings, scratch: Path) -> dict:
         # build_pool_features writes the grid and then evaluates one pool; time the write alone
         # by writing everything first, then evaluate all pools in one D.features call below.
         from q50_assets.research.bars import TIMEFRAME_SECONDS
-        from q50_assets.research.features import to_hourly_grid
+        from q50_assets.research.features import to_bar_grid
 
         bar_seconds = TIMEFRAME_SECONDS[settings.timeframe]
         for pool_id, bars in safe.items():
-            store.write_pool(pool_id, to_hourly_grid(bars, bar_seconds))
+            store.write_pool(pool_id, to_bar_grid(bars, bar_seconds))
         rec["pools"] = len(safe)
 
     expressions = expressions_for(settings)

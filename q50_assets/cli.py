@@ -325,7 +325,13 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"q50: bad settings: {exc}", file=sys.stderr)
         return 2
-    return COMMANDS[args.command][0](settings, args)
+    from q50_assets.db.migrate import CollectorSchemaMissing, MigrationError
+
+    try:
+        return COMMANDS[args.command][0](settings, args)
+    except (MigrationError, CollectorSchemaMissing) as exc:  # one line says what to fix; a traceback would not
+        print(f"q50 {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

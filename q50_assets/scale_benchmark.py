@@ -7,7 +7,7 @@ are written into a fresh embedded collector database as the collector would, the
 goes through the functions the assets call, with the database writes the assets make:
 
 * ``ohlcv``           read + validate each pool's rows (ohlcv_bars),
-* ``features``        QLib store write + expression evaluation + pool_feature_vectors upsert (qlib_features),
+* ``features``        QLib store write + expression evaluation + q50_feature_vectors upsert (qlib_features),
 * ``regimes``         labels + q50_regime_labels write (regime_labels),
 * ``model``           every walk-forward fold + the live model on the pooled panel (q50_model),
 * ``signals``         signal rows + q50_signals write (q50_signals),

@@ -94,6 +94,12 @@ class ModelSettings(_Section):
         lt=0.5,
         description="Allowed miscalibration of OOS q10/q90 coverage beyond 3 binomial standard errors.",
     )
+    collector_feature_vectors: bool = Field(
+        default=False,
+        description="Also feed the collector's own pool_feature_vectors columns to the model, each bar only "
+        "the vector the collector had written by the bar's close (created_at), never its forward-return targets. "
+        "Without that table the columns are missing (NaN).",
+    )
 
 
 class SignalSettings(_Section):
@@ -104,6 +110,23 @@ class SignalSettings(_Section):
     @property
     def round_trip_cost(self) -> float:
         return 2 * self.swap_fee
+
+
+class TradeSettings(_Section):
+    """The trades stage (research/trades.py): the collector's trades per bar, checked against the bars."""
+
+    flow_features: bool = Field(
+        default=True,
+        description="Trade-flow features (buy/sell imbalance, trade count, unique traders) for pools whose trades "
+        "pass every trades check; false: the checks still run, no pool gets flow features.",
+    )
+    min_volume_coverage: float = Field(
+        default=0.5, gt=0, le=1,
+        description="Share of the bars' USD volume (over the span the collected trades cover) that those trades "
+        "must explain; the collector keeps trades >= 100 USD only, so a complete record stays below 1.",
+    )
+    min_covered_bars: int = Field(
+        default=24, ge=1, description="Bars the collected trades must span before flow features are computed.")
 
 
 class BacktestSettings(_Section):
@@ -240,6 +263,7 @@ class Settings(_Section):
     ohlcv: OhlcvSettings = OhlcvSettings()
     model: ModelSettings = ModelSettings()
     signals: SignalSettings = SignalSettings()
+    trades: TradeSettings = TradeSettings()
     nautilus_trader: NautilusTraderSettings = NautilusTraderSettings()
     automation: AutomationSettings = AutomationSettings()
 

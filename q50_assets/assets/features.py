@@ -24,7 +24,7 @@ from q50_assets.research.features import (
     feature_expressions,
     feature_set_version,
     mark_warmup,
-    to_hourly_grid,
+    to_bar_grid,
     warmup_bars,
 )
 from q50_assets.resources.database import CollectorDatabase
@@ -51,7 +51,7 @@ def build_pool_features(
     bar_seconds = TIMEFRAME_SECONDS[settings.timeframe]
     expressions = expressions_for(settings)
     warmup = warmup_bars(rd.macd_slow)
-    grid = to_hourly_grid(bars, bar_seconds)
+    grid = to_bar_grid(bars, bar_seconds)
     store.write_pool(pool_id, grid)
     frame = store.features([pool_id], expressions).loc[pool_id]
     frame["close"] = grid["close"].reindex(frame.index)

@@ -6,7 +6,7 @@ from q50_assets.research.features import (
     feature_expressions,
     feature_set_version,
     mark_warmup,
-    to_hourly_grid,
+    to_bar_grid,
     warmup_bars,
 )
 
@@ -20,7 +20,7 @@ def _bars(opens_hours, closes):
 
 
 def test_missing_hours_become_flat_zero_volume_bars_flagged_filled():
-    grid = to_hourly_grid(_bars([0, 1, 4], [1.0, 2.0, 3.0]), 3600)
+    grid = to_bar_grid(_bars([0, 1, 4], [1.0, 2.0, 3.0]), 3600)
     assert list(grid.columns) == list(STORE_FIELDS)
     assert len(grid) == 5 and grid.index.freq is not None or len(grid) == 5
     assert grid["filled"].tolist() == [0, 0, 1, 1, 0]

@@ -10,7 +10,7 @@ and asserts:
 2. what downstream does. Blocking: the run fails after ``ohlcv_bars`` is recorded,
    ``qlib_features`` is not materialized, a later run of ``qlib_features`` alone refuses the stored
    bars (``require_safe`` -> ``UnsafeBarsError``), and nothing of the pool is in the QLib store or
-   ``pool_feature_vectors``. Warning / no check: ``qlib_features`` consumes the bars, one vector per
+   ``q50_feature_vectors``. Warning / no check: ``qlib_features`` consumes the bars, one vector per
    complete bar (the flagged bar included);
 3. row accounting: ``rows_read == complete_bars + partial_bars_held_back == SELECT count(*)`` of
    the pool's rows. The rules never drop a row: an offending row stays in those counts and is
@@ -72,7 +72,7 @@ from q50_assets.assets.partitions import POOLS_PARTITION_NAME
 from q50_assets.db import migrate
 from q50_assets.db.collector_models import ohlcv_data, pools, trades
 from q50_assets.db.engine import get_engine
-from q50_assets.db.q50_models import pool_feature_vectors
+from q50_assets.db.q50_models import q50_feature_vectors
 from q50_assets.definitions import build_resources
 from q50_assets.research.bars import BAR_RULES, ValidatedBars
 from q50_assets.resources.qlib_store import instrument_name
@@ -462,7 +462,7 @@ def _count(engine: Engine, table, pool_id: str) -> int:
 
 
 def _vector_opens(engine: Engine, pool_id: str) -> set[pd.Timestamp]:
-    t = pool_feature_vectors
+    t = q50_feature_vectors
     with engine.connect() as conn:
         values = conn.execute(select(t.c.timestamp).where(t.c.pool_id == pool_id)).scalars().all()
     return {_utc(v) for v in values}
@@ -528,7 +528,7 @@ def test_bad_input(case: Case, backend: str, db_url: str, tmp_path):
         if case.blocking(backend):
             assert not result.success and md["safe_for_downstream"] is False
             assert materialized == {AssetKey("ohlcv_bars")} and not feature_checks
-            assert _count(engine, pool_feature_vectors, pool_id) == 0
+            assert _count(engine, q50_feature_vectors, pool_id) == 0
             assert not instrument_dir.exists()
             # A later run of the features stage alone loads the stored bars and refuses them.
             later = materialize([ohlcv_bars, qlib_features], selection=[qlib_features], partition_key=pool_id,
@@ -537,7 +537,7 @@ def test_bad_input(case: Case, backend: str, db_url: str, tmp_path):
             (failure,) = later.get_step_failure_events()
             message = _error_text(failure)
             assert "UnsafeBarsError" in message and pool_id in message and catches in message
-            assert _count(engine, pool_feature_vectors, pool_id) == 0 and not instrument_dir.exists()
+            assert _count(engine, q50_feature_vectors, pool_id) == 0 and not instrument_dir.exists()
         else:
             assert result.success and md["safe_for_downstream"] is True
             assert materialized == {AssetKey("ohlcv_bars"), AssetKey("qlib_features")}
