@@ -279,7 +279,7 @@ def p3_new_bar_to_trading_history(settings, db, scratch: Path, safe: dict, q50_f
         return result
 
     tick()
-    upstream = [AssetKey("ohlcv_bars"), AssetKey("qlib_features"), AssetKey("regime_labels")]
+    upstream = [AssetKey("ohlcv_bars"), AssetKey("pool_trades"), AssetKey("qlib_features"), AssetKey("regime_labels")]
     for pool in (pool_id, bystander):
         refresh.execute_in_process(partition_key=pool, instance=instance, run_config=quiet, asset_selection=upstream)
     defs.resolve_job_def("train_q50_model").execute_in_process(instance=instance, run_config=quiet)

@@ -163,8 +163,8 @@ def prepare_trades(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     ok = ~bad
     wallets = frame.loc[ok, "tx_from_address"]
     trades = pd.DataFrame({
-        "time": pd.to_datetime(epochs[ok].astype("int64"), unit="s", utc=True).dt.as_unit("ns"),
-        "block_time": _utc(frame.loc[ok, "block_timestamp"].to_numpy()).to_numpy(),
+        "time": pd.DatetimeIndex(pd.to_datetime(epochs[ok].astype("int64"), unit="s", utc=True)).as_unit("ns"),
+        "block_time": pd.DatetimeIndex(_utc(frame.loc[ok, "block_timestamp"].to_numpy())),
         "side": side[ok].astype(str),
         "token_amount": token_amount[ok],
         "price": volume[ok] / token_amount[ok],

@@ -137,7 +137,8 @@ def test_regime_detection_with_existing_indicators(collector_url, tmp_path, inst
     pool_id = POOLS[0]
     r = defs.resolve_job_def("refresh_pool").execute_in_process(
         partition_key=pool_id, instance=instance, run_config=QUIET,
-        asset_selection=[AssetKey("ohlcv_bars"), AssetKey("qlib_features"), AssetKey("regime_labels")])
+        asset_selection=[AssetKey("ohlcv_bars"), AssetKey("pool_trades"), AssetKey("qlib_features"),
+                        AssetKey("regime_labels")])
     features, regimes = r.asset_value("qlib_features"), r.asset_value("regime_labels")
     assert all(e.passed for e in r.get_asset_check_evaluations())
     assert {"low", "medium", "high", "extreme"} <= set(regimes["vol_regime"])
