@@ -37,3 +37,14 @@ def create_collector_own_schema(engine: Engine, enhanced: bool = True) -> None:
     base_models().Base.metadata.create_all(engine)
     if enhanced:
         enhanced_models().Base.metadata.create_all(engine)
+
+
+def create_collector_vectors_table(engine: Engine) -> None:
+    """Only the enhanced-history tables: on PostgreSQL from the collector's own model; on SQLite (where
+    its JSONB does not compile) from the project's mirror of its pool_feature_vectors."""
+    if engine.dialect.name == "postgresql":
+        enhanced_models().Base.metadata.create_all(engine)
+    else:
+        from q50_assets.db.collector_models import collector_enhanced_metadata
+
+        collector_enhanced_metadata.create_all(engine)

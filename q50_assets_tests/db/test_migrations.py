@@ -15,7 +15,6 @@ from sqlalchemy.exc import IntegrityError, ProgrammingError
 from q50_assets.db import migrate
 from q50_assets.db.collector_models import (
     COLLECTOR_TABLE_NAMES,
-    collector_enhanced_metadata,
     collector_feature_vectors,
     collector_metadata,
     ohlcv_data,
@@ -23,7 +22,7 @@ from q50_assets.db.collector_models import (
 from q50_assets.db.engine import get_engine
 from q50_assets.db.q50_models import Q50_TABLE_NAMES, q50_trading_history
 from q50_assets.resources.database import CollectorDatabase
-from q50_assets_tests.collector_schema import enhanced_models
+from q50_assets_tests.collector_schema import create_collector_vectors_table
 
 
 def _collector_schema(engine) -> dict:
@@ -208,12 +207,8 @@ def test_upgrade_of_an_existing_install_keeps_every_id(collector_url):
 
 
 def _collector_vectors_table(engine) -> None:
-    """The collector's enhanced-history tables as its migration creates them (SQLite: our mirror of
-    its pool_feature_vectors; the collector's model uses PostgreSQL's JSONB)."""
-    if engine.dialect.name == "postgresql":
-        enhanced_models().Base.metadata.create_all(engine)
-    else:
-        collector_enhanced_metadata.create_all(engine)
+    """The collector's enhanced-history tables as its migration creates them, with rows."""
+    create_collector_vectors_table(engine)
     t = collector_feature_vectors
     with engine.begin() as conn:
         conn.execute(t.insert(), [
