@@ -107,6 +107,15 @@ class SignalSettings(_Section):
     variance_multiplier: float = Field(default=1.0, ge=0)
     allow_short: bool = Field(default=False, description="Spot DEX: no borrowing is modelled.")
 
+    @model_validator(mode="after")
+    def _spot_only(self) -> "SignalSettings":
+        # The backtests are spot: a short signal means "be flat". Allowing shorts would fill
+        # q50_signals with short trades (and the demo's tradeable counts) that no backtest makes.
+        if self.allow_short:
+            raise ValueError("allow_short: true is not supported: backtests are spot-only (no borrowing is "
+                             "modelled), so short signals would never be traded")
+        return self
+
     @property
     def round_trip_cost(self) -> float:
         return 2 * self.swap_fee
