@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, Engine, Table, func, inspect, select
+from sqlalchemy import Connection, Engine, Table, column, func, inspect, select, table
 
 from q50_assets.db.collector_models import (
     COLLECTOR_TABLES,
@@ -30,6 +30,7 @@ from q50_assets.db.collector_models import (
     pools,
     watchlist,
 )
+from q50_assets.db.types import TimestampTZ
 
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_data"
 EXPORT_DIR = SAMPLE_DIR / "collector_db_export"
@@ -258,10 +259,13 @@ def record_collector_run(conn: Connection, collector_type: str = "ohlcv_collecto
     """What the collector does after each collection run: run_count + 1, timestamps now."""
     now = datetime.now(timezone.utc)
     t = collection_metadata
-    stamps = {"last_run": now, "last_success": now, "updated_at": now}
-    columns = _columns_in_database(conn, t)
-    conn.execute(t.update().where(t.c.collector_type == collector_type).values(
-        run_count=func.coalesce(t.c.run_count, 0) + 1, **{k: v for k, v in stamps.items() if k in columns}))
+    # updated_at in the collector's PostgreSQL models; last_updated (stamped on update) in its generic ones.
+    stamps = {"last_run": now, "last_success": now, "updated_at": now, "last_updated": now}
+    present = [k for k in stamps if k in _columns_in_database(conn, t)]
+    # A table clause of the columns this database has (the mirror above lacks last_updated).
+    target = table(t.name, column("collector_type"), column("run_count"), *(column(k, TimestampTZ) for k in present))
+    conn.execute(target.update().where(target.c.collector_type == collector_type).values(
+        run_count=func.coalesce(target.c.run_count, 0) + 1, **{k: stamps[k] for k in present}))
 
 
 def replay_held_back_bars(engine: Engine, bars: int = 1, timeframe: str | None = None) -> dict[str, int]:

@@ -9,7 +9,7 @@ import math
 import pandas as pd
 from dagster import ConfigurableResource
 from pydantic import Field
-from sqlalchemy import Engine, column, delete, func, inspect, select, table
+from sqlalchemy import Engine, column, delete, func, inspect, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -224,9 +224,8 @@ class CollectorDatabase(ConfigurableResource):
         """The collector's own progress row for one of its collectors (run_count, updated_at), or None."""
         t = collection_metadata
         stamp = "updated_at" if "updated_at" in self._columns(t.name) else "last_updated"
-        stamped = table(t.name, column(stamp, TimestampTZ))
-        stmt = select(t.c.run_count, t.c.last_success, stamped.c[stamp].label("updated_at")).where(
-            t.c.collector_type == collector_type)
+        stmt = select(t.c.run_count, t.c.last_success, column(stamp, TimestampTZ).label("updated_at")).select_from(
+            t).where(t.c.collector_type == collector_type)
         with self.engine.connect() as conn:
             row = conn.execute(stmt).mappings().first()
         if row is None:

