@@ -6,12 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from dagster import DagsterInstance, materialize
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from q50_assets.assets.features import qlib_features
 from q50_assets.assets.ohlcv import ohlcv_bars
 from q50_assets.assets.partitions import POOLS_PARTITION_NAME
 from q50_assets.assets.trades import pool_trades
+from q50_assets.db.collector_models import ohlcv_data
 from q50_assets.db.collector_models import trades as trades_table
 from q50_assets.db.engine import get_engine
 from q50_assets.definitions import build_resources
@@ -108,3 +109,22 @@ def test_trades_that_stop_reconciling_lose_their_fields(settings, collector_url)
     frame = second.asset_value("qlib_features")
     assert frame[list(FLOW_FEATURES)].isna().all().all()
     pd.testing.assert_series_equal(first.asset_value("qlib_features")["close"], frame["close"])
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_trade_in_the_held_back_bar_is_counted_never_used(settings, collector_url):
+    """Look-ahead bait: a trade inside the newest (partial, held-back) bar, by its id's epoch. Its
+    bar is not complete, so its trade may not reach any feature; it is counted as held back."""
+    first = _materialize(settings, MAIN_POOL).asset_value("pool_trades")
+    engine = get_engine(collector_url)
+    with engine.begin() as conn:  # the test plays the collector
+        row = dict(conn.execute(select(trades_table).where(trades_table.c.pool_id == MAIN_POOL)).mappings().first())
+        newest_open = conn.execute(select(func.max(ohlcv_data.c.timestamp)).where(  # the held-back bar
+            ohlcv_data.c.pool_id == MAIN_POOL, ohlcv_data.c.timeframe == "1h")).scalar()
+        epoch = newest_open + 30 * 60
+        conn.execute(trades_table.insert().values({**row, "id": f"solana_1_bait_0_{epoch}",
+                                                   "block_timestamp": pd.Timestamp(epoch + 6 * 3600, unit="s", tz="UTC")}))
+    second = _materialize(settings, MAIN_POOL).asset_value("pool_trades")
+    assert second.counts["at_or_after_held_back_bar"] == first.counts["at_or_after_held_back_bar"] + 1
+    assert second.counts["inside_complete_bars"] == first.counts["inside_complete_bars"]
+    pd.testing.assert_frame_equal(first.grid, second.grid)

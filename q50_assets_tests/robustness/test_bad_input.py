@@ -24,7 +24,9 @@ database refuses the write, then loosen ``ohlcv_data`` the way a collector datab
 constraints would be (e.g. the collector's own SQLite connections do not enable foreign keys) and
 show the check behind it catches the row anyway.
 
-Every case also records the SQL the stages send: none touches ``trades``.
+Every case also records the SQL the two stages send: neither touches ``trades`` (only ``pool_trades``
+reads them, and places them by the id's epoch; its checks name the +6 h shift: see
+``q50_assets_tests/assets/test_trades.py``).
 
 | kind                         | check that catches it              | blocking | downstream                          |
 |------------------------------|------------------------------------|----------|-------------------------------------|
@@ -40,7 +42,7 @@ Every case also records the SQL the stages send: none touches ``trades``.
 | datetime_offset_minus_6h     | timestamps_aligned_unique          | yes      | refuses                             |
 | future_bar                   | no_future_bars (+ gaps warning)    | yes      | refuses                             |
 | future_bar_epoch_in_ms       | no_future_bars (+ timestamps, gaps)| yes      | refuses                             |
-| trade_shift_plus_6h          | - (no stage reads ``trades``)      | -        | consumes bars; trades never read    |
+| trade_shift_plus_6h          | - (these stages never read ``trades``) | -    | consumes bars; trades not read here |
 | rug_minus_99pct              | extreme_moves                      | warning  | consumes; the rug is a real loss    |
 | price_one_significant_digit  | price_precision                    | yes      | refuses                             |
 | price_below_stored_scale     | PG rounds to 0: positive_prices; SQLite: price_precision | yes | refuses       |
@@ -549,7 +551,7 @@ def test_bad_input(case: Case, backend: str, db_url: str, tmp_path):
             flagged = validated.bars[validated.bars["ohlcv_id"].isin(injected.ids)].index
             assert set(flagged) <= vectors  # a warning's bar is consumed, not dropped
 
-    # No stage read the trades table (the +6 h shift cannot reach a decision).
+    # Neither stage read the trades table (pool_trades, which does, is tested on its own).
     assert any("ohlcv_data" in s for s in sql)
     assert not [s for s in sql if "trades" in s.lower()]
 

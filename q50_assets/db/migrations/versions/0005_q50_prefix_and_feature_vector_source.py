@@ -55,22 +55,32 @@ def _rename_project_vectors(bind) -> None:
         raise SchemaConflict(f"table {LEGACY_FEATURE_VECTORS}: has the project's pre-0005 columns but "
                              f"{FEATURE_VECTORS} exists too; the migration will not guess which to keep")
     op.rename_table(LEGACY_FEATURE_VECTORS, FEATURE_VECTORS)
-    if bind.dialect.name != "postgresql":
-        return  # SQLite keeps constraint names inside the table and rewrites references on rename
-    # Names below come from the catalog (never from data); DDL cannot take bound identifiers.
-    quote = bind.dialect.identifier_preparer.quote
-    sequence = bind.execute(sa.select(sa.func.pg_get_serial_sequence(FEATURE_VECTORS, "id"))).scalar()
-    if sequence:
-        bind.execute(sa.text(f"ALTER SEQUENCE {sequence} RENAME TO {quote(FEATURE_VECTORS + '_id_seq')}"))
-    constraints = bind.execute(
-        sa.text("SELECT conname, contype FROM pg_constraint WHERE conrelid = CAST(:t AS regclass)"),
-        {"t": FEATURE_VECTORS}).all()
-    renames = {"p": f"{FEATURE_VECTORS}_pkey", "u": "uq_q50_feature_vectors_key"}
-    for name, kind in constraints:
-        target = renames.get(kind)
-        if target and name != target:
-            bind.execute(sa.text(f"ALTER TABLE {quote(FEATURE_VECTORS)} RENAME CONSTRAINT {quote(name)} "
-                                 f"TO {quote(target)}"))
+    if bind.dialect.name == "postgresql":
+        # SQLite keeps constraint names inside the table and rewrites references on rename.
+        op.execute(_RENAME_POSTGRES_NAMES)
+
+
+# The id sequence, primary key and unique constraint follow the table's new name, so nothing of the
+# project is left under the collector's names. Identifiers come from the catalog and are quoted by
+# format() on the server: the statement is constant text, built from no data.
+_RENAME_POSTGRES_NAMES = sa.text("""
+DO $rename$
+DECLARE
+    seq text := pg_get_serial_sequence('q50_feature_vectors', 'id');
+    con record;
+BEGIN
+    IF seq IS NOT NULL THEN
+        EXECUTE format('ALTER SEQUENCE %s RENAME TO %I', seq, 'q50_feature_vectors_id_seq');
+    END IF;
+    FOR con IN SELECT conname, contype FROM pg_constraint
+               WHERE conrelid = 'q50_feature_vectors'::regclass AND contype IN ('p', 'u')
+                 AND conname NOT IN ('q50_feature_vectors_pkey', 'uq_q50_feature_vectors_key') LOOP
+        EXECUTE format('ALTER TABLE q50_feature_vectors RENAME CONSTRAINT %I TO %I', con.conname,
+                       CASE con.contype WHEN 'p' THEN 'q50_feature_vectors_pkey' ELSE 'uq_q50_feature_vectors_key' END);
+    END LOOP;
+END
+$rename$;
+""")
 
 
 def _feature_vector_fk(bind) -> dict | None:
