@@ -86,3 +86,33 @@ def test_without_the_collectors_table_the_collector_features_are_missing(setting
     frame = _features(settings)
     cfv = [c for c in frame.columns if c.startswith("cfv_")]
     assert cfv and frame[cfv].isna().all().all()
+
+
+def test_trading_history_pointers_follow_the_setting_and_the_collectors_rows(collector_url):
+    db = CollectorDatabase(url=collector_url)
+    t0 = pd.Timestamp("2025-10-01", tz="UTC")
+    opens = pd.date_range(t0, periods=3, freq="h")
+    own = [11, None, 13]  # the project's vectors behind three decisions (one bar had none)
+
+    frame, summary = db.feature_vector_pointers(POOL, opens, own, use_collector=True)
+    assert not summary["collector_table"]  # no collector table: the project's vectors
+    assert [None if pd.isna(v) else v for v in frame["feature_vector_table"]] == [
+        "q50_feature_vectors", None, "q50_feature_vectors"]
+
+    engine = get_engine(collector_url)
+    create_collector_vectors_table(engine)
+    epoch = [int(t.timestamp()) for t in opens]
+    with engine.begin() as conn:  # the test plays the collector: bar 0 in two versions, bar 1 once, bar 2 none
+        ids = [conn.execute(collector_feature_vectors.insert().values(
+            pool_id=POOL, timestamp=e, feature_set_version=v, created_at=c)).inserted_primary_key[0]
+            for e, v, c in [(epoch[0], "v2", opens[0] + 2 * H), (epoch[0], "v1", opens[0] + H),
+                            (epoch[1], "v1", opens[1] + H)]]
+    frame, summary = db.feature_vector_pointers(POOL, opens, own, use_collector=True)
+    assert frame["feature_vector_id"].tolist() == [ids[0], ids[2], 13]  # bar 0: v2, the newest (created last)
+    assert frame["feature_vector_table"].tolist() == ["pool_feature_vectors", "pool_feature_vectors",
+                                                      "q50_feature_vectors"]
+    assert frame["q50_feature_vector_id"].tolist() == [11, pd.NA, 13]
+    assert (summary["rows_pointing_at_collector"], summary["rows_pointing_at_project"]) == (2, 1)
+
+    frame, summary = db.feature_vector_pointers(POOL, opens, own, use_collector=False)
+    assert frame["feature_vector_id"].tolist() == [11, pd.NA, 13] and summary["rows_pointing_at_collector"] == 0
