@@ -195,16 +195,25 @@ def find_clock_shift(times: pd.Series, prices: pd.Series, bars: pd.DataFrame, ba
     there is no bar counts as a miss. Returns (best L, table); the best is the highest share, ties
     going to the smaller |L|; None when fewer than MIN_TRADES_FOR_CLOCK trades have a time.
     ``bars``: index open_time (UTC), columns low, high."""
-    valid = times.notna()
-    t, p = times[valid], prices[valid].to_numpy(dtype="float64")
-    rows = []
-    for lag in lags_hours:
-        opens = bar_opens(t - pd.Timedelta(hours=lag), bar_seconds)
-        joined = bars[["low", "high"]].reindex(pd.DatetimeIndex(opens))
-        low, high = joined["low"].to_numpy(float), joined["high"].to_numpy(float)
-        inside = _price_inside(p, low, high, decimals)
-        rows.append({"lag_hours": lag, "trades": int(len(t)), "in_a_bar": int(np.isfinite(low).sum()),
-                     "inside_share": float(inside.mean()) if len(t) else float("nan")})
+    valid = times.notna().to_numpy()
+    t = pd.DatetimeIndex(times[valid]).as_unit("ns").asi8
+    p = prices[valid].to_numpy(dtype="float64")
+    # All lags at once, on integer nanoseconds: the bar each shifted time falls in, looked up by
+    # binary search among the bars' opens (bars are sorted and unique).
+    opens = pd.DatetimeIndex(bars.index).as_unit("ns").asi8
+    low, high = bars["low"].to_numpy(float), bars["high"].to_numpy(float)
+    bar_ns = bar_seconds * 1_000_000_000
+    lags = np.asarray(lags_hours, dtype="int64")
+    shifted = (t[None, :] - lags[:, None] * 3_600_000_000_000) // bar_ns * bar_ns
+    if len(opens) == 0 or len(t) == 0:
+        found = inside = np.zeros(shifted.shape, dtype=bool)
+    else:
+        pos = np.clip(np.searchsorted(opens, shifted), 0, len(opens) - 1)
+        found = opens[pos] == shifted
+        inside = found & _price_inside(p[None, :], np.where(found, low[pos], np.nan),
+                                       np.where(found, high[pos], np.nan), decimals)
+    rows = [{"lag_hours": int(lag), "trades": int(len(t)), "in_a_bar": int(found[i].sum()),
+             "inside_share": float(inside[i].mean()) if len(t) else float("nan")} for i, lag in enumerate(lags)]
     table = pd.DataFrame(rows)
     if len(t) < MIN_TRADES_FOR_CLOCK:
         return None, table
