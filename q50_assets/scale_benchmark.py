@@ -103,23 +103,18 @@ def synthesize_pool(source: pd.DataFrame, rng: np.random.Generator, bars: int = 
 
 def synthesize_trades(pool_id: str, bars: pd.DataFrame, rng: np.random.Generator, days: int = TRADE_DAYS) -> pd.DataFrame:
     """Collector ``trades`` rows for the last ``days`` of ``bars``, consistent with them and with the
-    collector's quirks: each bar's swaps of >= 100 USD explain 50-90 % of its volume, are priced within its
-    low-high, placed at seconds inside it; ids end in the true epoch while ``block_timestamp`` is 6 h
+    collector's quirks: each bar has 1 + Poisson(3) swaps sharing 50-90 % of its volume, of which the
+    collector keeps those of >= 100 USD (a quiet bar keeps none); they are priced within the bar's
+    low-high and placed at seconds inside it; ids end in the true epoch while ``block_timestamp`` is 6 h
     later; ``price_usd`` is the from-token's (the quote's ~230 USD on a buy). Buys are a little likelier
-    on rising bars, so the flow features carry the same information real ones would."""
+    on rising bars, so the flow features carry the same kind of information real ones would."""
     bar = bars.index[1] - bars.index[0]
     recent = bars[bars.index >= bars.index[-1] - pd.Timedelta(days=days) + bar]
     rows = []
     for open_time, b in zip(recent.index, recent.itertuples()):
-        target = b.volume * rng.uniform(0.5, 0.9)
-        sizes = []
-        while True:
-            size = float(np.exp(rng.normal(np.log(250.0), 0.8)))
-            if sum(sizes) + size > target:
-                break
-            sizes.append(size)
+        sizes = b.volume * rng.uniform(0.5, 0.9) * rng.dirichlet(np.ones(1 + rng.poisson(3)))
         p_buy = 0.5 + 0.15 * np.sign(b.close - b.open)
-        for k, usd in enumerate(s for s in sizes if s >= MIN_TRADE_USD):
+        for k, usd in enumerate(float(s) for s in sizes if s >= MIN_TRADE_USD):
             usd = round(usd, 2)
             price = float(rng.uniform(b.low, b.high))
             tokens = usd / price

@@ -51,6 +51,8 @@ def test_a_15m_pool_runs_through_the_lineage(collector_url, tmp_path):
     assert features["trade_count"].notna().any()  # the 15m trades pass their checks: flow features exist
     result = out["model"].result
     assert "flow_imbalance" in result.feature_columns and len(result.predictions) > 300
+    with_flow = out["model_metadata"]["rows_with_optional_features"].value
+    assert 0 < with_flow["trade_count"] < out["model_metadata"]["usable_rows"].value  # reaches the model, where known
     assert (result.predictions["predicted_at"] == result.predictions.index.get_level_values("open_time") + bar).all()
     signals = out["signals"][POOL]
     assert (signals["known_at"] >= signals.index + bar).all()

@@ -92,7 +92,7 @@ def build_pool_features(
             asset=FEATURES_ASSET,
             blocking=True,
             description="Every feature of every real bar after the warm-up is a finite number (flow and "
-            "collector features excepted: they are missing where their data is, counted in metadata).",
+            "collector features may be missing where their data is, counted in metadata, but never infinite).",
         ),
         AssetCheckSpec(
             "instrument_mapping_roundtrip",
@@ -128,7 +128,8 @@ def qlib_features(
     core = [c for c in columns if not may_be_missing(c)]
     optional = [c for c in columns if may_be_missing(c)]
     values = frame.loc[usable, core].to_numpy()
-    bad_rows = frame.index[usable][~np.isfinite(values).all(axis=1)]
+    infinite_optional = np.isinf(frame.loc[usable, optional].to_numpy(dtype="float64")).any(axis=1)
+    bad_rows = frame.index[usable][~np.isfinite(values).all(axis=1) | infinite_optional]
     missing_optional = {c: int(frame.loc[usable, c].isna().sum()) for c in optional}
     instrument = instrument_name(pool_id)
     mapping = qlib_store.mapping()

@@ -19,8 +19,8 @@ from q50_assets.db import migrate
 from q50_assets.db.collector_models import collection_metadata, collector_feature_vectors, ohlcv_data, pools, trades
 from q50_assets.db.engine import get_engine, redact_url
 from q50_assets.db.q50_models import (
-    q50_feature_vectors,
     q50_backtest_results,
+    q50_feature_vectors,
     q50_regime_labels,
     q50_signals,
     q50_trading_history,
