@@ -10,7 +10,7 @@ Stages and what their time covers:
 * ``ohlcv``          - reading and validating every pool's bars.
 * ``qlib_export``    - writing every safe pool's hourly grid into QLib's binary store.
 * ``features``       - evaluating every feature expression for every pool with ``D.features``.
-* ``feature_vectors``- persisting the vectors to ``pool_feature_vectors``.
+* ``feature_vectors``- persisting the vectors to ``q50_feature_vectors``.
 * ``model``          - every walk-forward fold of the Q50 model (load panel, fit, predict).
 * ``signals``        - signal columns for every pool.
 * ``regimes``        - regime labels for every pool.
@@ -108,11 +108,11 @@ def run_benchmark(settings, scratch: Path) -> dict:
         # build_pool_features writes the grid and then evaluates one pool; time the write alone
         # by writing everything first, then evaluate all pools in one D.features call below.
         from q50_assets.research.bars import TIMEFRAME_SECONDS
-        from q50_assets.research.features import to_hourly_grid
+        from q50_assets.research.features import to_bar_grid
 
         bar_seconds = TIMEFRAME_SECONDS[settings.timeframe]
         for pool_id, bars in safe.items():
-            store.write_pool(pool_id, to_hourly_grid(bars, bar_seconds))
+            store.write_pool(pool_id, to_bar_grid(bars, bar_seconds))
         rec["pools"] = len(safe)
 
     expressions = expressions_for(settings)
@@ -304,7 +304,7 @@ def p3_new_bar_to_trading_history(settings, db, scratch: Path, safe: dict, q50_f
         return result
 
     tick()
-    upstream = [AssetKey("ohlcv_bars"), AssetKey("qlib_features"), AssetKey("regime_labels")]
+    upstream = [AssetKey("ohlcv_bars"), AssetKey("pool_trades"), AssetKey("qlib_features"), AssetKey("regime_labels")]
     for pool in (pool_id, bystander):
         refresh.execute_in_process(partition_key=pool, instance=instance, run_config=quiet, asset_selection=upstream)
     defs.resolve_job_def("train_q50_model").execute_in_process(instance=instance, run_config=quiet)

@@ -140,7 +140,7 @@ def cmd_demo(settings: Settings, args) -> int:
 
     phase_seconds: dict[str, float] = {}
     phase_started = time.perf_counter()
-    # 1. per pool: OHLCV + features + regimes (a pool failing a blocking check stops there)
+    # 1. per pool: OHLCV + trades + features + regimes (a pool failing a blocking check stops there)
     checks: dict[str, Counter] = {}
     blocked: dict[str, list[str]] = {}
     totals = Counter()
@@ -148,7 +148,8 @@ def cmd_demo(settings: Settings, args) -> int:
     for pool_id in pool_ids:
         result = refresh.execute_in_process(
             partition_key=pool_id, instance=instance, run_config=quiet, raise_on_error=False,
-            asset_selection=[AssetKey("ohlcv_bars"), AssetKey("qlib_features"), AssetKey("regime_labels")],
+            asset_selection=[AssetKey("ohlcv_bars"), AssetKey("pool_trades"), AssetKey("qlib_features"),
+                             AssetKey("regime_labels")],
         )
         evaluations = result.get_asset_check_evaluations()
         if not result.success and not any(not e.passed for e in evaluations):
@@ -168,7 +169,7 @@ def cmd_demo(settings: Settings, args) -> int:
         if result.success:
             safe_pools.append(pool_id)
 
-    phase_seconds["ohlcv, features, regimes"] = time.perf_counter() - phase_started
+    phase_seconds["ohlcv, trades, features, regimes"] = time.perf_counter() - phase_started
     phase_started = time.perf_counter()
     # 2. the walk-forward model over every pool in the QLib store
     model_run = defs.resolve_job_def("train_q50_model").execute_in_process(
@@ -325,7 +326,13 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"q50: bad settings: {exc}", file=sys.stderr)
         return 2
-    return COMMANDS[args.command][0](settings, args)
+    from q50_assets.db.migrate import CollectorSchemaMissing, MigrationError
+
+    try:
+        return COMMANDS[args.command][0](settings, args)
+    except (MigrationError, CollectorSchemaMissing) as exc:  # one line says what to fix; a traceback would not
+        print(f"q50 {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from q50_assets.assets.model import q50_model
 from q50_assets.assets.ohlcv import ohlcv_bars
 from q50_assets.assets.regimes import regime_labels
 from q50_assets.assets.signals import q50_signals
+from q50_assets.assets.trades import pool_trades
 from q50_assets.assets.trading_history import q50_trading_history
 from q50_assets.automation.jobs import nightly_job, portfolio_summary_job, refresh_pool_job, train_q50_model_job
 from q50_assets.automation.sensors import build_automation
@@ -49,7 +50,7 @@ def build_resources(settings: Settings) -> dict:
 def build_definitions(settings: Settings) -> Definitions:
     sensors, schedules = build_automation(settings)
     return Definitions(
-        assets=[ohlcv_bars, qlib_features, q50_model, q50_signals, regime_labels, backtest_results,
+        assets=[ohlcv_bars, pool_trades, qlib_features, q50_model, q50_signals, regime_labels, backtest_results,
                 q50_trading_history, backtest_portfolio],
         jobs=[refresh_pool_job, train_q50_model_job, nightly_job, portfolio_summary_job],
         sensors=sensors,

@@ -7,7 +7,8 @@ are written into a fresh embedded collector database as the collector would, the
 goes through the functions the assets call, with the database writes the assets make:
 
 * ``ohlcv``           read + validate each pool's rows (ohlcv_bars),
-* ``features``        QLib store write + expression evaluation + pool_feature_vectors upsert (qlib_features),
+* ``trades``          read + reconcile each pool's trades, trade fields into the QLib store (pool_trades),
+* ``features``        QLib store write + expression evaluation + q50_feature_vectors upsert (qlib_features),
 * ``regimes``         labels + q50_regime_labels write (regime_labels),
 * ``model``           every walk-forward fold + the live model on the pooled panel (q50_model),
 * ``signals``         signal rows + q50_signals write (q50_signals),
@@ -37,7 +38,13 @@ SEED = 20261129
 # Fixed, so a rerun generates the same pools; after the QLib store's calendar_start and in the past.
 END = pd.Timestamp("2026-06-01T00:00:00Z")
 START_PRICE = 100.0
-STAGES = ("ohlcv", "features", "regimes", "model", "signals", "backtest", "trading_history")
+STAGES = ("ohlcv", "trades", "features", "regimes", "model", "signals", "backtest", "trading_history")
+# Synthetic trades: the collector keeps swaps of >= 100 USD, and only since it started watching a
+# pool -- here the last 30 days of the 90.
+TRADE_DAYS = 30
+MIN_TRADE_USD = 100.0
+QUOTE_PRICE_USD = 230.0  # the quote token (SOL): what price_usd shows on a buy
+WALLETS_PER_POOL = 150
 
 
 def _source_bars(settings, scratch: Path) -> list[pd.DataFrame]:
@@ -94,6 +101,50 @@ def synthesize_pool(source: pd.DataFrame, rng: np.random.Generator, bars: int = 
                         index=index)
 
 
+def synthesize_trades(pool_id: str, bars: pd.DataFrame, rng: np.random.Generator, days: int = TRADE_DAYS) -> pd.DataFrame:
+    """Collector ``trades`` rows for the last ``days`` of ``bars``, consistent with them and with the
+    collector's quirks: each bar has 1 + Poisson(3) swaps sharing 50-90 % of its volume, of which the
+    collector keeps those of >= 100 USD (a quiet bar keeps none); they are priced within the bar's
+    low-high and placed at seconds inside it; ids end in the true epoch while ``block_timestamp`` is 6 h
+    later; ``price_usd`` is the from-token's (the quote's ~230 USD on a buy). Buys are a little likelier
+    on rising bars, so the flow features carry the same kind of information real ones would."""
+    bar = bars.index[1] - bars.index[0]
+    recent = bars[bars.index >= bars.index[-1] - pd.Timedelta(days=days) + bar]
+    rows = []
+    for open_time, b in zip(recent.index, recent.itertuples()):
+        sizes = b.volume * rng.uniform(0.5, 0.9) * rng.dirichlet(np.ones(1 + rng.poisson(3)))
+        p_buy = 0.5 + 0.15 * np.sign(b.close - b.open)
+        for k, usd in enumerate(float(s) for s in sizes if s >= MIN_TRADE_USD):
+            usd = round(usd, 2)
+            price = float(rng.uniform(b.low, b.high))
+            tokens = usd / price
+            buy = bool(rng.random() < p_buy)
+            at = open_time + pd.Timedelta(seconds=int(rng.integers(0, int(bar.total_seconds()))))
+            epoch = int(at.timestamp())
+            block = 370_000_000 + epoch - 1_750_000_000
+            tx = f"{rng.integers(0, 2**63):x}"
+            rows.append({
+                "id": f"solana_{block}_{tx}_{k}_{epoch}", "pool_id": pool_id, "block_number": block, "tx_hash": tx,
+                "tx_from_address": f"wallet{int(rng.integers(WALLETS_PER_POOL)):04d}",
+                "from_token_amount": usd / QUOTE_PRICE_USD if buy else tokens,
+                "to_token_amount": tokens if buy else usd / QUOTE_PRICE_USD,
+                "price_usd": QUOTE_PRICE_USD if buy else round(price, 8), "volume_usd": usd,
+                "side": "buy" if buy else "sell", "block_timestamp": (at + pd.Timedelta(hours=6)).to_pydatetime(),
+            })
+    return pd.DataFrame(rows)
+
+
+def write_trades(engine, trades: pd.DataFrame) -> int:
+    """Insert collector ``trades`` rows (from :func:`synthesize_trades`)."""
+    from q50_assets.db.collector_models import trades as trades_table
+
+    if trades.empty:
+        return 0
+    with engine.begin() as conn:
+        conn.execute(trades_table.insert(), trades.to_dict("records"))
+    return len(trades)
+
+
 def write_collector(engine, pools: dict[str, pd.DataFrame], reserves: dict[str, float], timeframe: str) -> int:
     """Insert the synthetic pools into the collector's tables, as the collector would."""
     from sqlalchemy import insert
@@ -130,9 +181,11 @@ def run_scale(settings, n_pools: int, scratch: Path) -> dict:
     from q50_assets.assets.ohlcv import bar_rules
     from q50_assets.assets.regimes import pool_regimes
     from q50_assets.assets.signals import pool_signals
-    from q50_assets.research.backtest_stage import equity_png, history_rows, results_rows, run_pool_stage
+    from q50_assets.assets.trades import trade_rules
     from q50_assets.definitions import build_resources
+    from q50_assets.research.backtest_stage import equity_png, history_rows, results_rows, run_pool_stage
     from q50_assets.research.bars import validate_bars
+    from q50_assets.research.trades import TRADE_FIELDS, analyse_trades
     from q50_assets.resources.database import CollectorDatabase
     from q50_assets.resources.qlib_store import QlibStore
 
@@ -161,6 +214,7 @@ def run_scale(settings, n_pools: int, scratch: Path) -> dict:
         reserves[pool_id] = float(rng.choice([2e4, 1e5, 5e5, 2e6]))
     db = CollectorDatabase(url=settings.database_url)
     collector_rows = write_collector(db.engine, pools, reserves, tf)
+    trade_rows = sum(write_trades(db.engine, synthesize_trades(p, bars, rng)) for p, bars in pools.items())
     db.migrate()
     del pools
     setup_seconds = time.perf_counter() - started
@@ -186,6 +240,19 @@ def run_scale(settings, n_pools: int, scratch: Path) -> dict:
                 unsafe[rule] = unsafe.get(rule, 0) + 1
             continue
         safe[pool_id] = validated.bars
+
+        def trades(p=pool_id, bars=validated.bars):
+            analysis = analyse_trades(p, db.read_trades(p), bars, trade_rules(settings))
+            if analysis.usable:
+                store.write_fields(p, analysis.grid, TRADE_FIELDS)
+            else:
+                store.clear_fields(p, TRADE_FIELDS)
+            return analysis
+
+        analysis = timed("trades", trades)
+        counts["pools_with_flow_features"] = counts.get("pools_with_flow_features", 0) + int(analysis.usable)
+        counts["block_timestamp_shift_named"] = counts.get("block_timestamp_shift_named", 0) + int(
+            analysis.check("clock_shift").metadata["block_timestamp_shift"] == "+6 h")
 
         def features(p=pool_id, bars=validated.bars):
             frame, columns, version = build_pool_features(p, bars, settings, store)
@@ -238,6 +305,7 @@ def run_scale(settings, n_pools: int, scratch: Path) -> dict:
         "safe_pools": len(safe),
         "unsafe_pools_by_check": unsafe,
         "collector_rows": collector_rows,
+        "trade_rows": trade_rows,
         "paths_redrawn": redrawn,
         "bars": total_bars,
         "setup_seconds": round(setup_seconds, 2),

@@ -102,6 +102,12 @@ class ModelSettings(_Section):
         description="Allowed miscalibration of the recalibrated OOS q10/q90 coverage beyond 3 binomial "
         "standard errors; beyond it the blocking oos_coverage check fails.",
     )
+    collector_feature_vectors: bool = Field(
+        default=False,
+        description="Also feed the collector's own pool_feature_vectors columns to the model, each bar only "
+        "the vector the collector had written by the bar's close (created_at), never its forward-return targets. "
+        "Without that table the columns are missing (NaN).",
+    )
 
 
 class EvaluationSettings(_Section):
@@ -125,6 +131,32 @@ class SignalSettings(_Section):
                             "model adds constant-product impact at the intended size (research/costs.py).")
     variance_multiplier: float = Field(default=1.0, ge=0)
     allow_short: bool = Field(default=False, description="Spot DEX: no borrowing is modelled.")
+
+    @model_validator(mode="after")
+    def _spot_only(self) -> "SignalSettings":
+        # The backtests are spot: a short signal means "be flat". Allowing shorts would fill
+        # q50_signals with short trades (and the demo's tradeable counts) that no backtest makes.
+        if self.allow_short:
+            raise ValueError("allow_short: true is not supported: backtests are spot-only (no borrowing is "
+                             "modelled), so short signals would never be traded")
+        return self
+
+
+class TradeSettings(_Section):
+    """The trades stage (research/trades.py): the collector's trades per bar, checked against the bars."""
+
+    flow_features: bool = Field(
+        default=True,
+        description="Trade-flow features (buy/sell imbalance, trade count, unique traders) for pools whose trades "
+        "pass every trades check; false: the checks still run, no pool gets flow features.",
+    )
+    min_volume_coverage: float = Field(
+        default=0.5, gt=0, le=1,
+        description="Share of the bars' USD volume (over the span the collected trades cover) that those trades "
+        "must explain; the collector keeps trades >= 100 USD only, so a complete record stays below 1.",
+    )
+    min_covered_bars: int = Field(
+        default=24, ge=1, description="Bars the collected trades must span before flow features are computed.")
 
 
 class BacktestSettings(_Section):
@@ -297,6 +329,7 @@ class Settings(_Section):
     model: ModelSettings = ModelSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     signals: SignalSettings = SignalSettings()
+    trades: TradeSettings = TradeSettings()
     nautilus_trader: NautilusTraderSettings = NautilusTraderSettings()
     automation: AutomationSettings = AutomationSettings()
 

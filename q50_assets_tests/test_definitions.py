@@ -4,7 +4,7 @@ from dagster import AssetKey, Definitions
 
 from q50_assets.definitions import defs
 
-LINEAGE = ["ohlcv_bars", "qlib_features", "q50_model", "q50_signals", "regime_labels", "backtest_results",
+LINEAGE = ["ohlcv_bars", "pool_trades", "qlib_features", "q50_model", "q50_signals", "regime_labels", "backtest_results",
            "q50_trading_history", "backtest_portfolio"]
 
 
@@ -19,3 +19,4 @@ def test_definitions_load_as_the_ui_loads_them():
     checks = {(c.asset_key, c.name) for c in repo.asset_graph.asset_check_keys}
     assert (AssetKey("backtest_results"), "bars_match_pipeline") in checks
     assert (AssetKey("q50_trading_history"), "reconciles_with_fills") in checks
+    assert (AssetKey("pool_trades"), "clock_shift") in checks

@@ -1,7 +1,8 @@
 """Lineage stage 2 - QLib features: one pool's bars written to the QLib store, features
-computed by QLib's expression engine, vectors persisted to ``pool_feature_vectors``.
+computed by QLib's expression engine, vectors persisted to ``q50_feature_vectors``.
 
-Glue only: formulas live in :mod:`q50_assets.research.features`.
+Glue only: formulas live in :mod:`q50_assets.research.features`. The trades stage writes the
+pool's trade fields into the same store first (flow features read them).
 """
 
 import numpy as np
@@ -11,6 +12,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetKey,
     MetadataValue,
     Output,
     ResourceParam,
@@ -19,12 +21,16 @@ from dagster import (
 
 from q50_assets.assets.ohlcv import OHLCV_ASSET
 from q50_assets.assets.partitions import pool_partitions
+from q50_assets.assets.trades import TRADES_ASSET
 from q50_assets.research.bars import TIMEFRAME_SECONDS, ValidatedBars, require_safe
 from q50_assets.research.features import (
+    asof_collector_features,
+    collector_feature_fields,
     feature_expressions,
     feature_set_version,
     mark_warmup,
-    to_hourly_grid,
+    may_be_missing,
+    to_bar_grid,
     warmup_bars,
 )
 from q50_assets.resources.database import CollectorDatabase
@@ -36,14 +42,19 @@ FEATURES_ASSET = "qlib_features"
 
 def expressions_for(settings: Settings) -> dict[str, str]:
     rd = settings.nautilus_trader.strategy_config.regime_detection
-    return feature_expressions(rd.rsi_periods, rd.macd_fast, rd.macd_slow)
+    return feature_expressions(rd.rsi_periods, rd.macd_fast, rd.macd_slow,
+                               flow_features=settings.trades.flow_features,
+                               collector_features=settings.model.collector_feature_vectors)
 
 
 def build_pool_features(
-    pool_id: str, bars: pd.DataFrame, settings: Settings, store: QlibStore
+    pool_id: str, bars: pd.DataFrame, settings: Settings, store: QlibStore,
+    collector_vectors: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, list[str], str]:
     """Write a pool's grid to the store and evaluate the feature expressions on it.
 
+    ``collector_vectors``: the collector's own vectors of the pool (model.collector_feature_vectors),
+    stored as of each bar's close; None stores none (those features are then missing).
     Returns the frame (index open_time: feature columns, close, is_filled, is_warmup, known_at),
     the feature column names and the feature-set version.
     """
@@ -51,8 +62,15 @@ def build_pool_features(
     bar_seconds = TIMEFRAME_SECONDS[settings.timeframe]
     expressions = expressions_for(settings)
     warmup = warmup_bars(rd.macd_slow)
-    grid = to_hourly_grid(bars, bar_seconds)
+    grid = to_bar_grid(bars, bar_seconds)
     store.write_pool(pool_id, grid)
+    if settings.model.collector_feature_vectors:
+        fields = collector_feature_fields()
+        if collector_vectors is None or collector_vectors.empty:
+            store.clear_fields(pool_id, fields)
+        else:
+            vectors = collector_vectors.drop(columns=["id", "feature_set_version"], errors="ignore")
+            store.write_fields(pool_id, asof_collector_features(grid.index, bar_seconds, vectors), fields)
     frame = store.features([pool_id], expressions).loc[pool_id]
     frame["close"] = grid["close"].reindex(frame.index)
     frame["is_filled"] = grid["filled"].reindex(frame.index).astype(bool)
@@ -64,6 +82,8 @@ def build_pool_features(
 @asset(
     name=FEATURES_ASSET,
     partitions_def=pool_partitions,
+    # The trades stage writes the pool's trade fields into the store: run after it when both run.
+    deps=[AssetKey(TRADES_ASSET)],
     group_name="features",
     kinds={"qlib", "pandas"},
     check_specs=[
@@ -71,7 +91,8 @@ def build_pool_features(
             "no_nan_after_warmup",
             asset=FEATURES_ASSET,
             blocking=True,
-            description="Every feature of every real bar after the warm-up is a finite number.",
+            description="Every feature of every real bar after the warm-up is a finite number (flow and "
+            "collector features may be missing where their data is, counted in metadata, but never infinite).",
         ),
         AssetCheckSpec(
             "instrument_mapping_roundtrip",
@@ -80,9 +101,10 @@ def build_pool_features(
             description="The pool's QLib instrument maps back to exactly this pool id, and no two pools share one.",
         ),
     ],
-    description="The pool's validated bars on a full hourly grid in QLib's binary store; features "
-    "(the Q50 set, RSI, MACD, Bollinger) from QLib's expression engine; vectors persisted to "
-    "pool_feature_vectors. Warm-up rows are marked, missing hours flagged as flat filled bars.",
+    description="The pool's validated bars on a full bar grid in QLib's binary store; features "
+    "(the Q50 set, RSI, MACD, Bollinger; trade-flow features where the pool's trades pass their checks) from "
+    "QLib's expression engine; vectors persisted to q50_feature_vectors. Warm-up rows are marked, missing bars "
+    "flagged as flat filled bars.",
 )
 def qlib_features(
     context: AssetExecutionContext,
@@ -93,15 +115,22 @@ def qlib_features(
 ):
     pool_id = context.partition_key
     bars = require_safe(ohlcv_bars)
-    frame, columns, version = build_pool_features(pool_id, bars, settings, qlib_store)
+    collector_vectors = (collector_db.collector_feature_vectors(pool_id)
+                         if settings.model.collector_feature_vectors else None)
+    frame, columns, version = build_pool_features(pool_id, bars, settings, qlib_store, collector_vectors)
     real = ~frame["is_filled"]
     frame["feature_vector_id"], stale_vectors = collector_db.upsert_feature_vectors(
         pool_id, settings.timeframe, version, frame[real], columns
     )
 
     usable = real & ~frame["is_warmup"]
-    values = frame.loc[usable, columns].to_numpy()
-    bad_rows = frame.index[usable][~np.isfinite(values).all(axis=1)]
+    # Flow and collector features may be missing (NaN) where their data is; the rest may not.
+    core = [c for c in columns if not may_be_missing(c)]
+    optional = [c for c in columns if may_be_missing(c)]
+    values = frame.loc[usable, core].to_numpy()
+    infinite_optional = np.isinf(frame.loc[usable, optional].to_numpy(dtype="float64")).any(axis=1)
+    bad_rows = frame.index[usable][~np.isfinite(values).all(axis=1) | infinite_optional]
+    missing_optional = {c: int(frame.loc[usable, c].isna().sum()) for c in optional}
     instrument = instrument_name(pool_id)
     mapping = qlib_store.mapping()
     owners = [e["pool_id"] for e in mapping.values()]
@@ -120,6 +149,8 @@ def qlib_features(
             "usable_rows": int(usable.sum()),
             "instrument": instrument,
             "feature_vectors_written": int(real.sum()),
+            "optional_features_missing": MetadataValue.json(missing_optional),
+            "collector_vectors_read": -1 if collector_vectors is None else len(collector_vectors),
             "stale_feature_vectors_kept": stale_vectors,
         },
     )
@@ -129,6 +160,7 @@ def qlib_features(
         severity=AssetCheckSeverity.ERROR,
         metadata={
             "pool_id": pool_id,
+            "features_checked": len(core),
             "rows_checked": int(usable.sum()),
             "rows_with_nan": len(bad_rows),
             "first_rows_with_nan": MetadataValue.json([t.isoformat() for t in bad_rows[:20]]),

@@ -29,9 +29,9 @@ from dagster import (
 
 from q50_assets.assets.features import FEATURES_ASSET, expressions_for
 from q50_assets.research.bars import TIMEFRAME_SECONDS
-from q50_assets.research.features import warmup_bars
 from q50_assets.research.calibration import CalibrationConfig
 from q50_assets.research.evaluation import ModelEvidence, NaiveConfig, model_evidence
+from q50_assets.research.features import may_be_missing, warmup_bars
 from q50_assets.research.q50_model import (
     QUANTILE_COLUMNS,
     QUANTILES,
@@ -129,6 +129,9 @@ def load_training_panel(store: QlibStore, settings: Settings) -> tuple[pd.DataFr
         "warmup_rows_excluded": int((real & warmup).sum()),
         "usable_rows": int(usable.sum()),
     }
+    # Flow / collector features are missing outside their data: how many training rows have them.
+    counts["rows_with_optional_features"] = {
+        name: int(panel.loc[usable, name].notna().sum()) for name in expressions if may_be_missing(name)}
     return panel.loc[usable, list(expressions)], labels.loc[usable], counts
 
 

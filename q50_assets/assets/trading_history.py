@@ -55,6 +55,10 @@ def q50_trading_history(
                                metadata={"skipped": backtest_results.reason})
         return
     rows = history_rows(backtest_results)
+    # feature_vector_id: the collector's pool_feature_vectors row of the deciding signal's bar when
+    # risk_management.use_existing_feature_vectors finds one, else ours; feature_vector_table says which.
+    rows, pointers = collector_db.with_feature_vector_pointers(
+        pool_id, rows, settings.nautilus_trader.risk_management.use_existing_feature_vectors)
     run_id = backtest_results.backtest_run_id
     written = collector_db.replace_trading_history(run_id, pool_id, rows)
 
@@ -77,7 +81,8 @@ def q50_trading_history(
         metadata={"pool_id": pool_id, "backtest_run_id": run_id, "rows_written": written,
                   "buys": int((rows["side"] == "BUY").sum()) if len(rows) else 0,
                   "sells": int((rows["side"] == "SELL").sum()) if len(rows) else 0,
-                  "fees_usd": MetadataValue.float(got["fees"])},
+                  "fees_usd": MetadataValue.float(got["fees"]),
+                  "feature_vectors": MetadataValue.json(pointers)},
     )
     yield AssetCheckResult(check_name="reconciles_with_fills", passed=ok, severity=AssetCheckSeverity.ERROR,
                            metadata={"pool_id": pool_id, "stored": MetadataValue.json(got),

@@ -2,6 +2,9 @@
 ``q50_assets/db/migrations`` (their version table is ``q50_alembic_version``, so a collector
 that uses Alembic itself keeps its own ``alembic_version``).
 
+Every table carries the ``q50_`` prefix, so none can collide with a collector table (a collector
+that ran its enhanced-history migration has its own ``pool_feature_vectors``).
+
 Foreign keys point at the collector's ``pools.id``: on PostgreSQL the project role needs
 ``REFERENCES`` (not write) on ``pools`` for the migration to create them.
 """
@@ -29,8 +32,10 @@ q50_metadata = MetaData()
 
 _Id = BigInteger().with_variant(Integer, "sqlite")
 
-pool_feature_vectors = Table(
-    "pool_feature_vectors",
+# The project's feature vectors. Not `pool_feature_vectors`: a collector that ran its
+# enhanced-history migration owns a table of that name (read by the trading-history stage).
+q50_feature_vectors = Table(
+    "q50_feature_vectors",
     q50_metadata,
     Column("id", _Id, primary_key=True, autoincrement=True),
     Column("pool_id", String(200), ForeignKey("pools.id"), nullable=False),
@@ -44,7 +49,7 @@ pool_feature_vectors = Table(
     Column("feature_values", JsonB, nullable=False),
     Column("created_at", TimestampTZ, nullable=False, server_default=func.now()),
     UniqueConstraint(
-        "pool_id", "timeframe", "timestamp", "feature_set_version", name="uq_pool_feature_vectors_key"
+        "pool_id", "timeframe", "timestamp", "feature_set_version", name="uq_q50_feature_vectors_key"
     ),
 )
 
@@ -59,7 +64,11 @@ q50_trading_history = Table(
     Column("position_size", Float),
     Column("nautilus_order_id", String(100)),
     Column("execution_status", String(30), nullable=False),
-    Column("feature_vector_id", _Id, ForeignKey("pool_feature_vectors.id")),
+    # The integration plan's pointer: the collector's pool_feature_vectors.id when
+    # risk_management.use_existing_feature_vectors finds the collector's vector for the decision's
+    # bar, else q50_feature_vectors.id. feature_vector_table names which, so a reader can join.
+    # No foreign key: one can only point at one table (migration 0005 dropped it).
+    Column("feature_vector_id", _Id),
     Column("backtest_run_id", String(64), nullable=False),
     Column("side", String(10)),
     Column("quantity", Float),
@@ -69,6 +78,11 @@ q50_trading_history = Table(
     # Added by migration 0004: price impact paid on the fill (USD) and the fill's time.
     Column("impact", Float),
     Column("filled_at", TimestampTZ),
+    # Added by migration 0005: which table feature_vector_id points at, and the project's own
+    # vector behind the decision, kept under a real foreign key whatever feature_vector_id names.
+    Column("feature_vector_table", String(40)),
+    Column("q50_feature_vector_id", _Id, ForeignKey("q50_feature_vectors.id",
+                                                     name="fk_q50_trading_history_q50_feature_vector")),
     # Added by migration 0006: when the order was decided (filled fill_latency_bars later), what the
     # cost model expected the fill to cost, and the liquidity it assumed.
     Column("decided_at", TimestampTZ),
@@ -104,7 +118,7 @@ q50_signals = Table(
     Column("side", String(10), nullable=False),
     Column("signal_tier", String(2), nullable=False),
     Column("reason", String(60)),
-    Column("feature_vector_id", _Id, ForeignKey("pool_feature_vectors.id")),
+    Column("feature_vector_id", _Id, ForeignKey("q50_feature_vectors.id")),
     Column("created_at", TimestampTZ, nullable=False, server_default=func.now()),
     # Added by migration 0006: the cost model's view of the intended entry (research/signals.py).
     Column("intended_notional_usd", Float),

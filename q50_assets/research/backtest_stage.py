@@ -473,6 +473,8 @@ def history_rows(result: PoolBacktest) -> pd.DataFrame:
         "timestamp": fill_time,
         "filled_at": fill_time,
         "decided_at": decided,
+        # The bar whose signal (and feature vector) decided the order: what feature_vector_id names.
+        "signal_open": signal_open,
         "q50_signal": signals["q50"].to_numpy() if "q50" in signals else np.nan,
         "regime_classification": regime,
         "position_size": decisions["target"].to_numpy() if "target" in decisions else np.nan,

@@ -9,7 +9,7 @@ import math
 import pandas as pd
 from dagster import ConfigurableResource
 from pydantic import Field
-from sqlalchemy import Engine, delete, func, inspect, select
+from sqlalchemy import Engine, column, delete, func, inspect, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -18,21 +18,26 @@ from q50_assets.automation.bar_changes import window_rows
 from q50_assets.db import migrate
 from q50_assets.db.collector_models import (
     collection_metadata,
+    collector_feature_vectors,
     new_pools_history,
     new_pools_history_enhanced,
     ohlcv_data,
     pools,
+    trades,
 )
 from q50_assets.db.engine import get_engine, redact_url
 from q50_assets.db.q50_models import (
-    pool_feature_vectors,
     q50_backtest_results,
+    q50_feature_vectors,
     q50_regime_labels,
     q50_signals,
     q50_trading_history,
 )
+from q50_assets.db.types import TimestampTZ
 from q50_assets.research.bars import RAW_COLUMNS
 from q50_assets.research.costs import ReserveSeries
+from q50_assets.research.features import COLLECTOR_VECTOR_FEATURES
+from q50_assets.research.trades import RAW_TRADE_COLUMNS
 
 def _utc(value) -> pd.Timestamp:
     """SQLite returns naive datetimes (stored as UTC), PostgreSQL aware ones."""
@@ -116,7 +121,7 @@ class CollectorDatabase(ConfigurableResource):
         Returns (vector id per open_time, number of stale vectors).
         """
         self.ensure_schema()
-        t = pool_feature_vectors
+        t = q50_feature_vectors
         values = frame[feature_columns].to_numpy(dtype="float64")
         known_at = [ts.to_pydatetime() for ts in frame["known_at"]]
         warmup = frame["is_warmup"].to_numpy(dtype=bool)
@@ -247,10 +252,20 @@ class CollectorDatabase(ConfigurableResource):
             rows = conn.execute(stmt).all()
         return pd.DataFrame(rows, columns=RAW_COLUMNS)
 
+    def _columns(self, table_name: str) -> set[str]:
+        """The columns a collector table has in this database ({} when it is absent). Collectors
+        differ: the generic models' collection_metadata has last_updated, the PostgreSQL ones updated_at."""
+        insp = inspect(self.engine)
+        if table_name not in insp.get_table_names():
+            return set()
+        return {c["name"] for c in insp.get_columns(table_name)}
+
     def collector_progress(self, collector_type: str = "ohlcv_collector") -> dict | None:
         """The collector's own progress row for one of its collectors (run_count, updated_at), or None."""
         t = collection_metadata
-        stmt = select(t.c.run_count, t.c.last_success, t.c.updated_at).where(t.c.collector_type == collector_type)
+        stamp = "updated_at" if "updated_at" in self._columns(t.name) else "last_updated"
+        stmt = select(t.c.run_count, t.c.last_success, column(stamp, TimestampTZ).label("updated_at")).select_from(
+            t).where(t.c.collector_type == collector_type)
         with self.engine.connect() as conn:
             row = conn.execute(stmt).mappings().first()
         if row is None:
@@ -289,6 +304,102 @@ class CollectorDatabase(ConfigurableResource):
         for pid, rows in windows.items():
             summaries[pid]["window"] = window_rows(rows, window_bars, bar_seconds)
         return summaries
+
+    def read_trades(self, pool_id: str) -> pd.DataFrame:
+        """Every ``trades`` row of one pool, collector column names (research.trades.RAW_TRADE_COLUMNS)."""
+        stmt = select(*(trades.c[c] for c in RAW_TRADE_COLUMNS)).where(trades.c.pool_id == pool_id).order_by(trades.c.id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        return pd.DataFrame(rows, columns=list(RAW_TRADE_COLUMNS))
+
+    # --- the collector's own feature vectors (its enhanced-history pool_feature_vectors) -----------
+    def has_collector_feature_vectors(self) -> bool:
+        """Whether this database has the collector's ``pool_feature_vectors`` (after our migrations
+        moved any table of our own by that name to q50_feature_vectors, a remaining one is the
+        collector's; its shape is checked all the same)."""
+        self.ensure_schema()
+        columns = self._columns(collector_feature_vectors.name)
+        return bool(columns) and migrate.classify_pool_feature_vectors(columns) == "collector"
+
+    def collector_feature_vectors(self, pool_id: str) -> pd.DataFrame:
+        """The collector's vectors of one pool: id, timestamp (bar open, epoch s), feature_set_version,
+        created_at (UTC) and the feature columns it has of COLLECTOR_VECTOR_FEATURES. Its forward-looking
+        targets (price_return_*, volume_change_1h) are never selected. Empty without the table."""
+        if not self.has_collector_feature_vectors():
+            return pd.DataFrame(columns=["id", "timestamp", "feature_set_version", "created_at"])
+        t = collector_feature_vectors
+        present = self._columns(t.name)
+        features = [c for c in COLLECTOR_VECTOR_FEATURES if c in present]
+        stmt = (select(t.c.id, t.c.timestamp, t.c.feature_set_version, t.c.created_at, *(t.c[c] for c in features))
+                .where(t.c.pool_id == pool_id).order_by(t.c.timestamp, t.c.id))
+        with self.engine.connect() as conn:
+            frame = pd.DataFrame(conn.execute(stmt).all(), columns=["id", "timestamp", "feature_set_version",
+                                                                    "created_at", *features])
+        frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
+        return frame
+
+    def collector_feature_vector_ids(self, pool_id: str, bar_opens: pd.DatetimeIndex) -> pd.Series:
+        """Per bar open: the id of the collector's vector for that pool and bar (its ``timestamp`` = the
+        bar open's epoch) of the newest feature_set_version (the most recently created; then the highest
+        id). Bars without one are absent. Empty without the collector's table."""
+        if len(bar_opens) == 0 or not self.has_collector_feature_vectors():
+            return pd.Series(dtype="int64")
+        t = collector_feature_vectors
+        epochs = pd.DatetimeIndex(bar_opens).as_unit("s").asi8
+        stmt = (select(t.c.id, t.c.timestamp, t.c.created_at)
+                .where(t.c.pool_id == pool_id, t.c.timestamp >= int(epochs.min()), t.c.timestamp <= int(epochs.max())))
+        with self.engine.connect() as conn:
+            rows = pd.DataFrame(conn.execute(stmt).all(), columns=["id", "timestamp", "created_at"])
+        if rows.empty:
+            return pd.Series(dtype="int64")
+        rows["created_at"] = pd.to_datetime(rows["created_at"], utc=True)
+        # NaT first: a vector without created_at counts as the oldest.
+        newest = rows.sort_values(["timestamp", "created_at", "id"], na_position="first").groupby("timestamp").tail(1)
+        ids = pd.Series(newest["id"].astype("int64").to_numpy(),
+                        index=pd.to_datetime(newest["timestamp"].astype("int64"), unit="s", utc=True))
+        return ids[ids.index.isin(pd.DatetimeIndex(bar_opens))]
+
+    def feature_vector_pointers(self, pool_id: str, decision_opens: pd.DatetimeIndex, own_ids,
+                                use_collector: bool) -> tuple[pd.DataFrame, dict]:
+        """The trading-history pointers of decisions made at the close of the bars ``decision_opens``:
+        ``q50_feature_vector_id`` (the project's vector behind the decision, ``own_ids``),
+        ``feature_vector_id`` and ``feature_vector_table`` — the collector's ``pool_feature_vectors`` row
+        for that pool and bar when ``use_collector`` (risk_management.use_existing_feature_vectors) and
+        the collector has one, else the project's. Returns (frame aligned with decision_opens, summary)."""
+        own = pd.array(own_ids, dtype="Int64")
+        frame = pd.DataFrame({"q50_feature_vector_id": own, "feature_vector_id": own,
+                              "feature_vector_table": pd.array([None if pd.isna(v) else q50_feature_vectors.name
+                                                                for v in own], dtype="object")})
+        summary = {"use_existing_feature_vectors": use_collector, "collector_table": False,
+                   "rows_pointing_at_collector": 0, "rows_pointing_at_project": int(frame["feature_vector_id"].notna().sum())}
+        if not use_collector:
+            return frame, summary
+        summary["collector_table"] = self.has_collector_feature_vectors()
+        if not summary["collector_table"]:
+            return frame, summary
+        collector_ids = self.collector_feature_vector_ids(pool_id, decision_opens).reindex(pd.DatetimeIndex(decision_opens))
+        found = collector_ids.notna().to_numpy()
+        frame.loc[found, "feature_vector_id"] = collector_ids.to_numpy()[found].astype("int64")
+        frame.loc[found, "feature_vector_table"] = collector_feature_vectors.name
+        summary["rows_pointing_at_collector"] = int(found.sum())
+        summary["rows_pointing_at_project"] = int((~found & frame["q50_feature_vector_id"].notna().to_numpy()).sum())
+        return frame, summary
+
+    def with_feature_vector_pointers(self, pool_id: str, rows: pd.DataFrame,
+                                     use_collector: bool) -> tuple[pd.DataFrame, dict]:
+        """Trading-history ``rows`` (``signal_open`` = open of the bar whose signal and features
+        decided the order; feature_vector_id = the project's vector of that bar) with the three
+        pointer columns of :meth:`feature_vector_pointers` set, and its summary."""
+        if rows.empty:
+            return rows, {"use_existing_feature_vectors": use_collector, "rows_pointing_at_collector": 0,
+                          "rows_pointing_at_project": 0}
+        own = rows["feature_vector_id"] if "feature_vector_id" in rows else [None] * len(rows)
+        pointers, summary = self.feature_vector_pointers(
+            pool_id, pd.DatetimeIndex(rows["signal_open"]), own, use_collector)
+        rows = rows.copy()
+        for name in pointers.columns:
+            rows[name] = pointers[name].to_numpy()
+        return rows, summary
 
     def pools_with_bars(self, timeframe: str) -> list[str]:
         stmt = (
@@ -361,7 +472,7 @@ class CollectorDatabase(ConfigurableResource):
                     v = None if pd.isna(v) else v.to_pydatetime()
                 elif isinstance(v, float) and math.isnan(v):
                     v = None
-                elif v is pd.NaT:
+                elif v is pd.NaT or v is pd.NA:
                     v = None
                 record[c] = v
             out.append(record)

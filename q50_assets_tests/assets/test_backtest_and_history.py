@@ -224,6 +224,16 @@ class TestNautilusIntegration:
         assert db.replace_trading_history(result.backtest_run_id, pool_id, rows) == len(rows)
         assert _count(collector_url, q50_trading_history) == before
 
+        # A new backtest run keeps the old run's history (each run has its own id).
+        rerun = build_definitions(settings).resolve_job_def("refresh_pool").execute_in_process(
+            partition_key=pool_id, instance=instance, run_config=QUIET,
+            asset_selection=[AssetKey("backtest_results"), AssetKey("q50_trading_history")])
+        new_id = rerun.asset_value("backtest_results").backtest_run_id
+        assert new_id not in run_ids
+        assert _count(collector_url, q50_trading_history, backtest_run_id=new_id) == len(rows)  # deterministic
+        assert _count(collector_url, q50_trading_history) == before + len(rows)
+        run_ids.add(new_id)
+
         # signal_source: database backtests the STORED signals: make every stored q50 of the pool
         # negative and the strategy (reading the table) never enters, while the qlib source would.
         with get_engine(collector_url).begin() as conn:

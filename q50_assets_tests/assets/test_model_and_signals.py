@@ -45,8 +45,8 @@ def run_lineage(settings, instance, backtest: bool = False, pools=POOLS) -> dict
     out = {"features": {}, "signals": {}, "regimes": {}}
     for pool_id in pools:
         r = refresh.execute_in_process(partition_key=pool_id, instance=instance, run_config=QUIET,
-                                       asset_selection=[AssetKey("ohlcv_bars"), AssetKey("qlib_features"),
-                                                        AssetKey("regime_labels")])
+                                       asset_selection=[AssetKey("ohlcv_bars"), AssetKey("pool_trades"),
+                                                        AssetKey("qlib_features"), AssetKey("regime_labels")])
         out["features"][pool_id] = r.asset_value("qlib_features")
         out["regimes"][pool_id] = r.asset_value("regime_labels")
         out.setdefault("regime_checks", []).extend(

@@ -3,7 +3,7 @@ holding time, expired orders, reserve assumption, permutation null) on q50_backt
 decision and its expected cost on q50_trading_history
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-01
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 from q50_assets.db.types import JsonB, TimestampTZ
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 

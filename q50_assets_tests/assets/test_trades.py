@@ -1,0 +1,130 @@
+"""Trades stage on the real sample, both databases: the collector's trades reconciled with the bars,
+the +6 h block_timestamp shift named, trade fields in the QLib store and flow features computed by
+QLib from them -- or missing (NaN, counted), never zero, where the trades are unusable."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from dagster import DagsterInstance, materialize
+from sqlalchemy import func, select
+
+from q50_assets.assets.features import qlib_features
+from q50_assets.assets.ohlcv import ohlcv_bars
+from q50_assets.assets.partitions import POOLS_PARTITION_NAME
+from q50_assets.assets.trades import pool_trades
+from q50_assets.db.collector_models import ohlcv_data
+from q50_assets.db.collector_models import trades as trades_table
+from q50_assets.db.engine import get_engine
+from q50_assets.definitions import build_resources
+from q50_assets.research.features import FLOW_FEATURES
+from q50_assets.research.trades import TRADE_CHECKS, TRADE_FIELDS, trade_epoch
+from q50_assets.resources.qlib_store import instrument_name
+from q50_assets_tests.conftest import settings_for
+
+MAIN_POOL = "solana_F5vAiFCP82RQetoxK7ax4dNQCwqk2yez6aisAbFPenJ2"   # 201 trades
+QUIET_POOL = "solana_2Zya4XnGCrzAXBXw8ZpfNAifwH3xsCoLo1RB3FFdaRMj"  # bars, no trades
+
+
+def _materialize(settings, pool_id):
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions(POOLS_PARTITION_NAME, [pool_id])
+        return materialize([ohlcv_bars, pool_trades, qlib_features], partition_key=pool_id,
+                           resources=build_resources(settings), instance=instance)
+
+
+@pytest.fixture
+def settings(collector_url, tmp_path):
+    return settings_for(collector_url, tmp_path)
+
+
+def _checks(result, asset):
+    return {e.check_name: e for e in result.get_asset_check_evaluations() if e.asset_key.to_user_string() == asset}
+
+
+def test_trades_reconcile_name_the_shift_and_feed_flow_features(settings):
+    result = _materialize(settings, MAIN_POOL)
+    checks = _checks(result, "pool_trades")
+    assert set(checks) == set(TRADE_CHECKS) and all(c.passed for c in checks.values())
+    clock = checks["clock_shift"].metadata
+    assert clock["block_timestamp_shift"].value == "+6 h" and clock["id_epoch_shift"].value == "+0 h"
+    md = result.asset_materializations_for_node("pool_trades")[0].metadata
+    assert md["flow_features"].value == "written" and md["trades_read"].value == 201
+    assert "| +6 | " in md["clock_shift_table"].value
+
+    # Trade fields in QLib's binary format, over the span the trades cover only.
+    analysis = result.asset_value("pool_trades")
+    folder = settings.data_dir / "qlib" / "features" / instrument_name(MAIN_POOL)
+    raw = np.fromfile(folder / "trade_count.60min.bin", dtype="<f4")
+    assert len(raw) - 1 == len(analysis.grid) and raw[1:].sum() == analysis.counts["inside_complete_bars"]
+    assert all((folder / f"{f}.60min.bin").exists() for f in TRADE_FIELDS)
+
+    # Flow features from QLib expressions: values inside the span, NaN (never 0) before it.
+    frame = result.asset_value("qlib_features")
+    span = analysis.grid.index
+    before = frame.index < span[0]
+    assert frame.loc[before, "trade_count"].isna().all() and frame.loc[before, "flow_imbalance"].isna().all()
+    inside = frame.loc[span[0]:span[-1]]
+    assert inside["trade_count"].notna().all()
+    assert inside["trade_count"].sum() == analysis.counts["inside_complete_bars"]
+    traded = inside["trade_count"] > 0
+    expected = (analysis.grid["buy_usd"] - analysis.grid["sell_usd"]) / (analysis.grid["buy_usd"] + analysis.grid["sell_usd"])
+    assert np.allclose(inside.loc[traded, "flow_imbalance"], expected[traded.to_numpy()], atol=1e-6)
+    assert inside.loc[~traded, "flow_imbalance"].isna().all()  # no trade: imbalance undefined
+    features = _checks(result, "qlib_features")
+    assert features["no_nan_after_warmup"].passed
+    missing = result.asset_materializations_for_node("qlib_features")[0].metadata["optional_features_missing"].value
+    usable = ~frame["is_filled"] & ~frame["is_warmup"]
+    assert missing == {c: int(frame.loc[usable, c].isna().sum()) for c in FLOW_FEATURES}
+    assert 0 < missing["trade_count"] < usable.sum()
+
+
+def test_a_pool_without_trades_has_flow_features_missing_not_zero(settings):
+    result = _materialize(settings, QUIET_POOL)
+    assert result.success
+    checks = _checks(result, "pool_trades")
+    assert not checks["trade_coverage"].passed  # a warning: the pool still runs on its bars
+    assert checks["trade_coverage"].severity.value == "WARN"
+    frame = result.asset_value("qlib_features")
+    assert frame[list(FLOW_FEATURES)].isna().all().all()
+    assert _checks(result, "qlib_features")["no_nan_after_warmup"].passed
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_trades_that_stop_reconciling_lose_their_fields(settings, collector_url):
+    """Once the ids' clock drifts (+3 h), the checks fail and the stored trade fields go: flow features
+    become missing rather than built on misplaced trades."""
+    first = _materialize(settings, MAIN_POOL)
+    assert first.asset_value("qlib_features")["trade_count"].notna().any()
+    engine = get_engine(collector_url)
+    with engine.begin() as conn:  # the test plays a collector whose id epochs are 3 h late
+        ids = conn.execute(select(trades_table.c.id).where(trades_table.c.pool_id == MAIN_POOL)).scalars().all()
+        for trade_id in ids:
+            conn.execute(trades_table.update().where(trades_table.c.id == trade_id).values(
+                id=trade_id.rsplit("_", 1)[0] + f"_{trade_epoch(trade_id) + 3 * 3600}"))
+    second = _materialize(settings, MAIN_POOL)
+    checks = _checks(second, "pool_trades")
+    assert not checks["clock_shift"].passed and checks["clock_shift"].metadata["id_epoch_shift"].value == "+3 h"
+    folder = settings.data_dir / "qlib" / "features" / instrument_name(MAIN_POOL)
+    assert not any((folder / f"{f}.60min.bin").exists() for f in TRADE_FIELDS)
+    frame = second.asset_value("qlib_features")
+    assert frame[list(FLOW_FEATURES)].isna().all().all()
+    pd.testing.assert_series_equal(first.asset_value("qlib_features")["close"], frame["close"])
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_trade_in_the_held_back_bar_is_counted_never_used(settings, collector_url):
+    """Look-ahead bait: a trade inside the newest (partial, held-back) bar, by its id's epoch. Its
+    bar is not complete, so its trade may not reach any feature; it is counted as held back."""
+    first = _materialize(settings, MAIN_POOL).asset_value("pool_trades")
+    engine = get_engine(collector_url)
+    with engine.begin() as conn:  # the test plays the collector
+        row = dict(conn.execute(select(trades_table).where(trades_table.c.pool_id == MAIN_POOL)).mappings().first())
+        newest_open = conn.execute(select(func.max(ohlcv_data.c.timestamp)).where(  # the held-back bar
+            ohlcv_data.c.pool_id == MAIN_POOL, ohlcv_data.c.timeframe == "1h")).scalar()
+        epoch = newest_open + 30 * 60
+        conn.execute(trades_table.insert().values({**row, "id": f"solana_1_bait_0_{epoch}",
+                                                   "block_timestamp": pd.Timestamp(epoch + 6 * 3600, unit="s", tz="UTC")}))
+    second = _materialize(settings, MAIN_POOL).asset_value("pool_trades")
+    assert second.counts["at_or_after_held_back_bar"] == first.counts["at_or_after_held_back_bar"] + 1
+    assert second.counts["inside_complete_bars"] == first.counts["inside_complete_bars"]
+    pd.testing.assert_frame_equal(first.grid, second.grid)
