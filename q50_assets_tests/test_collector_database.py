@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import inspect, select, text
 
+from q50_assets.db import migrate
 from q50_assets.db.collector_models import collector_feature_vectors
 from q50_assets.db.engine import get_engine
 from q50_assets.db.q50_models import q50_trading_history
@@ -67,7 +68,7 @@ def test_migrate_and_demo_on_a_collectors_own_database(collector_db, tmp_path):
     env.pop("Q50_CONFIG", None)
     migrated = _q50("migrate", env=env)
     assert migrated.returncode == 0, migrated.stderr
-    assert "project tables at revision 0005" in migrated.stdout
+    assert f"project tables at revision {migrate.head_revision()}" in migrated.stdout
 
     # The collector's bars (the sample, written as the collector would) and its vectors for every bar.
     sample = _q50("load-sample", env=env)
@@ -83,13 +84,14 @@ def test_migrate_and_demo_on_a_collectors_own_database(collector_db, tmp_path):
     assert "Runs that failed outright" not in demo.stdout
     assert "Backtests: 1 pools ok" in demo.stdout, demo.stdout
 
-    # Trading history points at the collector's vector of each decision's bar, newest version.
+    # Trading history points at the collector's vector of each decision's bar (the bar that closed at
+    # decided_at; the fill comes fill_latency_bars later), newest version.
     history = pd.read_sql(select(q50_trading_history).where(q50_trading_history.c.pool_id == POOL), engine)
     assert len(history) > 0, demo.stdout
     assert set(history["feature_vector_table"]) == {"pool_feature_vectors"}
     vectors = vectors_before.set_index("id")
     pointed = vectors.loc[history["feature_vector_id"].astype("int64")]
-    decision_opens = pd.to_datetime(history["timestamp"], utc=True) - BAR
+    decision_opens = pd.to_datetime(history["decided_at"], utc=True) - BAR
     assert (pointed["timestamp"].to_numpy() == decision_opens.dt.as_unit("s").astype("int64").to_numpy()).all()
     newest = vectors.sort_values("created_at").groupby("timestamp")["feature_set_version"].last()
     assert (pointed["feature_set_version"].to_numpy() == newest.loc[pointed["timestamp"]].to_numpy()).all()

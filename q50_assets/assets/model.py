@@ -281,7 +281,11 @@ def q50_model(context: AssetExecutionContext, qlib_store: QlibStore, settings: R
     tol = settings.model.coverage_tolerance
     lo10, hi10 = coverage_bounds(0.1, n, tol)
     lo90, hi90 = coverage_bounds(0.9, n, tol)
-    cov_ok = n > 0 and lo10 <= summary["coverage_q10"] <= hi10 and lo90 <= summary["coverage_q90"] <= hi90
+    # No prediction at all (e.g. pools too short for a first fold): nothing is claimed, nothing to
+    # check, and no signal can come from it. Predictions without a known label cannot be verified: fail.
+    nothing_predicted = len(result.predictions) == 0 and live is None
+    cov_ok = nothing_predicted or (
+        n > 0 and lo10 <= summary["coverage_q10"] <= hi10 and lo90 <= summary["coverage_q90"] <= hi90)
     fitted_folds = result.folds[~result.folds["skipped"]]
     failed = [name for name, ok in (("quantiles_ordered", ordered), ("oos_coverage", cov_ok)) if not ok]
 
@@ -336,5 +340,6 @@ def q50_model(context: AssetExecutionContext, qlib_store: QlibStore, settings: R
             "accepted_q90": MetadataValue.text(f"[{lo90:.3f}, {hi90:.3f}]"),
             "oos_labelled_rows": n,
             "rows_uncalibrated": result.rows_uncalibrated,
+            "nothing_predicted": nothing_predicted,
         },
     )
