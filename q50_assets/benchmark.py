@@ -9,11 +9,17 @@ Prints a table and writes JSON. Order and what each figure covers:
 * The core compute, timed standalone on the inputs P1 stored (its validated bars and feature
   frames, its q50_signals and q50_regime_labels rows), calling the research functions directly:
   ``ohlcv`` (validate every pool's rows), ``qlib_export`` (every safe pool's grid into a fresh
-  QLib store), ``features`` (every expression, every pool, one ``D.features`` call), ``model``
-  (training panel, every walk-forward fold, the live model), ``signals``, ``regimes``,
-  ``backtest`` (three NautilusTrader engines per pool + metrics), ``backtest_q50_only``, and
-  ``backtest_vs_bare`` (the strategy's engines against a bare engine replaying the same orders).
-  The core sum is qlib_export + features + model + backtest.
+  QLib store), ``trades`` (every safe pool's collector trades reconciled with its bars, the trade
+  fields written beside the grid), ``features`` (every expression, every pool, one ``D.features``
+  call), ``model`` (training panel, every walk-forward fold, the past-only recalibration, the live
+  model: ``stages.model.train_q50_model``), ``signals`` (priced by the cost model at each pool's
+  liquidity), ``regimes``, ``backtest`` (the backtest stage per pool,
+  ``research.backtest_stage.run_pool_stage``: the NautilusTrader engines of every variant - q50,
+  q50_close, the reserve sensitivity where the reserve is assumed, buy & hold at full and at
+  q50's exposure - metrics, round trips and the permutation null), ``backtest_q50_only`` (the Q50
+  strategy's engine alone), and ``backtest_vs_bare`` (the strategy's engines against a bare
+  engine replaying the same bars and orders, ``research.bare_replay``). The core sum is
+  qlib_export + trades + features + model + backtest.
 * ``p3_new_bar_to_trading_history`` - through Dagster: the collector writes one new bar for one
   pool (the one whose Q50 strategy traded most in P1), the new_collector_bars sensor ticks and the
   run it requests executes in-process; timed from the tick to the pool's new trading history being
@@ -102,7 +108,7 @@ def run_benchmark(settings, scratch: Path) -> dict:
 
 
 # The core compute of the lineage, measured standalone: what P1's wall time is compared with.
-CORE_STAGES = ("qlib_export", "features", "model", "backtest")
+CORE_STAGES = ("qlib_export", "trades", "features", "model", "backtest")
 
 
 def _p1_resources(settings, p1: Path) -> dict:
@@ -115,17 +121,19 @@ def _p1_resources(settings, p1: Path) -> dict:
 
 def core_stages(settings, p1: Path, scratch: Path, timer: _Timer) -> dict:
     """The core compute on P1's inputs, each stage timed alone (see the module doc)."""
+    from dataclasses import replace
+
     from q50_assets.db.q50_models import q50_regime_labels, q50_signals
+    from q50_assets.research.backtest import Q50Inputs, run_q50_backtest
+    from q50_assets.research.backtest_stage import run_pool_stage
     from q50_assets.research.bars import validate_bars
-    from q50_assets.research.features import feature_expressions, to_hourly_grid, warmup_bars
-    from q50_assets.research.regimes import detect_regimes
-    from q50_assets.research.signals import compute_signals
+    from q50_assets.research.features import to_bar_grid
+    from q50_assets.research.regimes import RegimeDetector, detect_regimes
+    from q50_assets.research.signals import Q50SignalLoader, compute_signals
+    from q50_assets.research.trades import TRADE_FIELDS, analyse_trades
     from q50_assets.resources.qlib_store import QlibStore
     from q50_assets.stages.gate import Blocked
-    from q50_assets.stages.model import load_training_panel
-
-    from q50_assets.assets.backtest import run_variants
-    from q50_assets.research.q50_model import fit_live_model, walk_forward
+    from q50_assets.stages.model import load_training_panel, train_q50_model
 
     resources = _p1_resources(settings, p1)
     db, lineage, nautilus, stored = (resources[k] for k in ("collector_db", "lineage", "nautilus", "io_manager"))
@@ -141,24 +149,37 @@ def core_stages(settings, p1: Path, scratch: Path, timer: _Timer) -> dict:
 
     store = QlibStore(provider_dir=str(scratch / "qlib"), timeframe=tf)
     with timer.stage("qlib_export") as rec:
-        store.write_pools({p: to_hourly_grid(b, lineage.bar_seconds) for p, b in safe.items()})
+        store.write_pools({p: to_bar_grid(b, lineage.bar_seconds) for p, b in safe.items()})
         rec["pools"] = len(safe)
 
-    rd = lineage.features
-    expressions = feature_expressions(rd.rsi_periods, rd.macd_fast, rd.macd_slow)
+    with timer.stage("trades") as rec:
+        trade_rules = lineage.trade_rules()
+        trades = db.read_trades_many(sorted(safe))
+        analyses = {p: analyse_trades(p, trades[p], safe[p], trade_rules) for p in safe}
+        for pool_id, analysis in analyses.items():
+            if analysis.usable:
+                store.write_fields(pool_id, analysis.grid, TRADE_FIELDS)
+        rec.update(pools=len(analyses), trades=sum(len(t) for t in trades.values()),
+                   pools_with_flow_fields=sum(a.usable for a in analyses.values()))
+
+    feature_config = lineage.feature_config()
+    expressions = feature_config.expressions
     with timer.stage("features") as rec:
         panel = store.features(sorted(safe), expressions)
-        rec.update(rows=len(panel), expressions=len(expressions), warmup_bars=warmup_bars(rd.macd_slow))
+        rec.update(rows=len(panel), expressions=len(expressions), warmup_bars=feature_config.warmup)
 
     config = lineage.training_config()
     with timer.stage("model") as rec:
         features, labels, counts = load_training_panel(store, config)
-        result = walk_forward(features, labels, config.walk_forward)
-        fit_live_model(features, labels, config.walk_forward)
-        trained = result.folds[~result.folds["skipped"]]
-        rec.update(folds=len(trained), predictions=len(result.predictions), usable_rows=counts["usable_rows"])
+        trained = train_q50_model(features, labels, config, "benchmark")  # the asset's own path
+        result = trained.result
+        fitted = result.folds[~result.folds["skipped"]]
+        rec.update(folds=len(fitted), predictions=len(result.predictions), usable_rows=counts["usable_rows"],
+                   rows_uncalibrated=result.rows_uncalibrated)
 
     frames = {p: f for p, f in stored.load("qlib_features", sorted(safe)).items() if not isinstance(f, Blocked)}
+    fallback = lineage.backtest.fallback_reserve_usd
+    reserve_series = {p: r for p, (r, _) in db.pool_reserves_many(sorted(frames), fallback).items()}
     with timer.stage("signals") as rec:
         preds, n = result.predictions, 0
         for pool_id, frame in frames.items():
@@ -167,7 +188,7 @@ def core_stages(settings, p1: Path, scratch: Path, timer: _Timer) -> dict:
             except KeyError:
                 continue
             n += len(compute_signals(pool_preds[["q10", "q50", "q90", "predicted_at"]], frame["vol_risk"],
-                                     lineage.signal_config()))
+                                     lineage.signal_config(), reserves=reserve_series[pool_id]))
         rec["signals"] = n
 
     regime_config = lineage.regime_config()
@@ -178,31 +199,40 @@ def core_stages(settings, p1: Path, scratch: Path, timer: _Timer) -> dict:
     # The backtest on what P1 stored: its bars, signals and regime labels.
     signals = {p: s for p, s in db.pool_rows(q50_signals, tf, sorted(frames)).items() if len(s)}
     regimes = db.pool_rows(q50_regime_labels, tf, sorted(signals))
-    fallback = lineage.backtest.fallback_reserve_usd
-    reserves = {p: r or fallback for p, r in db.pool_reserves_usd(sorted(signals)).items()}
-    backtest_settings = lineage.backtest_settings()
+    stage_config = lineage.backtest_config(nautilus)
     results = {}
     with timer.stage("backtest") as rec:
         for pool_id, pool_signals in signals.items():
-            results[pool_id] = run_variants(pool_id, safe[pool_id], pool_signals, regimes[pool_id], nautilus,
-                                            reserves[pool_id], backtest_settings, "benchmark")
-        rec.update(pools=len(results), engines=3 * len(results),
-                   fills=sum(len(o.fills) for r in results.values() for o in r.outcomes.values()))
+            results[pool_id] = run_pool_stage(pool_id, safe[pool_id], pool_signals, regimes[pool_id],
+                                              reserve_series[pool_id], stage_config, "benchmark")
+        ok = [r for r in results.values() if r.status == "ok"]
+        # Variants that share a run (the reserve sensitivity where no reserve is assumed) count once.
+        engines = [list({id(o): o for o in r.outcomes.values()}.values()) for r in ok]
+        rec.update(pools=len(results), engines=sum(len(e) for e in engines),
+                   fills=sum(len(o.fills) for e in engines for o in e),
+                   permutation_draws=sum(r.permutation["draws"] for r in ok))
+    b = lineage.backtest
+
+    def q50_inputs(pool_id):
+        return Q50Inputs(signals=Q50SignalLoader(signals[pool_id]),
+                         regimes=RegimeDetector(regime_config).with_labels(regimes[pool_id]),
+                         base_position_size=b.base_position_size, max_position_size=b.max_position_size,
+                         kelly_fraction=b.kelly_fraction, variance_multiplier=lineage.signals.variance_multiplier)
+
+    def pool_spec(pool_id):
+        return replace(stage_config.spec, reserves=reserve_series[pool_id], reserve_usd=None)
+
     with timer.stage("backtest_q50_only") as rec:
         fills = 0
-        for pool_id, result in results.items():
-            outcome = nautilus.run(pool_id, safe[pool_id], result.decisions["target"], reserves[pool_id])
+        for pool_id in signals:
+            outcome = run_q50_backtest(pool_id, safe[pool_id], q50_inputs(pool_id), pool_spec(pool_id), timeframe=tf)
             fills += len(outcome.fills)
-        rec.update(pools=len(results), bars=sum(len(safe[p]) for p in results), fills=fills)
-    try:
-        from q50_assets.research import bare_replay
-    except ImportError:
-        bare_replay = None
-    if bare_replay is not None:
-        with timer.stage("backtest_vs_bare") as rec:
-            data = [(p, safe[p], results[p].decisions["target"], nautilus.spec(reserves[p])) for p in results]
-            rec.update(bare_replay.time_stage_vs_bare(data))
-    return {"q50_fills": {p: len(r.outcomes["q50"].fills) for p, r in results.items() if r.outcomes}}
+        rec.update(pools=len(signals), bars=sum(len(safe[p]) for p in signals), fills=fills)
+    with timer.stage("backtest_vs_bare") as rec:
+        from q50_assets.research.bare_replay import time_stage_vs_bare
+
+        rec.update(time_stage_vs_bare([(p, safe[p], q50_inputs(p), pool_spec(p)) for p in signals]))
+    return {"q50_fills": {p: len(r.outcomes["q50"].fills) for p, r in results.items() if r.status == "ok"}}
 
 
 def p1_full_lineage(scratch: Path, timer: _Timer) -> None:

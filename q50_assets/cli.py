@@ -178,9 +178,17 @@ def summarize(run, settings: Settings, instance) -> tuple[list[str], list[str]]:
         lines.append(f"Q50 model: {model_md['folds']} walk-forward folds, {model_md['oos_labelled_rows']:,} "
                      f"out-of-sample predictions with known labels, {model_md['crossed_repaired']} crossed quantiles "
                      f"repaired, {model_md['seconds']} s")
-        lines.append("  out of sample   pinball   coverage (target)")
+        # Coverage of the recalibrated q10/q90 (the model's own before recalibration beside it) and
+        # the pinball skill over the past-only naive forecaster with its 95 % block-bootstrap interval.
+        lines.append("  out of sample   pinball   coverage (target, raw)   skill over naive [95 % interval]")
         for col, target in (("q10", 0.1), ("q50", 0.5), ("q90", 0.9)):
-            lines.append(f"  {col:<15} {model_md['pinball_' + col]:.5f}   {model_md['coverage_' + col]:.3f}   ({target})")
+            raw = model_md.get(f"coverage_{col}_raw")
+            raw_text = f", raw {raw:.3f}" if raw is not None and raw == raw else ""
+            skill = model_md.get(f"skill_{col}")
+            skill_text = (f"{100 * skill:+.1f} % [{100 * model_md[f'skill_{col}_low']:+.1f}, "
+                          f"{100 * model_md[f'skill_{col}_high']:+.1f}]" if skill is not None else "n/a")
+            lines.append(f"  {col:<15} {model_md['pinball_' + col]:.5f}   {model_md['coverage_' + col]:.3f} "
+                         f"({target}{raw_text}){' ' * (12 - len(raw_text))}{skill_text}")
     if signal_counts:
         lines.append("Signals per pool (bars with an OOS signal: long / short / hold):")
         for pool_id, md in sorted(signal_counts.items(), key=lambda kv: -kv[1]["signals"]):
@@ -321,7 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"q50: bad settings: {exc}", file=sys.stderr)
         return 2
-    return COMMANDS[args.command][0](settings, args)
+    from q50_assets.db.migrate import CollectorSchemaMissing, MigrationError
+
+    try:
+        return COMMANDS[args.command][0](settings, args)
+    except (MigrationError, CollectorSchemaMissing) as exc:  # one line says what to fix; a traceback would not
+        print(f"q50 {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

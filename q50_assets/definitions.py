@@ -12,6 +12,7 @@ from q50_assets.assets.model import q50_model
 from q50_assets.assets.ohlcv import ohlcv_bars
 from q50_assets.assets.regimes import regime_labels
 from q50_assets.assets.signals import q50_signals
+from q50_assets.assets.trades import pool_trades
 from q50_assets.automation.conditions import lineage_conditions
 from q50_assets.automation.jobs import JOBS
 from q50_assets.automation.sensors import build_automation
@@ -35,7 +36,7 @@ def build_resources(settings: Settings) -> dict:
     return {
         "collector_db": database,
         "qlib_store": QlibStore(provider_dir=str(settings.data_dir / "qlib"), timeframe=settings.timeframe),
-        **stage_resources(settings),
+        **stage_resources(settings, database),
         # Each stage's output stored once: pickles per pool for what only the lineage reads, the
         # project's tables for signals, regimes, backtest results and trading history.
         "io_manager": PoolPickleIOManager(base_dir=str(settings.data_dir / "asset_values")),
@@ -48,7 +49,7 @@ def lineage_assets(settings: Settings) -> list:
     policy = BackfillPolicy.multi_run(settings.batches.pools_per_run)
     conditions = lineage_conditions()
     out = []
-    for assets_def in (ohlcv_bars, qlib_features, regime_labels, q50_model, q50_signals, backtest_results,
+    for assets_def in (ohlcv_bars, pool_trades, qlib_features, regime_labels, q50_model, q50_signals, backtest_results,
                        backtest_portfolio):
         keys = {k.to_user_string() for k in assets_def.keys}
         own = {k: c for k, c in conditions.items() if k in keys}

@@ -9,10 +9,13 @@ are written into a fresh embedded collector database as the collector would.
   the asset layer's batch steps, ``batches.pools_per_run`` pools at a time, with the same table
   writes the IO manager makes, no Dagster. Seconds per stage:
 
-  ``ohlcv`` read + validate, ``features`` QLib store + expressions + pool_feature_vectors,
-  ``regimes`` labels + q50_regime_labels, ``model`` every walk-forward fold + the live model,
-  ``signals`` signal rows + q50_signals, ``backtest`` three Nautilus engines per pool, metrics,
-  equity picture, q50_backtest_results, ``trading_history`` q50_trading_history.
+  ``ohlcv`` read + validate, ``trades`` read + reconcile the collector's trades, trade fields
+  into the QLib store, ``features`` QLib store + expressions + q50_feature_vectors, ``regimes``
+  labels + q50_regime_labels, ``model`` every walk-forward fold + the past-only recalibration +
+  the live model, ``signals`` signal rows priced by the cost model + q50_signals, ``backtest``
+  the backtest stage per pool (every variant's Nautilus engines, metrics, round trips, the
+  permutation null), equity picture, q50_backtest_results, ``trading_history`` rows from the Q50
+  fills with their feature-vector pointers + q50_trading_history.
 * **P5** (``--nightly N``, :func:`run_nightly_dagster`): the same pools through Dagster - every
   pool's bars, features and regimes in batch runs, the model run, every pool's signals,
   backtests and trading history in batch runs, the portfolio run - on PostgreSQL run storage
@@ -41,7 +44,13 @@ SEED = 20261129
 # Fixed, so a rerun generates the same pools; after the QLib store's calendar_start and in the past.
 END = pd.Timestamp("2026-06-01T00:00:00Z")
 START_PRICE = 100.0
-STAGES = ("ohlcv", "features", "regimes", "model", "signals", "backtest", "trading_history")
+STAGES = ("ohlcv", "trades", "features", "regimes", "model", "signals", "backtest", "trading_history")
+# Synthetic trades: the collector keeps swaps of >= 100 USD, and only since it started watching a
+# pool -- here the last 30 days of the 90.
+TRADE_DAYS = 30
+MIN_TRADE_USD = 100.0
+QUOTE_PRICE_USD = 230.0  # the quote token (SOL): what price_usd shows on a buy
+WALLETS_PER_POOL = 150
 
 
 def _source_bars(settings, scratch: Path) -> list[pd.DataFrame]:
@@ -96,6 +105,50 @@ def synthesize_pool(source: pd.DataFrame, rng: np.random.Generator, bars: int = 
     index = pd.date_range(end=END - pd.Timedelta(hours=1), periods=bars, freq="h", tz="UTC")
     return pd.DataFrame({"open": new_open, "high": high, "low": low, "close": new_close, "volume": volume[take]},
                         index=index)
+
+
+def synthesize_trades(pool_id: str, bars: pd.DataFrame, rng: np.random.Generator, days: int = TRADE_DAYS) -> pd.DataFrame:
+    """Collector ``trades`` rows for the last ``days`` of ``bars``, consistent with them and with the
+    collector's quirks: each bar has 1 + Poisson(3) swaps sharing 50-90 % of its volume, of which the
+    collector keeps those of >= 100 USD (a quiet bar keeps none); they are priced within the bar's
+    low-high and placed at seconds inside it; ids end in the true epoch while ``block_timestamp`` is 6 h
+    later; ``price_usd`` is the from-token's (the quote's ~230 USD on a buy). Buys are a little likelier
+    on rising bars, so the flow features carry the same kind of information real ones would."""
+    bar = bars.index[1] - bars.index[0]
+    recent = bars[bars.index >= bars.index[-1] - pd.Timedelta(days=days) + bar]
+    rows = []
+    for open_time, b in zip(recent.index, recent.itertuples()):
+        sizes = b.volume * rng.uniform(0.5, 0.9) * rng.dirichlet(np.ones(1 + rng.poisson(3)))
+        p_buy = 0.5 + 0.15 * np.sign(b.close - b.open)
+        for k, usd in enumerate(float(s) for s in sizes if s >= MIN_TRADE_USD):
+            usd = round(usd, 2)
+            price = float(rng.uniform(b.low, b.high))
+            tokens = usd / price
+            buy = bool(rng.random() < p_buy)
+            at = open_time + pd.Timedelta(seconds=int(rng.integers(0, int(bar.total_seconds()))))
+            epoch = int(at.timestamp())
+            block = 370_000_000 + epoch - 1_750_000_000
+            tx = f"{rng.integers(0, 2**63):x}"
+            rows.append({
+                "id": f"solana_{block}_{tx}_{k}_{epoch}", "pool_id": pool_id, "block_number": block, "tx_hash": tx,
+                "tx_from_address": f"wallet{int(rng.integers(WALLETS_PER_POOL)):04d}",
+                "from_token_amount": usd / QUOTE_PRICE_USD if buy else tokens,
+                "to_token_amount": tokens if buy else usd / QUOTE_PRICE_USD,
+                "price_usd": QUOTE_PRICE_USD if buy else round(price, 8), "volume_usd": usd,
+                "side": "buy" if buy else "sell", "block_timestamp": (at + pd.Timedelta(hours=6)).to_pydatetime(),
+            })
+    return pd.DataFrame(rows)
+
+
+def write_trades(engine, trades: pd.DataFrame) -> int:
+    """Insert collector ``trades`` rows (from :func:`synthesize_trades`)."""
+    from q50_assets.db.collector_models import trades as trades_table
+
+    if trades.empty:
+        return 0
+    with engine.begin() as conn:
+        conn.execute(trades_table.insert(), trades.to_dict("records"))
+    return len(trades)
 
 
 def write_collector(engine, pools: dict[str, pd.DataFrame], reserves: dict[str, float], timeframe: str) -> int:
@@ -153,9 +206,11 @@ def generate(settings, n_pools: int, scratch: Path) -> tuple[dict, float]:
         reserves[pool_id] = float(rng.choice([2e4, 1e5, 5e5, 2e6]))
     db = CollectorDatabase(url=settings.database_url)
     collector_rows = write_collector(db.engine, pools, reserves, settings.timeframe)
+    trade_rows = sum(write_trades(db.engine, synthesize_trades(p, bars, rng)) for p, bars in pools.items())
     db.migrate()
     db.engine.dispose()
-    return {"pools": n_pools, "collector_rows": collector_rows, "paths_redrawn": redrawn}, time.perf_counter() - started
+    return ({"pools": n_pools, "collector_rows": collector_rows, "trade_rows": trade_rows, "paths_redrawn": redrawn},
+            time.perf_counter() - started)
 
 
 def _scratch_settings(settings, scratch: Path):
@@ -177,6 +232,7 @@ def run_scale(settings, n_pools: int, scratch: Path) -> dict:
     from q50_assets.assets.ohlcv import ohlcv_step
     from q50_assets.assets.regimes import regimes_step
     from q50_assets.assets.signals import signals_step
+    from q50_assets.assets.trades import trades_step
     from q50_assets.assets.trading_history import history_step
     from q50_assets.automation.runs import pool_batches
     from q50_assets.definitions import build_resources
@@ -188,7 +244,6 @@ def run_scale(settings, n_pools: int, scratch: Path) -> dict:
     resources = build_resources(settings)
     db, store, nautilus, lineage = (resources[k] for k in ("collector_db", "qlib_store", "nautilus", "lineage"))
     tf = settings.timeframe
-    bar = pd.Timedelta(seconds=lineage.bar_seconds)
     seconds = dict.fromkeys(STAGES, 0.0)
     counts: dict[str, int] = {}
 
@@ -201,10 +256,15 @@ def run_scale(settings, n_pools: int, scratch: Path) -> dict:
     pool_ids = db.pools_with_bars(tf)
     batches = pool_batches(pool_ids, pool_ids, lineage.pools_per_run)
     validated, frames, unsafe = {}, {}, {}
-    for batch in batches:  # bars, features, regimes, batch by batch (as the first phase's runs do)
+    for batch in batches:  # bars, trades, features, regimes, batch by batch (as the first phase's runs do)
         v, _states = timed("ohlcv", ohlcv_step, batch, db, lineage)
         validated.update(v)
-        f, _checks, _stale = timed("features", features_step, v, store, db, lineage)
+        analyses = [a for a in timed("trades", trades_step, v, store, db, lineage).values()
+                    if not isinstance(a, Blocked)]
+        counts["pools_with_flow_features"] = counts.get("pools_with_flow_features", 0) + sum(a.usable for a in analyses)
+        counts["block_timestamp_shift_named"] = counts.get("block_timestamp_shift_named", 0) + sum(
+            a.check("clock_shift").metadata["block_timestamp_shift"] == "+6 h" for a in analyses)
+        f, _checks, _stale, _vectors = timed("features", features_step, v, store, db, lineage)
         frames.update(f)
         regimes, _ = timed("regimes", regimes_step, f, lineage)
         timed("regimes", write_table_outputs, db, tf, "regime_labels", regimes)
@@ -218,9 +278,8 @@ def run_scale(settings, n_pools: int, scratch: Path) -> dict:
 
     fills = history = 0
     for batch in batches:  # signals, backtests, trading history, batch by batch
-        signals, _ = timed("signals", signals_step, trained, {p: frames[p] for p in batch}, lineage)
+        signals, _ = timed("signals", signals_step, trained, {p: frames[p] for p in batch}, db, lineage)
         timed("signals", write_table_outputs, db, tf, "q50_signals", signals)
-
 
         def backtest(batch=batch):
             # Signals and regimes read back from their tables, as the backtest step's IO manager does.
@@ -233,7 +292,7 @@ def run_scale(settings, n_pools: int, scratch: Path) -> dict:
             return results
 
         results = timed("backtest", backtest)
-        histories = timed("trading_history", history_step, results, bar)
+        histories = timed("trading_history", history_step, results, db, lineage.backtest.use_existing_feature_vectors)
         history += sum(timed("trading_history", write_table_outputs, db, tf, "q50_trading_history",
                              histories).values())
         fills += sum(len(r.outcomes["q50"].fills) for r in results.values()

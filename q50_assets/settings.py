@@ -102,22 +102,75 @@ class ModelSettings(_Section):
     min_train_rows: int = Field(default=200, ge=10, description="Folds with fewer labelled rows are skipped.")
     seed: int = 42
     num_boost_round: int = Field(default=150, ge=10)
+    calibration_window_bars: int = Field(
+        default=168, ge=24,
+        description="q10/q90 are recalibrated on the out-of-sample labels that became known in the last N bars.",
+    )
+    calibration_min_rows: int = Field(
+        default=200, ge=10, description="Fewer out-of-sample labels known at a fold boundary: that fold is not calibrated."
+    )
     coverage_tolerance: float = Field(
-        default=0.05,
+        default=0.02,
         gt=0,
         lt=0.5,
-        description="Allowed miscalibration of OOS q10/q90 coverage beyond 3 binomial standard errors.",
+        description="Allowed miscalibration of the recalibrated OOS q10/q90 coverage beyond 3 binomial "
+        "standard errors; beyond it the blocking oos_coverage check fails.",
+    )
+    collector_feature_vectors: bool = Field(
+        default=False,
+        description="Also feed the collector's own pool_feature_vectors columns to the model, each bar only "
+        "the vector the collector had written by the bar's close (created_at), never its forward-return targets. "
+        "Without that table the columns are missing (NaN).",
     )
 
 
+class EvaluationSettings(_Section):
+    """Yardsticks and intervals of the model's evidence (research/evaluation.py, research/uncertainty.py)."""
+
+    naive_window_bars: int | None = Field(
+        default=168, ge=1, description="The naive forecaster's window of known labels (null = every known label)."
+    )
+    naive_min_pool_labels: int = Field(
+        default=48, ge=2, description="Fewer known labels of its own: a pool's naive forecast uses every pool's."
+    )
+    bootstrap_samples: int = Field(default=1000, ge=100, description="Block-bootstrap replicates per interval.")
+    bootstrap_block_days: float = Field(
+        default=1.0, ge=1.0, description="Block length of the calendar-time bootstrap (a day or more)."
+    )
+    bootstrap_seed: int = 0
+
+
 class SignalSettings(_Section):
-    swap_fee: float = Field(default=0.0025, ge=0, lt=0.1, description="DEX swap fee per side (0.25 %).")
+    swap_fee: float = Field(default=0.0025, ge=0, lt=0.1, description="DEX swap fee per side (0.25 %); the cost "
+                            "model adds constant-product impact at the intended size (research/costs.py).")
     variance_multiplier: float = Field(default=1.0, ge=0)
     allow_short: bool = Field(default=False, description="Spot DEX: no borrowing is modelled.")
 
-    @property
-    def round_trip_cost(self) -> float:
-        return 2 * self.swap_fee
+    @model_validator(mode="after")
+    def _spot_only(self) -> "SignalSettings":
+        # The backtests are spot: a short signal means "be flat". Allowing shorts would fill
+        # q50_signals with short trades (and the demo's tradeable counts) that no backtest makes.
+        if self.allow_short:
+            raise ValueError("allow_short: true is not supported: backtests are spot-only (no borrowing is "
+                             "modelled), so short signals would never be traded")
+        return self
+
+
+class TradeSettings(_Section):
+    """The trades stage (research/trades.py): the collector's trades per bar, checked against the bars."""
+
+    flow_features: bool = Field(
+        default=True,
+        description="Trade-flow features (buy/sell imbalance, trade count, unique traders) for pools whose trades "
+        "pass every trades check; false: the checks still run, no pool gets flow features.",
+    )
+    min_volume_coverage: float = Field(
+        default=0.5, gt=0, le=1,
+        description="Share of the bars' USD volume (over the span the collected trades cover) that those trades "
+        "must explain; the collector keeps trades >= 100 USD only, so a complete record stays below 1.",
+    )
+    min_covered_bars: int = Field(
+        default=24, ge=1, description="Bars the collected trades must span before flow features are computed.")
 
 
 class BacktestSettings(_Section):
@@ -129,13 +182,37 @@ class BacktestSettings(_Section):
     )
     min_trade_fraction: float = Field(default=0.02, ge=0, lt=1, description="Smallest rebalance, fraction of equity.")
     kelly_fraction: float = Field(default=0.5, gt=0, le=1, description="Fractional Kelly for signal strength.")
-    shuffle_seed: int = Field(default=7, description="Seed of the shuffled-signal baseline.")
+    fill_latency_bars: int = Field(
+        default=1, ge=1, le=24,
+        description="Bars between a decision (at a bar's close) and its fill; also the model's label offset "
+        "(the label is the return from close(t+L) to close(t+L+h)). The q50_close variant fills at the "
+        "decision's own close for comparison.")
+    fill_price: Literal["close", "typical"] = Field(
+        default="close", description="Price a delayed fill executes at (before impact): the fill bar's close, "
+        "or its typical price (high + low + close) / 3.")
+    max_volume_share: float = Field(
+        default=0.1, gt=0, le=1,
+        description="Largest trade as a share of the fill bar's USD volume; a zero-volume fill bar fills nothing "
+        "(the order expires).")
+    permutations: int = Field(default=1000, ge=1000, le=100_000,
+                              description="Permutation null draws per pool (circular shifts of the Q50 positions).")
+    permutation_seed: int = Field(default=7, description="Seed of the permutation null.")
     fallback_reserve_usd: float | None = Field(
         default=50_000.0, gt=0,
-        description="Liquidity assumed for price impact when the collector has no reserve_usd for a pool; "
-        "null = no impact for such pools (flagged in metadata).",
+        description="Liquidity assumed for price impact when the collector has no observation of a pool's reserve "
+        "at a bar's time; null = no impact for such bars (flagged in metadata).",
     )
+    reserve_sensitivity: tuple[float, ...] = Field(
+        default=(0.5, 2.0),
+        description="The assumed reserve is also scaled by each factor (variants q50_reserve_x<factor>).")
     buy_and_hold_fraction: float = Field(default=1.0, gt=0, le=1, description="Equity share of the buy & hold baseline.")
+
+    @model_validator(mode="after")
+    def _sensitivity_factors(self) -> "BacktestSettings":
+        bad = [f for f in self.reserve_sensitivity if not (f > 0 and f != 1 and f < 1e3)]
+        if bad:
+            raise ValueError(f"reserve_sensitivity factors must be > 0, not 1 and < 1000, got {bad}")
+        return self
 
 
 class RegimeDetectionSettings(_Section):
@@ -195,13 +272,24 @@ class RegimeDetectionSettings(_Section):
 
 
 class StrategySettings(_Section):
-    signal_source: Literal["qlib"] = "qlib"
+    signal_source: Literal["qlib", "database"] = Field(
+        default="qlib",
+        description="qlib: backtest this run's signals (the q50_signals asset); database: backtest the signals "
+        "stored in q50_signals of database_uri (signals made elsewhere).")
     database_uri: str | None = Field(
         default=None,
-        description="Where the strategy reads signals. From the environment; null means the "
+        description="Where signal_source: database reads q50_signals. From the environment; null means the "
         "project database (database.url).",
     )
     regime_detection: RegimeDetectionSettings = RegimeDetectionSettings()
+
+    @model_validator(mode="after")
+    def _uri_only_with_database_source(self) -> "StrategySettings":
+        # A key that is parsed and then ignored misleads: the URI is only read for signal_source: database.
+        if self.database_uri and self.signal_source != "database":
+            raise ValueError("database_uri is only read with signal_source: database (got signal_source: "
+                             f"{self.signal_source}); unset it or set signal_source to database")
+        return self
 
 
 class RiskManagementSettings(_Section):
@@ -277,7 +365,9 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     ohlcv: OhlcvSettings = OhlcvSettings()
     model: ModelSettings = ModelSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
     signals: SignalSettings = SignalSettings()
+    trades: TradeSettings = TradeSettings()
     nautilus_trader: NautilusTraderSettings = NautilusTraderSettings()
     automation: AutomationSettings = AutomationSettings()
     batches: BatchSettings = BatchSettings()

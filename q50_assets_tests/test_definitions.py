@@ -6,9 +6,9 @@ from q50_assets.assets.partitions import pool_partitions
 from q50_assets.definitions import build_definitions, defs
 from q50_assets_tests.conftest import settings_for
 
-LINEAGE = ["ohlcv_bars", "qlib_features", "q50_model", "q50_signals", "regime_labels", "backtest_results",
+LINEAGE = ["ohlcv_bars", "pool_trades", "qlib_features", "q50_model", "q50_signals", "regime_labels", "backtest_results",
            "q50_trading_history", "backtest_portfolio"]
-PER_POOL = ["ohlcv_bars", "qlib_features", "q50_signals", "regime_labels", "backtest_results", "q50_trading_history"]
+PER_POOL = ["ohlcv_bars", "pool_trades", "qlib_features", "q50_signals", "regime_labels", "backtest_results", "q50_trading_history"]
 
 
 def test_definitions_load_as_the_ui_loads_them():
@@ -22,6 +22,7 @@ def test_definitions_load_as_the_ui_loads_them():
     checks = {(c.asset_key, c.name) for c in repo.asset_graph.asset_check_keys}
     assert (AssetKey("backtest_results"), "bars_match_pipeline") in checks
     assert (AssetKey("q50_trading_history"), "reconciles_with_fills") in checks
+    assert (AssetKey("pool_trades"), "clock_shift") in checks
     assert {s.name for s in repo.sensor_defs} == {"new_collector_bars", "q50_automation"}
     assert {s.name for s in repo.schedule_defs} == {"nightly_q50"}
 

@@ -6,16 +6,20 @@ import numpy as np
 import pandas as pd
 
 from q50_assets.research.bars import validate_bars
+from q50_assets.research.trades import analyse_trades
 from q50_assets.resources.database import CollectorDatabase
 from q50_assets.resources.lineage import stage_resources
 from q50_assets.scale_benchmark import (
     BARS_PER_POOL,
     END,
+    TRADE_DAYS,
     _source_bars,
     run_nightly_dagster,
     run_scale,
     synthesize_pool,
+    synthesize_trades,
     write_collector,
+    write_trades,
 )
 from q50_assets_tests.conftest import create_pg_database, drop_pg_database, settings_for
 
@@ -47,9 +51,21 @@ def test_synthetic_pools_are_resampled_real_bars(tmp_path):
     db = CollectorDatabase(url=f"sqlite:///{tmp_path / 'collector.sqlite'}")
     kept = bars[(bars["low"].cummin() >= 0.01).cummin()]  # whatever the path, a storable stretch
     assert write_collector(db.engine, {"synthetic_poolA": kept}, {"synthetic_poolA": 1e5}, "1h") == len(kept)
-    validated = validate_bars("synthetic_poolA", db.read_bars("synthetic_poolA", "1h"), stage_resources(settings)["lineage"].bar_rules())
+    lineage = stage_resources(settings)["lineage"]
+    validated = validate_bars("synthetic_poolA", db.read_bars("synthetic_poolA", "1h"), lineage.bar_rules())
     assert validated.rows_read == len(kept)
     assert validated.outcome("ohlc_consistent").passed and validated.outcome("timestamps_aligned_unique").passed
+
+    # Trades as the collector writes them (ids with the true epoch, block_timestamp +6 h, price_usd the
+    # from-token's): they pass the trades stage's checks against the same bars, which name the shift.
+    trades = synthesize_trades("synthetic_poolA", kept, np.random.default_rng(3))
+    pd.testing.assert_frame_equal(trades, synthesize_trades("synthetic_poolA", kept, np.random.default_rng(3)))
+    assert (trades["volume_usd"] >= 100).all() and set(trades["side"]) == {"buy", "sell"}
+    assert write_trades(db.engine, trades) == len(trades) > 0
+    analysis = analyse_trades("synthetic_poolA", db.read_trades("synthetic_poolA"), validated.bars, lineage.trade_rules())
+    assert all(c.passed for c in analysis.checks), [(c.name, c.metadata) for c in analysis.checks if not c.passed]
+    assert analysis.check("clock_shift").metadata["block_timestamp_shift"] == "+6 h"
+    assert analysis.usable and len(analysis.grid) <= TRADE_DAYS * 24
 
 
 def test_scale_run_takes_every_pool_through_every_stage_and_dagster_stores_the_same(tmp_path, postgres_url,
@@ -58,6 +74,8 @@ def test_scale_run_takes_every_pool_through_every_stage_and_dagster_stores_the_s
     report = run_scale(settings, 3, tmp_path / "scale")
     assert report["pools"] == report["safe_pools"] == 3
     assert report["collector_rows"] == 3 * BARS_PER_POOL
+    assert report["trade_rows"] > 3 * TRADE_DAYS * 24  # a few trades per bar over the last 30 days
+    assert report["pools_with_flow_features"] == report["block_timestamp_shift_named"] == 3
     assert report["bars"] == 3 * (BARS_PER_POOL - 1)  # each pool's newest bar is held back as partial
     assert report["folds"] > 70 and report["predictions"] > 0
     assert all(report["seconds"][stage] > 0 for stage in report["seconds"])
@@ -74,7 +92,7 @@ def test_scale_run_takes_every_pool_through_every_stage_and_dagster_stores_the_s
         drop_pg_database(postgres_url, dagster_url)
     assert nightly["failed_runs"] == []
     assert nightly["phases"] == {name: {"seconds": nightly["phases"][name]["seconds"], "runs": runs} for name, runs in
-                                 (("bars, features, regimes", 2), ("model", 1),
+                                 (("bars, trades, features, regimes", 2), ("model", 1),
                                   ("signals, backtests, trading history", 2), ("portfolio", 1))}
     functions_db = CollectorDatabase(url=f"sqlite:///{tmp_path / 'scale' / 'collector.sqlite'}")
     dagster_db = CollectorDatabase(url=f"sqlite:///{tmp_path / 'nightly' / 'collector.sqlite'}")

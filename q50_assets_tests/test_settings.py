@@ -19,6 +19,9 @@ def test_repo_config_loads_with_the_integration_plan_values():
     assert s.data_dir == DEFAULT_CONFIG_FILE.parent / ".q50_data"
     assert s.database_url == f"sqlite:///{s.data_dir / 'collector.sqlite'}"
     assert s.signal_database_url == s.database_url
+    # The trades stage and the collector-vector switch (off: the collector's vectors are opt-in).
+    assert (s.trades.flow_features, s.trades.min_volume_coverage, s.trades.min_covered_bars) == (True, 0.5, 24)
+    assert s.model.collector_feature_vectors is False
 
 
 def test_environment_overrides_by_name_and_by_path(tmp_path):
@@ -61,6 +64,32 @@ def test_environment_overrides_by_name_and_by_path(tmp_path):
             "nautilus_trader.risk_management: base_position_size (0.9) exceeds max_position_size (0.5)",
         ),
         ({"Q50__OHLCV__MIN_BAR": "5"}, "ohlcv.min_bar: unknown key"),
+        (
+            {"Q50__NAUTILUS_TRADER__STRATEGY_CONFIG__DATABASE_URI": "sqlite:////tmp/signals.sqlite"},
+            "nautilus_trader.strategy_config: database_uri is only read with signal_source: database (got "
+            "signal_source: qlib); unset it or set signal_source to database",
+        ),
+        (
+            {"Q50__NAUTILUS_TRADER__BACKTEST__PERMUTATIONS": "100"},
+            "nautilus_trader.backtest.permutations: Input should be greater than or equal to 1000 (got 100)",
+        ),
+        (
+            {"Q50__NAUTILUS_TRADER__BACKTEST__FILL_LATENCY_BARS": "0"},
+            "nautilus_trader.backtest.fill_latency_bars: Input should be greater than or equal to 1 (got 0)",
+        ),
+        (
+            {"Q50__NAUTILUS_TRADER__BACKTEST__RESERVE_SENSITIVITY": "[1.0, 2.0]"},
+            "nautilus_trader.backtest: reserve_sensitivity factors must be > 0, not 1 and < 1000, got [1.0]",
+        ),
+        (
+            {"Q50__SIGNALS__ALLOW_SHORT": "true"},
+            "signals: allow_short: true is not supported: backtests are spot-only (no borrowing is modelled), "
+            "so short signals would never be traded",
+        ),
+        (
+            {"Q50__TRADES__MIN_VOLUME_COVERAGE": "0"},
+            "trades.min_volume_coverage: Input should be greater than 0 (got 0)",
+        ),
     ],
 )
 def test_bad_value_fails_with_one_line_naming_the_key(env, expected):

@@ -1,20 +1,17 @@
-"""Lineage stage 5 - backtest results: per pool, the Q50 strategy in a real NautilusTrader engine
-beside two baselines on the same bars and costs (buy & hold; the same targets shuffled in time),
-metrics on the out-of-sample span only; plus a portfolio summary across pools.
+"""Lineage stage 5 - backtest results: per pool, the Q50 strategy in real NautilusTrader engines
+beside its yardsticks on the same bars and costs, on the out-of-sample span only; the trading
+history of its fills (the same step); plus a portfolio summary across pools with the pooled
+permutation p-value.
 
-Glue only: decisions are :func:`q50_assets.research.sizing.decide_targets`, the engine and
-strategy :mod:`q50_assets.research.backtest`, the metrics :mod:`q50_assets.research.metrics`.
+Glue only: the stage is :func:`q50_assets.research.backtest_stage.run_pool_stage`, the trading
+history rows :func:`q50_assets.research.backtest_stage.history_rows`, the portfolio table
+:mod:`q50_assets.research.portfolio`.
 """
 
-
 import base64
-import io
-import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
-import numpy as np
 import pandas as pd
-
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -23,7 +20,6 @@ from dagster import (
     AssetIn,
     AssetKey,
     AssetOut,
-
     MetadataValue,
     Output,
     asset,
@@ -36,136 +32,37 @@ from q50_assets.assets.partitions import pool_partitions
 from q50_assets.assets.regimes import REGIMES_ASSET
 from q50_assets.assets.signals import SIGNALS_ASSET
 from q50_assets.assets.trading_history import TRADING_HISTORY_ASSET, history_step, reconcile
-from q50_assets.research.backtest import BacktestOutcome, buy_and_hold_targets, shuffled_targets
-from q50_assets.research.bars import TIMEFRAME_SECONDS
-from q50_assets.research.metrics import outcome_metrics
-from q50_assets.research.sizing import decide_targets
+from q50_assets.research.backtest_stage import (
+    PoolBacktest,
+    bars_match_pipeline,
+    equity_png,
+    metrics_markdown,
+    nautilus_status,
+    run_pool_stage,
+)
+from q50_assets.research.portfolio import (
+    comparable_baselines,
+    no_trade_summary,
+    permutation_summary,
+    portfolio_markdown,
+    portfolio_table,
+)
 from q50_assets.resources.database import CollectorDatabase
 from q50_assets.resources.lineage import LineageConfig
 from q50_assets.resources.nautilus import NautilusBacktester
-from q50_assets.settings import Settings
 from q50_assets.stages.gate import Blocked
 from q50_assets.stages.ohlcv import bars_or_blocked
 
 BACKTEST_ASSET = "backtest_results"
 PORTFOLIO_ASSET = "backtest_portfolio"
-VARIANTS = ("q50", "buy_and_hold", "shuffled")
-SHOWN_METRICS = ("total_return", "sharpe", "sortino", "max_drawdown", "win_rate", "trades", "fees_paid",
-                 "impact_paid", "exposure")
+VERIFIED = ("ok", "failed_checks")  # statuses of a pool whose engines ran (metrics and a picture exist)
 
 
-@dataclass
-class PoolBacktest:
-    """One pool's backtest stage output."""
-
-    pool_id: str
-    backtest_run_id: str
-    status: str  # "ok", "disabled", "no_oos_signals", "failed_checks" (ok, but a rule of the stage failed)
-    reason: str = ""
-    oos_start: pd.Timestamp | None = None  # first bar CLOSE of the out-of-sample span
-    bars: pd.DataFrame | None = None  # the pipeline's complete bars handed to Nautilus
-    decisions: pd.DataFrame | None = None
-    signals: pd.DataFrame | None = None
-    outcomes: dict[str, BacktestOutcome] = field(default_factory=dict)
-    metrics: pd.DataFrame | None = None  # index variant
-
-
-def run_variants(pool_id: str, bars: pd.DataFrame, signals: pd.DataFrame, regimes: pd.DataFrame,
-                 nautilus: NautilusBacktester, reserve_usd: float | None, settings: Settings,
-                 backtest_run_id: str) -> PoolBacktest:
-    """Strategy + baselines for one pool; metrics from each bar close >= the first OOS signal's."""
-    risk = settings.nautilus_trader.risk_management
-    bt = settings.nautilus_trader.backtest
-    decisions = decide_targets(signals, regimes, base_position_size=risk.base_position_size,
-                               max_position_size=risk.max_position_size, kelly_fraction=bt.kelly_fraction)
-    if decisions.empty:
-        return PoolBacktest(pool_id, backtest_run_id, "no_oos_signals",
-                            "the model made no out-of-sample prediction for this pool", bars=bars,
-                            decisions=decisions, signals=signals)
-    bar = pd.Timedelta(seconds=TIMEFRAME_SECONDS[settings.timeframe])
-    oos_open = decisions.index.min()
-    oos_index = bars.index[bars.index >= oos_open]
-    targets = {
-        "q50": decisions["target"],
-        "buy_and_hold": buy_and_hold_targets(oos_index, bt.buy_and_hold_fraction),
-        "shuffled": shuffled_targets(decisions["target"], bt.shuffle_seed),
-    }
-    outcomes = {name: nautilus.run(pool_id, bars, t, reserve_usd) for name, t in targets.items()}
-    oos_start = oos_open + bar
-    rows = {}
-    for name, outcome in outcomes.items():
-        m = outcome_metrics(outcome, start=oos_start)
-        m["final_equity"] = outcome.final_equity
-        rows[name] = m
-    metrics = pd.DataFrame.from_dict(rows, orient="index")
-    metrics.index.name = "variant"
-    metrics["oos_start"] = oos_start
-    metrics["oos_end"] = bars.index[-1] + bar
-    return PoolBacktest(pool_id, backtest_run_id, "ok", oos_start=oos_start, bars=bars, decisions=decisions,
-                        signals=signals, outcomes=outcomes, metrics=metrics)
-
-
-def metrics_markdown(metrics: pd.DataFrame) -> str:
-    cols = [c for c in SHOWN_METRICS if c in metrics.columns]
-    lines = ["| variant | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    for variant, row in metrics.iterrows():
-        cells = []
-        for c in cols:
-            v = row[c]
-            if c in ("trades",):
-                cells.append(str(int(v)))
-            elif c in ("fees_paid", "impact_paid"):
-                cells.append(f"{v:,.2f}")
-            elif c in ("total_return", "max_drawdown", "win_rate", "exposure"):
-                cells.append("n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f} %")
-            else:
-                cells.append("n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}")
-        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def equity_png(result: PoolBacktest) -> bytes:
-    # A bare Figure (no pyplot state), fixed margins and a fixed legend place: tight_layout and
-    # loc="best" re-measure every text and line, which doubled the stage's plotting time.
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 2.8), dpi=72)
-    ax = fig.add_axes((0.09, 0.2, 0.89, 0.7))
-    for name, outcome in result.outcomes.items():
-        curve = outcome.equity_curve
-        curve = curve[curve.index >= result.oos_start] if result.oos_start is not None else curve
-        ax.plot(curve.index, curve.to_numpy(), label=name, linewidth=1.2)
-    ax.set_title(f"Equity, out of sample (USD) - {result.pool_id[:24]}", fontsize=9)
-    ax.legend(fontsize=8, loc="upper left")
-    ax.tick_params(labelsize=7)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-def _check_bars(result: PoolBacktest, bar: pd.Timedelta) -> tuple[bool, dict]:
-    """Nautilus' consumed bars vs the pipeline's OHLCV (count, first/last close time, sum of closes)."""
-    bars = result.bars
-    expected = {"count": len(bars), "first": bars.index[0] + bar, "last": bars.index[-1] + bar,
-                "close_sum": float(bars["close"].sum())}
-    ok, details = True, {}
-    for name, outcome in result.outcomes.items():
-        seen = outcome.bars
-        # Prices pass through Nautilus' Price at 6+ significant digits: compare sums to 1e-5.
-        same = (seen.count == expected["count"] and seen.first_ts == expected["first"]
-                and seen.last_ts == expected["last"]
-                and math.isclose(seen.close_sum_per_token, expected["close_sum"], rel_tol=1e-5))
-        ok &= same
-        details[name] = {"count": seen.count, "first": str(seen.first_ts), "last": str(seen.last_ts),
-                         "close_sum": seen.close_sum_per_token}
-    details["pipeline"] = {k: str(v) if isinstance(v, pd.Timestamp) else v for k, v in expected.items()}
-    return ok, details
-
-
-def backtest_checks(result: PoolBacktest, bar: pd.Timedelta) -> dict[str, tuple[bool, dict]]:
+def backtest_checks(result: PoolBacktest) -> dict[str, tuple[bool, dict]]:
     """The stage's three rules for one computed pool: (passed, metadata) per check name."""
     bars = result.bars
-    bars_ok, bars_details = _check_bars(result, bar)
+    bar = pd.Timedelta(result.outcomes["q50"].spec.bar_length)
+    bars_ok, bars_details = bars_match_pipeline(result)
     processed_ok = all(o.iterations >= len(bars) and o.backtest_end is not None
                        and o.backtest_end >= bars.index[-1] + bar for o in result.outcomes.values())
     min_cash = {name: float(o.equity["cash"].min()) for name, o in result.outcomes.items()}
@@ -196,22 +93,30 @@ def _pool_inputs_gate(pool_id: str, validated, signals: pd.DataFrame | None, reg
 class BacktestBatch:
     results: dict  # pool -> PoolBacktest or Blocked
     outcomes: dict  # pool -> {check name: (passed, metadata)} for computed pools
-    reserves: dict  # pool -> (reserve USD used, where it came from)
+    reserve_rows_ignored: dict  # pool -> collector reserve rows that observed nothing
     pictures: dict  # pool -> equity picture (PNG bytes) for pools with metrics
 
 
 def backtest_step(ohlcv: dict, signals: dict, regimes: dict, nautilus: NautilusBacktester, db: CollectorDatabase,
-                  lineage: LineageConfig, run_id: str, progress=None) -> BacktestBatch:
-    """A batch of pools: three Nautilus engines per usable pool (strategy and both baselines), then
-    the stage's rules; a pool failing one keeps its result out of the table (status
-    ``failed_checks``); the equity picture of every pool with metrics."""
-    settings = lineage.backtest_settings()
-    bar = pd.Timedelta(seconds=lineage.bar_seconds)
-    reserves = db.pool_reserves_usd(list(ohlcv))
-    fallback = lineage.backtest.fallback_reserve_usd
-    out, outcomes, sources = {}, {}, {}
+                  lineage: LineageConfig, run_id: str, signal_db: CollectorDatabase | None = None,
+                  progress=None) -> BacktestBatch:
+    """A batch of pools: per usable pool, the backtest stage (:func:`run_pool_stage`: every variant's
+    Nautilus engines, metrics, round trips, the permutation null) at the pool's liquidity as the
+    collector observed it, then the stage's rules; a pool failing one keeps its result out of the
+    table (status ``failed_checks``); the equity picture of every pool with metrics.
+
+    ``signal_db``: where ``backtest.signal_source: database`` reads the stored signals (default: ``db``).
+    """
+    config = lineage.backtest_config(nautilus)
+    source = lineage.backtest.signal_source
+    available, why = nautilus_status() if nautilus.enabled else (True, "")
+    gates = {p: _pool_inputs_gate(p, ohlcv[p], signals.get(p), regimes.get(p)) for p in ohlcv}
+    usable = [p for p, b in gates.items() if not isinstance(b, Blocked)]
+    reserves = (db.pool_reserves_many(usable, lineage.backtest.fallback_reserve_usd)
+                if usable and nautilus.enabled and available else {})
+    out, outcomes, ignored = {}, {}, {}
     for pool_id in each(list(ohlcv), progress):
-        bars = _pool_inputs_gate(pool_id, ohlcv[pool_id], signals.get(pool_id), regimes.get(pool_id))
+        bars = gates[pool_id]
         if isinstance(bars, Blocked):
             out[pool_id] = bars
             continue
@@ -219,45 +124,55 @@ def backtest_step(ohlcv: dict, signals: dict, regimes: dict, nautilus: NautilusB
             out[pool_id] = PoolBacktest(pool_id, run_id, "disabled", "nautilus_trader.enabled is false: no backtest "
                                         "ran (signals and regimes are unaffected)")
             continue
-        reserve, source = reserves[pool_id], "collector"
-        if reserve is None:
-            reserve, source = fallback, ("fallback_reserve_usd" if fallback is not None else "none (no impact)")
-        sources[pool_id] = (reserve, source)
-        result = run_variants(pool_id, bars, signals[pool_id], regimes[pool_id], nautilus, reserve, settings, run_id)
+        if not available:
+            out[pool_id] = PoolBacktest(pool_id, run_id, "unavailable", f"{why} (signals and regimes are unaffected)")
+            continue
+        series, ignored[pool_id] = reserves[pool_id]
+        loader = None
+        if source == "database":  # signals made elsewhere, stored in q50_signals of the signal database
+            loader = (signal_db or db).signal_loader(pool_id, lineage.timeframe)
+        result = run_pool_stage(pool_id, bars, signals[pool_id], regimes[pool_id], series, config, run_id,
+                                signal_loader=loader)
         if result.status == "ok":
-            outcomes[pool_id] = backtest_checks(result, bar)
+            outcomes[pool_id] = backtest_checks(result)
             failed = [name for name, (ok, _) in outcomes[pool_id].items() if not ok]
             if failed:  # only verified results reach the table
                 result = replace(result, status="failed_checks", reason=f"checks failed: {', '.join(failed)}")
         out[pool_id] = result
-    drawn = {p: equity_png(r) for p, r in out.items()
-             if not isinstance(r, Blocked) and r.status in ("ok", "failed_checks")}
-    return BacktestBatch(out, outcomes, sources, drawn)
+    drawn = {p: equity_png(r) for p, r in out.items() if not isinstance(r, Blocked) and r.status in VERIFIED}
+    return BacktestBatch(out, outcomes, ignored, drawn)
 
 
-def _backtest_metadata(result: PoolBacktest, bar: pd.Timedelta, reserve: tuple[float | None, str],
-                       png: bytes | None) -> dict:
-    if result.status not in ("ok", "failed_checks"):
+def _backtest_metadata(result: PoolBacktest, lineage: LineageConfig, rows_ignored: int, png: bytes | None) -> dict:
+    if result.status not in VERIFIED:
         return {"pool_id": result.pool_id, "status": result.status, "reason": result.reason}
-    q50 = result.metrics.loc["q50"]
-    reserve_usd, reserve_source = reserve
+    m = result.metrics
+    perm = result.permutation
+    fallback = lineage.backtest.fallback_reserve_usd
     return {
         "pool_id": result.pool_id,
         "status": result.status,
         **({"reason": result.reason} if result.reason else {}),
         "backtest_run_id": result.backtest_run_id,
+        "signal_source": lineage.backtest.signal_source,
         "oos_start": MetadataValue.text(str(result.oos_start)),
-        "oos_bars": int((result.bars.index + bar >= result.oos_start).sum()),
-        "q50_total_return": MetadataValue.float(float(q50["total_return"])),
-        "buy_and_hold_total_return": MetadataValue.float(float(result.metrics.loc["buy_and_hold", "total_return"])),
-        "shuffled_total_return": MetadataValue.float(float(result.metrics.loc["shuffled", "total_return"])),
-        "q50_trades": int(q50["trades"]),
-        "impact_applied": result.outcomes["q50"].impact_applied,
-        "reserve_usd": MetadataValue.float(float(reserve_usd)) if reserve_usd is not None else "none",
-        "reserve_source": reserve_source,
-        "rows_written": len(result.metrics) if result.status == "ok" else 0,
-        "summary": MetadataValue.md(metrics_markdown(result.metrics)),
-        "equity_curve": MetadataValue.md(f"![equity curve](data:image/png;base64,{base64.b64encode(png).decode()})"),
+        "oos_grid_bars": len(result.bar_returns),
+        **{f"{v}_total_return": MetadataValue.float(float(m.loc[v, "total_return"])) for v in m.index},
+        "q50_trades": int(m.loc["q50", "trades"]),
+        "q50_turnover": MetadataValue.float(float(m.loc["q50", "turnover"])),
+        "q50_mean_holding_bars": MetadataValue.float(float(m.loc["q50", "mean_holding_bars"])),
+        "q50_orders_expired": int(m.loc["q50", "orders_expired"]),
+        "permutation_p_value": MetadataValue.float(float(perm["p_value"])),
+        "permutation_draws": int(perm["draws"]),
+        "reserve_fallback_share": MetadataValue.float(float(result.reserve["fallback_share"])),
+        "reserve_sources": MetadataValue.json(result.reserve["sources"]),
+        "reserve_observations": int(result.reserve["observations"]),
+        "reserve_rows_ignored": int(rows_ignored),
+        "fallback_reserve_usd": MetadataValue.float(float(fallback)) if fallback is not None else "none (no impact)",
+        "rows_written": len(m) if result.status == "ok" else 0,
+        "summary": MetadataValue.md(metrics_markdown(m)),
+        "equity_curve": MetadataValue.md(
+            f"![growth of 1 USD](data:image/png;base64,{base64.b64encode(png).decode()})"),
     }
 
 
@@ -265,16 +180,20 @@ def _backtest_metadata(result: PoolBacktest, bar: pd.Timedelta, reserve: tuple[f
     outs={
         BACKTEST_ASSET: AssetOut(
             io_manager_key="q50_tables", group_name="backtest", kinds={"nautilustrader"},
-            description="Per pool: the Q50 strategy in a NautilusTrader BacktestEngine (targets from the signal "
-            "and regime known at each bar's close), beside buy & hold and the same targets shuffled in time, on "
-            "the same bars, fee and AMM price impact. Metrics on the out-of-sample span only, stored in "
-            "q50_backtest_results per backtest run (history kept); equity picture and table in metadata."),
+            description="Per pool: the Q50 strategy in NautilusTrader BacktestEngines (decisions bar by bar from "
+            "the signal and regime known at each close, sized and charged by one cost model: fee + "
+            "constant-product impact at the pool's liquidity at the time; fills one or more bars later), beside "
+            "the same decisions filled at the close, the reserve assumption halved and doubled, buy & hold at full "
+            "and at q50's own exposure, and cash; per-bar returns on the full time grid out of sample; a "
+            "permutation null of q50's timing. Stored in q50_backtest_results per backtest run (history kept; the "
+            "null's draws on the q50 row); equity picture and table in metadata."),
         TRADING_HISTORY_ASSET: AssetOut(
             io_manager_key="q50_tables", group_name="backtest", kinds={"sql"},
-            description="Every order of the Q50 strategy's Nautilus backtest with its fill (side, quantity, "
-            "price, fee, impact), the signal, regime and target that decided it and the feature vector behind "
-            "it; keyed by the backtest run id, replaced per run in one transaction. Written by the same step "
-            "as backtest_results (the fills are never stored twice)."),
+            description="Every fill of the Q50 strategy's Nautilus backtest (side, quantity, price, fee, impact), "
+            "when its order was decided, what the cost model expected it to cost and at which liquidity, the "
+            "signal, regime and target that decided it and the feature vector behind it (the collector's or the "
+            "project's, feature_vector_table says which); keyed by the backtest run id, replaced per run in one "
+            "transaction. Written by the same step as backtest_results (the fills are never stored twice)."),
     },
     internal_asset_deps={
         BACKTEST_ASSET: {AssetKey(OHLCV_ASSET), AssetKey(SIGNALS_ASSET), AssetKey(REGIMES_ASSET)},
@@ -299,14 +218,14 @@ def _backtest_metadata(result: PoolBacktest, bar: pd.Timedelta, reserve: tuple[f
     name="backtest_and_trading_history",
 )
 def backtest_results(context: AssetExecutionContext, ohlcv_bars: dict, q50_signals: dict, regime_labels: dict,
-                     nautilus: NautilusBacktester, collector_db: CollectorDatabase, lineage: LineageConfig):
+                     nautilus: NautilusBacktester, collector_db: CollectorDatabase, signal_db: CollectorDatabase,
+                     lineage: LineageConfig):
     pool_ids = list(context.partition_keys)
     run_id = context.run.run_id
-    bar = pd.Timedelta(seconds=lineage.bar_seconds)
     batch = backtest_step(ohlcv_bars, q50_signals, regime_labels, nautilus, collector_db, lineage, run_id,
-                          progress_callback(context, BACKTEST_ASSET, len(pool_ids)))
+                          signal_db=signal_db, progress=progress_callback(context, BACKTEST_ASSET, len(pool_ids)))
     results = batch.results
-    histories = history_step(results, bar)
+    histories = history_step(results, collector_db, lineage.backtest.use_existing_feature_vectors)
     checks = PoolChecks(context)
     for pool_id in pool_ids:
         result = results[pool_id]
@@ -314,9 +233,9 @@ def backtest_results(context: AssetExecutionContext, ohlcv_bars: dict, q50_signa
             add_pool_metadata(context, pool_id, blocked_metadata(result), BACKTEST_ASSET)
             add_pool_metadata(context, pool_id, blocked_metadata(result), TRADING_HISTORY_ASSET)
             continue
-        if result.status == "disabled":
-            context.log.warning(f"pool {pool_id}: {result.reason}")
-        add_pool_metadata(context, pool_id, _backtest_metadata(result, bar, batch.reserves.get(pool_id, (None, "none")),
+        if result.status not in VERIFIED:
+            context.log.warning(f"pool {pool_id}: {result.status}: {result.reason}")
+        add_pool_metadata(context, pool_id, _backtest_metadata(result, lineage, batch.reserve_rows_ignored.get(pool_id, 0),
                                                                batch.pictures.get(pool_id)), BACKTEST_ASSET)
         for name, (passed, metadata) in batch.outcomes.get(pool_id, {}).items():
             checks.add(BACKTEST_ASSET, name, pool_id, passed, metadata)
@@ -340,68 +259,22 @@ def backtest_results(context: AssetExecutionContext, ohlcv_bars: dict, q50_signa
             "pool_id": pool_id, "status": "ok", "backtest_run_id": history.backtest_run_id, "rows_written": len(rows),
             "buys": int((rows["side"] == "BUY").sum()) if len(rows) else 0,
             "sells": int((rows["side"] == "SELL").sum()) if len(rows) else 0,
-            "fees_usd": MetadataValue.float(got["fees"])}, TRADING_HISTORY_ASSET)
+            "fees_usd": MetadataValue.float(got["fees"]),
+            "feature_vectors": MetadataValue.json(history.pointers)}, TRADING_HISTORY_ASSET)
         checks.add(TRADING_HISTORY_ASSET, "reconciles_with_fills", pool_id, ok,
                    {"stored": MetadataValue.json(got), "nautilus_fills": MetadataValue.json(expected)})
     yield from checks.events()
 
 
-def portfolio_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Across pools, per variant: mean and median OOS return, pools beating buy & hold / shuffled,
-    total fees and impact, trades. Equal weight per pool (each backtest has its own capital)."""
-    if results.empty:
-        return pd.DataFrame()
-    by_variant = results.groupby("variant")
-    table = pd.DataFrame({
-        "pools": by_variant["pool_id"].nunique(),
-        "mean_return": by_variant["total_return"].mean(),
-        "median_return": by_variant["total_return"].median(),
-        "mean_sharpe": by_variant["sharpe"].mean(),
-        "mean_max_drawdown": by_variant["max_drawdown"].mean(),
-        "trades": by_variant["trades"].sum(),
-        "fees_paid": by_variant["fees_paid"].sum(),
-        "impact_paid": by_variant["impact_paid"].sum(),
-        "mean_exposure": by_variant["exposure"].mean(),
-    })
-    wide = results.pivot_table(index="pool_id", columns="variant", values="total_return")
-    if {"q50", "buy_and_hold", "shuffled"} <= set(wide.columns):
-        table["q50_beats_this"] = [
-            int((wide["q50"] > wide[v]).sum()) if v != "q50" else np.nan for v in table.index]
-    return table.reindex([v for v in VARIANTS if v in table.index])
-
-
-def portfolio_markdown(table: pd.DataFrame) -> str:
-    if table.empty:
-        return "No backtest results yet."
-    lines = ["| variant | pools | mean return | median return | mean Sharpe | mean max DD | trades | fees USD | "
-             "impact USD | mean exposure | pools where q50 beats it |", "|---|" + "---|" * 10]
-    for variant, r in table.iterrows():
-        beats = r.get("q50_beats_this", np.nan)
-        lines.append(
-            f"| {variant} | {int(r['pools'])} | {100 * r['mean_return']:.2f} % | {100 * r['median_return']:.2f} % | "
-            f"{r['mean_sharpe']:.2f} | {100 * r['mean_max_drawdown']:.2f} % | {int(r['trades'])} | "
-            f"{r['fees_paid']:,.0f} | {r['impact_paid']:,.0f} | {100 * r['mean_exposure']:.1f} % | "
-            f"{'' if pd.isna(beats) else int(beats)} |")
-    return "\n".join(lines)
-
-
-def comparable_baselines(results: pd.DataFrame) -> tuple[list[dict], int]:
-    """Pools whose latest backtest cannot be compared fairly: a variant missing, variants on
-    different out-of-sample spans, or a return that is not finite or below -100 % (spot cannot
-    lose more than it holds). Returns (problems, pools checked)."""
-    problems = []
-    for pool_id, rows in results.groupby("pool_id"):
-        variants = set(rows["variant"])
-        if variants != set(VARIANTS):
-            problems.append({"pool_id": pool_id, "problem": f"variants {sorted(variants)}"})
-            continue
-        spans = rows[["oos_start", "oos_end", "bars"]].astype(str).drop_duplicates()
-        if len(spans) != 1:
-            problems.append({"pool_id": pool_id, "problem": "variants cover different out-of-sample spans"})
-        bad = rows[~np.isfinite(rows["total_return"].astype(float)) | (rows["total_return"].astype(float) < -1)]
-        if len(bad):
-            problems.append({"pool_id": pool_id, "problem": f"impossible total_return in {sorted(bad['variant'])}"})
-    return problems, int(results["pool_id"].nunique()) if len(results) else 0
+def portfolio_summary(results: pd.DataFrame, variants: tuple[str, ...]) -> dict:
+    """The portfolio across pools from the latest backtest rows of each (q50_backtest_results): the
+    table, the comparability problems, the permutation null and the pools where q50 never traded."""
+    problems, checked = comparable_baselines(results, variants)
+    table = portfolio_table(results, variants)
+    permutation = permutation_summary(results) if len(results) else {}
+    no_trade = no_trade_summary(results) if len(results) else {"pools": 0}
+    return {"table": table, "problems": problems, "pools_checked": checked, "permutation": permutation,
+            "no_trade": no_trade, "markdown": portfolio_markdown(table, permutation, no_trade)}
 
 
 @asset(
@@ -411,20 +284,28 @@ def comparable_baselines(results: pd.DataFrame) -> tuple[list[dict], int]:
     kinds={"pandas"},
     check_specs=[
         AssetCheckSpec("comparable_baselines", asset=PORTFOLIO_ASSET, blocking=True,
-                       description="Every pool in the table has q50, buy & hold and shuffled results from one "
-                       "backtest run on the same out-of-sample span, with finite returns >= -100 %."),
+                       description="Every pool in the table has every variant from one backtest run on the same "
+                       "out-of-sample span, finite returns >= -100 %, and a permutation null of >= 1,000 draws."),
     ],
-    description="Across pools: the latest backtest of each pool, per variant (q50, buy & hold, shuffled), "
-    "out of sample, equal weight per pool. Read from q50_backtest_results, so pools blocked upstream "
-    "simply have no row.",
+    description="Across pools: the latest backtest of each pool, per variant (q50 with latency fills and with "
+    "close fills, the reserve sensitivity, buy & hold at full and matched exposure, cash), out of sample, equal "
+    "weight per pool, over the pools where q50 traded (the others reported apart), with the pooled permutation "
+    "p-value. Read from q50_backtest_results, so pools blocked upstream simply have no row.",
 )
-def backtest_portfolio(context: AssetExecutionContext, backtest_results: dict):
+def backtest_portfolio(context: AssetExecutionContext, backtest_results: dict, lineage: LineageConfig):
     frames = [frame.reset_index() for frame in backtest_results.values() if len(frame)]
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["pool_id", "variant", "total_return", "oos_start", "oos_end", "bars"])
-    problems, checked = comparable_baselines(results)
-    table = portfolio_table(results)
-    yield Output(table, metadata={"pools": checked, "summary": MetadataValue.md(portfolio_markdown(table))})
-    yield AssetCheckResult(check_name="comparable_baselines", passed=not problems, severity=AssetCheckSeverity.ERROR,
-                           metadata={"pools_checked": checked, "problems": MetadataValue.json(problems[:50])})
-
+        columns=["pool_id", "variant", "total_return", "oos_start", "oos_end", "bars", "trades"])
+    summary = portfolio_summary(results, lineage.variants)
+    table, permutation, no_trade = summary["table"], summary["permutation"], summary["no_trade"]
+    yield Output(table, metadata={
+        "pools": summary["pools_checked"],
+        "pools_q50_traded": int(table["pools"].max()) if len(table) else 0,
+        "pools_q50_never_traded": int(no_trade["pools"]),
+        "pooled_permutation_p_value": MetadataValue.float(float(permutation.get("pooled_p_value", float("nan")))),
+        "summary": MetadataValue.md(summary["markdown"]),
+    })
+    yield AssetCheckResult(check_name="comparable_baselines", passed=not summary["problems"],
+                           severity=AssetCheckSeverity.ERROR,
+                           metadata={"pools_checked": summary["pools_checked"],
+                                     "problems": MetadataValue.json(summary["problems"][:50])})

@@ -3,7 +3,7 @@ the pool's features, with the time each becomes known; stored in ``q50_signals``
 manager writes a batch in one transaction).
 
 Glue only: the stage is :mod:`q50_assets.stages.signals`, every formula
-:mod:`q50_assets.research.signals`.
+:mod:`q50_assets.research.signals`, the cost model :mod:`q50_assets.research.costs`.
 """
 
 import pandas as pd
@@ -17,6 +17,7 @@ from q50_assets.assets.batch import (
     progress_callback,
 )
 from q50_assets.assets.partitions import pool_partitions
+from q50_assets.resources.database import CollectorDatabase
 from q50_assets.resources.lineage import LineageConfig
 from q50_assets.stages.gate import Blocked
 from q50_assets.stages.model import TrainedQ50Model
@@ -25,13 +26,17 @@ from q50_assets.stages.signals import LIVE_FOLD, STAGE, check_signals, signals_f
 SIGNALS_ASSET = STAGE
 
 
-def signals_step(model: TrainedQ50Model, features: dict, lineage: LineageConfig, progress=None
-                 ) -> tuple[dict[str, pd.DataFrame | Blocked], dict[str, tuple]]:
-    """A batch of pools against one model (live-model inference in one call). A pool failing a
-    rule is blocked, so its rows never reach the table strategies read. Returns (signals or
-    Blocked per pool, (early, crossed) rows per computed pool)."""
+def signals_step(model: TrainedQ50Model, features: dict, db: CollectorDatabase, lineage: LineageConfig,
+                 progress=None) -> tuple[dict[str, pd.DataFrame | Blocked], dict[str, tuple]]:
+    """A batch of pools against one model (live-model inference in one call), costs priced at each
+    pool's liquidity as the collector observed it (one read per batch). A pool failing a rule is
+    blocked, so its rows never reach the table strategies read. Returns (signals or Blocked per
+    pool, (early, crossed) rows per computed pool)."""
     bar = pd.Timedelta(seconds=lineage.bar_seconds)
-    computed = signals_for_pools(model, features, lineage.signal_config(), bar)
+    model.require_usable()  # before reading anything: a blocked model gives no pool signals
+    usable = [p for p, f in features.items() if not isinstance(f, Blocked)]
+    reserves = {p: r for p, (r, _) in db.pool_reserves_many(usable, lineage.backtest.fallback_reserve_usd).items()}
+    computed = signals_for_pools(model, features, lineage.signal_config(), bar, reserves)
     out, outcomes = {}, {}
     for pool_id, signals in computed.items():
         if isinstance(signals, Blocked):
@@ -57,14 +62,15 @@ def signals_step(model: TrainedQ50Model, features: dict, lineage: LineageConfig,
         pool_check_spec(SIGNALS_ASSET, "quantiles_ordered", "q10 <= q50 <= q90 on every signal row.", True),
     ],
     description="Per pool: spread, prob_up, enhanced info ratio, expected value, adaptive threshold "
-    "(with the round-trip cost), tradeable, side and tier from the out-of-sample q10/q50/q90; "
+    "(with the round trip's fee and impact at the intended size, from the one cost model), tradeable, "
+    "side and tier from the out-of-sample q10/q50/q90; "
     "stored in q50_signals with the time each becomes known (a pool failing a check, or blocked "
     "upstream, has no rows).",
 )
 def q50_signals(context: AssetExecutionContext, q50_model: TrainedQ50Model, qlib_features: dict,
-                lineage: LineageConfig):
+                collector_db: CollectorDatabase, lineage: LineageConfig):
     pool_ids = list(context.partition_keys)
-    signals, outcomes = signals_step(q50_model, qlib_features, lineage,
+    signals, outcomes = signals_step(q50_model, qlib_features, collector_db, lineage,
                                      progress_callback(context, SIGNALS_ASSET, len(pool_ids)))
     checks = PoolChecks(context)
     for pool_id in pool_ids:
@@ -79,7 +85,9 @@ def q50_signals(context: AssetExecutionContext, q50_model: TrainedQ50Model, qlib
             sides = value["side"].value_counts()
             add_pool_metadata(context, pool_id, {
                 "pool_id": pool_id, "status": "ok", "signals": len(value), "rows_written": len(value),
-                "tradeable": int(value["tradeable"].sum()), "long": int(sides.get("long", 0)),
+                "tradeable": int(value["tradeable"].sum()),
+                "reserve_sources": {str(k): int(v) for k, v in value["reserve_source"].value_counts().items()},
+                "long": int(sides.get("long", 0)),
                 "short": int(sides.get("short", 0)), "hold": int(sides.get("hold", 0)),
                 "model_run": q50_model.run_id, "live_model_signals": int((value["fold"] == LIVE_FOLD).sum()),
                 "first_known_at": str(value["known_at"].min()) if len(value) else "none",

@@ -1,77 +1,48 @@
-"""Lineage stage 6 - trading history: every Nautilus order of the Q50 strategy's backtest with its
-fills, written to ``q50_trading_history`` with the signal, regime, target and feature vector that
-decided it. A re-run of the same backtest run replaces that run's rows in one transaction.
+"""Lineage stage 6 - trading history: every fill of the Q50 strategy's Nautilus backtest, written to
+``q50_trading_history`` with when its order was decided, what the cost model expected it to cost
+and at which liquidity, the signal, regime and target that decided it and the feature vector
+behind it. A re-run of the same backtest run replaces that run's rows in one transaction.
 
 The asset is materialized by the backtest step (``assets/backtest.py``): the fills come straight
-from the engines of that step and are stored once, in the table.
+from the engines of that step and are stored once, in the table. The rows are
+:func:`q50_assets.research.backtest_stage.history_rows`; their feature-vector pointers come from the
+collector database (:meth:`CollectorDatabase.with_feature_vector_pointers`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from q50_assets.research.backtest_stage import history_rows
 from q50_assets.stages.gate import Blocked
 
 if TYPE_CHECKING:
-    from q50_assets.assets.backtest import PoolBacktest
     from q50_assets.research.backtest import BacktestOutcome
+    from q50_assets.resources.database import CollectorDatabase
 
 TRADING_HISTORY_ASSET = "q50_trading_history"
 
 
 @dataclass(frozen=True)
 class PoolTradingHistory:
-    """One pool's rows of one backtest run (what the table IO manager writes)."""
+    """One pool's rows of one backtest run (what the table IO manager writes) and where their
+    feature-vector pointers point (``pointers``: the summary of ``with_feature_vector_pointers``)."""
 
     backtest_run_id: str
     rows: pd.DataFrame
+    pointers: dict = field(default_factory=dict)
 
 
-def history_rows(result: PoolBacktest, bar: pd.Timedelta) -> pd.DataFrame:
-    """One row per fill of the strategy (variant q50), from Nautilus' fills and order reports.
-
-    The decision behind a fill is the one of the bar whose close is the fill time (orders are
-    submitted and filled at that close); a fill with no decision at that bar (the strategy going
-    flat where no signal exists) keeps the signal fields empty rather than borrowing another bar's.
-    """
-    outcome = result.outcomes["q50"]
-    fills = outcome.fills
-    if fills is None or fills.empty:
-        return pd.DataFrame()
-    fills = fills.sort_values("ts_event", kind="stable")
-    trades = outcome.trades  # same fills, same stable order: per-token quantities, fee, impact
-    if len(trades) != len(fills):
-        raise RuntimeError(f"pool {result.pool_id}: {len(fills)} Nautilus fills but {len(trades)} trade rows")
-    status = outcome.order_fills["status"].astype(str) if "status" in outcome.order_fills else pd.Series(dtype=str)
-    fill_time = pd.DatetimeIndex(fills["ts_event"]).tz_convert("UTC")
-    decision_open = fill_time - bar
-    decisions = result.decisions.reindex(decision_open)
-    signals = result.signals.reindex(decision_open)
-    client_ids = [str(i) for i in fills.index]
-    return pd.DataFrame({
-        "timestamp": fill_time,
-        "filled_at": fill_time,
-        "q50_signal": signals["q50"].to_numpy(),
-        "regime_classification": decisions["regime"].to_numpy(),
-        "position_size": decisions["target"].to_numpy(),
-        "nautilus_order_id": client_ids,
-        "execution_status": [status.get(i, "FILLED") for i in client_ids],
-        "feature_vector_id": signals["feature_vector_id"].to_numpy() if "feature_vector_id" in signals else None,
-        "side": trades["side"].to_numpy(),
-        "quantity": trades["qty_tokens"].to_numpy(),
-        "price": trades["price_per_token"].to_numpy(),
-        "fee": trades["commission_usd"].to_numpy(),
-        "impact": trades["impact_usd"].to_numpy(),
-    })
-
-
-def history_step(results: dict, bar: pd.Timedelta) -> dict[str, PoolTradingHistory | Blocked]:
-    """Per pool of a batch, the Q50 strategy's fills as history rows; a pool without a verified
-    backtest has none (blocked, disabled, no out-of-sample signal, or a failed backtest rule)."""
+def history_step(results: dict, db: CollectorDatabase, use_collector_vectors: bool) -> dict[str, PoolTradingHistory | Blocked]:
+    """Per pool of a batch, the Q50 strategy's fills as history rows, each pointing at the feature
+    vector behind its decision (the collector's ``pool_feature_vectors`` row of the deciding bar when
+    ``use_collector_vectors`` finds one, else the project's; ``feature_vector_table`` says which).
+    A pool without a verified backtest has none (blocked, disabled, unavailable, no out-of-sample
+    signal, or a failed backtest rule)."""
     out: dict[str, PoolTradingHistory | Blocked] = {}
     for pool_id, result in results.items():
         if isinstance(result, Blocked):
@@ -79,7 +50,8 @@ def history_step(results: dict, bar: pd.Timedelta) -> dict[str, PoolTradingHisto
         elif result.status != "ok":
             out[pool_id] = Blocked(pool_id, "backtest_results", f"no verified backtest ({result.status}: {result.reason})")
         else:
-            out[pool_id] = PoolTradingHistory(result.backtest_run_id, history_rows(result, bar))
+            rows, pointers = db.with_feature_vector_pointers(pool_id, history_rows(result), use_collector_vectors)
+            out[pool_id] = PoolTradingHistory(result.backtest_run_id, rows, pointers)
     return out
 
 

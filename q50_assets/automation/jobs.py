@@ -13,10 +13,11 @@ from q50_assets.assets.model import MODEL_ASSET
 from q50_assets.assets.ohlcv import OHLCV_ASSET
 from q50_assets.assets.regimes import REGIMES_ASSET
 from q50_assets.assets.signals import SIGNALS_ASSET
+from q50_assets.assets.trades import TRADES_ASSET
 from q50_assets.assets.trading_history import TRADING_HISTORY_ASSET
 
-# Per pool, in lineage order. The first three need no model; the rest read the latest q50_model.
-NEEDS_NO_MODEL_ASSETS = (OHLCV_ASSET, FEATURES_ASSET, REGIMES_ASSET)
+# Per pool, in lineage order. The first four need no model; the rest read the latest q50_model.
+NEEDS_NO_MODEL_ASSETS = (OHLCV_ASSET, TRADES_ASSET, FEATURES_ASSET, REGIMES_ASSET)
 MODEL_DEPENDENT_ASSETS = (SIGNALS_ASSET, BACKTEST_ASSET, TRADING_HISTORY_ASSET)
 POOL_ASSETS = (*NEEDS_NO_MODEL_ASSETS, *MODEL_DEPENDENT_ASSETS)
 
@@ -24,8 +25,8 @@ refresh_pools_job = define_asset_job(
     "refresh_pools",
     selection=AssetSelection.assets(*POOL_ASSETS),
     description="A batch of pools (a partition range, or one partition): collector bars -> validated bars -> "
-    "QLib store + features -> regimes, signals from the latest q50_model -> Nautilus backtests -> "
-    "q50_trading_history. Pools failing a blocking check are skipped downstream, the rest go on.",
+    "trades per bar -> QLib store + features -> regimes, signals from the latest q50_model -> Nautilus "
+    "backtests -> q50_trading_history. Pools failing a blocking check are skipped downstream, the rest go on.",
 )
 
 train_q50_model_job = define_asset_job(

@@ -1,7 +1,7 @@
 """Materialize the whole asset graph for a set of pools, through Dagster, from one process.
 
 What ``q50 demo``, the benchmarks (P1, P5) and tests run: the graph's own assets in its
-dependency order, in batch runs of the graph's jobs - bars, features and regimes per batch of
+dependency order, in batch runs of the graph's jobs - bars, trades, features and regimes per batch of
 pools; the pooled model; signals, backtests and trading history per batch; the portfolio. Every
 run, materialization and check is recorded in the instance, as if the daemon had launched them.
 No stage is computed here.
@@ -27,7 +27,7 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 # (phase name, job, what it covers) in the order the graph needs them.
 PHASES = (
-    ("bars, features, regimes", "refresh_pools", NEEDS_NO_MODEL_ASSETS),
+    ("bars, trades, features, regimes", "refresh_pools", NEEDS_NO_MODEL_ASSETS),
     ("model", "train_q50_model", ("q50_model",)),
     ("signals, backtests, trading history", "refresh_pools", MODEL_DEPENDENT_ASSETS),
     ("portfolio", "portfolio_summary", ("backtest_portfolio",)),

@@ -2,8 +2,8 @@
 
 * ``new_collector_bars`` polls the collector database (through the database resource) and asks
   for a ``refresh_pools`` run per batch of pools with new bars or with recent bars revised in place.
-* ``nightly_q50`` refreshes every pool's bars, features and regimes at ``automation.nightly.hour_utc``
-  (in batches); the model then retrains, and every pool's signals, backtests and trading history
+* ``nightly_q50`` refreshes every pool's bars, trades, features and regimes at
+  ``automation.nightly.hour_utc`` (in batches); the model then retrains, and every pool's signals, backtests and trading history
   follow, by the assets' automation conditions (``conditions.py``, evaluated by ``q50_automation``).
 """
 
@@ -110,8 +110,8 @@ def evaluate_new_bars(context: SensorEvaluationContext, collector_db: CollectorD
     model_ready = context.instance.get_latest_materialization_event(AssetKey(MODEL_ASSET)) is not None
     selection = [AssetKey(a) for a in (*NEEDS_NO_MODEL_ASSETS, *(MODEL_DEPENDENT_ASSETS if model_ready else ()))]
     if not model_ready:
-        context.log.warning("no q50_model materialization yet: refreshing bars, features and regimes only; "
-                            "run train_q50_model (or wait for the nightly schedule) for signals and backtests")
+        context.log.warning("no q50_model materialization yet: refreshing bars, trades, features and regimes "
+                            "only; run train_q50_model (or wait for the nightly schedule) for signals and backtests")
     order = [*known, *to_add]  # partition order once the new pools are added (they go last)
     run_requests = []
     # Pools changed for the same reason go together; within a reason, contiguous ranges.
@@ -131,7 +131,7 @@ def evaluate_new_bars(context: SensorEvaluationContext, collector_db: CollectorD
 
 
 def evaluate_nightly(context: ScheduleEvaluationContext, settings: Settings):
-    """Every registered pool's bars, features and regimes, in batches (the model follows by its
+    """Every registered pool's bars, trades, features and regimes, in batches (the model follows by its
     automation condition once they are all done)."""
     pools = registered_pools(context.instance)
     if not pools:
@@ -166,8 +166,8 @@ def build_automation(settings: Settings) -> tuple[list, list]:
         cron_schedule=f"0 {auto.nightly.hour_utc} * * *",
         execution_timezone="UTC",
         default_status=DefaultScheduleStatus.RUNNING if auto.nightly.running_by_default else DefaultScheduleStatus.STOPPED,
-        description="Every pool's bars, features and regimes re-read (batches); the Q50 model then retrains and "
-        "every pool's signals, backtests and trading history follow (the assets' automation conditions; new "
+        description="Every pool's bars, trades, features and regimes re-read (batches); the Q50 model then retrains "
+        "and every pool's signals, backtests and trading history follow (the assets' automation conditions; new "
         "backtest run ids, earlier runs' rows kept as history).",
     )
     def nightly_q50(context: ScheduleEvaluationContext):

@@ -147,3 +147,82 @@ watchlist = Table(
 # Insert order that satisfies the foreign keys.
 COLLECTOR_TABLES = (dexes, tokens, pools, ohlcv_data, trades, collection_metadata, watchlist)
 COLLECTOR_TABLE_NAMES = tuple(t.name for t in COLLECTOR_TABLES)
+
+
+# Liquidity history the collector keeps where it has it: its base ``new_pools_history`` (one row
+# per pool and collection) and, after its enhanced-history migration, ``new_pools_history_enhanced``.
+# Many collector databases have neither, so they live in their own MetaData: nothing here ever
+# creates them, and readers look them up first (``CollectorDatabase.reserve_observations``).
+# Only the columns this project reads are declared; the collector's tables have more.
+collector_history_metadata = MetaData()
+
+new_pools_history = Table(
+    "new_pools_history",
+    collector_history_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("pool_id", String(255), nullable=False),
+    Column("reserve_in_usd", Numeric(20, 4, asdecimal=False)),
+    # When the collector observed the row (naive, UTC): the earliest time its reserve is known.
+    Column("collected_at", TimestampTZ),
+)
+
+new_pools_history_enhanced = Table(
+    "new_pools_history_enhanced",
+    collector_history_metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("pool_id", String(200), nullable=False),
+    Column("timestamp", BigInteger, nullable=False),  # epoch seconds of the interval
+    Column("collection_interval", String(10)),
+    Column("reserve_in_usd", Numeric(20, 4, asdecimal=False)),
+    Column("collected_at", TimestampTZ, nullable=False),
+)
+
+COLLECTOR_HISTORY_TABLES = (new_pools_history, new_pools_history_enhanced)
+
+# --- Tables of the collector's enhanced-history migration ----------------------------------------
+# (its ``migrate_to_enhanced_history.py``, model ``enhanced_new_pools_history_model.py``). Only a
+# collector that ran it has them, so they live in their own MetaData: the sample loader never
+# creates them, and the project reads ``pool_feature_vectors`` only after checking it exists.
+collector_enhanced_metadata = MetaData()
+
+# Which of its columns are features and which are forward-looking targets is decided in
+# q50_assets.research.features (COLLECTOR_VECTOR_FEATURES, COLLECTOR_VECTOR_TARGETS).
+collector_feature_vectors = Table(
+    "pool_feature_vectors",
+    collector_enhanced_metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("pool_id", String(200), nullable=False, index=True),
+    # Epoch seconds of the bar OPEN the vector describes.
+    Column("timestamp", BigInteger, nullable=False, index=True),
+    Column("feature_set_version", String(20), nullable=False),
+    Column("rsi_14", Numeric(5, 4, asdecimal=False)),
+    Column("macd_signal", Numeric(10, 6, asdecimal=False)),
+    Column("bollinger_position", Numeric(5, 4, asdecimal=False)),
+    Column("volume_sma_ratio", Numeric(10, 6, asdecimal=False)),
+    Column("liquidity_stability", Numeric(5, 4, asdecimal=False)),
+    Column("liquidity_growth_rate", Numeric(10, 6, asdecimal=False)),
+    Column("depth_imbalance", Numeric(5, 4, asdecimal=False)),
+    Column("trader_diversity_score", Numeric(5, 4, asdecimal=False)),
+    Column("whale_activity_indicator", Numeric(5, 4, asdecimal=False)),
+    Column("retail_activity_score", Numeric(5, 4, asdecimal=False)),
+    Column("bid_ask_spread_normalized", Numeric(5, 4, asdecimal=False)),
+    Column("market_impact_score", Numeric(5, 4, asdecimal=False)),
+    Column("arbitrage_opportunity", Numeric(5, 4, asdecimal=False)),
+    Column("hour_of_day", Integer),
+    Column("day_of_week", Integer),
+    Column("is_weekend", Boolean),
+    Column("price_return_1h", Numeric(10, 6, asdecimal=False)),
+    Column("price_return_4h", Numeric(10, 6, asdecimal=False)),
+    Column("price_return_24h", Numeric(10, 6, asdecimal=False)),
+    Column("volume_change_1h", Numeric(10, 6, asdecimal=False)),
+    Column("drawdown_risk", Numeric(5, 4, asdecimal=False)),
+    Column("volatility_regime", String(20)),
+    Column("feature_vector_json", JsonB),
+    # When the collector wrote the vector: the earliest time anything in it was known.
+    Column("created_at", TimestampTZ),
+    UniqueConstraint("pool_id", "timestamp", "feature_set_version", name="uq_feature_vectors_pool_timestamp_version"),
+)
+
+COLLECTOR_ENHANCED_TABLE_NAMES = ("new_pools_history_enhanced", "pool_feature_vectors", "qlib_data_exports")
+# Columns that identify the collector's pool_feature_vectors (whatever else a later collector adds).
+COLLECTOR_VECTOR_KEY_COLUMNS = ("id", "pool_id", "timestamp", "feature_set_version", "created_at")

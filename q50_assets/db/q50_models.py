@@ -2,6 +2,9 @@
 ``q50_assets/db/migrations`` (their version table is ``q50_alembic_version``, so a collector
 that uses Alembic itself keeps its own ``alembic_version``).
 
+Every table carries the ``q50_`` prefix, so none can collide with a collector table (a collector
+that ran its enhanced-history migration has its own ``pool_feature_vectors``).
+
 Foreign keys point at the collector's ``pools.id``: on PostgreSQL the project role needs
 ``REFERENCES`` (not write) on ``pools`` for the migration to create them.
 """
@@ -29,8 +32,10 @@ q50_metadata = MetaData()
 
 _Id = BigInteger().with_variant(Integer, "sqlite")
 
-pool_feature_vectors = Table(
-    "pool_feature_vectors",
+# The project's feature vectors. Not `pool_feature_vectors`: a collector that ran its
+# enhanced-history migration owns a table of that name (read by the trading-history stage).
+q50_feature_vectors = Table(
+    "q50_feature_vectors",
     q50_metadata,
     Column("id", _Id, primary_key=True, autoincrement=True),
     Column("pool_id", String(200), ForeignKey("pools.id"), nullable=False),
@@ -44,7 +49,7 @@ pool_feature_vectors = Table(
     Column("feature_values", JsonB, nullable=False),
     Column("created_at", TimestampTZ, nullable=False, server_default=func.now()),
     UniqueConstraint(
-        "pool_id", "timeframe", "timestamp", "feature_set_version", name="uq_pool_feature_vectors_key"
+        "pool_id", "timeframe", "timestamp", "feature_set_version", name="uq_q50_feature_vectors_key"
     ),
 )
 
@@ -59,7 +64,11 @@ q50_trading_history = Table(
     Column("position_size", Float),
     Column("nautilus_order_id", String(100)),
     Column("execution_status", String(30), nullable=False),
-    Column("feature_vector_id", _Id, ForeignKey("pool_feature_vectors.id")),
+    # The integration plan's pointer: the collector's pool_feature_vectors.id when
+    # risk_management.use_existing_feature_vectors finds the collector's vector for the decision's
+    # bar, else q50_feature_vectors.id. feature_vector_table names which, so a reader can join.
+    # No foreign key: one can only point at one table (migration 0005 dropped it).
+    Column("feature_vector_id", _Id),
     Column("backtest_run_id", String(64), nullable=False),
     Column("side", String(10)),
     Column("quantity", Float),
@@ -69,6 +78,17 @@ q50_trading_history = Table(
     # Added by migration 0004: price impact paid on the fill (USD) and the fill's time.
     Column("impact", Float),
     Column("filled_at", TimestampTZ),
+    # Added by migration 0005: which table feature_vector_id points at, and the project's own
+    # vector behind the decision, kept under a real foreign key whatever feature_vector_id names.
+    Column("feature_vector_table", String(40)),
+    Column("q50_feature_vector_id", _Id, ForeignKey("q50_feature_vectors.id",
+                                                     name="fk_q50_trading_history_q50_feature_vector")),
+    # Added by migration 0006: when the order was decided (filled fill_latency_bars later), what the
+    # cost model expected the fill to cost, and the liquidity it assumed.
+    Column("decided_at", TimestampTZ),
+    Column("expected_cost_usd", Float),
+    Column("reserve_usd", Float),
+    Column("reserve_source", String(30)),
     Index("idx_q50_trading_history_pool_time", "pool_id", "timestamp"),
     Index("idx_q50_trading_history_run", "backtest_run_id"),
 )
@@ -98,8 +118,14 @@ q50_signals = Table(
     Column("side", String(10), nullable=False),
     Column("signal_tier", String(2), nullable=False),
     Column("reason", String(60)),
-    Column("feature_vector_id", _Id, ForeignKey("pool_feature_vectors.id")),
+    Column("feature_vector_id", _Id, ForeignKey("q50_feature_vectors.id")),
     Column("created_at", TimestampTZ, nullable=False, server_default=func.now()),
+    # Added by migration 0006: the cost model's view of the intended entry (research/signals.py).
+    Column("intended_notional_usd", Float),
+    Column("expected_cost_usd", Float),
+    Column("expected_cost_fraction", Float),
+    Column("reserve_usd", Float),
+    Column("reserve_source", String(30)),
     UniqueConstraint("pool_id", "timeframe", "timestamp", name="uq_q50_signals_pool_bar"),
     Index("idx_q50_signals_pool_known_at", "pool_id", "timeframe", "known_at"),
 )
@@ -130,7 +156,7 @@ q50_backtest_results = Table(
     Column("backtest_run_id", String(64), nullable=False),
     Column("pool_id", String(200), ForeignKey("pools.id"), nullable=False),
     Column("timeframe", String(10), nullable=False),
-    # q50 (the strategy), buy_and_hold, shuffled (same targets permuted in time)
+    # q50 (latency fills), q50_close, q50_reserve_x<k>, buy_and_hold, buy_and_hold_matched, cash
     Column("variant", String(20), nullable=False),
     Column("oos_start", TimestampTZ),  # first bar close of the out-of-sample span
     Column("oos_end", TimestampTZ),
@@ -147,6 +173,17 @@ q50_backtest_results = Table(
     Column("exposure", Float),
     Column("final_equity", Float),
     Column("created_at", TimestampTZ, nullable=False, server_default=func.now()),
+    # Added by migration 0006 (research/backtest_stage.py METRIC definitions).
+    Column("mean_position", Float),
+    Column("turnover", Float),
+    Column("mean_holding_bars", Float),
+    Column("hit_rate", Float),
+    Column("orders_expired", Integer),
+    Column("reserve_fallback_share", Float),
+    Column("bars_per_year", Float),
+    Column("permutation_statistic", Float),
+    Column("permutation_p_value", Float),
+    Column("permutation_null", JsonB),  # the null draws (q50 rows only), for the pooled p-value
     UniqueConstraint("backtest_run_id", "pool_id", "variant", name="uq_q50_backtest_results_run_pool_variant"),
     Index("idx_q50_backtest_results_pool_created", "pool_id", "created_at"),
 )

@@ -3,6 +3,11 @@
 This is the ONLY code in the project that writes the collector's tables. It is idempotent:
 rows are matched on the collector's keys and only missing ones are inserted, in one
 transaction, so running it twice changes nothing.
+
+Into a database whose collector tables already exist it writes only the columns those tables
+have: collectors differ (the collector's generic models, for instance, key ``collection_metadata``
+by ``collector_type`` and have no ``metadata_json`` on ``ohlcv_data``), and a collector writes its
+own columns, nothing else.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, Engine, Table, func, select
+from sqlalchemy import Connection, Engine, Table, column, func, inspect, select, table
 
 from q50_assets.db.collector_models import (
     COLLECTOR_TABLES,
@@ -25,6 +30,7 @@ from q50_assets.db.collector_models import (
     pools,
     watchlist,
 )
+from q50_assets.db.types import TimestampTZ
 
 SAMPLE_DIR = Path(__file__).resolve().parent.parent / "sample_data"
 EXPORT_DIR = SAMPLE_DIR / "collector_db_export"
@@ -152,12 +158,17 @@ def _existing_keys(conn: Connection, table: Table, key_columns: list[str], keys:
     return {tuple(r) for r in rows if tuple(r) in wanted}
 
 
+def _columns_in_database(conn: Connection, table: Table) -> set[str]:
+    return {c["name"] for c in inspect(conn).get_columns(table.name)}
+
+
 def _insert_missing(
     conn: Connection, table: Table, records: list[dict[str, Any]], key_columns: list[str], report: LoadReport
 ) -> None:
     keys = [tuple(r[c] for c in key_columns) for r in records]
     present = _existing_keys(conn, table, key_columns, keys)
-    missing = [r for r, k in zip(records, keys) if k not in present]
+    columns = _columns_in_database(conn, table)
+    missing = [{k: v for k, v in r.items() if k in columns} for r, k in zip(records, keys) if k not in present]
     for start in range(0, len(missing), _CHUNK):
         conn.execute(table.insert(), missing[start : start + _CHUNK])
     report.tables[table.name] = TableLoad(
@@ -170,6 +181,8 @@ def _advance_postgres_sequences(conn: Connection) -> None:
     if conn.dialect.name != "postgresql":
         return
     for table in (ohlcv_data, collection_metadata, watchlist):
+        if "id" not in _columns_in_database(conn, table):
+            continue  # e.g. collection_metadata keyed by collector_type
         max_id = conn.execute(select(func.max(table.c.id))).scalar()
         if max_id is not None:
             conn.execute(select(func.setval(func.pg_get_serial_sequence(table.name, "id"), max_id)))
@@ -246,8 +259,13 @@ def record_collector_run(conn: Connection, collector_type: str = "ohlcv_collecto
     """What the collector does after each collection run: run_count + 1, timestamps now."""
     now = datetime.now(timezone.utc)
     t = collection_metadata
-    conn.execute(t.update().where(t.c.collector_type == collector_type).values(
-        run_count=func.coalesce(t.c.run_count, 0) + 1, last_run=now, last_success=now, updated_at=now))
+    # updated_at in the collector's PostgreSQL models; last_updated (stamped on update) in its generic ones.
+    stamps = {"last_run": now, "last_success": now, "updated_at": now, "last_updated": now}
+    present = [k for k in stamps if k in _columns_in_database(conn, t)]
+    # A table clause of the columns this database has (the mirror above lacks last_updated).
+    target = table(t.name, column("collector_type"), column("run_count"), *(column(k, TimestampTZ) for k in present))
+    conn.execute(target.update().where(target.c.collector_type == collector_type).values(
+        run_count=func.coalesce(target.c.run_count, 0) + 1, **{k: stamps[k] for k in present}))
 
 
 def replay_held_back_bars(engine: Engine, bars: int = 1, timeframe: str | None = None) -> dict[str, int]:
@@ -266,8 +284,9 @@ def replay_held_back_bars(engine: Engine, bars: int = 1, timeframe: str | None =
                 by_series.setdefault((r["pool_id"], r["timeframe"]), []).append(r)
         chosen = [r for series in by_series.values() for r in series[:bars]]
         # The collector's own ids come from its sequence (SQLite: rowid), not from the sample.
+        columns = _columns_in_database(conn, ohlcv_data) - {"id"}
         for start in range(0, len(chosen), _CHUNK):
-            conn.execute(ohlcv_data.insert(), [{k: v for k, v in r.items() if k != "id"}
+            conn.execute(ohlcv_data.insert(), [{k: v for k, v in r.items() if k in columns}
                                                for r in chosen[start:start + _CHUNK]])
         record_collector_run(conn)
     inserted: dict[str, int] = {}

@@ -1,19 +1,15 @@
 """Bare NautilusTrader baseline for the backtest stage's wall time.
 
-The benchmark reports the ratio of the backtest stage (:func:`run_pool_backtest`: Q50 sizing,
-equity recording, AMM impact fill model, outcome assembly) to a bare Nautilus engine
-replaying the SAME bars and the SAME market orders. This module is that bare engine:
+The benchmark reports the ratio of the Q50 strategy's backtest (:func:`run_q50_backtest`:
+decisions bar by bar from the signal loader and regime detector, latency execution, the AMM
+fill model, outcome assembly) to a bare Nautilus engine replaying the SAME bars and the SAME
+market orders. This module is that bare engine:
 
-* the same instrument, venue, account, fee model and bars as :func:`run_pool_backtest`
-  (built with :mod:`q50_assets.research.backtest`'s helpers: ``_prepare_bars``,
-  :func:`safe_symbol`, the lot / precision helpers, ``_bar_spec``; the inline instrument
-  construction of ``run_pool_backtest`` is mirrored by :func:`build_pool_instrument`, which a
-  test pins to the backtest's symbol, lot size and precisions);
-* the same engine config (ERROR logging, ``run_analysis=False``, analyzer per-trade recording
-  off -- so the ratio measures our code, not a Nautilus feature we switched off), the same
-  four reports, ``dispose`` at the end;
-* :class:`ReplayStrategy`: a dict lookup per bar and ``submit_order`` -- no sizing, no
-  account reads, no equity rows;
+* the same instrument, venue, account, fee model and bars, from the same builder
+  (:func:`q50_assets.research.backtest.build_pool_instrument` and ``build_engine``: one set-up
+  for both);
+* :class:`ReplayStrategy`: a dict lookup per bar and ``submit_order`` -- no decisions, no
+  sizing, no account reads, no records;
 * Nautilus' default :class:`FillModel` (fills at the bar close, L1 book from the bar).
 
 Orders come from a :class:`BacktestOutcome` (:func:`orders_from_outcome`): one row per
@@ -34,24 +30,17 @@ import time
 import warnings
 from decimal import Decimal
 
-import numpy as np
 import pandas as pd
-from nautilus_trader.backtest.engine import BacktestEngine, BacktestEngineConfig
-from nautilus_trader.backtest.models import FillModel, MakerTakerFeeModel
-from nautilus_trader.config import LoggingConfig, StrategyConfig
-from nautilus_trader.model.currencies import USD
+from nautilus_trader.backtest.models import FillModel
+from nautilus_trader.config import StrategyConfig
 from nautilus_trader.model.data import Bar, BarType
-from nautilus_trader.model.enums import AccountType, CurrencyType, OmsType, OrderSide
-from nautilus_trader.model.identifiers import InstrumentId, Symbol
-from nautilus_trader.model.instruments import CurrencyPair
-from nautilus_trader.model.objects import QUANTITY_MAX, Currency, Money, Price, Quantity
+from nautilus_trader.model.enums import OrderSide
+from nautilus_trader.model.identifiers import InstrumentId
+from nautilus_trader.model.objects import Quantity
 from nautilus_trader.trading.strategy import Strategy
 
-from q50_assets.research import backtest as _bt
-from q50_assets.research.backtest import (VENUE, BacktestEndedEarly, BacktestOutcome, BacktestSpec, _bar_spec,
-                                          _ignore_trade, _prepare_bars, _utc_index, lot_exponent_for,
-                                          price_precision_for, run_pool_backtest, safe_symbol,
-                                          size_precision_for)
+from q50_assets.research.backtest import (VENUE, BacktestEndedEarly, BacktestOutcome, BacktestSpec, _prepare_bars,
+                                          _utc_index, build_engine, build_pool_instrument, run_q50_backtest)
 
 # The bare account gets this multiple of the strategy's starting capital. Its default fill
 # model fills at the bar close (plus one tick on the slipped remainder), not at the AMM
@@ -97,45 +86,6 @@ class ReplayStrategy(Strategy):
 
     def on_order_filled(self, event) -> None:
         self.fills_seen += 1
-
-
-def build_pool_instrument(pool_id: str, frame: pd.DataFrame, spec: BacktestSpec):
-    """Instrument, bar type and Nautilus bars of one pool, exactly as :func:`run_pool_backtest`
-    builds them (``frame`` from ``_prepare_bars``). Returns a dict with instrument,
-    instrument_id, bar_type, bars, ts_close (uint64 array), lot_tokens, price_precision,
-    size_precision, symbol."""
-    bar_ns = pd.Timedelta(spec.bar_length).value
-    symbol = safe_symbol(pool_id)
-    lot_tokens = 10 ** lot_exponent_for(float(frame["low"].min()))
-    scaled = frame[["open", "high", "low", "close"]] * float(lot_tokens)
-    price_prec = price_precision_for(float(scaled["low"].min()), spec.significant_digits)
-    size_prec = size_precision_for(float(scaled["high"].max()))
-
-    base = Currency(symbol, size_prec, 0, symbol, CurrencyType.CRYPTO)
-    instrument_id = InstrumentId(Symbol(symbol), VENUE)
-    fee = Decimal(repr(spec.taker_fee))
-    instrument = CurrencyPair(
-        instrument_id=instrument_id, raw_symbol=Symbol(symbol), base_currency=base, quote_currency=USD,
-        price_precision=price_prec, size_precision=size_prec,
-        price_increment=Price(10.0 ** -price_prec, price_prec), size_increment=Quantity(10.0 ** -size_prec, size_prec),
-        ts_event=0, ts_init=0, maker_fee=fee, taker_fee=fee,
-    )
-    bar_type = BarType.from_str(f"{instrument_id}-{_bar_spec(spec.bar_length)}-LAST-EXTERNAL")
-    ts_close = (frame.index.asi8 + bar_ns).astype(np.uint64)
-    volume_lots = np.minimum(frame["volume"].to_numpy() / scaled["close"].to_numpy(), QUANTITY_MAX / 10.0)
-    bars = Bar.from_raw_arrays_to_list(
-        bar_type, price_prec, size_prec,
-        np.array(scaled["open"], dtype=np.float64, copy=True),
-        np.array(scaled["high"], dtype=np.float64, copy=True),
-        np.array(scaled["low"], dtype=np.float64, copy=True),
-        np.array(scaled["close"], dtype=np.float64, copy=True),
-        np.array(volume_lots, dtype=np.float64, copy=True),
-        np.array(ts_close, dtype=np.uint64, copy=True),
-        np.array(ts_close, dtype=np.uint64, copy=True),
-    )
-    return {"instrument": instrument, "instrument_id": instrument_id, "bar_type": bar_type, "bars": bars,
-            "ts_close": ts_close, "lot_tokens": lot_tokens, "price_precision": price_prec,
-            "size_precision": size_prec, "symbol": symbol}
 
 
 def _empty_orders() -> pd.DataFrame:
@@ -203,11 +153,11 @@ def replay_bare(pool_id: str, bars: pd.DataFrame, orders: pd.DataFrame, spec: Ba
     started = time.perf_counter()
     frame = _prepare_bars(bars)
     built = build_pool_instrument(pool_id, frame, spec)
-    order_map = _orders_config(orders, built["size_precision"])
-    unknown = set(order_map) - set(int(t) for t in built["ts_close"])
+    order_map = _orders_config(orders, built.size_precision)
+    unknown = set(order_map) - set(int(t) for t in built.ts_close)
     if unknown:
         raise ValueError(f"{len(unknown)} order timestamps are not bar closes, e.g. {min(unknown)}")
-    strategy = ReplayStrategy(ReplayStrategyConfig(instrument_id=built["instrument_id"], bar_type=built["bar_type"],
+    strategy = ReplayStrategy(ReplayStrategyConfig(instrument_id=built.instrument_id, bar_type=built.bar_type,
                                                    orders=order_map))
     # FillModel.__init__ reseeds Python's global `random`; keep the caller's state.
     state = random.getstate()
@@ -217,18 +167,8 @@ def replay_bare(pool_id: str, bars: pd.DataFrame, orders: pd.DataFrame, spec: Ba
         random.setstate(state)
 
     engine_started = time.perf_counter()
-    engine = BacktestEngine(BacktestEngineConfig(logging=LoggingConfig(log_level="ERROR"), run_analysis=False))
+    engine = build_engine(built, spec.starting_capital_usd * BARE_CAPITAL_MULTIPLIER, fill_model)
     try:
-        if _bt._LOG_GUARD is None:
-            _bt._LOG_GUARD = engine.get_log_guard()
-        engine.portfolio.analyzer.record_trade = _ignore_trade  # as run_pool_backtest
-        engine.add_venue(
-            venue=VENUE, oms_type=OmsType.NETTING, account_type=AccountType.CASH,
-            starting_balances=[Money(spec.starting_capital_usd * BARE_CAPITAL_MULTIPLIER, USD)], base_currency=None,
-            fill_model=fill_model, fee_model=MakerTakerFeeModel(), use_message_queue=False, bar_execution=True,
-        )
-        engine.add_instrument(built["instrument"])
-        engine.add_data(built["bars"])
         engine.add_strategy(strategy)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"Timestamp\.utcnow is deprecated")
@@ -244,7 +184,7 @@ def replay_bare(pool_id: str, bars: pd.DataFrame, orders: pd.DataFrame, spec: Ba
 
     n = len(frame)
     if strategy.bars_seen != n or int(result.iterations) < n:
-        last = pd.Timestamp(int(built["ts_close"][-1]), tz="UTC")
+        last = pd.Timestamp(int(built.ts_close[-1]), tz="UTC")
         seen = pd.Timestamp(int(result.backtest_end), tz="UTC") if result.backtest_end else None
         raise BacktestEndedEarly(
             f"bare replay of pool {pool_id} ended early: strategy saw {strategy.bars_seen} of {n} bars, "
@@ -267,32 +207,42 @@ def same_orders(a: pd.DataFrame, b: pd.DataFrame) -> bool:
             and [Decimal(str(x)) for x in a["qty"]] == [Decimal(str(x)) for x in b["qty"]])
 
 
-def time_stage_vs_bare(pool_data, warmup: bool = True) -> dict:
-    """Time :func:`run_pool_backtest` against :func:`replay_bare` pool by pool.
+def time_stage_vs_bare(pool_data, warmup: bool = True, repeats: int = 3) -> dict:
+    """Time the Q50 strategy's backtest (:func:`run_q50_backtest`) against :func:`replay_bare`
+    pool by pool.
 
-    ``pool_data``: iterable of (pool_id, bars, targets, spec). Sequential, same process,
-    interleaved (each pool's backtest, then its bare replay, then the next pool). With
+    ``pool_data``: iterable of (pool_id, bars, inputs (:class:`~q50_assets.research.backtest.Q50Inputs`),
+    spec). Sequential, same process, interleaved (each pool's backtest, then its bare replay,
+    then the next pool), ``repeats`` times; each side's time per pool is its fastest repeat (as
+    ``timeit`` does: on a shared machine the minimum is the run least disturbed by others). With
     ``warmup`` the first pool is run both ways once, untimed, first (one-off process costs).
     Returns totals: backtest_seconds, bare_seconds, ratio (= backtest / bare), pools,
     fills_backtest, fills_bare, plus orders, orders_mismatch_pools (pools whose bare orders
-    differ from the backtest's: should be 0), bars, bare_engine_seconds and
-    ratio_engine_only (backtest / bare engine build..dispose only).
+    differ from the backtest's: should be 0), bars, bare_engine_seconds, ratio_engine_only
+    (backtest / bare engine build..dispose only) and repeats.
     """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     pool_data = list(pool_data)
     if warmup and pool_data:
-        pool_id, bars, targets, spec = pool_data[0]
-        replay_bare(pool_id, bars, orders_from_outcome(run_pool_backtest(pool_id, bars, targets, spec)), spec)
+        pool_id, bars, inputs, spec = pool_data[0]
+        replay_bare(pool_id, bars, orders_from_outcome(run_q50_backtest(pool_id, bars, inputs, spec)), spec)
     totals = {"backtest_seconds": 0.0, "bare_seconds": 0.0, "bare_engine_seconds": 0.0, "pools": 0,
-              "bars": 0, "orders": 0, "fills_backtest": 0, "fills_bare": 0, "orders_mismatch_pools": 0}
-    for pool_id, bars, targets, spec in pool_data:
-        t0 = time.perf_counter()
-        outcome = run_pool_backtest(pool_id, bars, targets, spec)
-        stage_s = time.perf_counter() - t0
-        orders = orders_from_outcome(outcome)  # untimed: the bare side's input
-        bare = replay_bare(pool_id, bars, orders, spec)
+              "bars": 0, "orders": 0, "fills_backtest": 0, "fills_bare": 0, "orders_mismatch_pools": 0,
+              "repeats": repeats}
+    for pool_id, bars, inputs, spec in pool_data:
+        stage_s = bare_s = engine_s = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            outcome = run_q50_backtest(pool_id, bars, inputs, spec)
+            stage_s = min(stage_s, time.perf_counter() - t0)
+            orders = orders_from_outcome(outcome)  # untimed: the bare side's input
+            bare = replay_bare(pool_id, bars, orders, spec)
+            bare_s = min(bare_s, bare["seconds"])
+            engine_s = min(engine_s, bare["engine_seconds"])
         totals["backtest_seconds"] += stage_s
-        totals["bare_seconds"] += bare["seconds"]
-        totals["bare_engine_seconds"] += bare["engine_seconds"]
+        totals["bare_seconds"] += bare_s
+        totals["bare_engine_seconds"] += engine_s
         totals["pools"] += 1
         totals["bars"] += bare["bars"]
         totals["orders"] += len(orders)
@@ -314,7 +264,6 @@ __all__ = [
     "BARE_CAPITAL_MULTIPLIER",
     "ReplayStrategy",
     "ReplayStrategyConfig",
-    "build_pool_instrument",
     "orders_from_fills_report",
     "orders_from_outcome",
     "replay_bare",

@@ -37,7 +37,20 @@ import math
 import numpy as np
 import pandas as pd
 
+from q50_assets.research.execution import DUST_USD
+
 HOURLY_BARS_PER_YEAR = 24 * 365
+SECONDS_PER_YEAR = 365 * 86_400
+# A fraction of equity below this (a cent of 10 000 USD) is dust, not a position.
+HELD_FRACTION = 1e-6
+
+
+def bars_per_year(bar_seconds: int) -> float:
+    """Bars in a (365-day) year of a timeframe: crypto trades around the clock. 1h: 8,760;
+    4h: 2,190; 15m: 35,040 (use research.bars.TIMEFRAME_SECONDS for the seconds)."""
+    if not bar_seconds > 0:
+        raise ValueError(f"bar_seconds must be > 0, got {bar_seconds!r}")
+    return SECONDS_PER_YEAR / bar_seconds
 
 METRIC_NAMES = ("total_return", "sharpe", "sortino", "max_drawdown", "win_rate", "trades", "round_trips",
                 "fees_paid", "impact_paid", "exposure", "bars")
@@ -176,14 +189,63 @@ def compute_metrics(equity: pd.Series, trades: pd.DataFrame | None = None, posit
 def outcome_metrics(outcome, start=None, bars_per_year: float = HOURLY_BARS_PER_YEAR) -> dict[str, float]:
     """:func:`compute_metrics` of a ``BacktestOutcome``. When no bar precedes ``start`` (or
     without ``start``) the base is the starting capital, so the first trade's costs count."""
+    eq = outcome.equity
+    held = eq["qty"].where(eq["qty"] * eq["close"] >= DUST_USD, 0.0)  # dust is flat (research/execution.py)
     return compute_metrics(
-        outcome.equity["equity"], outcome.trades, outcome.positions, outcome.equity["qty"], start=start,
+        eq["equity"], outcome.trades, outcome.positions, held, start=start,
         initial_equity=outcome.spec.starting_capital_usd, bars_per_year=bars_per_year,
     )
 
 
+def grid_equity(equity: pd.Series, grid: pd.DatetimeIndex) -> pd.Series:
+    """Equity marked at each close of the full time grid: a missing bar (no swaps, no price)
+    keeps the last mark, so its return is 0. ``equity``: after each real bar, by bar close."""
+    eq = pd.Series(equity, dtype="float64").copy()
+    eq.index = _utc_index(eq.index)
+    return eq.reindex(eq.index.union(grid)).ffill().reindex(grid)
+
+
+def grid_returns(equity: pd.Series, grid: pd.DatetimeIndex, base: float) -> pd.Series:
+    """Per-bar simple returns of equity on ``grid`` (bar closes); the first is measured from
+    ``base``, the equity before the grid's first bar."""
+    eq = grid_equity(equity, grid)
+    previous = eq.shift(1)
+    previous.iloc[0] = base
+    return (eq / previous - 1.0).rename(None)
+
+
+def returns_metrics(returns: pd.Series, positions: pd.Series, periods_per_year: float) -> dict[str, float]:
+    """Metrics of per-bar returns on the full time grid (missing bars count, flat).
+
+    total_return = prod(1 + r) - 1; sharpe = mean / std (ddof 1) * sqrt(periods_per_year) and
+    sortino = mean / sqrt(mean(min(r, 0)^2)) * sqrt(periods_per_year) (NaN when undefined, e.g.
+    never invested); max_drawdown of the compounded path; exposure = share of bars entered
+    holding a position (the fraction after the previous bar > 0); mean_position = mean fraction
+    of equity held into each bar; hit_rate = share of the bars held into with a return > 0.
+    """
+    r = np.asarray(returns, dtype="float64")
+    held_into = np.r_[0.0, np.asarray(positions, dtype="float64")[:-1]]
+    path = np.cumprod(np.r_[1.0, 1.0 + r])
+    held = held_into > HELD_FRACTION
+    return {
+        "total_return": float(path[-1] - 1.0) if len(r) else float("nan"),
+        "sharpe": sharpe_ratio(r, periods_per_year),
+        "sortino": sortino_ratio(r, periods_per_year),
+        "max_drawdown": max_drawdown(path),
+        "exposure": float(held.mean()) if len(r) else float("nan"),
+        "mean_position": float(held_into.mean()) if len(r) else float("nan"),
+        "hit_rate": float((r[held] > 0).mean()) if held.any() else float("nan"),
+        "bars": int(len(r)),
+        "bars_per_year": float(periods_per_year),
+    }
+
+
 __all__ = [
     "HOURLY_BARS_PER_YEAR",
+    "bars_per_year",
+    "grid_equity",
+    "grid_returns",
+    "returns_metrics",
     "METRIC_NAMES",
     "compute_metrics",
     "max_drawdown",

@@ -7,8 +7,11 @@ Timing conventions (all timestamps tz-aware UTC, ``bar`` = ``bar_seconds``):
 
 * A feature row for pool p at bar-open time t is known at the bar's close, ``t + bar``; that is
   the row's *prediction time* (``predicted_at``).
-* Its label is the forward return over ``h = horizon_bars`` bars from that close,
-  ``close(t + h*bar) / close(t) - 1``, fully known at ``t + (h+1)*bar`` (``label_known_at``).
+* Its label is the forward return over ``h = horizon_bars`` bars that a strategy filling
+  ``L = label_offset_bars`` bars after the decision can capture: ``close(t + (L+h)*bar) /
+  close(t + L*bar) - 1`` (L = 0: from the bar's own close), fully known at ``t + (L+h+1)*bar``
+  (``label_known_at``). L is the backtest's fill latency: a signal acted on at a bar's close is
+  filled L bars later, so that is the return it should predict.
 
 Walk-forward scheme:
 
@@ -21,6 +24,12 @@ Walk-forward scheme:
 * Rows predicted before ``T_0``, or falling in a fold skipped for lack of training rows, get no
   prediction; they are counted in ``rows_without_prediction``, never silently dropped.
 
+Recalibration (:mod:`q50_assets.research.calibration`): :func:`calibrate_walk_forward` shifts
+each fold's q10/q90 by offsets fitted on the out-of-sample labels known at the fold's boundary
+(earlier folds' predictions), keeping the raw values as ``q10_raw``/``q90_raw``; folds without
+enough such labels (the first) are left out and counted. :func:`calibrate_live_model` gives the
+live model its own offsets, fitted on the labels known at its ``trained_until``.
+
 Everything is deterministic: rows are processed in index order, LightGBM runs single-threaded
 with ``deterministic=True`` and a fixed seed, so the same input gives bit-identical output.
 """
@@ -29,11 +38,13 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+
+from q50_assets.research.calibration import CalibrationConfig, QuantileOffsets, calibrate_folds, calibration_evidence, fit_offsets
 
 QUANTILES: tuple[float, ...] = (0.1, 0.5, 0.9)
 QUANTILE_COLUMNS = ("q10", "q50", "q90")
@@ -46,11 +57,14 @@ FOLD_COLUMNS = (
     "coverage_q10", "coverage_q50", "coverage_q90",
     "skipped", "skip_reason",
 )
+# After calibrate_walk_forward: q10/q90 recalibrated, the model's own values kept beside them.
+CALIBRATED_PREDICTION_COLUMNS = (*PREDICTION_COLUMNS, "q10_raw", "q90_raw", "label_known_at")
 
 
 @dataclass(frozen=True)
 class WalkForwardConfig:
     horizon_bars: int = 1
+    label_offset_bars: int = 0        # L of make_labels: the label starts L bars after the bar's close
     bar_seconds: int = 3600
     initial_train_bars: int = 240     # calendar bars from the first prediction time to T_0
     retrain_every_bars: int = 24      # fold cadence: a new model every N bars of calendar time
@@ -76,6 +90,10 @@ class WalkForwardResult:
     # fold -> index of the rows that fold trained on (only with record_training_index=True);
     # lets callers audit the embargo instead of trusting it.
     training_index: dict[int, pd.MultiIndex] | None = None
+    # Set by calibrate_walk_forward: one row per fold (research.calibration.CALIBRATION_TABLE_COLUMNS),
+    # and the predictions of folds that had no evidence to calibrate them (left out, counted).
+    calibration: pd.DataFrame | None = None
+    rows_uncalibrated: int = 0
 
 
 def _check_panel_index(index: pd.Index, what: str) -> None:
@@ -90,16 +108,18 @@ def _check_panel_index(index: pd.Index, what: str) -> None:
         raise ValueError(f"{what} has {len(dups)} duplicated (pool_id, open_time) rows, e.g. {list(dups[:5])}")
 
 
-def make_labels(close: pd.Series, horizon_bars: int, bar_seconds: int) -> pd.DataFrame:
-    """Forward returns over ``horizon_bars`` bars, measured from each bar's close.
+def make_labels(close: pd.Series, horizon_bars: int, bar_seconds: int, offset_bars: int = 0) -> pd.DataFrame:
+    """Forward returns over ``horizon_bars`` bars, starting ``offset_bars`` bars after each bar's close.
 
     ``close``: float Series indexed by (pool_id, open_time[UTC, tz-aware]) on a full hourly grid
-    per pool (missing bars are NaN rows). Returns a DataFrame on the same index with ``label``
-    (NaN when either close is missing or the horizon runs past the pool's end) and
-    ``label_known_at`` (``open_time + (h+1)*bar``).
+    per pool (missing bars are NaN rows). Returns a DataFrame on the same index with ``label`` =
+    close(t + (L+h)*bar) / close(t + L*bar) - 1 (NaN when either close is missing or the horizon
+    runs past the pool's end) and ``label_known_at`` (``open_time + (L+h+1)*bar``).
     """
     if horizon_bars < 1:
         raise ValueError(f"horizon_bars must be >= 1, got {horizon_bars}")
+    if offset_bars < 0:
+        raise ValueError(f"offset_bars must be >= 0, got {offset_bars}")
     _check_panel_index(close.index, "close")
     bar = pd.Timedelta(seconds=bar_seconds)
     pools = close.index.get_level_values(0)
@@ -107,16 +127,21 @@ def make_labels(close: pd.Series, horizon_bars: int, bar_seconds: int) -> pd.Dat
     # Look the future close up by (same pool, open_time + h*bar) rather than shifting by
     # position: equivalent to a per-pool shift on a full grid, never crosses pools, and stays
     # correct (NaN) if a bar is absent from the grid instead of silently shifting further.
-    future_index = pd.MultiIndex.from_arrays([pools, opens + horizon_bars * bar], names=close.index.names)
+    future_index = pd.MultiIndex.from_arrays([pools, opens + (offset_bars + horizon_bars) * bar],
+                                             names=close.index.names)
     future = close.reindex(future_index).to_numpy(dtype=np.float64, copy=True)
-    now = close.to_numpy(dtype=np.float64, copy=True)
+    if offset_bars:
+        start_index = pd.MultiIndex.from_arrays([pools, opens + offset_bars * bar], names=close.index.names)
+        now = close.reindex(start_index).to_numpy(dtype=np.float64, copy=True)
+    else:
+        now = close.to_numpy(dtype=np.float64, copy=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         label = future / now - 1.0
     # A zero/negative-free close series should never produce inf, but a bad tick (close 0)
     # would; an infinite target would poison the quantile fit, so treat it as unknown.
     label[~np.isfinite(label)] = np.nan
     return pd.DataFrame(
-        {"label": label, "label_known_at": opens + (horizon_bars + 1) * bar},
+        {"label": label, "label_known_at": opens + (offset_bars + horizon_bars + 1) * bar},
         index=close.index,
     )
 
@@ -221,13 +246,13 @@ def walk_forward(features: pd.DataFrame, labels: pd.DataFrame, config: WalkForwa
 
     # Guard against leakage from a mismatched horizon: a label claiming to be known before
     # its horizon has elapsed would let a fold train on the future of its own test rows.
-    horizon_end = predicted_at + config.horizon_bars * bar
+    horizon_end = predicted_at + (config.label_offset_bars + config.horizon_bars) * bar
     too_early = labelled & ~np.asarray(known_at >= horizon_end)
     if too_early.any():
         bad = index[too_early]
         raise ValueError(
             f"{int(too_early.sum())} labelled rows have label_known_at (or NaT) earlier than "
-            f"open_time + (horizon_bars+1)*bar, e.g. {list(bad[:5])}"
+            f"open_time + (label_offset_bars+horizon_bars+1)*bar, e.g. {list(bad[:5])}"
         )
 
     # Fold boundaries on calendar time, independent of how many rows exist.
@@ -358,6 +383,8 @@ class LiveQ50Model:
     feature_columns: list[str]
     model_strings: tuple[str, ...]  # one per quantile, QUANTILES order
     bar_seconds: int
+    # Offsets for q10/q90 fitted on out-of-sample labels known at trained_until (calibrate_live_model).
+    calibration: QuantileOffsets | None = None
 
     def predict(self, features: pd.DataFrame) -> pd.DataFrame:
         """q10/q50/q90 (repaired) and ``crossed`` for each row of ``features`` (same index).
@@ -382,6 +409,8 @@ class LiveQ50Model:
         preds, crossed = repair_crossings(raw)
         out = pd.DataFrame(preds, index=features.index, columns=list(QUANTILE_COLUMNS))
         out["crossed"] = crossed
+        if self.calibration is not None:  # q10/q90 recalibrated; q10_raw/q90_raw keep the boosters' values
+            out = self.calibration.apply(out)
         return out
 
 
@@ -411,3 +440,27 @@ def fit_live_model(features: pd.DataFrame, labels: pd.DataFrame, config: WalkFor
     return LiveQ50Model(trained_until=trained_until, train_rows=int(train.sum()),
                         feature_columns=[str(c) for c in features.columns], model_strings=strings,
                         bar_seconds=config.bar_seconds)
+
+
+def calibrate_walk_forward(result: WalkForwardResult, labels: pd.DataFrame, config: CalibrationConfig) -> WalkForwardResult:
+    """The walk-forward result with each fold's q10/q90 recalibrated on the out-of-sample labels
+    known at its boundary (:mod:`q50_assets.research.calibration`).
+
+    Predictions of folds without enough evidence (always the first) are left out and counted in
+    ``rows_uncalibrated``: their intervals are known to be unreliable and nothing known at the time
+    could correct them. ``labels``: output of :func:`make_labels` covering every prediction.
+    """
+    boundaries = result.folds.set_index("fold")["boundary"]
+    calibrated, table, left_out = calibrate_folds(result.predictions, labels["label_known_at"], boundaries, config)
+    calibrated = calibrated[list(CALIBRATED_PREDICTION_COLUMNS)]
+    return replace(result, predictions=calibrated, calibration=table, rows_uncalibrated=left_out)
+
+
+def calibrate_live_model(live: LiveQ50Model, raw_predictions: pd.DataFrame, labels: pd.DataFrame,
+                         config: CalibrationConfig) -> LiveQ50Model | None:
+    """The live model with q10/q90 offsets fitted on the walk-forward's raw out-of-sample
+    predictions whose labels are known at its ``trained_until``; None when there are too few
+    (a live model whose intervals cannot be calibrated is not published)."""
+    evidence = calibration_evidence(raw_predictions, labels["label_known_at"], live.trained_until, config)
+    offsets = fit_offsets(evidence, live.trained_until, config)
+    return None if offsets is None else replace(live, calibration=offsets)

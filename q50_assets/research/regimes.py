@@ -27,10 +27,19 @@ Sizing: ``position_multiplier`` = vol multiplier x momentum multiplier and
 
 Output columns (:data:`REGIME_COLUMNS` holds the definition of each, in order): vol_percentile,
 vol_regime, momentum_regime, regime, position_multiplier, threshold_adjustment, known_at.
+
+:class:`RegimeDetector` is the integration plan's class: ``RegimeDetector(config)`` classifies
+online, one bar at a time, with past-only history (:meth:`RegimeDetector.classify_volatility_regime`),
+runs the rules over a whole frame (:meth:`RegimeDetector.detect_regimes`, = :func:`detect_regimes`),
+and answers "which regime was known at time t" from a pool's labels
+(:meth:`RegimeDetector.get_regime_for_timestamp`), which is what the strategy asks at each bar.
 """
 
 from __future__ import annotations
 
+import bisect
+import math
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -318,11 +327,137 @@ def detect_regimes(features: pd.DataFrame, config: RegimeConfig) -> pd.DataFrame
     return out[list(REGIME_COLUMNS)]
 
 
+class RegimeDetector:
+    """The plan's RegimeDetector over :class:`RegimeConfig` (module docstring).
+
+    * Online: :meth:`classify_volatility_regime` takes one bar's ``vol_risk`` (and ``vol_raw``,
+      its square root, checked for consistency) and returns its volatility regime from the
+      percentile among the values seen so far (this one included; expanding, or the last
+      ``window_bars`` rows), exactly as :func:`detect_regimes` computes it over a frame.
+    * Whole frame: :meth:`detect_regimes`.
+    * As of a time: :meth:`with_labels` loads a pool's labels (:func:`detect_regimes`' output or
+      the ``q50_regime_labels`` rows); :meth:`get_regime_for_timestamp` returns the latest label
+      KNOWN at t (greatest ``known_at`` <= t), never a later one. The strategy's fast path is
+      :meth:`index_at_ns` and the plain lists ``open_ns``, ``position_multiplier``,
+      ``threshold_adjustment``, ``vol_regime``, ``momentum_regime``, ``regime``.
+    """
+
+    def __init__(self, config: RegimeConfig | None = None):
+        self.config = config or RegimeConfig()
+        self.reset()
+        self._labels = None
+        self.known_ns: list[int] = []
+        self.open_ns: list[int] = []
+        self.position_multiplier: list[float] = []
+        self.threshold_adjustment: list[float] = []
+        self.vol_regime: list[str] = []
+        self.momentum_regime: list[str] = []
+        self.regime: list[str] = []
+
+    # --- online ------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the online history."""
+        self._sorted: list[float] = []  # valid values in the history, sorted
+        self._window: deque = deque()  # the history's rows in order (None = invalid row)
+
+    def classify_volatility_regime(self, vol_risk: float, vol_raw: float | None = None, *,
+                                   warmup: bool = False) -> str:
+        """Volatility regime of the next bar, from its ``vol_risk`` and the past bars' only.
+
+        The value joins the history (invalid values -- NaN, infinite, negative, warm-up -- take
+        a row in a rolling window but never count in a percentile). Returns 'low', 'medium',
+        'high', 'extreme', or 'unknown' (invalid value, or fewer than ``min_history_bars`` valid
+        values so far). ``vol_raw`` (the standard deviation, when given) must square to
+        ``vol_risk`` within float32 rounding: a mix-up of the two columns raises ValueError.
+        """
+        value = float(vol_risk) if vol_risk is not None else math.nan
+        if vol_raw is not None and math.isfinite(float(vol_raw)) and math.isfinite(value):
+            if not math.isclose(float(vol_raw) ** 2, value, rel_tol=1e-5, abs_tol=1e-12):
+                raise ValueError(f"vol_raw {vol_raw!r} squared is not vol_risk {vol_risk!r}: columns mixed up?")
+        valid = math.isfinite(value) and value >= 0 and not warmup
+        cfg = self.config
+        if cfg.window_bars is not None and len(self._window) == cfg.window_bars:
+            old = self._window.popleft()
+            if old is not None:
+                del self._sorted[bisect.bisect_left(self._sorted, old)]
+        self._window.append(value if valid else None)
+        if not valid:
+            return UNKNOWN
+        bisect.insort(self._sorted, value)
+        count = len(self._sorted)
+        if count < cfg.min_history_bars:
+            return UNKNOWN
+        less = bisect.bisect_left(self._sorted, value)
+        equal = bisect.bisect_right(self._sorted, value) - less
+        percentile = (less + (equal + 1) / 2.0) / count
+        c1, c2, c3 = cfg.vol_percentiles
+        if percentile >= c3:
+            return "extreme"
+        if percentile >= c2:
+            return "high"
+        if percentile >= c1:
+            return "medium"
+        return "low"
+
+    # --- whole frame -------------------------------------------------------------------------
+    def detect_regimes(self, features: pd.DataFrame) -> pd.DataFrame:
+        """:func:`detect_regimes` with this detector's config."""
+        return detect_regimes(features, self.config)
+
+    # --- as of a time ------------------------------------------------------------------------
+    def with_labels(self, labels: pd.DataFrame) -> "RegimeDetector":
+        """Load one pool's regime labels (index open_time; columns regime, vol_regime,
+        momentum_regime, position_multiplier, threshold_adjustment, known_at) for as-of lookups."""
+        missing = [c for c in ("regime", "position_multiplier", "threshold_adjustment", "known_at")
+                   if c not in labels.columns]
+        if missing:
+            raise ValueError(f"regime labels lack columns {missing}")
+        frame = labels.copy()
+        index = pd.DatetimeIndex(frame.index)
+        frame.index = (index.tz_localize("UTC") if index.tz is None else index.tz_convert("UTC")).rename("open_time")
+        known = pd.to_datetime(frame["known_at"], utc=True)
+        frame["known_at"] = known
+        frame = frame[known.notna()]
+        if "vol_regime" not in frame.columns or "momentum_regime" not in frame.columns:
+            parts = frame["regime"].astype(str).str.split("_", n=1, expand=True)
+            frame["vol_regime"], frame["momentum_regime"] = parts[0], parts[1]
+        order = np.lexsort((frame.index.as_unit("ns").asi8, frame["known_at"].dt.as_unit("ns").astype("int64").to_numpy()))
+        frame = frame.iloc[order]
+        self._labels = frame
+        self.known_ns = [int(v) for v in frame["known_at"].dt.as_unit("ns").astype("int64")]
+        self.open_ns = [int(v) for v in frame.index.as_unit("ns").asi8]
+        self.position_multiplier = frame["position_multiplier"].astype(float).tolist()
+        self.threshold_adjustment = frame["threshold_adjustment"].astype(float).tolist()
+        self.vol_regime = frame["vol_regime"].astype(str).tolist()
+        self.momentum_regime = frame["momentum_regime"].astype(str).tolist()
+        self.regime = frame["regime"].astype(str).tolist()
+        return self
+
+    def index_at_ns(self, ts_ns: int) -> int:
+        """Position of the latest label known at ``ts_ns`` (epoch ns), -1 if none."""
+        return bisect.bisect_right(self.known_ns, ts_ns) - 1
+
+    def get_regime_for_timestamp(self, timestamp) -> dict | None:
+        """The latest label known at ``timestamp`` as a dict (with ``open_time``), or None."""
+        if self._labels is None:
+            raise ValueError("no labels loaded: call with_labels(...) first")
+        ts = pd.Timestamp(timestamp)
+        if ts is pd.NaT or pd.isna(ts):
+            raise ValueError("timestamp must be a time, got NaT")
+        ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+        i = self.index_at_ns(ts.as_unit("ns").value)
+        if i < 0:
+            return None
+        row = self._labels.iloc[i]
+        return {"open_time": row.name, **row.to_dict()}
+
+
 __all__ = [
     "MOMENTUM_REGIMES",
     "REGIME_COLUMNS",
     "REGIME_LABELS",
     "RegimeConfig",
+    "RegimeDetector",
     "VOL_REGIMES",
     "detect_regimes",
 ]

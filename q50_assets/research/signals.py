@@ -20,26 +20,40 @@ uncertainty (half the 80 % interval, squared). It is the denominator of
 ``enhanced_info_ratio`` and the variance penalty of ``threshold``.
 
 Known time: a signal for bar t is known at ``known_at`` = ``predicted_at`` (at the earliest the
-bar's close, open_time + bar; later if the prediction ran late). :class:`SignalLookup` returns
+bar's close, open_time + bar; later if the prediction ran late). :class:`Q50SignalLoader` returns
 the latest signal whose ``known_at`` <= t, never one known later.
+
+Costs: the threshold, ``expected_value_net`` and ``tradeable`` are priced by the one cost
+model (:mod:`q50_assets.research.costs`: swap fee + constant-product impact at the pool's
+liquidity known at the bar's close) at the INTENDED size: the size
+:func:`q50_assets.research.sizing.size_entry` would enter with from a flat book holding
+``capital_usd``, in a neutral regime (multiplier 1, no adjustment). The strategy applies the
+same functions bar by bar with its own equity, position and regime.
 
 Output columns (:data:`SIGNAL_COLUMNS` holds the definition of each, in order): q10, q50,
 q90, spread, abs_q50, prob_up, vol_risk, enhanced_info_ratio, expected_value,
-expected_value_net, threshold, tradeable, side, signal_tier, known_at, reason.
+expected_value_net, threshold, tradeable, side, signal_tier, known_at, reason,
+intended_notional_usd, expected_cost_usd, expected_cost_fraction, reserve_usd, reserve_source.
 """
 
 from __future__ import annotations
 
+import bisect
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from q50_assets.research.costs import ReserveSeries
+from q50_assets.research.sizing import SizingParams, kelly_fraction_raw, risk_budget, size_entry
 
 # Reasons a row is held (column ``reason``), in order of precedence: the first that applies wins.
 REASON_PREDICTION_MISSING = "prediction missing"
 REASON_VOL_MISSING = "vol_risk missing"
 REASON_BELOW_THRESHOLD = "below threshold"
 REASON_NEGATIVE_EV = "negative expected value"
+REASON_TINY_EDGE = "net edge under one cent"
 REASON_PROB_EDGE = "prob edge too small"
 REASON_SHORT_NOT_ALLOWED = "short not allowed"
 HOLD_REASONS = (
@@ -47,6 +61,7 @@ HOLD_REASONS = (
     REASON_VOL_MISSING,
     REASON_BELOW_THRESHOLD,
     REASON_NEGATIVE_EV,
+    REASON_TINY_EDGE,
     REASON_PROB_EDGE,
     REASON_SHORT_NOT_ALLOWED,
 )
@@ -78,15 +93,16 @@ SIGNAL_COLUMNS: dict[str, str] = {
     "E[loss|down] are the conditional means of the positive and negative parts of that same "
     "distribution, so the tails and skew count); short EV = -E[r]. Can be negative when the "
     "interval is skewed against q50.",
-    "expected_value_net": "expected_value - round_trip_cost (fees and impact of entering "
-    "and leaving, as a return).",
+    "expected_value_net": "expected_value - expected_cost_fraction: the expected return left after "
+    "the round trip's fee and impact at the intended size.",
     "threshold": "Minimum |q50| to trade, growing with variance and including costs: "
-    "threshold = round_trip_cost + max(base_threshold, variance_multiplier * (vol_risk + "
+    "threshold = expected_cost_fraction + max(base_threshold, variance_multiplier * (vol_risk + "
     "(spread/2)^2)), a mean-variance risk premium (variance_multiplier = risk aversion) on top "
-    "of the round trip; >= round_trip_cost, increasing in vol_risk; NaN when vol_risk is invalid.",
+    "of the round trip at the intended size; >= 2 x swap fee, increasing in vol_risk; NaN when "
+    "vol_risk is invalid.",
     "tradeable": "True iff the row is traded (side != 'hold'): abs_q50 > threshold, "
-    "expected_value_net > 0, |prob_up - 0.5| >= min_prob_edge, and the direction is long or "
-    "allow_short is set.",
+    "expected_value_net > 0, the net edge at the intended size is worth at least one cent, "
+    "|prob_up - 0.5| >= min_prob_edge, and the direction is long or allow_short is set.",
     "side": "'long' (q50 > 0) or 'short' (q50 < 0, only with allow_short) when tradeable, "
     "else 'hold'.",
     "signal_tier": "Quality grade from enhanced_info_ratio (eir) against tier_cuts (c1, c2, c3): "
@@ -97,15 +113,35 @@ SIGNAL_COLUMNS: dict[str, str] = {
     "only use rows with known_at <= t.",
     "reason": "Why the row is held, the first that applies: 'prediction missing' (a quantile "
     "is NaN), 'vol_risk missing', 'below threshold', 'negative expected value', "
-    "'prob edge too small', 'short not allowed'; '' when trading.",
+    "'net edge under one cent', 'prob edge too small', 'short not allowed'; '' when trading.",
+    "intended_notional_usd": "The entry size (USD at mid price) the cost model and the risk budget give "
+    "a flat book holding capital_usd: min(edge-optimal notional, risk_budget x capital_usd), "
+    "research/sizing.py size_entry; 0 when no size pays for its fee.",
+    "expected_cost_usd": "Expected fee + impact (USD) of entering and later leaving at the intended size, "
+    "at the reserve known at known_at (research/costs.py round_trip_cost).",
+    "expected_cost_fraction": "expected_cost_usd / intended_notional_usd (2 x swap fee at a zero size).",
+    "reserve_usd": "Pool liquidity (USD, both sides) the costs assumed: the latest collector observation "
+    "at or before known_at, else the configured fallback (NaN: no impact modelled).",
+    "reserve_source": "Where reserve_usd came from: collector_snapshot, collector_history, "
+    "collector_history_enhanced, fallback, none.",
 }
 
 
 @dataclass(frozen=True)
 class SignalConfig:
-    """Parameters of :func:`compute_signals` (formulas in :data:`SIGNAL_COLUMNS`)."""
+    """Parameters of :func:`compute_signals` (formulas in :data:`SIGNAL_COLUMNS`).
 
-    round_trip_cost: float = 0.005  # fees+impact for entering and leaving, as a return (2 x 0.25% DEX fee)
+    swap_fee, max_reserve_fraction: the cost model's fee per side and impact cap.
+    capital_usd, base_position_size, max_position_size, kelly_fraction: the intended size of an
+    entry from a flat book (research/sizing.py).
+    """
+
+    swap_fee: float = 0.0025  # DEX fee per side
+    max_reserve_fraction: float = 0.1  # one trade moves at most this share of the quote reserve
+    capital_usd: float = 10_000.0
+    base_position_size: float = 0.1
+    max_position_size: float = 0.5
+    kelly_fraction: float = 0.5
     variance_multiplier: float = 1.0  # risk aversion: threshold adds variance_multiplier * total variance
     base_threshold: float = 0.0  # floor of the variance premium, before costs
     min_prob_edge: float = 0.0  # required |prob_up - 0.5| (0 = off)
@@ -113,15 +149,24 @@ class SignalConfig:
     allow_short: bool = False  # spot DEX: no borrowing modelled -> short signals become "hold" unless True
 
     def __post_init__(self) -> None:
-        for name in ("round_trip_cost", "variance_multiplier", "base_threshold", "min_prob_edge"):
+        for name in ("swap_fee", "variance_multiplier", "base_threshold", "min_prob_edge"):
             value = getattr(self, name)
             if not np.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not np.isfinite(self.capital_usd) or self.capital_usd <= 0:
+            raise ValueError(f"capital_usd must be a finite number > 0, got {self.capital_usd!r}")
         if self.min_prob_edge > 0.5:
             raise ValueError(f"min_prob_edge must be <= 0.5, got {self.min_prob_edge!r}")
         cuts = tuple(self.tier_cuts)
         if len(cuts) != 3 or not all(np.isfinite(c) for c in cuts) or not cuts[0] <= cuts[1] <= cuts[2]:
             raise ValueError(f"tier_cuts must be three finite ascending numbers, got {self.tier_cuts!r}")
+        self.sizing_params()  # validates the sizing parameters, one error per bad value
+
+    def sizing_params(self) -> SizingParams:
+        return SizingParams(fee_rate=self.swap_fee, max_reserve_fraction=self.max_reserve_fraction,
+                            base_position_size=self.base_position_size, max_position_size=self.max_position_size,
+                            kelly_fraction=self.kelly_fraction, variance_multiplier=self.variance_multiplier,
+                            base_threshold=self.base_threshold)
 
 
 def prob_up_piecewise(q10, q50, q90) -> np.ndarray:
@@ -170,14 +215,17 @@ def _to_utc_series(values: pd.Series) -> pd.Series:
     return values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
 
 
-def compute_signals(predictions: pd.DataFrame, vol_risk: pd.Series, config: SignalConfig) -> pd.DataFrame:
+def compute_signals(predictions: pd.DataFrame, vol_risk: pd.Series, config: SignalConfig, *,
+                    reserves: ReserveSeries | None) -> pd.DataFrame:
     """One pool's quantile predictions -> one signal row per bar (columns of SIGNAL_COLUMNS).
 
     ``predictions``: index open_time (DatetimeIndex, UTC; naive is taken as UTC), columns
     q10, q50, q90, predicted_at. ``vol_risk``: aligned on that index (reindexed; a bar without
-    a value is not tradeable). Raises ValueError on a duplicated index, q10 > q50 or q50 > q90,
-    a missing ``predicted_at``, or ``predicted_at`` <= open_time (a prediction cannot be
-    known before its bar has closed). Row-wise: each output row depends on its own input row only.
+    a value is not tradeable). ``reserves``: the pool's liquidity over time (the cost model's;
+    None = no impact, fee only), read as of each row's known_at. Raises ValueError on a
+    duplicated index, q10 > q50 or q50 > q90, a missing ``predicted_at``, or ``predicted_at``
+    <= open_time (a prediction cannot be known before its bar has closed). Row-wise: each
+    output row depends on its own input row (and the liquidity known at its time) only.
     """
     missing = [c for c in ("q10", "q50", "q90", "predicted_at") if c not in predictions.columns]
     if missing:
@@ -221,20 +269,42 @@ def compute_signals(predictions: pd.DataFrame, vol_risk: pd.Series, config: Sign
 
     direction = np.where(q50 >= 0, 1.0, -1.0)
     expected_value = direction * expected_return_piecewise(q10, q50, q90)
-    expected_value_net = expected_value - config.round_trip_cost
+    # Kelly of the trade's own direction: a short is the long of the mirrored distribution.
+    kelly_long = kelly_fraction_raw(prob_up, q10, q50, q90)
+    kelly_short = kelly_fraction_raw(1.0 - prob_up, -q90, -q50, -q10)
+    kelly = np.where(direction > 0, kelly_long, kelly_short)
 
-    threshold = config.round_trip_cost + np.maximum(config.base_threshold, config.variance_multiplier * total_var)
+    # The one cost model at the intended size, row by row (the strategy's own functions).
+    params = config.sizing_params()
+    if reserves is None:
+        reserve = np.full(len(index), np.nan)
+        reserve_source = np.full(len(index), "none", dtype=object)
+    else:
+        reserve, reserve_source = reserves.sample(known_at.dt.as_unit("ns").astype("int64").to_numpy())
+    n = len(index)
+    notional, cost_usd, cost_fraction = np.zeros(n), np.zeros(n), np.full(n, np.nan)
+    net, threshold, entry_ok = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=bool)
+    for i in range(n):
+        y = None if math.isnan(reserve[i]) else float(reserve[i])
+        budget = risk_budget(float(kelly[i]), 1.0, params)
+        e = size_entry(float(expected_value[i]), float(abs_q50[i]), float(total_var[i]), config.capital_usd,
+                       budget, y, params)
+        notional[i], cost_usd[i], cost_fraction[i] = e.notional_usd, e.cost_usd, e.cost_fraction
+        net[i], threshold[i], entry_ok[i] = e.net_edge, e.threshold, e.ok
+    expected_value_net = net
 
     with np.errstate(invalid="ignore"):
         above = abs_q50 > threshold  # False when threshold is NaN
         positive_ev = expected_value_net > 0
         prob_edge_ok = np.abs(prob_up - 0.5) >= config.min_prob_edge
+    tiny_edge = above & positive_ev & ~entry_ok
     short_blocked = (q50 < 0) & (not config.allow_short)
 
     reason = np.full(len(index), "", dtype=object)
     # Assign in reverse precedence so the first applicable reason is the one left.
     reason[short_blocked] = REASON_SHORT_NOT_ALLOWED
     reason[~prob_edge_ok] = REASON_PROB_EDGE
+    reason[tiny_edge] = REASON_TINY_EDGE
     reason[~positive_ev] = REASON_NEGATIVE_EV
     reason[~above] = REASON_BELOW_THRESHOLD
     reason[~vol_ok] = REASON_VOL_MISSING
@@ -264,6 +334,11 @@ def compute_signals(predictions: pd.DataFrame, vol_risk: pd.Series, config: Sign
             "signal_tier": tier,
             "known_at": known_at.to_numpy(),
             "reason": reason,
+            "intended_notional_usd": notional,
+            "expected_cost_usd": cost_usd,
+            "expected_cost_fraction": cost_fraction,
+            "reserve_usd": reserve,
+            "reserve_source": reserve_source,
         },
         index=index,
     )
@@ -271,50 +346,84 @@ def compute_signals(predictions: pd.DataFrame, vol_risk: pd.Series, config: Sign
     return out[list(SIGNAL_COLUMNS)]
 
 
-class SignalLookup:
-    """As-of backward lookup: the latest signal KNOWN at time t, never a later one.
+class Q50SignalLoader:
+    """The integration plan's signal loader: one pool's signals, looked up as of a time.
 
-    One pool per instance. "Latest" = greatest ``known_at`` <= t; among equal ``known_at``,
-    the latest ``open_time``. Rows with NaT ``known_at`` are never returned. Unsorted input is
-    sorted once (O(n log n)); each lookup is a binary search (O(log n)).
+    ``get_signal_for_timestamp(t)`` returns the latest signal KNOWN at t (greatest ``known_at``
+    <= t; among equal ``known_at`` the latest ``open_time``), never a nearer later one, as a
+    dict of that row's columns plus ``open_time``; None before any signal is known. Rows with
+    NaT ``known_at`` are never returned.
+
+    Built from wherever the signals live: a signals frame (:func:`compute_signals`' output, or
+    the rows of the ``q50_signals`` table read by ``CollectorDatabase.read_signals``). Needs
+    q10, q50, q90, vol_risk, known_at (others optional: prob_up, signal_tier, ... are recomputed
+    or carried). Unsorted input is sorted once; each lookup is a binary search.
+
+    The strategy's fast path is :meth:`index_at_ns` + the plain-float lists (``open_ns``,
+    ``expected_value_long``, ``abs_q50``, ``q50``, ``total_variance``, ``kelly_long``, ``tier``):
+    no pandas per bar.
     """
 
     def __init__(self, signals: pd.DataFrame):
-        if "known_at" not in signals.columns:
-            raise ValueError("signals need a known_at column")
+        missing = [c for c in ("q10", "q50", "q90", "vol_risk", "known_at") if c not in signals.columns]
+        if missing:
+            raise ValueError(f"signals lack columns {missing}")
         frame = signals.copy()
         frame.index = _to_utc_index(frame.index)
-        frame.index.name = signals.index.name or "open_time"
+        frame.index.name = "open_time"
         frame["known_at"] = _to_utc_series(frame["known_at"])
         frame = frame[frame["known_at"].notna()]
         # Sort by (known_at, open_time): the last row of a known_at tie has the latest open_time.
-        order = np.lexsort((frame.index.to_numpy(), frame["known_at"].to_numpy()))
+        order = np.lexsort((frame.index.asi8, frame["known_at"].dt.as_unit("ns").astype("int64").to_numpy()))
         self._frame = frame.iloc[order]
-        self._known = pd.DatetimeIndex(self._frame["known_at"])
+        f = self._frame
+        q10, q50, q90 = (f[c].to_numpy(dtype="float64") for c in ("q10", "q50", "q90"))
+        vol = f["vol_risk"].to_numpy(dtype="float64")
+        vol = np.where(np.isfinite(vol) & (vol >= 0), vol, np.nan)
+        prob = prob_up_piecewise(q10, q50, q90)
+        self.known_ns: list[int] = [int(v) for v in f["known_at"].dt.as_unit("ns").astype("int64")]
+        self.open_ns: list[int] = [int(v) for v in f.index.as_unit("ns").asi8]
+        self.q50: list[float] = q50.tolist()
+        self.abs_q50: list[float] = np.abs(q50).tolist()
+        self.expected_value_long: list[float] = expected_return_piecewise(q10, q50, q90).tolist()
+        self.total_variance: list[float] = (vol + ((q90 - q10) / 2.0) ** 2).tolist()
+        self.kelly_long: list[float] = np.asarray(kelly_fraction_raw(prob, q10, q50, q90), dtype="float64").tolist()
+        self.tier: list[str] = (f["signal_tier"].astype(str).tolist() if "signal_tier" in f.columns
+                                else ["D"] * len(f))
 
     def __len__(self) -> int:
         return len(self._frame)
 
-    def get_signal_for_timestamp(self, t) -> pd.Series | None:
-        """The row with the greatest known_at <= t (named by its open_time), or None.
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The signals, sorted by (known_at, open_time)."""
+        return self._frame
 
-        ``t``: Timestamp, datetime or anything ``pd.Timestamp`` accepts; naive means UTC.
+    def index_at_ns(self, ts_ns: int) -> int:
+        """Position of the latest signal known at ``ts_ns`` (epoch ns), -1 if none."""
+        return bisect.bisect_right(self.known_ns, ts_ns) - 1
+
+    def get_signal_for_timestamp(self, timestamp) -> dict | None:
+        """The row with the greatest known_at <= ``timestamp``, as a dict (with ``open_time``), or None.
+
+        ``timestamp``: Timestamp, datetime or anything ``pd.Timestamp`` accepts; naive means UTC.
         """
-        ts = pd.Timestamp(t)
+        ts = pd.Timestamp(timestamp)
         if ts is pd.NaT or pd.isna(ts):
-            raise ValueError("t must be a time, got NaT")
+            raise ValueError("timestamp must be a time, got NaT")
         ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-        position = int(self._known.searchsorted(ts, side="right")) - 1
+        position = self.index_at_ns(ts.as_unit("ns").value)
         if position < 0:
             return None
-        return self._frame.iloc[position].copy()
+        row = self._frame.iloc[position]
+        return {"open_time": row.name, **row.to_dict()}
 
 
 __all__ = [
     "HOLD_REASONS",
     "SIGNAL_COLUMNS",
     "SignalConfig",
-    "SignalLookup",
+    "Q50SignalLoader",
     "TIERS",
     "compute_signals",
     "expected_return_piecewise",

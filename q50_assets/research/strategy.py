@@ -1,40 +1,61 @@
-"""NautilusTrader strategy that holds a target fraction of equity in one spot pool.
+"""NautilusTrader strategies for one spot pool: the Q50 strategy and a target-schedule strategy,
+sharing one execution layer (latency fills, volume and liquidity caps, cash-safe sizing).
 
-The decisions are made outside (signals -> regimes -> :mod:`q50_assets.research.sizing`):
-the config carries ``targets``, a ``dict[int, float]`` from a bar's CLOSE time (epoch ns,
-= the Nautilus ``Bar.ts_event``) to the fraction of equity to hold after that close, decided
-from what was known at that close. The strategy only turns a target into an order. Thin, like
-NautilusTrader's examples: a frozen ``StrategyConfig`` and ``on_bar``.
+Thin, like NautilusTrader's examples: a frozen ``StrategyConfig`` and an ``on_bar`` that reads
+plain floats (no pandas per bar). Bars are stamped at their CLOSE (``Bar.ts_event``).
 
-``on_bar`` at a bar close t:
+**Deciding** (at a bar's close t, from what is known at t):
 
-* target = ``targets.get(t)``; a missing, NaN or negative target means 0 (be flat), values
-  above 1 are capped at 1 (no leverage on a cash account). Missing means flat on purpose: a
-  bar without a decision must not keep an old position alive silently.
-* equity = USD cash + position quantity * close(t).
-* trade toward target * equity at the close. A change smaller than ``min_trade_fraction`` of
-  equity is skipped (no churn from mark-to-market drift), except a target of 0, which always
-  sells what is held.
-* buys are sized fee- and impact-aware so the USD balance never goes negative:
-  quantity * execution_price * (1 + fee) + 0.02 USD (cent rounding of notional and commission)
-  <= free cash, with the execution price of :func:`execution_price` (the same function the
-  backtest's fill model uses).
-* one trade moves at most ``max_reserve_fraction`` of the pool's quote reserve; a bigger
-  change (entry or exit) continues on the next bars.
-* the venue fills MARKET orders synchronously (``use_message_queue=False``), at this bar's
-  close moved by the pool's price impact, so the state recorded right after the order is the
-  post-trade state of bar t.
+* :class:`Q50Strategy` asks its :class:`~q50_assets.research.signals.Q50SignalLoader` for the
+  signal known at t and its :class:`~q50_assets.research.regimes.RegimeDetector` for the regime
+  known at t, reads the pool's liquidity known at t from the cost model
+  (:class:`~q50_assets.research.costs.CostModel`), and calls
+  :func:`q50_assets.research.sizing.decide` (enter / add / keep / trim / exit, sized where the
+  edge net of fee and impact is largest). A signal or regime that is not the one of the bar that
+  just closed (a late prediction, a gap) counts as none: no new risk, and a held position exits.
+* :class:`TargetStrategy` reads a fixed schedule: bar close -> fraction of equity (baselines,
+  permutation checks).
 
-``equity_rows``: one dict per bar seen, after its trade: ts (bar close ns), clock_ns (the
-strategy clock when it acted), close, target, cash, qty, equity, order_side, order_qty.
+Both produce a target fraction of equity after the fill, or NaN = leave the position alone.
 
-Price impact (constant-product AMM, x * y = k) -- see :func:`execution_price`.
+**Scheduling** (:meth:`_TargetExecution._schedule`, shared): a target becomes an order for
+target x equity / close(t) tokens, to fill ``fill_latency_bars`` (L) bars later. The rebalance
+band applies to buys and sells alike: a change of an open position smaller than
+``min_trade_fraction`` of equity is skipped (no churn from drift); opening from flat and closing
+to flat are not rebalances and always go (the cost-optimal entry is often far smaller than the
+band). A position worth under a cent (``DUST_USD``: float booking leftovers) counts as flat
+for decisions and the band; an exit sells it too. With L >= 2 several orders may be pending; each moves the position toward its own target.
+
+**Executing** (:meth:`_TargetExecution._execute`, shared), at the close of the fill bar (the bar
+opening L bars after the decision bar closed; L = 0: at the decision's own close, the
+``q50_close`` variant):
+
+* a fill bar that is missing (no swaps in that hour) or has zero volume fills nothing: the order
+  EXPIRES unfilled (counted in ``orders_expired``) and the next decision starts from the
+  position actually held;
+* one fill moves at most ``max_volume_share`` of the fill bar's USD volume and
+  ``max_reserve_fraction`` of the pool's USD reserve; the rest of the order is dropped (the next
+  decision may continue it);
+* buys are sized so the USD balance never goes negative (fee, impact and cent rounding
+  included: :func:`affordable_buy_qty`); sells never exceed the booked balance
+  (:func:`sellable_qty`);
+* the venue's fill model (:class:`q50_assets.research.backtest.AmmImpactFillModel`) fills the
+  MARKET order synchronously at the fill bar's reference price (its close, or its typical price
+  (h+l+c)/3 -- a setting) moved by constant-product impact, and charges the swap fee: the same
+  cost model the decision used.
+
+Records (plain tuples, turned into frames after the run): ``equity_ts`` / ``equity_rows`` one per
+bar after its fills; ``orders`` one per order decided (filled or expired) with what the cost model expected it
+to cost; ``decisions`` (Q50 only) one per bar where it held a position or acted (enter, add,
+keep, trim, exit): a flat bar that stays flat is not recorded (the signal table's ``reason``
+says why a flat book would not enter).
 """
 
 from __future__ import annotations
 
+import importlib
 import math
-from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_DOWN, Decimal
 
 from nautilus_trader.config import StrategyConfig
 from nautilus_trader.model.currencies import USD
@@ -44,212 +65,325 @@ from nautilus_trader.model.identifiers import InstrumentId
 from nautilus_trader.model.objects import Quantity
 from nautilus_trader.trading.strategy import Strategy
 
-# USD balances are in cents: notional and commission are each rounded to 0.01, so a buy may
-# cost up to 0.01 more than the exact arithmetic. Kept free on every buy.
-CASH_MARGIN_USD = 0.02
+from q50_assets.research.costs import CostModel
+from q50_assets.research.execution import (CASH_MARGIN_USD, DUST_USD, PoolMarket, affordable_buy_qty, floor_qty,
+                                           sellable_qty)
+from q50_assets.research.sizing import SizingParams, decide
 
+class ExecutionConfig(StrategyConfig, frozen=True):
+    """Execution settings shared by both strategies (module docstring).
 
-def impact_fraction_of_reserve(notional_usd: float, quote_reserve_usd: float | None,
-                               max_reserve_fraction: float) -> float:
-    """u = notional / quote reserve, capped at ``max_reserve_fraction``; 0 without a reserve."""
-    if quote_reserve_usd is None or not quote_reserve_usd > 0:
-        return 0.0
-    return min(max(notional_usd, 0.0) / quote_reserve_usd, max_reserve_fraction)
-
-
-def execution_price(ref_price: float, qty: float, is_buy: bool, quote_reserve_usd: float | None,
-                    max_reserve_fraction: float, price_precision: int) -> Decimal:
-    """Average execution price of swapping ``qty`` tokens against a constant-product pool.
-
-    Pool with quote reserve Y (USD side, = half the pool's total liquidity ``reserve_usd``) and
-    token reserve X = Y / p at mid price p = ``ref_price``. Trading q tokens, with
-    u = q * p / Y (the trade's notional as a fraction of the quote reserve):
-
-    * buy:  cost = Y * q / (X - q)  -> average price p / (1 - u)
-    * sell: proceeds = Y * q / (X + q) -> average price p / (1 + u)
-
-    (for a buy that SPENDS N USD this is p * (1 + N / Y), the token shortfall being
-    N / (Y + N)). u is capped at ``max_reserve_fraction`` (a guard; the strategy never sends
-    a bigger trade). No reserve (None) -> no impact: the price is ``ref_price``.
-
-    Rounded to ``price_precision`` decimals against the trader (buy up, sell down) after
-    removing float noise far below one tick, so fills never look better than the model.
-    """
-    u = impact_fraction_of_reserve(qty * ref_price, quote_reserve_usd, max_reserve_fraction)
-    raw = ref_price / (1.0 - u) if is_buy else ref_price / (1.0 + u)
-    tick = Decimal(1).scaleb(-price_precision)
-    denoised = Decimal(raw).quantize(Decimal(1).scaleb(-(price_precision + 6)), rounding=ROUND_HALF_EVEN)
-    return denoised.quantize(tick, rounding=ROUND_CEILING if is_buy else ROUND_FLOOR)
-
-
-def floor_qty(value: float, size_precision: int) -> Decimal:
-    """``value`` rounded down to the size increment 10**-size_precision (>= 0), after
-    rounding away float noise below 1e-6 increments."""
-    if not value > 0 or not math.isfinite(value):
-        return Decimal(0)
-    # Remove float noise far below one increment first (4999.999999999999 -> 5000).
-    denoised = Decimal(value).quantize(Decimal(1).scaleb(-(size_precision + 6)), rounding=ROUND_HALF_EVEN)
-    return denoised.quantize(Decimal(1).scaleb(-size_precision), rounding=ROUND_DOWN)
-
-
-def sellable_qty(tokens: Decimal, size_precision: int) -> Decimal:
-    """Most of ``tokens`` (the account's token balance, or the position) a sell may take.
-
-    Nautilus books fills into balances and positions through floats. Beyond ~15 significant
-    digits (1e6 tokens at size precision 12: a pool whose price spans many orders of magnitude)
-    a sell of everything can exceed the balance or the position by a few increments; Nautilus
-    then stops the whole backtest on the negative balance, or leaves a tiny short. There, keep
-    a relative 1e-14 back (dust worth far less than a cent); at 15 digits or fewer the floats
-    are exact and everything may go.
-    """
-    if not tokens > 0:
-        return Decimal(0)
-    if tokens.adjusted() + 1 + size_precision > 15:
-        tokens -= tokens * Decimal("1e-14")
-    return tokens.quantize(Decimal(1).scaleb(-size_precision), rounding=ROUND_DOWN)
-
-
-def affordable_buy_qty(cash_usd: float, ref_price: float, fee_rate: float, quote_reserve_usd: float | None,
-                       max_reserve_fraction: float, price_precision: int, size_precision: int) -> Decimal:
-    """Largest quantity whose buy keeps the USD balance >= 0 (fees, impact and cent rounding).
-
-    Closed form first: spending budget B = (cash - margin) / (1 + fee) in a pool with quote
-    reserve Y buys tokens worth n = B * Y / (Y + B) at mid price (n = B without a reserve),
-    capped at ``max_reserve_fraction * Y``; then checked with the rounded execution price
-    and shrunk until quantity * price * (1 + fee) + margin <= cash.
-    """
-    budget = (cash_usd - CASH_MARGIN_USD) / (1.0 + fee_rate)
-    if not budget > 0 or not ref_price > 0:
-        return Decimal(0)
-    notional = budget
-    if quote_reserve_usd is not None and quote_reserve_usd > 0:
-        notional = min(budget * quote_reserve_usd / (quote_reserve_usd + budget),
-                       max_reserve_fraction * quote_reserve_usd)
-    qty = floor_qty(notional / ref_price, size_precision)
-    step = Decimal(1).scaleb(-size_precision)
-    for _ in range(50):
-        if qty <= 0:
-            return Decimal(0)
-        px = execution_price(ref_price, float(qty), True, quote_reserve_usd, max_reserve_fraction, price_precision)
-        cost = float(qty * px) * (1.0 + fee_rate) + CASH_MARGIN_USD
-        if cost <= cash_usd:
-            return qty
-        shrunk = floor_qty(float(qty) * (cash_usd - CASH_MARGIN_USD) / (cost - CASH_MARGIN_USD), size_precision)
-        qty = min(shrunk, qty - step)
-    return Decimal(0)
-
-
-class Q50StrategyConfig(StrategyConfig, frozen=True):
-    """Configuration of :class:`Q50Strategy`.
-
-    targets: bar-close ts (ns) -> target fraction of equity held after that close.
-    fee_rate: taker fee the venue charges (used for sizing; the venue's fee model charges it).
-    quote_reserve_usd: the pool's USD-side reserve (reserve_usd / 2), None = no impact.
-    max_reserve_fraction: largest trade, as a fraction of the quote reserve.
-    min_trade_fraction: smallest rebalance, as a fraction of equity.
+    fill_latency_bars: L, bars between decision and fill (0 = at the decision's close).
+    min_trade_fraction: rebalance band, fraction of equity.
+    max_volume_share: largest fill as a share of the fill bar's USD volume (None = no cap).
+    pool_id, timeframe: what the strategy trades (for loaders built from a factory).
     """
 
     instrument_id: InstrumentId
     bar_type: BarType
-    targets: dict[int, float]
-    fee_rate: float = 0.0025
-    quote_reserve_usd: float | None = None
-    max_reserve_fraction: float = 0.1
+    fill_latency_bars: int = 1
     min_trade_fraction: float = 0.02
+    max_volume_share: float | None = 0.1
+    pool_id: str = ""
+    timeframe: str = "1h"
 
 
-class Q50Strategy(Strategy):
-    """Hold ``targets[bar close]`` of equity in the instrument (module docstring)."""
+class _TargetExecution(Strategy):
+    """Scheduling and execution of target positions (module docstring). Subclasses implement
+    :meth:`_target` (bar position, ts) -> fraction of equity or NaN."""
 
-    def __init__(self, config: Q50StrategyConfig) -> None:
+    def __init__(self, config: ExecutionConfig, market: PoolMarket, cost_model: CostModel) -> None:
         super().__init__(config)
+        self.market = market
+        self.cost_model = cost_model
         self.instrument = None
-        self.equity_rows: list[dict] = []
+        self._account = None
+        self._i = 0
+        self._cash = 0.0
+        self._held = Decimal(0)
+        self._held_f = 0.0  # float(self._held), refreshed after each fill (read every bar)
+        self._latency = int(config.fill_latency_bars)
+        self._pending: dict[int, list[tuple]] = {}  # fill bar close ns -> [(target lots, decided ns, tau)]
+        self.equity_ts: list[int] = []  # bar close ns, one per bar
+        self.equity_rows: list[tuple] = []  # EQUITY_FIELDS[1:], plain floats
+        self.orders: list[tuple] = []
+        self.orders_expired = 0
+        self.bars_seen = 0
 
+    # --- lifecycle --------------------------------------------------------------------------
     def on_start(self) -> None:
         self.instrument = self.cache.instrument(self.config.instrument_id)
         if self.instrument is None:
             self.log.error(f"Could not find instrument {self.config.instrument_id}")
             self.stop()
             return
+        self._account = self.portfolio.account(self.config.instrument_id.venue)
+        self._cash = self._account.balance_free(USD).as_double()
+        self._held = self.portfolio.net_position(self.config.instrument_id)
+        self._held_f = float(self._held)
         self.subscribe_bars(self.config.bar_type)
 
-    def _target(self, ts: int) -> float:
-        value = self.config.targets.get(ts, 0.0)
-        if value is None or not math.isfinite(value) or value <= 0:
-            return 0.0
-        return min(float(value), 1.0)
+    def on_stop(self) -> None:
+        # Orders still pending at the end never reach a fill bar: they expire.
+        for items in self._pending.values():
+            for target, decided, tau in items:
+                self._record_order(decided, None, "", 0.0, tau, target, "expired: backtest ended")
+        self._pending.clear()
 
     def on_bar(self, bar: Bar) -> None:
-        cfg = self.config
-        inst = self.instrument
-        account = self.portfolio.account(cfg.instrument_id.venue)
-        close = bar.close.as_double()
-        cash = account.balance_free(USD).as_double()
-        held = self.portfolio.net_position(cfg.instrument_id)  # Decimal, >= 0 on a cash account
-        equity = cash + float(held) * close
-        target = self._target(bar.ts_event)
+        ts = bar.ts_event
+        i = self._i
+        market = self.market
+        if i >= len(market.ts) or market.ts[i] != ts:  # the bars are the market's, in order
+            i = market.index_of[ts]
+        self._i = i + 1
+        self.bars_seen += 1
+        if self._pending and self._latency > 0:
+            self._execute_due(i, ts)
+        tau = self._target(i, ts)
+        if tau == tau:  # not NaN
+            self._schedule(i, ts, tau)
+            if self._latency == 0:
+                self._execute_due(i, ts)
+        close = market.close[i]
+        held = self._held_f
+        cash = self._cash
+        self.equity_ts.append(ts)
+        self.equity_rows.append((self.clock.timestamp_ns(), close, cash, held, cash + held * close, tau))
 
-        # Largest quantity one trade may move (share of the pool's quote reserve).
-        max_qty = math.inf
-        if cfg.quote_reserve_usd is not None and cfg.quote_reserve_usd > 0:
-            max_qty = cfg.max_reserve_fraction * cfg.quote_reserve_usd / close
+    def _target(self, i: int, ts: int) -> float:
+        raise NotImplementedError
 
-        side, qty = None, Decimal(0)
-        if target == 0.0:
-            if held > 0:
-                side = OrderSide.SELL
-                qty = held if float(held) <= max_qty else floor_qty(max_qty, inst.size_precision)
+    # --- scheduling and execution -----------------------------------------------------------
+    def _schedule(self, i: int, ts: int, tau: float) -> None:
+        close = self.market.close[i]
+        held = self._held_f
+        value = held * close
+        equity = self._cash + value
+        target_value = max(tau, 0.0) * equity
+        if target_value <= 0.0:
+            if held <= 0.0:
+                return
+            target = 0.0  # leave, dust included (it closes Nautilus' position)
+        elif value >= DUST_USD and abs(target_value - value) < self.config.min_trade_fraction * equity:
+            return  # a rebalance inside the band (a dust position is flat: this is an entry)
         else:
-            delta_value = target * equity - float(held) * close
-            if abs(delta_value) >= cfg.min_trade_fraction * equity:
-                if delta_value > 0:
-                    side = OrderSide.BUY
-                    qty = min(floor_qty(delta_value / close, inst.size_precision),
-                              affordable_buy_qty(cash, close, cfg.fee_rate, cfg.quote_reserve_usd,
-                                                 cfg.max_reserve_fraction, inst.price_precision,
-                                                 inst.size_precision))
+            target = target_value / close
+        fill_ts = ts + self.config.fill_latency_bars * self.market.bar_ns
+        self._pending.setdefault(fill_ts, []).append((target, ts, tau))
+
+    def _execute_due(self, i: int, ts: int) -> None:
+        pending = self._pending
+        for fill_ts in [t for t in pending if t <= ts]:
+            for target, decided, tau in pending.pop(fill_ts):
+                if fill_ts < ts:
+                    self._expire(decided, fill_ts, tau, target, "expired: no fill bar (no swaps)")
+                elif self.market.volume_usd[i] <= 0.0:
+                    self._expire(decided, fill_ts, tau, target, "expired: zero-volume fill bar")
                 else:
-                    side = OrderSide.SELL
-                    qty = min(floor_qty(min(-delta_value / close, max_qty), inst.size_precision), held)
-        if side == OrderSide.SELL:
-            balance = account.balance_free(inst.base_currency)
+                    self._fill_toward(i, ts, decided, tau, target)
+
+    def _expire(self, decided: int, fill_ts: int, tau: float, target: float, status: str) -> None:
+        self.orders_expired += 1
+        self._record_order(decided, fill_ts, "", 0.0, tau, target, status)
+
+    def _fill_toward(self, i: int, ts: int, decided: int, tau: float, target: float) -> None:
+        inst = self.instrument
+        market = self.market
+        cfg = self.config
+        cost = self.cost_model
+        ref = market.ref[i]
+        reserve, _ = cost.reserve_at(ts)
+        quote = None if reserve is None else reserve / 2.0
+        cap = math.inf
+        if cfg.max_volume_share is not None:
+            cap = cfg.max_volume_share * market.volume_usd[i] / ref
+        if quote is not None:
+            cap = min(cap, cost.max_reserve_fraction * quote / ref)
+        held = self._held
+        delta = target - float(held)
+        prec = inst.size_precision
+        if delta > 0:
+            side = OrderSide.BUY
+            qty = min(floor_qty(min(delta, cap), prec),
+                      affordable_buy_qty(self._cash, ref, cost.fee_rate, quote, cost.max_reserve_fraction,
+                                         inst.price_precision, prec))
+        elif delta < 0:
+            side = OrderSide.SELL
+            balance = self._account.balance_free(inst.base_currency)
             tokens = Decimal(0) if balance is None else balance.as_decimal()
-            qty = min(qty, sellable_qty(tokens, inst.size_precision), sellable_qty(held, inst.size_precision))
-        # The exact decimal, rounded down to the increment (a float could round up).
-        qty = qty.quantize(Decimal(1).scaleb(-inst.size_precision), rounding=ROUND_DOWN)
-        if side is not None and qty > 0:
-            order = self.order_factory.market(cfg.instrument_id, side, Quantity.from_str(format(qty, "f")))
-            self.submit_order(order)
-            # Fills are synchronous on this venue: read the post-trade state.
-            cash = account.balance_total(USD).as_double()
-            held = self.portfolio.net_position(cfg.instrument_id)
+            qty = min(floor_qty(min(-delta, cap), prec), sellable_qty(tokens, prec), sellable_qty(held, prec))
         else:
-            side, qty = None, Decimal(0)
+            return
+        qty = qty.quantize(Decimal(1).scaleb(-prec), rounding=ROUND_DOWN)
+        if qty <= 0:
+            self._record_order(decided, ts, "", 0.0, tau, target, "nothing to fill (caps, cash or dust)")
+            return
+        is_buy = side == OrderSide.BUY
+        expected = cost.trade_cost(float(qty) * ref, is_buy, ts)
+        order = self.order_factory.market(cfg.instrument_id, side, Quantity.from_str(format(qty, "f")))
+        self.submit_order(order)
+        # Fills are synchronous on this venue: read the post-trade state.
+        self._cash = self._account.balance_free(USD).as_double()
+        self._held = self.portfolio.net_position(cfg.instrument_id)
+        self._held_f = float(self._held)
+        self._record_order(decided, ts, "BUY" if is_buy else "SELL", float(qty), tau, target, "filled",
+                           expected.total_usd, str(order.client_order_id))
 
-        self.equity_rows.append({
-            "ts": bar.ts_event,
-            "clock_ns": self.clock.timestamp_ns(),
-            "close": close,
-            "target": target,
-            "cash": cash,
-            "qty": float(held),
-            "equity": cash + float(held) * close,
-            "order_side": "" if side is None else ("BUY" if side == OrderSide.BUY else "SELL"),
-            "order_qty": float(qty),
-        })
+    def _record_order(self, decided, fill_ts, side, qty, tau, target, status, expected_cost=math.nan,
+                      client_order_id="") -> None:
+        self.orders.append((decided, fill_ts, side, qty, tau, target, status, expected_cost, client_order_id))
 
-    def on_stop(self) -> None:
-        pass
+
+class TargetStrategyConfig(ExecutionConfig, frozen=True, kw_only=True):
+    """targets: decision bar close (epoch ns) -> fraction of equity to hold after the fill;
+    absent or NaN = no order (keep the position)."""
+
+    targets: dict[int, float]
+
+
+class TargetStrategy(_TargetExecution):
+    """Hold a fixed schedule of target fractions (baselines; the permutation null's check)."""
+
+    def __init__(self, config: TargetStrategyConfig, market: PoolMarket, cost_model: CostModel) -> None:
+        super().__init__(config, market, cost_model)
+        self._targets = dict(config.targets)
+
+    def _target(self, i: int, ts: int) -> float:
+        value = self._targets.get(ts)
+        if value is None or not value == value:
+            return math.nan
+        return min(max(float(value), 0.0), 1.0)
+
+
+class Q50StrategyConfig(ExecutionConfig, frozen=True):
+    """The Q50 strategy's configuration (module docstring).
+
+    sizing: fee, impact cap, risk limits, Kelly fraction and threshold premium, as plain numbers
+    (:class:`q50_assets.research.sizing.SizingParams`).
+    signal_source / database_uri / inputs_factory: where the strategy finds its signals and
+    regimes when none are handed in (a live node): ``inputs_factory`` names a callable
+    ``"module:function"`` returning (Q50SignalLoader, RegimeDetector) for (pool_id, timeframe,
+    database_uri). A backtest hands prebuilt ones to the constructor instead.
+    """
+
+    fee_rate: float = 0.0025
+    max_reserve_fraction: float = 0.1
+    base_position_size: float = 0.1
+    max_position_size: float = 0.5
+    kelly_fraction: float = 0.5
+    variance_multiplier: float = 1.0
+    base_threshold: float = 0.0
+    signal_source: str = "qlib"
+    database_uri: str | None = None
+    inputs_factory: str | None = None
+
+
+# Columns of Q50Strategy.decisions (one tuple per bar where it held a position or acted).
+DECISION_FIELDS = (
+    "ts", "signal_open_ns", "known_at_ns", "action", "reason", "target", "expected_value", "abs_q50",
+    "intended_notional_usd", "expected_cost_usd", "expected_cost_fraction", "expected_net_edge",
+    "expected_net_edge_usd", "threshold", "exit_cost_fraction", "equity", "held_value", "reserve_usd",
+    "reserve_source", "vol_regime", "momentum_regime", "position_multiplier", "signal_tier",
+)
+ORDER_FIELDS = ("decided_ns", "fill_ns", "side", "qty", "target_fraction", "target_qty", "status",
+                "expected_cost_usd", "client_order_id")
+EQUITY_FIELDS = ("ts", "clock_ns", "close", "cash", "qty", "equity", "target")
+
+
+class Q50Strategy(_TargetExecution):
+    """Decide at each bar close from the signal, the regime and the liquidity known then
+    (module docstring); execute through the shared layer."""
+
+    def __init__(self, config: Q50StrategyConfig, market: PoolMarket, cost_model: CostModel,
+                 signal_loader=None, regime_detector=None) -> None:
+        super().__init__(config, market, cost_model)
+        self.signals = signal_loader
+        self.regimes = regime_detector
+        self.params = SizingParams(
+            fee_rate=config.fee_rate, max_reserve_fraction=config.max_reserve_fraction,
+            base_position_size=config.base_position_size, max_position_size=config.max_position_size,
+            kelly_fraction=config.kelly_fraction, variance_multiplier=config.variance_multiplier,
+            base_threshold=config.base_threshold)
+        self.decisions: list[tuple] = []
+        self._may_enter: list[bool] = []
+
+    def on_start(self) -> None:
+        if self.signals is None or self.regimes is None:
+            cfg = self.config
+            if not cfg.inputs_factory:
+                self.log.error("Q50Strategy needs a signal loader and a regime detector, or an inputs_factory")
+                self.stop()
+                return
+            module, _, name = cfg.inputs_factory.partition(":")
+            factory = getattr(importlib.import_module(module), name)
+            self.signals, self.regimes = factory(cfg.pool_id, cfg.timeframe, cfg.database_uri)
+        # From flat, an entry needs q50 > 0, |q50| and the expected value above the round trip's
+        # cost, which is at least two fees at any size (sizing.size_entry): signals that cannot
+        # pass are known before the first bar, and decide() would say "none" for them.
+        two_fees = 2.0 * self.config.fee_rate
+        sig = self.signals
+        self._may_enter = [q > 0 and a > two_fees and ev > two_fees
+                           for q, a, ev in zip(sig.q50, sig.abs_q50, sig.expected_value_long)]
+        super().on_start()
+
+    def _target(self, i: int, ts: int) -> float:
+        market = self.market
+        bar_ns = market.bar_ns
+        sig = self.signals.index_at_ns(ts)
+        has_signal = sig >= 0 and self.signals.open_ns[sig] + bar_ns == ts
+        close = market.close[i]
+        held_value = self._held_f * close
+        if held_value < DUST_USD:
+            held_value = 0.0  # dust left by Nautilus' float booking (strategy.sellable_qty) is flat
+        if held_value <= 0.0 and not (has_signal and self._may_enter[sig]):
+            return math.nan  # flat, and no signal that could pay for an entry: the common bar, kept cheap
+        signals, regimes = self.signals, self.regimes
+        reg = regimes.index_at_ns(ts)
+        has_regime = reg >= 0 and regimes.open_ns[reg] + bar_ns == ts
+        multiplier = regimes.position_multiplier[reg] if has_regime else 0.0
+        adjustment = regimes.threshold_adjustment[reg] if has_regime else 0.0
+        equity = self._cash + held_value
+        reserve, source = self.cost_model.reserve_at(ts)
+        if has_signal:
+            q50 = signals.q50[sig]
+            ev = signals.expected_value_long[sig]
+            abs_q50, variance, kelly = signals.abs_q50[sig], signals.total_variance[sig], signals.kelly_long[sig]
+        else:
+            q50 = ev = abs_q50 = variance = kelly = math.nan
+        d = decide(has_signal=has_signal, long_side=q50 > 0, expected_value=ev, abs_q50=abs_q50,
+                   total_variance=variance, kelly_raw=kelly, regime_multiplier=multiplier,
+                   threshold_adjustment=adjustment, equity=equity, held_value=held_value, reserve_usd=reserve,
+                   params=self.params)
+        if d.action == "none":
+            return math.nan  # flat and staying flat: the signal table already says why (its reason column)
+        e = d.entry
+        known = max(signals.known_ns[sig] if has_signal else 0, regimes.known_ns[reg] if has_regime else 0)
+        self.decisions.append((
+            ts, signals.open_ns[sig] if has_signal else None, known or None, d.action, d.reason, d.target, ev,
+            abs_q50, e.notional_usd if e else math.nan, e.cost_usd if e else math.nan,
+            e.cost_fraction if e else math.nan, e.net_edge if e else math.nan, e.net_edge_usd if e else math.nan,
+            e.threshold if e else math.nan, d.exit_cost_fraction, equity, held_value,
+            math.nan if reserve is None else reserve, source,
+            regimes.vol_regime[reg] if has_regime else "unknown",
+            regimes.momentum_regime[reg] if has_regime else "unknown", multiplier,
+            signals.tier[sig] if has_signal else "",
+        ))
+        return d.target
 
 
 __all__ = [
     "CASH_MARGIN_USD",
+    "DECISION_FIELDS",
+    "EQUITY_FIELDS",
+    "ExecutionConfig",
+    "ORDER_FIELDS",
+    "PoolMarket",
     "Q50Strategy",
     "Q50StrategyConfig",
+    "TargetStrategy",
+    "TargetStrategyConfig",
     "affordable_buy_qty",
-    "execution_price",
     "floor_qty",
     "sellable_qty",
-    "impact_fraction_of_reserve",
 ]

@@ -9,23 +9,35 @@ import math
 import pandas as pd
 from dagster import ConfigurableResource
 from pydantic import Field
-from sqlalchemy import DateTime, Engine, delete, func, select
+from sqlalchemy import DateTime, Engine, column, delete, func, inspect, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from q50_assets.automation.bar_changes import window_rows
 from q50_assets.db import migrate
-from q50_assets.db.collector_models import collection_metadata, ohlcv_data, pools
+from q50_assets.db.collector_models import (
+    collection_metadata,
+    collector_feature_vectors,
+    new_pools_history,
+    new_pools_history_enhanced,
+    ohlcv_data,
+    pools,
+    trades,
+)
 from q50_assets.db.engine import get_engine, redact_url
 from q50_assets.db.q50_models import (
-    pool_feature_vectors,
     q50_backtest_results,
+    q50_feature_vectors,
     q50_regime_labels,
     q50_signals,
     q50_trading_history,
 )
+from q50_assets.db.types import TimestampTZ
 from q50_assets.research.bars import RAW_COLUMNS
+from q50_assets.research.costs import ReserveSeries
+from q50_assets.research.features import COLLECTOR_VECTOR_FEATURES
+from q50_assets.research.trades import RAW_TRADE_COLUMNS
 
 def _utc(value) -> pd.Timestamp:
     """SQLite returns naive datetimes (stored as UTC), PostgreSQL aware ones."""
@@ -125,7 +137,7 @@ class CollectorDatabase(ConfigurableResource):
         Returns per pool (vector id per open_time, number of stale vectors).
         """
         self.ensure_schema()
-        t = pool_feature_vectors
+        t = q50_feature_vectors
         records = []
         for pool_id, frame in frames.items():
             values = frame[feature_columns].to_numpy(dtype="float64")
@@ -259,6 +271,37 @@ class CollectorDatabase(ConfigurableResource):
             row = conn.execute(stmt).mappings().first()
         return None if row is None else dict(row)
 
+    def read_signals(self, pool_id: str, timeframe: str) -> pd.DataFrame:
+        """One pool's rows of ``q50_signals`` (index open_time UTC, the table's columns)."""
+        t = q50_signals
+        stmt = select(t).where(t.c.pool_id == pool_id, t.c.timeframe == timeframe).order_by(t.c.timestamp)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).mappings().all()
+        frame = pd.DataFrame([dict(r) for r in rows], columns=[c.name for c in t.columns])
+        frame.index = pd.DatetimeIndex([_utc(v) for v in frame["timestamp"]], name="open_time")
+        frame["known_at"] = pd.to_datetime([_utc(v) for v in frame["known_at"]], utc=True) if len(frame) else \
+            pd.Series(dtype="datetime64[ns, UTC]")
+        return frame.drop(columns=["id", "pool_id", "timeframe", "timestamp", "created_at"])
+
+    def signal_loader(self, pool_id: str, timeframe: str):
+        """A :class:`~q50_assets.research.signals.Q50SignalLoader` over the stored signals of one pool
+        (signals made elsewhere: ``strategy_config.signal_source: database``)."""
+        from q50_assets.research.signals import Q50SignalLoader
+
+        return Q50SignalLoader(self.read_signals(pool_id, timeframe))
+
+    def read_regime_labels(self, pool_id: str, timeframe: str) -> pd.DataFrame:
+        """One pool's rows of ``q50_regime_labels`` (index open_time UTC)."""
+        t = q50_regime_labels
+        stmt = select(t).where(t.c.pool_id == pool_id, t.c.timeframe == timeframe).order_by(t.c.timestamp)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).mappings().all()
+        frame = pd.DataFrame([dict(r) for r in rows], columns=[c.name for c in t.columns])
+        frame.index = pd.DatetimeIndex([_utc(v) for v in frame["timestamp"]], name="open_time")
+        frame["known_at"] = pd.to_datetime([_utc(v) for v in frame["known_at"]], utc=True) if len(frame) else \
+            pd.Series(dtype="datetime64[ns, UTC]")
+        return frame.drop(columns=["id", "pool_id", "timeframe", "timestamp", "created_at"])
+
     def read_bars(self, pool_id: str, timeframe: str) -> pd.DataFrame:
         """Every ``ohlcv_data`` row of one pool and timeframe, collector column names."""
         return self.read_bars_many([pool_id], timeframe)[pool_id]
@@ -279,10 +322,20 @@ class CollectorDatabase(ConfigurableResource):
         groups = dict(tuple(frame.groupby("pool_id", sort=False))) if len(frame) else {}
         return {p: groups.get(p, frame.iloc[0:0]).drop(columns="pool_id").reset_index(drop=True) for p in pool_ids}
 
+    def _columns(self, table_name: str) -> set[str]:
+        """The columns a collector table has in this database ({} when it is absent). Collectors
+        differ: the generic models' collection_metadata has last_updated, the PostgreSQL ones updated_at."""
+        insp = inspect(self.engine)
+        if table_name not in insp.get_table_names():
+            return set()
+        return {c["name"] for c in insp.get_columns(table_name)}
+
     def collector_progress(self, collector_type: str = "ohlcv_collector") -> dict | None:
         """The collector's own progress row for one of its collectors (run_count, updated_at), or None."""
         t = collection_metadata
-        stmt = select(t.c.run_count, t.c.last_success, t.c.updated_at).where(t.c.collector_type == collector_type)
+        stamp = "updated_at" if "updated_at" in self._columns(t.name) else "last_updated"
+        stmt = select(t.c.run_count, t.c.last_success, column(stamp, TimestampTZ).label("updated_at")).select_from(
+            t).where(t.c.collector_type == collector_type)
         with self.engine.connect() as conn:
             row = conn.execute(stmt).mappings().first()
         if row is None:
@@ -322,6 +375,112 @@ class CollectorDatabase(ConfigurableResource):
             summaries[pid]["window"] = window_rows(rows, window_bars, bar_seconds)
         return summaries
 
+    def read_trades(self, pool_id: str) -> pd.DataFrame:
+        """Every ``trades`` row of one pool, collector column names (research.trades.RAW_TRADE_COLUMNS)."""
+        return self.read_trades_many([pool_id])[pool_id]
+
+    def read_trades_many(self, pool_ids: list[str]) -> dict[str, pd.DataFrame]:
+        """Per pool of a batch, :meth:`read_trades` (one query per chunk of pools)."""
+        rows = []
+        with self.engine.connect() as conn:
+            for chunk in _chunks(sorted(set(pool_ids))):
+                stmt = (select(trades.c.pool_id, *(trades.c[c] for c in RAW_TRADE_COLUMNS))
+                        .where(trades.c.pool_id.in_(chunk)).order_by(trades.c.pool_id, trades.c.id))
+                rows.extend(conn.execute(stmt).all())
+        frame = pd.DataFrame(rows, columns=["pool_id", *RAW_TRADE_COLUMNS])
+        groups = dict(tuple(frame.groupby("pool_id", sort=False))) if len(frame) else {}
+        empty = frame.iloc[0:0]
+        return {p: groups.get(p, empty).drop(columns="pool_id").reset_index(drop=True) for p in pool_ids}
+
+    # --- the collector's own feature vectors (its enhanced-history pool_feature_vectors) -----------
+    def has_collector_feature_vectors(self) -> bool:
+        """Whether this database has the collector's ``pool_feature_vectors`` (after our migrations
+        moved any table of our own by that name to q50_feature_vectors, a remaining one is the
+        collector's; its shape is checked all the same)."""
+        self.ensure_schema()
+        columns = self._columns(collector_feature_vectors.name)
+        return bool(columns) and migrate.classify_pool_feature_vectors(columns) == "collector"
+
+    def collector_feature_vectors(self, pool_id: str) -> pd.DataFrame:
+        """The collector's vectors of one pool: id, timestamp (bar open, epoch s), feature_set_version,
+        created_at (UTC) and the feature columns it has of COLLECTOR_VECTOR_FEATURES. Its forward-looking
+        targets (price_return_*, volume_change_1h) are never selected. Empty without the table."""
+        if not self.has_collector_feature_vectors():
+            return pd.DataFrame(columns=["id", "timestamp", "feature_set_version", "created_at"])
+        t = collector_feature_vectors
+        present = self._columns(t.name)
+        features = [c for c in COLLECTOR_VECTOR_FEATURES if c in present]
+        stmt = (select(t.c.id, t.c.timestamp, t.c.feature_set_version, t.c.created_at, *(t.c[c] for c in features))
+                .where(t.c.pool_id == pool_id).order_by(t.c.timestamp, t.c.id))
+        with self.engine.connect() as conn:
+            frame = pd.DataFrame(conn.execute(stmt).all(), columns=["id", "timestamp", "feature_set_version",
+                                                                    "created_at", *features])
+        frame["created_at"] = pd.to_datetime(frame["created_at"], utc=True)
+        return frame
+
+    def collector_feature_vector_ids(self, pool_id: str, bar_opens: pd.DatetimeIndex) -> pd.Series:
+        """Per bar open: the id of the collector's vector for that pool and bar (its ``timestamp`` = the
+        bar open's epoch) of the newest feature_set_version (the most recently created; then the highest
+        id). Bars without one are absent. Empty without the collector's table."""
+        if len(bar_opens) == 0 or not self.has_collector_feature_vectors():
+            return pd.Series(dtype="int64")
+        t = collector_feature_vectors
+        epochs = pd.DatetimeIndex(bar_opens).as_unit("s").asi8
+        stmt = (select(t.c.id, t.c.timestamp, t.c.created_at)
+                .where(t.c.pool_id == pool_id, t.c.timestamp >= int(epochs.min()), t.c.timestamp <= int(epochs.max())))
+        with self.engine.connect() as conn:
+            rows = pd.DataFrame(conn.execute(stmt).all(), columns=["id", "timestamp", "created_at"])
+        if rows.empty:
+            return pd.Series(dtype="int64")
+        rows["created_at"] = pd.to_datetime(rows["created_at"], utc=True)
+        # NaT first: a vector without created_at counts as the oldest.
+        newest = rows.sort_values(["timestamp", "created_at", "id"], na_position="first").groupby("timestamp").tail(1)
+        ids = pd.Series(newest["id"].astype("int64").to_numpy(),
+                        index=pd.to_datetime(newest["timestamp"].astype("int64"), unit="s", utc=True))
+        return ids[ids.index.isin(pd.DatetimeIndex(bar_opens))]
+
+    def feature_vector_pointers(self, pool_id: str, decision_opens: pd.DatetimeIndex, own_ids,
+                                use_collector: bool) -> tuple[pd.DataFrame, dict]:
+        """The trading-history pointers of decisions made at the close of the bars ``decision_opens``:
+        ``q50_feature_vector_id`` (the project's vector behind the decision, ``own_ids``),
+        ``feature_vector_id`` and ``feature_vector_table`` — the collector's ``pool_feature_vectors`` row
+        for that pool and bar when ``use_collector`` (risk_management.use_existing_feature_vectors) and
+        the collector has one, else the project's. Returns (frame aligned with decision_opens, summary)."""
+        own = pd.array(own_ids, dtype="Int64")
+        frame = pd.DataFrame({"q50_feature_vector_id": own, "feature_vector_id": own,
+                              "feature_vector_table": pd.array([None if pd.isna(v) else q50_feature_vectors.name
+                                                                for v in own], dtype="object")})
+        summary = {"use_existing_feature_vectors": use_collector, "collector_table": False,
+                   "rows_pointing_at_collector": 0, "rows_pointing_at_project": int(frame["feature_vector_id"].notna().sum())}
+        if not use_collector:
+            return frame, summary
+        summary["collector_table"] = self.has_collector_feature_vectors()
+        if not summary["collector_table"]:
+            return frame, summary
+        collector_ids = self.collector_feature_vector_ids(pool_id, decision_opens).reindex(pd.DatetimeIndex(decision_opens))
+        found = collector_ids.notna().to_numpy()
+        frame.loc[found, "feature_vector_id"] = collector_ids.to_numpy()[found].astype("int64")
+        frame.loc[found, "feature_vector_table"] = collector_feature_vectors.name
+        summary["rows_pointing_at_collector"] = int(found.sum())
+        summary["rows_pointing_at_project"] = int((~found & frame["q50_feature_vector_id"].notna().to_numpy()).sum())
+        return frame, summary
+
+    def with_feature_vector_pointers(self, pool_id: str, rows: pd.DataFrame,
+                                     use_collector: bool) -> tuple[pd.DataFrame, dict]:
+        """Trading-history ``rows`` (``signal_open`` = open of the bar whose signal and features
+        decided the order; feature_vector_id = the project's vector of that bar) with the three
+        pointer columns of :meth:`feature_vector_pointers` set, and its summary."""
+        if rows.empty:
+            return rows, {"use_existing_feature_vectors": use_collector, "rows_pointing_at_collector": 0,
+                          "rows_pointing_at_project": 0}
+        own = rows["feature_vector_id"] if "feature_vector_id" in rows else [None] * len(rows)
+        pointers, summary = self.feature_vector_pointers(
+            pool_id, pd.DatetimeIndex(rows["signal_open"]), own, use_collector)
+        rows = rows.copy()
+        for name in pointers.columns:
+            rows[name] = pointers[name].to_numpy()
+        return rows, summary
+
     def pools_with_bars(self, timeframe: str) -> list[str]:
         stmt = (
             select(ohlcv_data.c.pool_id)
@@ -357,17 +516,55 @@ class CollectorDatabase(ConfigurableResource):
                 out.update(conn.execute(select(pools.c.id).where(pools.c.id.in_(chunk))).scalars())
         return out
 
-    def pool_reserve_usd(self, pool_id: str) -> float | None:
-        """The collector's latest liquidity snapshot of the pool (USD), None when unknown or not > 0."""
-        return self.pool_reserves_usd([pool_id])[pool_id]
+    def reserve_observations(self, pool_id: str) -> tuple[pd.DataFrame, int]:
+        """Every observation of the pool's liquidity the collector has, with the time it was made:
+        :meth:`reserve_observations_many` for one pool."""
+        return self.reserve_observations_many([pool_id])[pool_id]
 
-    def pool_reserves_usd(self, pool_ids: list[str]) -> dict[str, float | None]:
-        """Per pool of a batch, :meth:`pool_reserve_usd`."""
-        values: dict[str, float | None] = {}
+    def reserve_observations_many(self, pool_ids: list[str]) -> dict[str, tuple[pd.DataFrame, int]]:
+        """Per pool of a batch, every observation of its liquidity the collector has, with the time
+        it was made.
+
+        ``pools.reserve_usd`` as of ``pools.last_updated`` (source ``collector_snapshot``), and,
+        where those tables exist, ``new_pools_history.reserve_in_usd`` and
+        ``new_pools_history_enhanced.reserve_in_usd`` as of their ``collected_at``
+        (``collector_history``, ``collector_history_enhanced``). A row without a time or with a
+        reserve that is NULL or not > 0 observes nothing (the collector writes 0 for unknown
+        liquidity): it is left out and counted. Returns per pool (observed_at, reserve_usd, source
+        frame; rows left out). Read-only, bound parameters, one query per table and chunk of pools.
+        """
+        tables = [("collector_snapshot", pools.c.id, pools.c.last_updated, pools.c.reserve_usd, pools.c.id)]
+        existing = inspect(self.engine)
+        for source, table in (("collector_history", new_pools_history),
+                              ("collector_history_enhanced", new_pools_history_enhanced)):
+            if existing.has_table(table.name):
+                tables.append((source, table.c.pool_id, table.c.collected_at, table.c.reserve_in_usd, table.c.id))
+        rows: dict[str, list] = {p: [] for p in pool_ids}
+        ignored = dict.fromkeys(pool_ids, 0)
         with self.engine.connect() as conn:
-            for chunk in _chunks(sorted(pool_ids)):
-                values.update(conn.execute(select(pools.c.id, pools.c.reserve_usd).where(pools.c.id.in_(chunk))).all())
-        return {p: (float(values[p]) if values.get(p) is not None and float(values[p]) > 0 else None) for p in pool_ids}
+            for source, pool_col, at_col, reserve_col, id_col in tables:
+                for chunk in _chunks(sorted(set(pool_ids))):
+                    stmt = (select(pool_col, at_col, reserve_col).where(pool_col.in_(chunk))
+                            .order_by(pool_col, at_col, id_col))
+                    for pool_id, observed_at, reserve in conn.execute(stmt):
+                        if observed_at is None or reserve is None or not float(reserve) > 0 \
+                                or not math.isfinite(float(reserve)):
+                            ignored[pool_id] += 1
+                            continue
+                        rows[pool_id].append((_utc(observed_at), float(reserve), source))
+        return {p: (pd.DataFrame(rows[p], columns=["observed_at", "reserve_usd", "source"]), ignored[p])
+                for p in pool_ids}
+
+    def pool_reserves(self, pool_id: str, fallback_usd: float | None) -> tuple[ReserveSeries, int]:
+        """The pool's :class:`ReserveSeries` (as-of lookups; ``fallback_usd`` before the first
+        observation) and the number of collector rows that observed nothing."""
+        return self.pool_reserves_many([pool_id], fallback_usd)[pool_id]
+
+    def pool_reserves_many(self, pool_ids: list[str], fallback_usd: float | None
+                           ) -> dict[str, tuple[ReserveSeries, int]]:
+        """Per pool of a batch, :meth:`pool_reserves`."""
+        return {p: (ReserveSeries(observations, fallback_usd=fallback_usd), ignored)
+                for p, (observations, ignored) in self.reserve_observations_many(pool_ids).items()}
 
     def _records(self, frame: pd.DataFrame, table, fixed: dict) -> list[dict]:
         columns = [c.name for c in table.columns if c.name in frame.columns]
@@ -379,7 +576,7 @@ class CollectorDatabase(ConfigurableResource):
                     v = None if pd.isna(v) else v.to_pydatetime()
                 elif isinstance(v, float) and math.isnan(v):
                     v = None
-                elif v is pd.NaT:
+                elif v is pd.NaT or v is pd.NA:
                     v = None
                 record[c] = v
             out.append(record)
@@ -483,3 +680,18 @@ def _runs_text(keys: list[tuple[str, str]]) -> str:
 
 def _pools_text(pool_ids: list[str]) -> str:
     return f"pool {pool_ids[0]}" if len(pool_ids) == 1 else f"{len(pool_ids)} pools"
+
+
+def strategy_inputs_from_database(pool_id: str, timeframe: str, database_uri: str | None):
+    """The Q50 strategy's ``inputs_factory`` for a live node: its signal loader and regime detector
+    from the ``q50_signals`` and ``q50_regime_labels`` tables of ``database_uri`` (from the
+    environment; None = ``Q50_DATABASE_URL``)."""
+    import os
+
+    from q50_assets.research.regimes import RegimeDetector
+
+    url = database_uri or os.environ.get("Q50_DATABASE_URL")
+    if not url:
+        raise ValueError("strategy inputs from a database need database_uri or Q50_DATABASE_URL")
+    db = CollectorDatabase(url=url)
+    return db.signal_loader(pool_id, timeframe), RegimeDetector().with_labels(db.read_regime_labels(pool_id, timeframe))

@@ -24,6 +24,7 @@ from dagster import AssetKey, ConfigurableIOManager, InputContext, OutputContext
 from pydantic import Field
 
 from q50_assets.db.q50_models import q50_regime_labels, q50_signals
+from q50_assets.research.backtest_stage import results_rows
 from q50_assets.resources.database import CollectorDatabase
 from q50_assets.stages.gate import Blocked
 
@@ -103,7 +104,8 @@ def write_table_outputs(db: CollectorDatabase, timeframe: str, asset: str, value
         return db.replace_pool_rows_many(POOL_ROW_TABLES[asset], timeframe,
                                          {p: (None if isinstance(v, Blocked) else v) for p, v in values.items()})
     if asset == "backtest_results":
-        ok = {p: (v.backtest_run_id, v.metrics.reset_index()) for p, v in values.items()
+        # One row per variant, the permutation null's draws on the q50 row (the portfolio's pooled p-value).
+        ok = {p: (v.backtest_run_id, results_rows(v)) for p, v in values.items()
               if not isinstance(v, Blocked) and v.status == "ok"}
         return db.replace_backtest_results_many(timeframe, ok) if ok else {}
     if asset == "q50_trading_history":

@@ -3,19 +3,30 @@
 :func:`stage_resources` turns :class:`~q50_assets.settings.Settings` into the fields of
 :class:`LineageConfig` (and of the Nautilus door): those fields are what the launchpad shows and
 lets a user override for one run. Each stage then gets its own small, frozen config object from
-one method here (``bar_rules()``, ``feature_config()``, ``training_config()``, ``signal_config()``,
-``regime_config()``).
+one method here (``bar_rules()``, ``trade_rules()``, ``feature_config()``, ``training_config()``,
+``signal_config()``, ``regime_config()``, ``backtest_config(spec)``). Every settings key a stage
+reads arrives through these fields: none is parsed and then ignored.
 """
 
 from __future__ import annotations
 
-from dagster import Config, ConfigurableResource
+import os
+from typing import Literal
+
+import pandas as pd
+from dagster import Config, ConfigurableResource, EnvVar
 from pydantic import Field
 
+from q50_assets.research.backtest_stage import BacktestStageConfig, variants_for
 from q50_assets.research.bars import TIMEFRAME_SECONDS, BarRules
+from q50_assets.research.calibration import CalibrationConfig
+from q50_assets.research.evaluation import NaiveConfig
 from q50_assets.research.q50_model import WalkForwardConfig
 from q50_assets.research.regimes import RegimeConfig
 from q50_assets.research.signals import SignalConfig
+from q50_assets.research.trades import TradeRules
+from q50_assets.research.uncertainty import BootstrapConfig
+from q50_assets.resources.database import CollectorDatabase
 from q50_assets.resources.nautilus import NautilusBacktester
 from q50_assets.stages.features import FeatureConfig
 from q50_assets.stages.model import ModelConfig
@@ -29,10 +40,18 @@ class OhlcvStage(Config):
     revision_window_bars: int = Field(3, description="Newest bars the new-bars sensor compares (collector state).")
 
 
+class TradesStage(Config):
+    flow_features: bool = Field(True, description="Trade-flow features for pools whose trades pass every check.")
+    min_volume_coverage: float = Field(0.5, description="Share of the covered bars' USD volume the trades must explain.")
+    min_covered_bars: int = Field(24, description="Bars the collected trades must span.")
+
+
 class FeatureStage(Config):
     rsi_periods: int = 14
     macd_fast: int = 12
     macd_slow: int = 26
+    collector_feature_vectors: bool = Field(False, description="Also the collector's own pool_feature_vectors "
+                                            "(as of their created_at; never its targets).")
 
 
 class ModelStage(Config):
@@ -42,11 +61,23 @@ class ModelStage(Config):
     min_train_rows: int = 200
     seed: int = 42
     num_boost_round: int = 150
-    coverage_tolerance: float = 0.05
+    calibration_window_bars: int = Field(168, description="q10/q90 recalibrated on the OOS labels known in the "
+                                         "last N bars.")
+    calibration_min_rows: int = Field(200, description="Fewer such labels at a fold boundary: not calibrated.")
+    coverage_tolerance: float = Field(0.02, description="Recalibrated coverage may miss by this + 3 s.e. "
+                                      "(blocking check).")
+
+
+class EvaluationStage(Config):
+    naive_window_bars: int | None = 168
+    naive_min_pool_labels: int = 48
+    bootstrap_samples: int = 1000
+    bootstrap_block_days: float = 1.0
+    bootstrap_seed: int = 0
 
 
 class SignalStage(Config):
-    swap_fee: float = Field(0.0025, description="DEX fee per side; the threshold includes the round trip.")
+    swap_fee: float = Field(0.0025, description="DEX fee per side; the cost model adds impact at the intended size.")
     variance_multiplier: float = 1.0
     allow_short: bool = False
 
@@ -64,12 +95,23 @@ class RegimeStage(Config):
 
 
 class BacktestStage(Config):
+    """Sizing, yardsticks and liquidity of the backtest stage. The engines' own execution settings
+    (capital, fee, latency, fill price, volume cap) are the ``nautilus`` resource's fields."""
+
     base_position_size: float = 0.1
     max_position_size: float = 0.5
     kelly_fraction: float = 0.5
-    shuffle_seed: int = 7
     buy_and_hold_fraction: float = 1.0
-    fallback_reserve_usd: float | None = Field(50_000.0, description="Liquidity assumed when the collector has none.")
+    permutations: int = Field(1000, description="Permutation null draws per pool.")
+    permutation_seed: int = 7
+    reserve_sensitivity: list[float] = Field([0.5, 2.0], description="The assumed reserve scaled by each factor "
+                                             "(variants q50_reserve_x<k>).")
+    fallback_reserve_usd: float | None = Field(50_000.0, description="Liquidity assumed before the collector's "
+                                               "first observation; null = no impact there.")
+    signal_source: Literal["qlib", "database"] = Field("qlib", description="qlib: this run's signals; database: "
+                                                       "those stored in q50_signals of the signal database.")
+    use_existing_feature_vectors: bool = Field(True, description="Trading history points at the collector's "
+                                               "pool_feature_vectors row of the deciding bar where it has one.")
 
 
 class LineageConfig(ConfigurableResource):
@@ -79,11 +121,18 @@ class LineageConfig(ConfigurableResource):
     pools_per_run: int = Field(100, description="Pools per batch run (the assets' backfill policy, the sensor, "
                                                 "the nightly schedule and q50 demo).")
     ohlcv: OhlcvStage = OhlcvStage()
+    trades: TradesStage = TradesStage()
     features: FeatureStage = FeatureStage()
     model: ModelStage = ModelStage()
+    evaluation: EvaluationStage = EvaluationStage()
     signals: SignalStage = SignalStage()
     regimes: RegimeStage = RegimeStage()
     backtest: BacktestStage = BacktestStage()
+    # Execution keys the model's label and the signals' intended size depend on (the same values
+    # as the nautilus resource's: stage_resources sets both from one setting).
+    fill_latency_bars: int = Field(1, description="Bars from a decision to its fill; the model's label starts there.")
+    starting_capital_usd: float = 10_000.0
+    max_reserve_fraction: float = 0.1
 
     @property
     def bar_seconds(self) -> int:
@@ -94,22 +143,39 @@ class LineageConfig(ConfigurableResource):
         return BarRules(timeframe=self.timeframe, min_bars=o.min_bars, stored_price_decimals=o.stored_price_decimals,
                         min_price_significant_digits=o.min_price_significant_digits, max_gap_bars=o.max_gap_bars)
 
+    def trade_rules(self) -> TradeRules:
+        t = self.trades
+        return TradeRules(bar_seconds=self.bar_seconds, stored_price_decimals=self.ohlcv.stored_price_decimals,
+                          min_volume_coverage=t.min_volume_coverage, min_covered_bars=t.min_covered_bars,
+                          flow_features=t.flow_features)
+
     def feature_config(self) -> FeatureConfig:
         f = self.features
         return FeatureConfig(bar_seconds=self.bar_seconds, rsi_periods=f.rsi_periods, macd_fast=f.macd_fast,
-                             macd_slow=f.macd_slow)
+                             macd_slow=f.macd_slow, flow_features=self.trades.flow_features,
+                             collector_features=f.collector_feature_vectors)
 
     def training_config(self) -> ModelConfig:
-        m = self.model
-        walk = WalkForwardConfig(horizon_bars=m.horizon_bars, bar_seconds=self.bar_seconds,
-                                 initial_train_bars=m.initial_train_bars, retrain_every_bars=m.retrain_every_bars,
-                                 min_train_rows=m.min_train_rows, seed=m.seed, num_boost_round=m.num_boost_round)
-        return ModelConfig(walk_forward=walk, features=self.feature_config(), coverage_tolerance=m.coverage_tolerance)
+        m, e = self.model, self.evaluation
+        walk = WalkForwardConfig(horizon_bars=m.horizon_bars, label_offset_bars=self.fill_latency_bars,
+                                 bar_seconds=self.bar_seconds, initial_train_bars=m.initial_train_bars,
+                                 retrain_every_bars=m.retrain_every_bars, min_train_rows=m.min_train_rows,
+                                 seed=m.seed, num_boost_round=m.num_boost_round)
+        return ModelConfig(
+            walk_forward=walk, features=self.feature_config(), coverage_tolerance=m.coverage_tolerance,
+            calibration=CalibrationConfig(window_bars=m.calibration_window_bars, min_rows=m.calibration_min_rows,
+                                          bar_seconds=self.bar_seconds),
+            naive=NaiveConfig(min_pool_labels=e.naive_min_pool_labels, window_bars=e.naive_window_bars,
+                              bar_seconds=self.bar_seconds),
+            bootstrap=BootstrapConfig(samples=e.bootstrap_samples, block=pd.Timedelta(days=e.bootstrap_block_days),
+                                      seed=e.bootstrap_seed))
 
     def signal_config(self) -> SignalConfig:
-        s = self.signals
-        return SignalConfig(round_trip_cost=2 * s.swap_fee, variance_multiplier=s.variance_multiplier,
-                            allow_short=s.allow_short)
+        s, b = self.signals, self.backtest
+        return SignalConfig(swap_fee=s.swap_fee, max_reserve_fraction=self.max_reserve_fraction,
+                            capital_usd=self.starting_capital_usd, base_position_size=b.base_position_size,
+                            max_position_size=b.max_position_size, kelly_fraction=b.kelly_fraction,
+                            variance_multiplier=s.variance_multiplier, allow_short=s.allow_short)
 
     def regime_config(self) -> RegimeConfig:
         r = self.regimes
@@ -119,29 +185,34 @@ class LineageConfig(ConfigurableResource):
                             position_multipliers=r.position_multipliers, momentum_multipliers=r.momentum_multipliers,
                             threshold_adjustments=r.threshold_adjustments)
 
-    def backtest_settings(self):
-        """The settings object ``run_variants`` reads (sizing, baselines, timeframe), built from
-        these fields so a launchpad override reaches it too."""
-        from q50_assets.settings import Settings
-
+    def backtest_config(self, nautilus: NautilusBacktester) -> BacktestStageConfig:
+        """The backtest stage's config: sizing and yardsticks from here, the engines' spec from the
+        Nautilus resource."""
         b = self.backtest
-        return Settings.model_validate({
-            "timeframe": self.timeframe,
-            "nautilus_trader": {
-                "risk_management": {"base_position_size": b.base_position_size,
-                                    "max_position_size": b.max_position_size},
-                "backtest": {"kelly_fraction": b.kelly_fraction, "shuffle_seed": b.shuffle_seed,
-                             "buy_and_hold_fraction": b.buy_and_hold_fraction,
-                             "fallback_reserve_usd": b.fallback_reserve_usd},
-            },
-        })
+        return BacktestStageConfig(
+            spec=nautilus.spec(), base_position_size=b.base_position_size, max_position_size=b.max_position_size,
+            kelly_fraction=b.kelly_fraction, variance_multiplier=self.signals.variance_multiplier,
+            buy_and_hold_fraction=b.buy_and_hold_fraction, permutations=b.permutations,
+            permutation_seed=b.permutation_seed, reserve_sensitivity=tuple(b.reserve_sensitivity),
+            timeframe=self.timeframe)
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        """Every backtest variant a pool's result has (the portfolio's expected set)."""
+        return variants_for(tuple(self.backtest.reserve_sensitivity))
 
 
-def stage_resources(settings) -> dict:
-    """Settings -> the ``lineage`` and ``nautilus`` resources: the one translation of settings
-    into what the stages run with."""
-    o, m, s = settings.ohlcv, settings.model, settings.signals
+# The environment variable of strategy_config.database_uri (signal_source: database).
+ENV_SIGNAL_DATABASE_URI = "Q50__NAUTILUS_TRADER__STRATEGY_CONFIG__DATABASE_URI"
+
+
+def stage_resources(settings, database: CollectorDatabase | None = None) -> dict:
+    """Settings -> the ``lineage``, ``nautilus`` and ``signal_db`` resources: the one translation of
+    settings into what the stages run with. ``database``: the collector database resource (the
+    signal database when ``strategy_config.database_uri`` is unset)."""
+    o, m, s, t, e = settings.ohlcv, settings.model, settings.signals, settings.trades, settings.evaluation
     rd = settings.nautilus_trader.strategy_config.regime_detection
+    strategy = settings.nautilus_trader.strategy_config
     risk = settings.nautilus_trader.risk_management
     bt = settings.nautilus_trader.backtest
     lineage = LineageConfig(
@@ -150,10 +221,17 @@ def stage_resources(settings) -> dict:
         ohlcv=OhlcvStage(min_bars=o.min_bars, stored_price_decimals=o.stored_price_decimals,
                          min_price_significant_digits=o.min_price_significant_digits, max_gap_bars=o.max_gap_bars,
                          revision_window_bars=settings.automation.new_bars_sensor.revision_window_bars),
-        features=FeatureStage(rsi_periods=rd.rsi_periods, macd_fast=rd.macd_fast, macd_slow=rd.macd_slow),
+        trades=TradesStage(flow_features=t.flow_features, min_volume_coverage=t.min_volume_coverage,
+                           min_covered_bars=t.min_covered_bars),
+        features=FeatureStage(rsi_periods=rd.rsi_periods, macd_fast=rd.macd_fast, macd_slow=rd.macd_slow,
+                              collector_feature_vectors=m.collector_feature_vectors),
         model=ModelStage(horizon_bars=m.horizon_bars, initial_train_bars=m.initial_train_bars,
                          retrain_every_bars=m.retrain_every_bars, min_train_rows=m.min_train_rows, seed=m.seed,
-                         num_boost_round=m.num_boost_round, coverage_tolerance=m.coverage_tolerance),
+                         num_boost_round=m.num_boost_round, calibration_window_bars=m.calibration_window_bars,
+                         calibration_min_rows=m.calibration_min_rows, coverage_tolerance=m.coverage_tolerance),
+        evaluation=EvaluationStage(naive_window_bars=e.naive_window_bars, naive_min_pool_labels=e.naive_min_pool_labels,
+                                   bootstrap_samples=e.bootstrap_samples, bootstrap_block_days=e.bootstrap_block_days,
+                                   bootstrap_seed=e.bootstrap_seed),
         signals=SignalStage(swap_fee=s.swap_fee, variance_multiplier=s.variance_multiplier, allow_short=s.allow_short),
         regimes=RegimeStage(vol_percentiles=list(rd.vol_percentiles), min_history_bars=rd.min_history_bars,
                             window_bars=rd.window_bars, rsi_overbought=rd.rsi_overbought, rsi_oversold=rd.rsi_oversold,
@@ -161,9 +239,14 @@ def stage_resources(settings) -> dict:
                             momentum_multipliers=dict(rd.momentum_multipliers),
                             threshold_adjustments=dict(rd.threshold_adjustments)),
         backtest=BacktestStage(base_position_size=risk.base_position_size, max_position_size=risk.max_position_size,
-                               kelly_fraction=bt.kelly_fraction, shuffle_seed=bt.shuffle_seed,
-                               buy_and_hold_fraction=bt.buy_and_hold_fraction,
-                               fallback_reserve_usd=bt.fallback_reserve_usd),
+                               kelly_fraction=bt.kelly_fraction, buy_and_hold_fraction=bt.buy_and_hold_fraction,
+                               permutations=bt.permutations, permutation_seed=bt.permutation_seed,
+                               reserve_sensitivity=list(bt.reserve_sensitivity),
+                               fallback_reserve_usd=bt.fallback_reserve_usd, signal_source=strategy.signal_source,
+                               use_existing_feature_vectors=risk.use_existing_feature_vectors),
+        fill_latency_bars=bt.fill_latency_bars,
+        starting_capital_usd=bt.starting_capital_usd,
+        max_reserve_fraction=bt.max_reserve_fraction,
     )
     nautilus = NautilusBacktester(
         enabled=settings.nautilus_trader.enabled,
@@ -172,5 +255,15 @@ def stage_resources(settings) -> dict:
         max_reserve_fraction=bt.max_reserve_fraction,
         min_trade_fraction=bt.min_trade_fraction,
         bar_seconds=TIMEFRAME_SECONDS[settings.timeframe],
+        fill_latency_bars=bt.fill_latency_bars,
+        fill_price=bt.fill_price,
+        max_volume_share=bt.max_volume_share,
     )
-    return {"lineage": lineage, "nautilus": nautilus}
+    # Where signal_source: database reads q50_signals. A URL from the environment stays an EnvVar,
+    # so the UI shows the variable's name, never the credentials in it.
+    if strategy.database_uri:
+        from_env = os.environ.get(ENV_SIGNAL_DATABASE_URI) == strategy.database_uri
+        signal_db = CollectorDatabase(url=EnvVar(ENV_SIGNAL_DATABASE_URI) if from_env else strategy.database_uri)
+    else:
+        signal_db = database if database is not None else CollectorDatabase(url=settings.database_url)
+    return {"lineage": lineage, "nautilus": nautilus, "signal_db": signal_db}

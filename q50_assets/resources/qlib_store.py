@@ -33,7 +33,11 @@ from pydantic import Field
 
 from q50_assets.research.features import STORE_FIELDS
 
-QLIB_FREQ = {"1m": "1min", "5m": "5min", "15m": "15min", "1h": "60min", "4h": "240min"}
+# Collector timeframe -> QLib frequency name. QLib parses "<n>min" for any n (its own "1h" and
+# "1d" mean other things: hours are refused, "day" reads a date-only calendar), so every bar size is
+# minutes: 12h = 720min, 1d = 1440min, all on the same kind of calendar.
+QLIB_FREQ = {"1m": "1min", "5m": "5min", "15m": "15min", "1h": "60min", "4h": "240min", "12h": "720min",
+             "1d": "1440min"}
 _CAL_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 _initialised_uri: str | None = None
@@ -89,7 +93,7 @@ class QlibStore(ConfigurableResource):
 
     @property
     def bar(self) -> pd.Timedelta:
-        return pd.Timedelta(self.freq.replace("min", "min"))
+        return pd.Timedelta(minutes=int(self.freq.removesuffix("min")))
 
     @property
     def _calendar_file(self) -> Path:
@@ -210,6 +214,41 @@ class QlibStore(ConfigurableResource):
             if removed:
                 self._write_instruments(mapping)
         return removed
+
+    def write_fields(self, pool_id: str, frame: pd.DataFrame, fields: tuple[str, ...]) -> None:
+        """Replace some of a pool's fields with ``frame`` (index open_time UTC on the store's bar grid,
+        one column per field), leaving its other fields alone. A field's file may cover a shorter span
+        than the pool's bars (e.g. only the bars the collector's trades cover): QLib reads NaN outside it.
+        Does not register the pool: :meth:`write_pool` does that."""
+        from qlib.data.storage.file_storage import FileFeatureStorage
+
+        if frame.empty:
+            self.clear_fields(pool_id, fields)
+            return
+        start, end = frame.index[0], frame.index[-1]
+        if start < self._origin():
+            raise QlibStoreError(f"pool {pool_id}: first row {start} precedes the store's calendar_start {self._origin()}")
+        expected = pd.date_range(start, end, freq=self.bar)
+        if len(expected) != len(frame) or not (frame.index == expected).all():
+            raise QlibStoreError(f"pool {pool_id}: fields {list(fields)} are not on a contiguous {self.freq} grid")
+        instrument = instrument_name(pool_id)
+        with self._lock():
+            self._ensure_calendar(end)
+            first = self._calendar_index(start)
+            for name in fields:
+                storage = FileFeatureStorage(
+                    instrument=instrument, field=name, freq=self.freq, provider_uri={self.freq: str(self.root)}
+                )
+                storage.uri.parent.mkdir(parents=True, exist_ok=True)
+                storage.uri.unlink(missing_ok=True)
+                storage.write(np.array(frame[name].to_numpy(dtype="float64"), copy=True), index=first)
+
+    def clear_fields(self, pool_id: str, fields: tuple[str, ...]) -> None:
+        """Delete some of a pool's field files: expressions on them read NaN (missing, not zero)."""
+        directory = self.root / "features" / instrument_name(pool_id)
+        with self._lock():
+            for name in fields:
+                (directory / f"{name}.{self.freq}.bin").unlink(missing_ok=True)
 
     def _write_instruments(self, mapping: dict[str, dict]) -> None:
         path = self.root / "instruments" / "all.txt"

@@ -1,8 +1,11 @@
 """Stage 3b - Q50 signals per pool: signal columns from the out-of-sample quantiles and the pool's
-features, with the time each becomes known. Every formula is :mod:`q50_assets.research.signals`.
+features, with the time each becomes known; thresholds and net expected value priced by the one
+cost model (fee + impact at the intended size, at the pool's liquidity known at the time). Every
+formula is :mod:`q50_assets.research.signals`.
 
 A batch's pools share one model: the walk-forward predictions are looked up per pool, and the
-live model predicts every pool's new bars in one call.
+live model predicts every pool's new bars in one call. A model run that failed a blocking check
+gives no signals at all (:meth:`TrainedQ50Model.require_usable`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
+from q50_assets.research.costs import ReserveSeries
 from q50_assets.research.signals import SignalConfig, compute_signals
 from q50_assets.stages.gate import Blocked, first_blocked
 from q50_assets.stages.model import TrainedQ50Model
@@ -61,10 +65,11 @@ def pool_predictions(model: TrainedQ50Model, features: Mapping[str, pd.DataFrame
 
 
 def pool_signals(pool_id: str, predictions: pd.DataFrame, features: pd.DataFrame, config: SignalConfig,
-                 model_run: str) -> pd.DataFrame:
-    """One pool's signal rows (index open_time) from its out-of-sample quantiles."""
+                 model_run: str, reserves: ReserveSeries | None) -> pd.DataFrame:
+    """One pool's signal rows (index open_time) from its out-of-sample quantiles, costs priced at the
+    pool's liquidity over time (``reserves``; None = fee only)."""
     signals = compute_signals(predictions[["q10", "q50", "q90", "predicted_at"]],
-                              features["vol_risk"].reindex(predictions.index), config)
+                              features["vol_risk"].reindex(predictions.index), config, reserves=reserves)
     signals["fold"] = predictions["fold"].astype("int64")
     signals["model_run"] = model_run
     signals["feature_vector_id"] = features["feature_vector_id"].reindex(signals.index)
@@ -72,12 +77,15 @@ def pool_signals(pool_id: str, predictions: pd.DataFrame, features: pd.DataFrame
 
 
 def signals_for_pools(model: TrainedQ50Model, features: Mapping[str, pd.DataFrame | Blocked], config: SignalConfig,
-                      bar: pd.Timedelta) -> dict[str, pd.DataFrame | Blocked]:
-    """Every pool's signals; a pool blocked upstream stays blocked."""
+                      bar: pd.Timedelta, reserves: Mapping[str, ReserveSeries | None]) -> dict[str, pd.DataFrame | Blocked]:
+    """Every pool's signals (``reserves``: each pool's liquidity over time); a pool blocked upstream
+    stays blocked. Raises :class:`~q50_assets.stages.model.ModelBlockedError` for a model whose run
+    failed a blocking check: no pool gets signals from it."""
+    model.require_usable()
     usable = {p: f for p, f in features.items() if first_blocked(p, f) is None}
     predictions = pool_predictions(model, usable, bar)
     return {pool_id: (frame if isinstance(frame, Blocked)
-                      else pool_signals(pool_id, predictions[pool_id], frame, config, model.run_id))
+                      else pool_signals(pool_id, predictions[pool_id], frame, config, model.run_id, reserves[pool_id]))
             for pool_id, frame in features.items()}
 
 

@@ -12,7 +12,7 @@ from q50_assets.assets.partitions import POOLS_PARTITION_NAME
 from q50_assets.automation.runs import range_tags
 from q50_assets.db.collector_models import ohlcv_data
 from q50_assets.db.engine import get_engine
-from q50_assets.db.q50_models import pool_feature_vectors
+from q50_assets.db.q50_models import q50_feature_vectors
 from q50_assets.definitions import build_resources
 from q50_assets.resources.qlib_store import instrument_name
 from q50_assets.stages.gate import Blocked
@@ -67,8 +67,8 @@ def test_features_are_stored_in_qlib_format_and_persisted(settings, collector_ur
 
     # Vectors: one per real bar, pointing back at the pool and version.
     with get_engine(collector_url).connect() as conn:
-        count = conn.execute(select(func.count()).select_from(pool_feature_vectors)
-                             .where(pool_feature_vectors.c.pool_id == MAIN_POOL)).scalar()
+        count = conn.execute(select(func.count()).select_from(q50_feature_vectors)
+                             .where(q50_feature_vectors.c.pool_id == MAIN_POOL)).scalar()
     assert count == int((~frame["is_filled"]).sum()) == 240
     assert frame.loc[~frame["is_filled"], "feature_vector_id"].notna().all()
 

@@ -33,6 +33,11 @@ LIGHT_MODEL = {
     "Q50__MODEL__RETRAIN_EVERY_BARS": "72",
     "Q50__MODEL__NUM_BOOST_ROUND": "60",
 }
+# The light model's signals rarely pay for their costs in a 50 000 USD pool (the assumed reserve)
+# on top of the variance premium; tests that need fills (history, fault and look-ahead tests)
+# assume a deep pool and no premium instead.
+DEEP_POOL = {"Q50__NAUTILUS_TRADER__BACKTEST__FALLBACK_RESERVE_USD": "2000000",
+             "Q50__SIGNALS__VARIANCE_MULTIPLIER": "0"}
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
@@ -53,7 +58,8 @@ def run_lineage(settings, instance, backtest: bool = False, pools=POOLS) -> dict
     refresh = defs.resolve_job_def("refresh_pools")
     per_run = settings.batches.pools_per_run
     first = execute_batches(refresh, instance, pools, per_run,
-                            [AssetKey("ohlcv_bars"), AssetKey("qlib_features"), AssetKey("regime_labels")],
+                            [AssetKey("ohlcv_bars"), AssetKey("pool_trades"), AssetKey("qlib_features"),
+                             AssetKey("regime_labels")],
                             run_config=QUIET)
     assert all(r.success for r in first)
     out = {"first_runs": first, "features": merged(first, "qlib_features"), "regimes": merged(first, "regime_labels"),
@@ -112,9 +118,30 @@ def test_lineage_gives_out_of_sample_signals_persisted_and_looked_up_as_of(setti
     assert len(folds) >= 5 and (folds["train_rows"].diff().dropna() >= 0).all()  # expanding
     assert ((preds["q10"] <= preds["q50"]) & (preds["q50"] <= preds["q90"])).all()
     assert out["model_checks"]["quantiles_ordered"].passed
-    cov10 = out["model_metadata"]["coverage_q10"].value
-    cov90 = out["model_metadata"]["coverage_q90"].value
+    meta = out["model_metadata"]
+    cov10 = meta["coverage_q10"].value
+    cov90 = meta["coverage_q90"].value
     assert 0.0 < cov10 < 0.3 and 0.7 < cov90 < 1.0  # real OOS numbers, not a constant
+
+    # Recalibrated q10/q90 are what the signals read; the model's own stay beside them, and the
+    # metadata shows coverage before and after on the same rows.
+    assert {"q10_raw", "q90_raw", "label_known_at"} <= set(preds.columns)
+    assert result.rows_uncalibrated > 0 and not result.calibration["calibrated"].iloc[0]
+    known = preds.dropna(subset=["label"])
+    assert cov10 == pytest.approx((known["label"] <= known["q10"]).mean())
+    assert meta["coverage_q10_raw"].value == pytest.approx((known["label"] <= known["q10_raw"]).mean())
+    assert out["model_checks"]["oos_coverage"].passed
+    assert out["model"].live.calibration is not None
+    # The evidence a researcher needs: skill over the naive forecaster with its interval, rank IC,
+    # reliability numbers (plotted by the UI) and picture.
+    for q in ("q10", "q50", "q90", "q10_raw", "q90_raw"):
+        assert meta[f"skill_{q}_low"].value <= meta[f"skill_{q}"].value <= meta[f"skill_{q}_high"].value
+    assert -1 < meta["rank_ic_mean"].value < 1 and "naive_rank_ic_mean" in meta
+    assert meta["reliability_10"].value == pytest.approx(cov10)
+    assert [k for k in meta if k.startswith("reliability_") and k[-2:].isdigit()] == [
+        f"reliability_{v}" for v in ("05", "10", "20", "30", "40", "50", "60", "70", "80", "90", "95")]
+    assert meta["reliability_picture"].value.startswith("![reliability](data:image/png;base64,")
+    assert "naive" in meta["skill_table"].value and "calibration_table" in meta
 
     # Signals: documented columns, known at or after the bar's close, persisted one row per bar.
     assert all(e.passed for e in out["signal_checks"])
@@ -156,9 +183,13 @@ def test_lineage_gives_out_of_sample_signals_persisted_and_looked_up_as_of(setti
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
-def test_no_look_ahead_anywhere_in_the_lineage(settings, instance, collector_url, tmp_path):
-    """Change and delete every bar after t: features, regimes, predictions and signals at or before t stay identical."""
-    before = run_lineage(settings, instance)
+def test_no_look_ahead_anywhere_in_the_lineage(instance, collector_url, tmp_path):
+    """Change and delete every bar after t: features, regimes, predictions, signals, the strategy's
+    decisions and targets, its orders and fills at or before t stay identical."""
+    # DEEP_POOL: the light model's signals trade before t, so the comparison below covers real
+    # decisions and fills, not empty frames.
+    settings = settings_for(collector_url, tmp_path, **LIGHT_MODEL, **DEEP_POOL)
+    before = run_lineage(settings, instance, backtest=True)
     t = pd.Timestamp("2025-09-20 12:00", tz="UTC")
     t_epoch = int(t.timestamp())
     with get_engine(collector_url).begin() as conn:  # the collector rewrites history after t
@@ -169,7 +200,7 @@ def test_no_look_ahead_anywhere_in_the_lineage(settings, instance, collector_url
         conn.execute(delete(ohlcv_data).where(later & (ohlcv_data.c.timestamp % (5 * 3600) == 0)))
     with DagsterInstance.ephemeral() as fresh:
         fresh.add_dynamic_partitions(POOLS_PARTITION_NAME, POOLS)
-        after = run_lineage(settings, fresh)
+        after = run_lineage(settings, fresh, backtest=True)
 
     for pool_id in POOLS:
         f0, f1 = before["features"][pool_id], after["features"][pool_id]
@@ -193,3 +224,71 @@ def test_no_look_ahead_anywhere_in_the_lineage(settings, instance, collector_url
         s0, s1 = before["signals"][pool_id], after["signals"][pool_id]
         cols = [c for c in s0.columns if c not in ("model_run", "feature_vector_id")]
         pd.testing.assert_frame_equal(s0[s0["known_at"] <= t][cols], s1[s1["known_at"] <= t][cols])
+
+    # The backtest: decisions (with their known_at) and targets decided at or before t, the orders
+    # decided by then and the fills made by then are identical; later ones did change.
+    traded = 0
+    for pool_id in POOLS:
+        b0, b1 = before["backtests"][pool_id], after["backtests"][pool_id]
+        assert b0.status == b1.status == "ok"
+        o0, o1 = b0.outcomes["q50"], b1.outcomes["q50"]
+        # Quantities and prices pass through the instrument's size and price grid, chosen from the
+        # pool's price range; the changed bars must not have moved it for the comparison below.
+        assert (o0.lot_tokens, o0.price_precision, o0.size_precision) == (
+            o1.lot_tokens, o1.price_precision, o1.size_precision)
+        d0, d1 = b0.decisions, b1.decisions
+        assert (d0["known_at"].dropna() <= d0.index[d0["known_at"].notna()]).all()
+        pd.testing.assert_frame_equal(d0.loc[:t], d1.loc[:t])
+        pd.testing.assert_series_equal(o0.equity.loc[:t, "target"], o1.equity.loc[:t, "target"])
+        pd.testing.assert_frame_equal(o0.equity.loc[:t].drop(columns="clock_ns"),
+                                      o1.equity.loc[:t].drop(columns="clock_ns"))
+        for frame in (o0.orders, o1.orders):
+            assert (frame["fill_at"].dropna() > frame.loc[frame["fill_at"].notna(), "decided_at"]).all()
+        early0 = o0.orders[o0.orders["decided_at"] <= t].drop(columns="client_order_id")
+        early1 = o1.orders[o1.orders["decided_at"] <= t].drop(columns="client_order_id")
+        filled_by_t0 = early0[early0["fill_at"] <= t]
+        filled_by_t1 = early1[early1["fill_at"] <= t]
+        pd.testing.assert_frame_equal(filled_by_t0.reset_index(drop=True), filled_by_t1.reset_index(drop=True))
+        pd.testing.assert_frame_equal(o0.trades.loc[:t].drop(columns="client_order_id"),
+                                      o1.trades.loc[:t].drop(columns="client_order_id"))
+        r0, r1 = b0.bar_returns, b1.bar_returns
+        pd.testing.assert_frame_equal(r0.loc[:t, ["q50", "q50_close"]], r1.loc[:t, ["q50", "q50_close"]])
+        traded += len(o0.trades.loc[:t])
+        assert not o0.equity.loc[t:, "equity"].equals(o1.equity.loc[t:, "equity"])
+    assert traded > 0, {p: (len(before["backtests"][p].outcomes["q50"].trades), len(before["backtests"][p].decisions))
+                        for p in POOLS}  # the comparison covered real fills
+
+
+def test_a_failed_coverage_check_blocks_signals(collector_url, tmp_path):
+    """No fold can be recalibrated (too few evidence rows demanded): the blocking oos_coverage check
+    fails, and a later signals run for a pool refuses that model instead of trading on it."""
+    if not collector_url.startswith("sqlite"):
+        pytest.skip("one backend is enough: nothing here touches the database differently")
+    settings = settings_for(collector_url, tmp_path, **LIGHT_MODEL, Q50__MODEL__CALIBRATION_MIN_ROWS="100000000")
+    pools = POOLS[:2]
+    with DagsterInstance.ephemeral() as inst:
+        inst.add_dynamic_partitions(POOLS_PARTITION_NAME, pools)
+        defs = build_definitions(settings)
+        refresh = defs.resolve_job_def("refresh_pools")
+        first = execute_batches(refresh, inst, pools, len(pools), [AssetKey("ohlcv_bars"), AssetKey("qlib_features")],
+                                run_config=QUIET)
+        assert all(r.success for r in first)
+        model_run = defs.resolve_job_def("train_q50_model").execute_in_process(
+            instance=inst, run_config=QUIET, raise_on_error=False)
+        assert not model_run.success
+        checks = {e.check_name: e for e in model_run.get_asset_check_evaluations()}
+        assert not checks["oos_coverage"].passed and checks["oos_coverage"].metadata["rows_uncalibrated"].value > 0
+
+        # A later batch run of both pools' signals (as the sensor would request) loads the stored
+        # model and refuses it: no pool of the batch gets a signal from it.
+        (signals_run,) = execute_batches(refresh, inst, pools, len(pools), [AssetKey("q50_signals")],
+                                         run_config=QUIET)
+        assert not signals_run.success
+        failures = [e for e in signals_run.all_events if e.event_type_value == "STEP_FAILURE"]
+        error, messages = failures[0].step_failure_data.error, []
+        while error is not None:  # Dagster wraps the user error: read the whole chain
+            messages.append(error.message)
+            error = error.cause
+        assert any("ModelBlockedError" in m and "failed a blocking check (oos_coverage)" in m for m in messages)
+    with get_engine(collector_url).connect() as conn:
+        assert conn.execute(select(func.count()).select_from(q50_signals)).scalar() == 0

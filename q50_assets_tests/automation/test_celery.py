@@ -181,7 +181,7 @@ def test_a_batch_through_the_celery_executor_equals_the_in_process_run(
 
         register_pools(settings, instance)
         run = materialize_lineage(build_definitions(settings), instance, BATCH, len(BATCH), run_config=QUIET,
-                                  phases=["bars, features, regimes", "model", "signals, backtests, trading history"])
+                                  phases=["bars, trades, features, regimes", "model", "signals, backtests, trading history"])
         assert all(r.success for r in run.results())
         local_checks = {(e.asset_key.to_user_string(), e.check_name, e.partition, e.passed)
                         for r in run.results() for e in r.get_asset_check_evaluations()}

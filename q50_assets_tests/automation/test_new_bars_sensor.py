@@ -67,7 +67,7 @@ def test_first_tick_registers_every_pool_and_requests_runs_without_a_model(ticke
     assert len(result.run_requests) == 1 and result.run_requests[0].tags["q50/pools"] == "62"
     # No q50_model yet: only the stages that do not need one.
     assert {tuple(k.to_user_string() for k in r.asset_selection) for r in result.run_requests} == {
-        ("ohlcv_bars", "qlib_features", "regime_labels")}
+        ("ohlcv_bars", "pool_trades", "qlib_features", "regime_labels")}
 
 
 def test_batches_follow_pools_per_run_and_never_cover_an_unrequested_pool(collector_url, tmp_path):
@@ -127,7 +127,8 @@ def test_with_a_model_every_stage_is_requested(ticker):
         __import__("dagster").AssetMaterialization(asset_key=AssetKey("q50_model")))
     result = ticker.tick()
     assert {tuple(k.to_user_string() for k in r.asset_selection) for r in result.run_requests} == {
-        ("ohlcv_bars", "qlib_features", "regime_labels", "q50_signals", "backtest_results", "q50_trading_history")}
+        ("ohlcv_bars", "pool_trades", "qlib_features", "regime_labels", "q50_signals", "backtest_results",
+         "q50_trading_history")}
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])

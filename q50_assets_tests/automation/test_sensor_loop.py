@@ -21,6 +21,7 @@ from q50_assets.db.collector_models import ohlcv_data
 from q50_assets.db.engine import get_engine
 from q50_assets.db.q50_models import q50_signals, q50_trading_history
 from q50_assets.definitions import build_definitions
+from q50_assets.research.backtest_stage import variants_for
 from q50_assets.resources.database import CollectorDatabase
 from q50_assets.stages.signals import LIVE_FOLD
 from q50_assets_tests.collector_sim import append_bars, bars_of, record_collector_run, revise_bar, take_bars_from
@@ -123,7 +124,8 @@ def test_sensor_loop_on_a_postgresql_collector(collector_url, tmp_path, backend)
         assert evaluate_automation_conditions(defs, instance, cursor=automation.cursor).total_requested == 0
 
         before = _outputs(db)
-        assert all(len(o["signals"]) > 100 and len(o["results"]) == 3 for o in before.values())
+        assert all(len(o["signals"]) > 100 and len(o["results"]) == len(variants_for((0.5, 2.0)))
+                   for o in before.values())
         assert not (pd.concat([o["signals"] for o in before.values()])["fold"] == LIVE_FOLD).any()
 
         # Tick 2: the collector has not run: skip, and say so.

@@ -15,8 +15,7 @@ import pytest
 
 import q50_assets.research.strategy as strategy_module
 from q50_assets.research.backtest import (BacktestEndedEarly, BacktestSpec, buy_and_hold_targets, lot_exponent_for,
-                                          price_precision_for, run_pool_backtest, safe_symbol, shuffled_targets,
-                                          size_precision_for)
+                                          price_precision_for, run_pool_backtest, safe_symbol, size_precision_for)
 from q50_assets.research.metrics import outcome_metrics
 
 T0 = pd.Timestamp("2025-03-01", tz="UTC")
@@ -33,9 +32,9 @@ def make_bars(closes, volume=50_000.0) -> pd.DataFrame:
                          "volume": volume}, index=idx)
 
 
-def random_walk(n, seed, start=1.0, drift=0.0, vol=0.02) -> pd.DataFrame:
+def random_walk(n, seed, start=1.0, drift=0.0, vol=0.02, volume=50_000.0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    return make_bars(start * np.exp(np.cumsum(rng.normal(drift, vol, n))))
+    return make_bars(start * np.exp(np.cumsum(rng.normal(drift, vol, n))), volume=volume)
 
 
 def cents(x: float) -> Decimal:
@@ -82,7 +81,7 @@ def test_tiny_price_keeps_precision_end_to_end():
     targets = pd.Series([0.5, 0.0, 0.0, 0.5, 0.0, 0.0], index=bars.index)
     out = run_pool_backtest("solana_tinyPriceToken", bars, targets, BacktestSpec())
     assert out.lot_tokens == 10 ** 8
-    assert out.price_precision == 9
+    assert out.price_precision == 9 + 3  # 6 significant digits of the first lot price, 3 decimals of margin
     # The engine saw every close with >= 6 significant digits (none rounded to 0).
     assert out.bars.count == 6
     assert out.equity["close"].to_numpy() / out.lot_tokens == pytest.approx(closes, rel=1e-6)
@@ -106,7 +105,7 @@ def test_price_scale_does_not_change_results():
         bars[["open", "high", "low", "close"]] *= scale
         out = run_pool_backtest("solana_scaledPool", bars, targets, BacktestSpec(reserve_usd=1e6))
         finals.append((out.final_equity, out.fees_paid, len(out.trades)))
-        ratio = out.trades["price_per_token"] / (out.trades["ref_close"] / out.lot_tokens)
+        ratio = out.trades["price_per_token"] / (out.trades["ref_price"] / out.lot_tokens)
         assert ratio.between(1 / 1.1 - 1e-6, 1 / 0.9 + 1e-6).all()  # impact within the 10 % reserve cap
     for other in finals[1:]:
         assert other[2] == finals[0][2]
@@ -170,17 +169,18 @@ def test_exact_fills_match_hand_computation():
     spec = BacktestSpec(starting_capital_usd=10_000.0, taker_fee=0.0025, reserve_usd=1_000_000.0,
                         min_trade_fraction=0.05)
     out = run_pool_backtest("solana_exactFillsPool", bars, targets, spec)
-    assert (out.price_precision, out.size_precision, out.lot_tokens) == (5, 6, 1)
+    # The grid from the first bar (low 1.98, high 2.02): 5 + 3 price decimals, 6 size decimals.
+    assert (out.price_precision, out.size_precision, out.lot_tokens) == (8, 6, 1)
 
-    expected = reference_fills(CLOSES, TARGETS, 10_000, 0.0025, 1_000_000.0, 0.05)
+    expected = reference_fills(CLOSES, TARGETS, 10_000, 0.0025, 1_000_000.0, 0.05, price_prec=8, size_prec=6)
     # Anchor the first fill by hand: bar 1 (close 2.2), target 0.5 of 10 000 USD.
     #   qty = floor(5000 / 2.2, 6 dp) = 2272.727272
     #   u   = 2272.727272 * 2.2 / 500 000 = 0.0099999999968
-    #   px  = ceil(2.2 / (1 - u), 5 dp) = ceil(2.2222222222...) = 2.22223
-    #   fee = cents(cents(2272.727272 * 2.22223) * 0.0025) = cents(5050.52 * 0.0025) = 12.63
+    #   px  = ceil(2.2 / (1 - u), 8 dp) = ceil(2.22222222219...) = 2.22222223
+    #   fee = cents(cents(2272.727272 * 2.22222223) * 0.0025) = cents(5050.51 * 0.0025) = 12.63
     assert expected[0]["qty"] == Decimal("2272.727272")
-    assert expected[0]["px"] == Decimal("2.22223")
-    assert cents(2272.727272 * 2.22223) == Decimal("5050.52")
+    assert expected[0]["px"] == Decimal("2.22222223")
+    assert cents(2272.727272 * 2.22222223) == Decimal("5050.51")
     assert expected[0]["commission"] == Decimal("12.63")
     assert [f["bar"] for f in expected] == [1, 3, 4, 6, 9]  # bars 2, 7, 8 stay inside the 5 % band
 
@@ -219,7 +219,7 @@ def test_no_reserve_means_no_impact_and_fill_at_close():
     out = run_pool_backtest("solana_noReservePool", bars, targets, BacktestSpec(reserve_usd=None))
     assert not out.impact_applied
     assert out.impact_paid == 0.0
-    assert (out.trades["price"] == out.trades["ref_close"]).all()
+    assert (out.trades["price"] == out.trades["ref_price"]).all()
     assert out.fees_paid == pytest.approx(out.trades["commission_usd"].sum())
     assert out.fees_paid == pytest.approx(0.0025 * out.trades["notional_usd"].sum(), abs=0.05)
 
@@ -269,12 +269,15 @@ def test_bars_stamped_at_close_and_targets_used_at_that_close():
     assert out.iterations == 6
 
 
-def test_missing_and_nan_targets_mean_flat():
-    bars = make_bars([1.0, 1.1, 1.2, 1.3])
-    targets = pd.Series([0.5, np.nan], index=bars.index[:2])  # bars 2, 3 missing
+def test_missing_and_nan_targets_mean_no_order():
+    bars = make_bars([1.0, 1.1, 1.2, 1.3, 1.4])
+    targets = pd.Series([0.5, np.nan], index=bars.index[:2])  # bars 2..4 missing: keep the position
     out = run_pool_backtest("solana_missingTargets", bars, targets, BacktestSpec())
-    assert list(out.trades["side"]) == ["BUY", "SELL"]
-    assert out.trades.index[1] == T0 + 2 * H
+    assert list(out.trades["side"]) == ["BUY"]
+    assert out.equity["qty"].iloc[-1] > 0
+    exits = pd.Series([0.5, np.nan, 0.0], index=bars.index[:3])  # an explicit 0 leaves
+    out = run_pool_backtest("solana_missingTargets", bars, exits, BacktestSpec())
+    assert list(out.trades["side"]) == ["BUY", "SELL"] and out.trades.index[1] == T0 + 3 * H
     assert out.equity["qty"].iloc[-1] == 0.0
 
 
@@ -291,17 +294,6 @@ def test_buy_and_hold_helper_and_run():
     assert (out.equity["cash"] >= 0).all()
     held = out.equity["qty"].iloc[-1]
     assert out.final_equity == pytest.approx(out.equity["cash"].iloc[-1] + held * bars["close"].iloc[-1])
-
-
-def test_shuffled_targets_helper():
-    idx = pd.date_range(T0, periods=50, freq="h")
-    targets = pd.Series(np.r_[np.zeros(30), np.linspace(0.1, 0.5, 20)], index=idx)
-    a = shuffled_targets(targets, seed=1)
-    assert a.index.equals(targets.index)
-    assert sorted(a) == sorted(targets)
-    assert a.equals(shuffled_targets(targets, seed=1))
-    assert not a.equals(shuffled_targets(targets, seed=2))
-    assert not a.equals(targets)
 
 
 # --------------------------------------------------------------------------------------
@@ -340,7 +332,7 @@ def test_determinism_and_no_state_leak_between_engines():
     rng = np.random.default_rng(9)
     targets_a = pd.Series(rng.choice([0.0, 0.2, 0.5, 1.0], size=120), index=bars_a.index)
     bars_b = random_walk(90, seed=6, start=3e-9)
-    targets_b = shuffled_targets(targets_a.iloc[:90].set_axis(bars_b.index), seed=3)
+    targets_b = pd.Series(np.random.default_rng(3).permutation(targets_a.iloc[:90].to_numpy()), index=bars_b.index)
     spec = BacktestSpec(reserve_usd=250_000.0)
     first = _comparable(run_pool_backtest(REAL_POOL, bars_a, targets_a, spec))
     other = run_pool_backtest("solana_otherPool", bars_b, targets_b, BacktestSpec())
@@ -403,7 +395,7 @@ def test_exact_fills_on_a_real_sample_pool():
     # pool's smallest price): the reference starts from the same rounded closes.
     tick = Decimal(1).scaleb(-out.price_precision)
     closes = [float(Decimal(repr(c)).quantize(tick, rounding=ROUND_HALF_UP)) for c in closes]  # Price rounds half up
-    assert closes != bars["close"].tolist()  # the real prices do carry more digits
+    assert out.price_precision >= 8  # the grid holds the collector's 8-decimal prices
     expected = reference_fills(closes, TARGETS, 10_000, 0.0025, 250_000.0, 0.05,
                                price_prec=out.price_precision, size_prec=out.size_precision)
     assert len(expected) >= 4
@@ -419,20 +411,154 @@ def test_exact_fills_on_a_real_sample_pool():
     assert Decimal(usd["total"].iloc[-1]) == expected[-1]["cash"]
 
 
-def test_price_spanning_eight_orders_of_magnitude_runs_to_the_end():
-    # Found by the P4 scale benchmark: a token from 0.006 to ~1e5 USD gets price precision 8
-    # and size precision 11, so early positions hold ~18 significant digits. Nautilus books
-    # fills through floats, and selling the whole position overdrew the token balance by a
-    # few increments: AccountBalanceNegative stopped the engine after a few hundred bars.
-    bars = random_walk(800, seed=11, start=0.006, drift=0.02, vol=0.05)
-    assert bars["high"].max() / bars["low"].min() > 1e6
-    rng = np.random.default_rng(0)
-    targets = pd.Series(rng.choice([0.0, 0.3, 1.0], size=len(bars)), index=bars.index)
-    out = run_pool_backtest("solana_moonPool", bars, targets)  # BacktestEndedEarly before the fix
-    assert out.size_precision + 7 > 15  # the regime the fix is for: > 15 significant digits
+def test_positions_beyond_fifteen_digits_run_to_the_end():
+    # Found by the P4 scale benchmark: when a position holds more than ~15 significant digits
+    # (many tokens on a fine size grid), Nautilus books fills through floats, and selling the whole
+    # position overdrew the token balance by a few increments: AccountBalanceNegative stopped the
+    # engine. Here the grid is set at ~5 000 USD (size precision 9), the price falls a million-fold
+    # and is then traded: positions reach 16 digits.
+    rng = np.random.default_rng(11)
+    steps = np.r_[rng.normal(-0.035, 0.03, 400), rng.normal(0.0, 0.03, 400)]
+    bars = make_bars(5_000.0 * np.exp(np.cumsum(steps)))
+    assert bars["close"].iloc[400:].max() < 0.05
+    targets = pd.Series(np.r_[np.zeros(400), rng.choice([0.0, 0.3, 1.0], size=400)], index=bars.index)
+    out = run_pool_backtest("solana_fallingPool", bars, targets)  # BacktestEndedEarly before the fix
+    digits = np.floor(np.log10(out.equity["qty"][out.equity["qty"] > 1].max())) + 1
+    assert digits + out.size_precision > 15  # the regime the fix is for
     assert out.bars.count == len(bars)
-    assert len(out.fills) > 300
+    assert len(out.fills) > 250
     assert (out.equity["qty"] >= 0).all(), "a sell never turns into a short"
     assert (out.equity["cash"] >= 0).all()
     tokens = out.account[out.account["currency"] != "USD"]
     assert (tokens["total"].astype(float) >= 0).all()
+
+
+def test_a_price_the_first_bar_grid_cannot_hold_is_refused():
+    """The instrument's grid comes from the first bar (no later price may shape earlier fills); a
+    fall of more than a million-fold would lose the price's digits, so the run refuses it, naming
+    the bar."""
+    bars = make_bars([1.0, 0.5, 1e-9, 0.9])
+    with pytest.raises(ValueError, match="too small for the instrument's price grid"):
+        run_pool_backtest("solana_rugPool", bars, buy_and_hold_targets(bars.index))
+
+
+# --------------------------------------------------------------------------------------
+# the Q50 strategy: one cost model, latency, caps, hold by expected value
+
+from q50_assets.research.backtest import run_q50_backtest  # noqa: E402
+from q50_assets.research.costs import trade_cost  # noqa: E402
+from q50_assets_tests.research.q50_fixtures import (inputs_for, neutral_regimes, oracle_inputs,  # noqa: E402
+                                                    signals_from_q50)
+
+
+@pytest.mark.parametrize("latency", [0, 1])
+def test_decision_and_fill_read_one_cost_model(latency):
+    """What the decision expected a trade to cost is what Nautilus charged for its fill (fee +
+    impact), to the cent and tick: both read research/costs.py at the same liquidity."""
+    bars = random_walk(300, seed=4, vol=0.03)
+    reserve = 120_000.0
+    spec = BacktestSpec(reserve_usd=reserve, fill_latency_bars=latency)
+    out = run_q50_backtest("solana_oneCostModel", bars, oracle_inputs(bars, seed=1, skill=0.8), spec)
+    trades = out.trades
+    assert len(trades) >= 6
+    charged = trades["commission_usd"] + trades["impact_usd"]
+    orders = out.orders.set_index("client_order_id").loc[trades["client_order_id"]]
+    tick = 10.0 ** -out.price_precision
+    # Every fill: the cost model's figure for that trade vs Nautilus' charge.
+    assert (np.abs(orders["expected_cost_usd"].to_numpy() - charged.to_numpy())
+            <= 0.011 + trades["qty"].to_numpy() * tick).all()
+    assert out.impact_paid > 0 and out.fees_paid > 0
+    if latency == 0:
+        # Entries decided and filled at the same close: the decision's own expectation (the entry
+        # half of its round trip, at the intended size) is the fill's charge.
+        entries = out.decisions[out.decisions["action"] == "enter"]
+        assert len(entries) >= 3
+        for ts, d in entries.iterrows():
+            fill = trades.loc[ts]
+            expected = trade_cost(d["intended_notional_usd"], True, reserve, 0.0025, 0.1).total_usd
+            assert abs(expected - (fill["commission_usd"] + fill["impact_usd"])) <= 0.011 + fill["qty"] * tick * 2 \
+                + 10.0 ** -out.size_precision * fill["price"]
+            assert d["expected_cost_usd"] == pytest.approx(
+                expected + trade_cost(d["intended_notional_usd"], False, reserve, 0.0025, 0.1).total_usd)
+
+
+@pytest.mark.parametrize("latency, fill_price", [(1, "close"), (2, "close"), (1, "typical")])
+def test_latency_fills_at_the_later_bar(latency, fill_price):
+    bars = make_bars([1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7])
+    targets = pd.Series([0.5, np.nan, np.nan, 0.0], index=bars.index[:4])
+    out = run_pool_backtest("solana_latePool", bars, targets,
+                            BacktestSpec(fill_latency_bars=latency, fill_price=fill_price))
+    buy, sell = out.trades.iloc[0], out.trades.iloc[1]
+    # Decided at bar 0's close (01:00), filled at the close of bar L (L bars later), never at the
+    # close the decision saw.
+    assert buy.name == T0 + (1 + latency) * H and sell.name == T0 + (4 + latency) * H
+    ref = bars.iloc[latency]
+    expected = ref["close"] if fill_price == "close" else (ref["high"] + ref["low"] + ref["close"]) / 3
+    assert buy["price"] == pytest.approx(expected, abs=2e-5) and buy["ref_price"] == pytest.approx(expected)
+    assert buy["qty"] == pytest.approx(0.5 * 10_000 / 1.0, rel=1e-6)  # tokens decided at the decision's close
+    o = out.orders
+    assert (o["fill_at"] - o["decided_at"] == latency * H).all()
+
+
+def test_orders_expire_on_zero_volume_and_missing_fill_bars():
+    bars = make_bars([1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6])
+    bars.loc[bars.index[1], "volume"] = 0.0  # the fill bar of the first decision has no swaps
+    bars = bars.drop(bars.index[4])  # nor does the hour the third decision would fill in
+    targets = pd.Series([0.5, 0.5, np.nan, 0.0, np.nan, np.nan], index=bars.index)
+    out = run_pool_backtest("solana_quietPool", bars, targets, BacktestSpec(fill_latency_bars=1))
+    assert out.orders_expired == 2
+    statuses = out.orders["status"].tolist()
+    assert statuses[0] == "expired: zero-volume fill bar" and statuses[1] == "filled"
+    assert statuses[2] == "expired: no fill bar (no swaps)"
+    # The position the second decision bought is still held: its exit expired with the missing bar.
+    assert list(out.trades["side"]) == ["BUY"] and out.equity["qty"].iloc[-1] > 0
+
+
+def test_a_fill_takes_at_most_a_share_of_the_bar_volume():
+    bars = random_walk(30, seed=9, volume=2_000.0)
+    out = run_pool_backtest("solana_thinVolume", bars, buy_and_hold_targets(bars.index),
+                            BacktestSpec(fill_latency_bars=1, max_volume_share=0.1))
+    notional = out.trades["qty"] * out.trades["ref_price"]
+    assert (notional <= 0.1 * 2_000.0 + 1e-6).all()
+    # The entry is spread over every bar after the first (decisions at each close, fills a bar later),
+    # each capped: 29 x 200 USD leaves most of the cash uninvested.
+    assert len(out.trades) == 29 and (out.trades["side"] == "BUY").all()
+    assert out.equity["cash"].iloc[-1] == pytest.approx(10_000 - 29 * 200.0, rel=0.03)
+
+
+def test_max_position_size_binds_in_a_deep_pool():
+    """Deep liquidity and a strong forecast: the cost-optimal size is unbounded, Kelly's budget
+    saturates, and max_position_size decides the position."""
+    bars = random_walk(120, seed=6, vol=0.02)
+    signals = signals_from_q50(bars.index, np.full(len(bars), 0.05))
+    for cap in (0.5, 0.2):
+        spec = BacktestSpec(reserve_usd=1e12, fill_latency_bars=0)
+        inputs = inputs_for(signals, neutral_regimes(bars.index), max_position_size=cap, base_position_size=0.1)
+        out = run_q50_backtest("solana_deepPool", bars, inputs, spec)
+        first = out.decisions.iloc[0]
+        assert first["action"] == "enter" and first["intended_notional_usd"] == pytest.approx(cap * 10_000.0)
+        assert out.trades["notional_usd"].iloc[0] == pytest.approx(cap * 10_000.0, rel=1e-4)
+
+
+def test_q50_holds_by_expected_value_and_exits_when_the_edge_reverses():
+    bars = make_bars(np.full(12, 1.0) * np.exp(np.linspace(0, 0.01, 12)))
+    # Bar 0: a strong forecast (enter); bars 1-5: slightly negative, above minus the exit cost
+    # (keep: entering would not pay, leaving would cost more than staying); bar 6: clearly
+    # negative (exit); then nothing (flat stays flat).
+    q50 = [0.04, -0.001, -0.001, 0.0005, -0.001, -0.001, -0.03, -0.001, -0.001, -0.001, -0.001, -0.001]
+    signals = signals_from_q50(bars.index, q50, spread=0.004)
+    out = run_q50_backtest("solana_holdPool", bars, inputs_for(signals, neutral_regimes(bars.index)),
+                           BacktestSpec(reserve_usd=400_000.0, fill_latency_bars=1))
+    actions = out.decisions["action"].tolist()
+    assert actions[0] == "enter" and actions[1:6] == ["keep"] * 5 and actions[6] == "exit"
+    assert len(out.decisions) == 7  # flat and staying flat is not a decision row
+    keep = out.decisions.iloc[1]
+    assert -keep["exit_cost_fraction"] < keep["expected_value"] < 0
+    assert list(out.trades["side"]) == ["BUY", "SELL"]
+    assert out.trades.index[0] == T0 + 2 * H and out.trades.index[1] == T0 + 8 * H  # one bar after each decision
+    # A regime that forbids holding exits too.
+    regimes = neutral_regimes(bars.index)
+    regimes.loc[regimes.index[3], "position_multiplier"] = 0.0
+    out = run_q50_backtest("solana_holdPool", bars, inputs_for(signals, regimes),
+                           BacktestSpec(reserve_usd=400_000.0, fill_latency_bars=1))
+    assert out.decisions["action"].iloc[3] == "exit" and out.decisions["reason"].iloc[3] == "regime forbids holding"

@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from q50_assets.research.backtest import BacktestSpec, _prepare_bars, run_pool_backtest
-from q50_assets.research.bare_replay import (BARE_CAPITAL_MULTIPLIER, build_pool_instrument, orders_from_outcome,
-                                             replay_bare, same_orders, time_stage_vs_bare)
+from q50_assets.research.backtest import BacktestSpec, _prepare_bars, build_pool_instrument, run_pool_backtest
+from q50_assets.research.bare_replay import (BARE_CAPITAL_MULTIPLIER, orders_from_outcome, replay_bare, same_orders,
+                                             time_stage_vs_bare)
+from q50_assets_tests.research.q50_fixtures import oracle_inputs
 
 T0 = pd.Timestamp("2025-03-01", tz="UTC")
 H = pd.Timedelta(hours=1)
@@ -64,10 +65,10 @@ def test_instrument_matches_backtest_for_lot_scaled_pool():
     spec = BacktestSpec()
     out = run_pool_backtest("solana_tinyLots", bars, targets, spec)
     built = build_pool_instrument("solana_tinyLots", _prepare_bars(bars), spec)
-    assert (built["symbol"], built["lot_tokens"], built["price_precision"], built["size_precision"]) == (
+    assert (built.symbol, built.lot_tokens, built.price_precision, built.size_precision) == (
         out.symbol, out.lot_tokens, out.price_precision, out.size_precision)
-    assert str(built["instrument_id"]) == out.instrument_id
-    assert [b.ts_event for b in built["bars"]] == list(out.equity.index.asi8)
+    assert str(built.instrument_id) == out.instrument_id
+    assert [b.ts_event for b in built.bars] == list(out.equity.index.as_unit("ns").asi8)
     res = replay_bare("solana_tinyLots", bars, orders_from_outcome(out), spec)
     assert res["bars"] == 8
     assert res["fills"] == len(out.fills) >= 4
@@ -117,14 +118,16 @@ def test_replay_keeps_global_random_state():
 
 
 def test_time_stage_vs_bare_totals():
+    """The benchmark's P2: the Q50 strategy's engine (decisions from its loaders, latency fills) vs a
+    bare engine replaying its orders; the same orders reach both."""
     pools = []
-    for i, n in enumerate((60, 90)):
+    for i, n in enumerate((120, 150)):
         bars = random_walk(n, seed=10 + i)
-        spec = BacktestSpec(reserve_usd=200_000.0)
-        pools.append((f"solana_timed{i}", bars, churny_targets(bars.index, 20 + i), spec))
-    res = time_stage_vs_bare(pools, warmup=False)
-    assert res["pools"] == 2
-    assert res["bars"] == 150
+        spec = BacktestSpec(reserve_usd=2_000_000.0, fill_latency_bars=1, max_volume_share=0.1)
+        pools.append((f"solana_timed{i}", bars, oracle_inputs(bars, seed=20 + i), spec))
+    res = time_stage_vs_bare(pools, warmup=False, repeats=2)
+    assert res["pools"] == 2 and res["repeats"] == 2
+    assert res["bars"] == 270
     assert res["fills_backtest"] == res["fills_bare"] == res["orders"] > 0
     assert res["orders_mismatch_pools"] == 0
     assert res["backtest_seconds"] > 0 and res["bare_seconds"] > 0

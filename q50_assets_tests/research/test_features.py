@@ -1,12 +1,19 @@
 import numpy as np
 import pandas as pd
+import pytest
 
 from q50_assets.research.features import (
+    COLLECTOR_VECTOR_FEATURES,
+    COLLECTOR_VECTOR_TARGETS,
+    FLOW_FEATURES,
     STORE_FIELDS,
+    CollectorTargetLeak,
+    asof_collector_features,
     feature_expressions,
     feature_set_version,
     mark_warmup,
-    to_hourly_grid,
+    may_be_missing,
+    to_bar_grid,
     warmup_bars,
 )
 
@@ -20,7 +27,7 @@ def _bars(opens_hours, closes):
 
 
 def test_missing_hours_become_flat_zero_volume_bars_flagged_filled():
-    grid = to_hourly_grid(_bars([0, 1, 4], [1.0, 2.0, 3.0]), 3600)
+    grid = to_bar_grid(_bars([0, 1, 4], [1.0, 2.0, 3.0]), 3600)
     assert list(grid.columns) == list(STORE_FIELDS)
     assert len(grid) == 5 and grid.index.freq is not None or len(grid) == 5
     assert grid["filled"].tolist() == [0, 0, 1, 1, 0]
@@ -43,3 +50,51 @@ def test_feature_set_version_follows_the_formulas():
     assert {"vol_raw", "vol_risk", "vol_rel", "mom_5", "mom_10", "mom_25", "OPEN1", "VOLUME1", "RSV1", "RSV2",
             "RSV3", "rsi_14", "macd", "macd_signal", "macd_hist", "boll_pos"} <= set(a)
     assert "rsi_21" in b
+
+
+T0 = pd.Timestamp("2025-09-01", tz="UTC")
+H = pd.Timedelta(hours=1)
+
+
+def test_optional_feature_groups_only_when_switched_on():
+    base = feature_expressions()
+    full = feature_expressions(flow_features=True, collector_features=True)
+    assert not any(may_be_missing(name) for name in base)
+    extra = set(full) - set(base)
+    assert extra == set(FLOW_FEATURES) | {f"cfv_{c}" for c in COLLECTOR_VECTOR_FEATURES}
+    assert all(may_be_missing(name) for name in extra)
+    assert feature_set_version(full, 35) != feature_set_version(base, 35)
+
+
+def test_collector_targets_never_become_features():
+    text = " ".join(f"{k}={v}" for k, v in feature_expressions(flow_features=True, collector_features=True).items())
+    for target in COLLECTOR_VECTOR_TARGETS:
+        assert target not in text
+    grid = pd.date_range(T0, periods=4, freq="h", name="open_time")
+    vectors = pd.DataFrame({"timestamp": [int(T0.timestamp())], "created_at": [T0], "rsi_14": [0.5],
+                            "price_return_1h": [0.2]})
+    with pytest.raises(CollectorTargetLeak, match="price_return_1h"):
+        asof_collector_features(grid, 3600, vectors)
+    with pytest.raises(CollectorTargetLeak, match="feature_vector_json"):
+        asof_collector_features(grid, 3600, vectors.drop(columns="price_return_1h").assign(feature_vector_json="{}"))
+
+
+def test_a_collector_vector_is_known_only_from_its_created_at():
+    """Bar t is predicted at its close t + 1h: it may use a vector only if created_at <= t + 1h."""
+    grid = pd.date_range(T0, periods=6, freq="h", name="open_time")
+    vectors = pd.DataFrame({
+        "timestamp": [int((T0 + k * H).timestamp()) for k in (0, 1, 1, 5)],
+        "created_at": [T0 + H,                               # exactly bar 0's close: usable from bar 0
+                       T0 + 2 * H + pd.Timedelta(seconds=1),  # a second after bar 1's close: from bar 2
+                       pd.NaT,                                # never placed in time: never used
+                       T0 + 10 * H],                          # after every bar here: never used
+        "rsi_14": [1.0, 2.0, 9.0, 4.0],
+        "hour_of_day": [0, 1, 1, 5],
+    })
+    out = asof_collector_features(grid, 3600, vectors)
+    assert list(out.columns) == [f"cfv_{c}" for c in COLLECTOR_VECTOR_FEATURES]
+    assert out["cfv_rsi_14"].tolist() == [1.0, 1.0, 2.0, 2.0, 2.0, 2.0]
+    assert out["cfv_hour_of_day"].tolist() == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+    assert out["cfv_liquidity_stability"].isna().all()  # a column the collector did not send: missing
+    early = asof_collector_features(pd.date_range(T0 - 3 * H, periods=2, freq="h"), 3600, vectors)
+    assert early["cfv_rsi_14"].isna().all()  # before any vector was written

@@ -110,3 +110,34 @@ def test_naive_index_is_utc():
     eq = pd.Series([100.0, 110.0], index=pd.DatetimeIndex([T0.tz_localize(None), (T0 + H).tz_localize(None)]))
     assert compute_metrics(eq, start=T0 + H)["total_return"] == pytest.approx(0.1)
     assert np.isfinite(compute_metrics(eq)["total_return"])
+
+
+def test_bars_per_year_from_the_timeframe():
+    from q50_assets.research.bars import TIMEFRAME_SECONDS
+    from q50_assets.research.metrics import bars_per_year
+
+    assert bars_per_year(TIMEFRAME_SECONDS["1h"]) == 24 * 365
+    assert bars_per_year(TIMEFRAME_SECONDS["4h"]) == 6 * 365
+    assert bars_per_year(TIMEFRAME_SECONDS["15m"]) == 96 * 365
+    with pytest.raises(ValueError):
+        bars_per_year(0)
+
+
+def test_grid_returns_count_missing_bars_as_flat():
+    from q50_assets.research.metrics import grid_returns, returns_metrics
+
+    grid = pd.date_range(T0, periods=5, freq="h")
+    equity = pd.Series([110.0, 99.0, 108.9], index=grid[[0, 2, 4]])  # bars at 1 and 3 are missing
+    r = grid_returns(equity, grid, base=100.0)
+    np.testing.assert_allclose(r.to_numpy(), [0.1, 0.0, -0.1, 0.0, 0.1])
+    positions = pd.Series([0.5, 0.5, 0.0, 0.0, 0.5], index=grid)
+    m = returns_metrics(r, positions, 24 * 365)
+    assert m["total_return"] == pytest.approx(0.089)
+    assert m["sharpe"] == pytest.approx(r.mean() / r.std(ddof=1) * YEAR)
+    assert m["max_drawdown"] == pytest.approx(1 - 99 / 110)
+    # Held into bars 1 and 2 (after bars 0 and 1); 4 is entered flat.
+    assert m["exposure"] == pytest.approx(2 / 5) and m["mean_position"] == pytest.approx(0.2)
+    assert m["hit_rate"] == pytest.approx(0.0)  # held into a flat bar and a falling one
+    assert m["bars"] == 5 and m["bars_per_year"] == 24 * 365
+    never = returns_metrics(pd.Series(0.0, index=grid), pd.Series(0.0, index=grid), 24 * 365)
+    assert math.isnan(never["sharpe"]) and never["exposure"] == 0 and math.isnan(never["hit_rate"])

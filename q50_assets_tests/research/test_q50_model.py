@@ -8,10 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from q50_assets.research.calibration import CalibrationConfig
 from q50_assets.research.q50_model import (
+    CALIBRATED_PREDICTION_COLUMNS,
     QUANTILE_COLUMNS,
     QUANTILES,
     WalkForwardConfig,
+    calibrate_live_model,
+    calibrate_walk_forward,
     fit_live_model,
     make_labels,
     pinball_loss,
@@ -69,6 +73,37 @@ def test_make_labels_shifts_within_each_pool_only():
     np.testing.assert_array_equal(h2["label"].to_numpy(),
                                   [3, 3, 3, np.nan, np.nan, np.nan, 1, np.nan, np.nan, np.nan])
     assert (pd.DatetimeIndex(h2["label_known_at"]) == opens + 3 * BAR).all()
+
+
+def test_make_labels_offset_starts_the_label_after_the_fill_latency():
+    # L = 1: the label of bar t is close(t+2)/close(t+1) - 1, known at open + (1+1+1) bars.
+    index = _index(["A", "B"], 5)
+    close = pd.Series([1, 2, 4, 8, 16, 10, 20, np.nan, 40, 80], index=index, dtype=float)
+    l1 = make_labels(close, 1, 3600, offset_bars=1)
+    np.testing.assert_array_equal(l1["label"].to_numpy(),
+                                  [1, 1, 1, np.nan, np.nan, np.nan, np.nan, 1, np.nan, np.nan])
+    opens = index.get_level_values("open_time")
+    assert (pd.DatetimeIndex(l1["label_known_at"]) == opens + 3 * BAR).all()
+    # It is the plain label of the bar L later, made known L bars later.
+    plain = make_labels(close, 1, 3600)
+    assert l1["label"].iloc[0] == plain["label"].iloc[1]
+    with pytest.raises(ValueError):
+        make_labels(close, 1, 3600, offset_bars=-1)
+
+
+def test_walk_forward_embargo_covers_the_label_offset():
+    features, close, _ = _panel(n_bars=300)
+    labels = make_labels(close, 1, 3600, offset_bars=2)
+    config = WalkForwardConfig(**{**FAST.__dict__, "label_offset_bars": 2})
+    res = walk_forward(features, labels, config, record_training_index=True)
+    for fold in res.folds.itertuples():
+        known = labels.loc[res.training_index[fold.fold], "label_known_at"]
+        assert (known <= fold.boundary).all()
+    # open + (L+h+1) bars <= boundary: the newest training row opened >= 4 bars before it.
+    assert (res.folds["train_last_open"] <= res.folds["boundary"] - 4 * BAR).all()
+    # Labels made without the offset claim to be known too early for this config.
+    with pytest.raises(ValueError, match="label_known_at"):
+        walk_forward(features, make_labels(close, 1, 3600), config)
 
 
 def test_make_labels_absent_bar_gives_nan_not_a_longer_shift():
@@ -344,3 +379,56 @@ def test_live_model_predicts_new_bars_only_and_learns_the_signal():
 def test_live_model_needs_min_train_rows():
     features, _, labels = _panel(n_pools=1, n_bars=60)
     assert fit_live_model(features, labels, FAST) is None
+
+
+# ---------------------------------------------------------------- calibration hooks
+
+CAL = CalibrationConfig(window_bars=96, min_rows=100)
+
+
+def test_calibrated_walk_forward_accounts_for_every_row():
+    features, _, labels = _panel(n_pools=4, n_bars=400)
+    raw = walk_forward(features, labels, FAST)
+    cal = calibrate_walk_forward(raw, labels, CAL)
+    p = cal.predictions
+    assert list(p.columns) == list(CALIBRATED_PREDICTION_COLUMNS)
+    # The first fold has no earlier out-of-sample labels: its rows are left out and counted.
+    assert cal.rows_uncalibrated == int((raw.predictions["fold"] == 0).sum()) > 0
+    assert len(p) + cal.rows_without_prediction + cal.rows_uncalibrated == len(features)
+    assert list(cal.calibration["fold"]) == list(raw.folds["fold"])
+    np.testing.assert_array_equal(p["q10_raw"], raw.predictions.loc[p.index, "q10"])
+    np.testing.assert_array_equal(p["q50"], raw.predictions.loc[p.index, "q50"])
+    offsets = cal.calibration.set_index("fold")
+    for fold, rows in p.groupby("fold"):
+        expected = np.minimum(rows["q10_raw"] + offsets.loc[fold, "offset_q10"], rows["q50"])
+        np.testing.assert_allclose(rows["q10"], expected)
+    assert ((p["q10"] <= p["q50"]) & (p["q50"] <= p["q90"])).all()
+    assert (pd.DatetimeIndex(p["label_known_at"]) == p.index.get_level_values("open_time") + 2 * BAR).all()
+
+
+def test_live_model_carries_offsets_fitted_on_labels_known_at_trained_until():
+    features, _, labels = _panel(n_pools=3, n_bars=300)
+    raw = walk_forward(features, labels, FAST)
+    live = calibrate_live_model(fit_live_model(features, labels, FAST), raw.predictions, labels, CAL)
+    assert live.calibration is not None and live.calibration.fitted_at == live.trained_until
+    known = labels.loc[raw.predictions.index, "label_known_at"]
+    in_window = (known <= live.trained_until) & (known > live.trained_until - 96 * BAR) & raw.predictions["label"].notna()
+    assert live.calibration.evidence_rows == int(in_window.sum())
+
+    new_opens = pd.date_range(live.trained_until, periods=5, freq="h", tz="UTC")
+    new = pd.DataFrame(np.random.RandomState(2).normal(size=(5, 3)), columns=["x1", "x2", "x3"],
+                       index=pd.DatetimeIndex(new_opens, name="open_time"))
+    preds = live.predict(new)
+    np.testing.assert_allclose(preds["q10"], np.minimum(preds["q10_raw"] + live.calibration.q10, preds["q50"]))
+    np.testing.assert_allclose(preds["q90"], np.maximum(preds["q90_raw"] + live.calibration.q90, preds["q50"]))
+
+    # Labels not yet known at trained_until cannot move the offsets; a known one can.
+    tampered = raw.predictions.copy()
+    tampered.loc[(known > live.trained_until).to_numpy(), "label"] = 9.0
+    again = calibrate_live_model(fit_live_model(features, labels, FAST), tampered, labels, CAL)
+    assert again.calibration == live.calibration
+    tampered.loc[in_window.to_numpy(), "label"] = 9.0
+    assert calibrate_live_model(fit_live_model(features, labels, FAST), tampered, labels, CAL).calibration != live.calibration
+
+    # Too little evidence: no live model is published rather than an uncalibrated one.
+    assert calibrate_live_model(live, raw.predictions, labels, CalibrationConfig(min_rows=10**6)) is None

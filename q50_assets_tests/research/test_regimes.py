@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from q50_assets.research.regimes import (MOMENTUM_REGIMES, REGIME_COLUMNS, REGIME_LABELS, VOL_REGIMES,
-                                         RegimeConfig, detect_regimes)
+                                         RegimeConfig, RegimeDetector, detect_regimes)
 
 T0 = pd.Timestamp("2025-01-01", tz="UTC")
 H = pd.Timedelta(hours=1)
@@ -355,3 +355,57 @@ def test_config_mappings_are_read_only_copies():
     with pytest.raises(TypeError):
         config.position_multipliers["low"] = 3.0  # type: ignore[index]
     assert RegimeConfig() == RegimeConfig()
+
+
+# RegimeDetector: the plan's class
+@pytest.mark.parametrize("window", [None, 5, 37])
+def test_detector_online_classification_equals_the_frame_rules(window):
+    """Bar by bar, past-only: the online classifier gives exactly detect_regimes' vol regime, warm-up,
+    invalid values, ties and a rolling window included."""
+    frame = _random_features(11, 400)
+    config = RegimeConfig(min_history_bars=min(20, window or 20), window_bars=window)
+    expected = detect_regimes(frame, config)["vol_regime"].tolist()
+    detector = RegimeDetector(config)
+    got = []
+    for vol, warm in zip(frame["vol_risk"], frame["is_warmup"]):
+        raw = np.sqrt(vol) if np.isfinite(vol) and vol >= 0 else None
+        got.append(detector.classify_volatility_regime(vol, raw, warmup=bool(warm)))
+    assert got == expected
+    assert set(got) >= {"low", "medium", "high", "extreme", "unknown"}
+    # Past-only: after reset, a prefix gives the frame rules' answers on that prefix alone.
+    detector.reset()
+    prefix = frame.iloc[:50].assign(is_warmup=False)
+    assert [detector.classify_volatility_regime(v) for v in prefix["vol_risk"]] == \
+        detect_regimes(prefix, config)["vol_regime"].tolist()
+    with pytest.raises(ValueError, match="mixed up"):
+        RegimeDetector(config).classify_volatility_regime(1e-4, 0.5)
+
+
+def test_detector_as_of_lookup_never_returns_a_later_label():
+    frame = _random_features(3, 60)
+    detector = RegimeDetector(RegimeConfig(min_history_bars=5))
+    labels = detector.detect_regimes(frame)
+    pd.testing.assert_frame_equal(labels, detect_regimes(frame, detector.config))
+    # One label arrives late: known only 4 bars after its close.
+    labels.loc[labels.index[30], "known_at"] = labels.index[30] + 5 * H
+    detector.with_labels(labels)
+    assert detector.get_regime_for_timestamp(T0 + H - pd.Timedelta(seconds=1)) is None
+    for k in range(1, 62):
+        t = T0 + k * H
+        got = detector.get_regime_for_timestamp(t)
+        assert got["known_at"] <= t
+        known = labels[labels["known_at"] <= t]
+        # Latest known_at; a tie goes to the latest bar.
+        expected_open = known.assign(bar=known.index).sort_values(["known_at", "bar"])["bar"].iloc[-1]
+        assert got["open_time"] == expected_open
+        assert got["open_time"] != labels.index[30] or t >= labels.index[30] + 5 * H
+        i = detector.index_at_ns(t.value)
+        assert detector.open_ns[i] == got["open_time"].value
+        assert detector.position_multiplier[i] == got["position_multiplier"]
+        assert detector.vol_regime[i] == got["vol_regime"] and detector.regime[i] == got["regime"]
+    with pytest.raises(ValueError):
+        RegimeDetector().get_regime_for_timestamp(T0)
+    # Labels as the table stores them (no vol/momentum columns): split from the combined label.
+    stored = labels[["regime", "position_multiplier", "threshold_adjustment", "known_at"]]
+    again = RegimeDetector().with_labels(stored)
+    assert again.vol_regime == detector.vol_regime and again.momentum_regime == detector.momentum_regime

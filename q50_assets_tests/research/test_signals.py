@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from q50_assets.research.signals import (HOLD_REASONS, SIGNAL_COLUMNS, SignalConfig, SignalLookup,
+from q50_assets.research.costs import ReserveSeries, round_trip_cost
+from q50_assets.research.signals import (HOLD_REASONS, SIGNAL_COLUMNS, Q50SignalLoader, SignalConfig,
                                          compute_signals, expected_return_piecewise, prob_up_piecewise)
 
 T0 = pd.Timestamp("2025-01-01", tz="UTC")
@@ -121,7 +122,7 @@ ROWS = [
 
 def _hand_signals(config=SignalConfig()):
     pred, vol = _frame([r[0] for r in ROWS], [r[1] for r in ROWS])
-    return pred, vol, compute_signals(pred, vol.drop(vol.index[4]), config)  # row 4 absent -> reindexed NaN
+    return pred, vol, compute_signals(pred, vol.drop(vol.index[4]), config, reserves=None)  # row 4 absent -> reindexed NaN
 
 
 def test_hand_built_frame_values_and_columns():
@@ -155,12 +156,12 @@ def test_allow_short_min_prob_edge_and_tier_cuts():
     assert s["signal_tier"].iloc[[0, 3, 4, 7]].tolist() == ["B", "C", "D", "A"]
 
 
-@pytest.mark.parametrize("config", [SignalConfig(), SignalConfig(round_trip_cost=0.0, variance_multiplier=3.0)])
+@pytest.mark.parametrize("config", [SignalConfig(), SignalConfig(swap_fee=0.0, variance_multiplier=3.0)])
 def test_threshold_at_least_cost_and_increasing_in_vol_risk(config):
     vols = [0.0, 1e-5, 1e-4, 1e-3, 1e-2]
     pred, vol = _frame([(-0.01, 0.02, 0.05)] * len(vols), vols)
-    thr = compute_signals(pred, vol, config)["threshold"].to_numpy()
-    assert (thr >= config.round_trip_cost).all() and (np.diff(thr) > 0).all()
+    thr = compute_signals(pred, vol, config, reserves=None)["threshold"].to_numpy()
+    assert (thr >= 2 * config.swap_fee).all() and (np.diff(thr) > 0).all()
 
 
 def test_random_frame_invariants():
@@ -168,7 +169,7 @@ def test_random_frame_invariants():
     vol = np.random.default_rng(3).uniform(0, 4e-4, 200)
     vol[::17] = np.nan
     pred, vol_s = _frame(np.c_[q10, q50, q90], vol)
-    s = compute_signals(pred, vol_s, SignalConfig(round_trip_cost=0.001, allow_short=True, min_prob_edge=0.1))
+    s = compute_signals(pred, vol_s, SignalConfig(swap_fee=0.0005, allow_short=True, min_prob_edge=0.1), reserves=None)
     t = s[s["tradeable"]]
     assert len(t) > 10 and (t["abs_q50"] > t["threshold"]).all() and (t["expected_value_net"] > 0).all()
     assert (t["side"] == np.where(t["q50"] > 0, "long", "short")).all() and (t["reason"] == "").all()
@@ -179,8 +180,8 @@ def test_random_frame_invariants():
 def test_naive_index_is_taken_as_utc():
     pred, vol = _frame([r[0] for r in ROWS[:4]], [r[1] for r in ROWS[:4]])
     naive = pred.tz_localize(None).assign(predicted_at=pred["predicted_at"].dt.tz_localize(None).to_numpy())
-    pd.testing.assert_frame_equal(compute_signals(naive, vol.tz_localize(None), SignalConfig()),
-                                  compute_signals(pred, vol, SignalConfig()))
+    pd.testing.assert_frame_equal(compute_signals(naive, vol.tz_localize(None), SignalConfig(), reserves=None),
+                                  compute_signals(pred, vol, SignalConfig(), reserves=None))
 
 
 # 4. validation
@@ -204,10 +205,10 @@ def _bad(kind):
 @pytest.mark.parametrize("kind", ["q10>q50", "q50>q90", "dup", "no_predicted_at", "nat", "equal", "before"])
 def test_compute_signals_rejects_bad_input(kind):
     with pytest.raises(ValueError):
-        compute_signals(*_bad(kind), SignalConfig())
+        compute_signals(*_bad(kind), SignalConfig(), reserves=None)
 
 
-@pytest.mark.parametrize("kwargs", [dict(round_trip_cost=-0.001), dict(min_prob_edge=0.51),
+@pytest.mark.parametrize("kwargs", [dict(swap_fee=-0.001), dict(capital_usd=0.0), dict(max_position_size=0.05), dict(min_prob_edge=0.51),
                                     dict(tier_cuts=(1.0, 0.5, 2.0)), dict(variance_multiplier=np.nan)])
 def test_signal_config_rejects_bad_parameters(kwargs):
     with pytest.raises(ValueError):
@@ -221,34 +222,34 @@ def test_prefix_invariance():
     vol[[3, 25]] = np.nan
     pred, vol_s = _frame(np.c_[q10, q50, q90], vol)
     pred.iloc[7, :3] = np.nan
-    config, k = SignalConfig(round_trip_cost=0.001, allow_short=True), 23
-    full = compute_signals(pred, vol_s, config)
-    pd.testing.assert_frame_equal(compute_signals(pred.iloc[:k], vol_s.iloc[:k], config), full.iloc[:k])
+    config, k = SignalConfig(swap_fee=0.0005, allow_short=True), 23
+    full = compute_signals(pred, vol_s, config, reserves=None)
+    pd.testing.assert_frame_equal(compute_signals(pred.iloc[:k], vol_s.iloc[:k], config, reserves=None), full.iloc[:k])
     changed, vol_changed = pred.copy(), vol_s.copy()
     changed.iloc[k:, :3] = changed.iloc[k:, :3].to_numpy()[:, ::-1] * -3.0  # still sorted
     changed.iloc[k:, 3] = changed.index[k:] + 5 * H
     vol_changed.iloc[k:] = 0.5
-    other = compute_signals(changed, vol_changed, config)
+    other = compute_signals(changed, vol_changed, config, reserves=None)
     pd.testing.assert_frame_equal(other.iloc[:k], full.iloc[:k])
     assert not other.iloc[k:].equals(full.iloc[k:])
 
 
-# 6. SignalLookup
+# 6. Q50SignalLoader
 def _lookup_signals():
     # open 0h..4h; open 1h predicted late (known 6h); open 2h and 3h both known at 4h (tie)
     known = [T0 + h * H for h in (1, 6, 4, 4, 5)]
     pred, vol = _frame([(-0.01, 0.02, 0.05)] * 5, [1e-4] * 5, predicted_at=known)
-    return compute_signals(pred, vol, SignalConfig())
+    return compute_signals(pred, vol, SignalConfig(), reserves=None)
 
 
 def _name(lookup, t):
     row = lookup.get_signal_for_timestamp(t)
-    return None if row is None else row.name
+    return None if row is None else row["open_time"]
 
 
 def test_lookup_as_of_backward():
     s = _lookup_signals()
-    lookup = SignalLookup(s.iloc[::-1])  # unsorted input
+    lookup = Q50SignalLoader(s.iloc[::-1])  # unsorted input
     assert len(lookup) == 5
     assert _name(lookup, T0 + H - pd.Timedelta(microseconds=1)) is None
     assert _name(lookup, T0 + H) == T0
@@ -259,14 +260,26 @@ def test_lookup_as_of_backward():
         assert _name(lookup, t) != T0 + H  # the late prediction is never seen before its known_at
     assert _name(lookup, T0 + 6 * H) == T0 + H
     row = lookup.get_signal_for_timestamp(T0 + 2 * H)
-    pd.testing.assert_series_equal(row, s.loc[T0], check_dtype=False)
+    assert isinstance(row, dict) and row["open_time"] == T0
+    for column in s.columns:
+        assert row[column] == s.loc[T0, column] or (pd.isna(row[column]) and pd.isna(s.loc[T0, column]))
     for t in pd.date_range(T0, T0 + 8 * H, freq="11min"):
         got = lookup.get_signal_for_timestamp(t)
         assert got is None or got["known_at"] <= t
+    # The strategy's fast path agrees with the dict lookup, on plain floats.
+    for t in pd.date_range(T0, T0 + 8 * H, freq="13min"):
+        i = lookup.index_at_ns(t.value)
+        got = lookup.get_signal_for_timestamp(t)
+        assert (i < 0) == (got is None)
+        if got is not None:
+            assert lookup.open_ns[i] == got["open_time"].value
+            assert lookup.expected_value_long[i] == pytest.approx(0.3 * got["q10"] + 0.4 * got["q50"] + 0.3 * got["q90"])
+            assert lookup.total_variance[i] == pytest.approx(got["vol_risk"] + (got["spread"] / 2) ** 2)
+            assert type(lookup.q50[i]) is float
 
 
 def test_lookup_timezones_and_nat():
-    lookup = SignalLookup(_lookup_signals())
+    lookup = Q50SignalLoader(_lookup_signals())
     assert _name(lookup, pd.Timestamp("2025-01-01 04:00")) == T0 + 3 * H  # naive = UTC
     assert _name(lookup, "2025-01-01 03:59:59") == T0
     assert _name(lookup, pd.Timestamp("2025-01-01 05:00", tz="Etc/GMT-1")) == T0 + 3 * H  # 04:00 UTC
@@ -274,4 +287,38 @@ def test_lookup_timezones_and_nat():
         lookup.get_signal_for_timestamp(pd.NaT)
     nat_frame = _lookup_signals().astype({"known_at": "object"})
     nat_frame.iloc[0, nat_frame.columns.get_loc("known_at")] = pd.NaT
-    assert _name(SignalLookup(nat_frame), T0 + 3 * H) is None  # NaT rows are never returned
+    assert _name(Q50SignalLoader(nat_frame), T0 + 3 * H) is None  # NaT rows are never returned
+    with pytest.raises(ValueError, match="vol_risk"):
+        Q50SignalLoader(_lookup_signals().drop(columns="vol_risk"))
+
+
+# 7. costs at the intended size
+def test_costs_at_the_intended_size_come_from_the_cost_model():
+    """With liquidity, the threshold and net EV carry fee AND impact at the size a flat book
+    would enter with; thinner pools cost more, and the row says which reserve it assumed."""
+    pred, vol = _frame([(-0.01, 0.02, 0.05), (-0.01, 0.006, 0.02), (-0.01, 0.002, 0.01)], [1e-4] * 3)
+    obs = pd.DataFrame({"observed_at": [T0 + 2 * H], "reserve_usd": [200_000.0], "source": ["collector_history"]})
+    reserves = ReserveSeries(obs, fallback_usd=50_000.0)
+    s = compute_signals(pred, vol, SignalConfig(), reserves=reserves)
+    # Row 0 known at 01:00: before the first observation -> the fallback, flagged.
+    assert s["reserve_usd"].tolist() == [50_000.0, 200_000.0, 200_000.0]
+    assert s["reserve_source"].tolist() == ["fallback", "collector_history", "collector_history"]
+    r0 = s.iloc[0]
+    n = r0["intended_notional_usd"]
+    # Edge-optimal size: n (ev - 2f) - 2 n^2 / Y to first order -> n ~ Y (ev - 2f) / 4, far below the
+    # risk budget (0.5 x 10 000).
+    assert n == pytest.approx(25_000 * (0.02 - 0.005) / 4, rel=0.02) and n < 5_000
+    assert r0["expected_cost_usd"] == pytest.approx(round_trip_cost(n, 50_000.0, 0.0025, 0.1))
+    assert r0["expected_cost_fraction"] == pytest.approx(r0["expected_cost_usd"] / n)
+    assert r0["expected_cost_fraction"] > 0.005  # impact on top of the two fees
+    assert r0["expected_value_net"] == pytest.approx(r0["expected_value"] - r0["expected_cost_fraction"])
+    assert r0["threshold"] == pytest.approx(r0["expected_cost_fraction"] + 1e-4 + 0.03 ** 2)
+    assert bool(r0["tradeable"])
+    # Without impact the same row is priced at the two fees only, at the risk budget's size.
+    flat = compute_signals(pred, vol, SignalConfig(), reserves=None).iloc[0]
+    assert flat["expected_cost_fraction"] == pytest.approx(0.005) and flat["intended_notional_usd"] == 5_000.0
+    assert flat["reserve_source"] == "none"
+    # A thin pool: the same forecast no longer pays for its costs at any size worth a cent.
+    thin = compute_signals(pred, vol, SignalConfig(), reserves=ReserveSeries(None, fallback_usd=20.0))
+    assert not thin["tradeable"].any()
+    assert (thin["intended_notional_usd"] <= 0.1 * 10.0 + 1e-9).all()  # the reserve cap

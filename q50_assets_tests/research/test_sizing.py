@@ -1,12 +1,14 @@
-"""Tests of q50_assets.research.sizing: Kelly strength and target fraction, by hand."""
+"""Tests of q50_assets.research.sizing: Kelly, risk budget, cost-optimal size and the hold/exit rule, by hand."""
 
 import math
 
 import numpy as np
 import pytest
 
+from q50_assets.research.costs import round_trip_cost, trade_cost
 from q50_assets.research.signals import prob_up_piecewise
-from q50_assets.research.sizing import kelly_fraction_raw, kelly_strength, positive_part_mean, target_fraction
+from q50_assets.research.sizing import (SizingParams, decide, edge_optimal_notional, kelly_fraction_raw,
+                                        kelly_strength, positive_part_mean, risk_budget, size_entry)
 
 
 def _expect(q10, q50, q90, f, n=200_000):
@@ -91,58 +93,93 @@ def test_kelly_strength_vectorised_and_bounded():
     assert (s[ev > 1e-12] > 0).all()
 
 
-def test_target_fraction_by_hand():
-    # strength 1, multiplier 1 -> base_position_size.
-    assert target_fraction("long", 1.0, 1.0, 0.1, 0.5) == pytest.approx(0.1)
-    assert target_fraction("long", 0.5, 2.0, 0.1, 0.5) == pytest.approx(0.1)
-    assert target_fraction("long", 0.8, 1.5, 0.2, 0.5) == pytest.approx(0.24)
-    assert target_fraction("long", 1.0, 10.0, 0.1, 0.5) == 0.5  # capped
-    assert target_fraction("long", 0.0, 1.0) == 0.0
-    assert target_fraction("long", 1.0, -1.0) == 0.0  # floored at 0
-    assert target_fraction("short", 1.0, 1.0) == 0.0
-    assert target_fraction("hold", 1.0, 1.0) == 0.0
-    assert target_fraction("long", np.nan, 1.0) == 0.0
-    assert target_fraction("long", 1.0, np.nan) == 0.0
-    assert target_fraction("long", 1.0, math.inf) == 0.0
-    assert isinstance(target_fraction("long", 1.0, 1.0), float)
+def test_kelly_strength_cap():
+    assert kelly_strength(0.7, -0.01, 0.01, 0.03, cap=5.0) == 5.0  # 0.5 * 87.5 capped at 5
+    assert kelly_strength(0.51, -0.02, 0.0, 0.02, cap=5.0) == pytest.approx(0.5 * 0.02 / 0.012)
     with pytest.raises(ValueError):
-        target_fraction("long", 1.0, 1.0, base_position_size=-0.1)
+        kelly_strength(0.7, -0.01, 0.01, 0.03, cap=0.0)
 
 
-def test_target_fraction_vectorised():
-    out = target_fraction(np.array(["long", "short", "hold", "long"], dtype=object),
-                          np.array([1.0, 1.0, 1.0, np.nan]), np.array([2.0, 2.0, 2.0, 2.0]), 0.1, 0.5)
-    assert out.tolist() == pytest.approx([0.2, 0.0, 0.0, 0.0])
+P = SizingParams()
 
 
-def test_decide_targets_uses_the_regime_known_at_the_signal_close_only():
-    import pandas as pd
+def test_risk_budget_and_max_position_size_binds():
+    # base 0.1 x multiplier 1 x half Kelly x f*: one fractional-Kelly unit holds the base size.
+    assert risk_budget(2.0, 1.0, P) == pytest.approx(0.1)
+    assert risk_budget(4.0, 0.5, P) == pytest.approx(0.1)
+    # Hourly forecasts have f* in the tens: the cap binds.
+    assert risk_budget(87.5, 1.0, P) == 0.5
+    assert risk_budget(87.5, 1.0, SizingParams(max_position_size=0.3)) == 0.3
+    assert risk_budget(math.inf, 0.6, P) == 0.5
+    for kelly, mult in ((-1.0, 1.0), (0.0, 1.0), (np.nan, 1.0), (50.0, 0.0), (50.0, -1.0)):
+        assert risk_budget(kelly, mult, P) == 0.0
 
-    from q50_assets.research.sizing import decide_targets
 
-    opens = pd.date_range("2025-07-01", periods=4, freq="h", tz="UTC")
-    h = pd.Timedelta(hours=1)
-    signals = pd.DataFrame({
-        "q10": [-0.01, -0.01, -0.01, -0.01], "q50": [0.02, 0.02, 0.02, 0.004], "q90": [0.05] * 4,
-        "prob_up": [0.8] * 4, "abs_q50": [0.02, 0.02, 0.02, 0.004], "threshold": [0.006] * 4,
-        "side": ["long", "long", "long", "long"], "known_at": opens + h,
-    }, index=opens)
-    # Regime of bar 1 becomes known only at bar 2's close (late): bar 1 must still use bar 0's.
-    regimes = pd.DataFrame({
-        "regime": ["medium_ranging", "extreme_ranging", "high_ranging", "medium_ranging"],
-        "position_multiplier": [1.0, 0.0, 0.6, 1.0],
-        "threshold_adjustment": [0.0, 0.005, 0.015, 0.0],
-        "known_at": [opens[0] + h, opens[2] + h, opens[2] + h, opens[3] + h],
-    }, index=opens)
-    out = decide_targets(signals, regimes, base_position_size=0.1, max_position_size=0.5)
-    assert list(out["regime"]) == ["medium_ranging", "medium_ranging", "high_ranging", "medium_ranging"]
-    # bar 0, 1: long at base size x 1.0 (strength saturates); bar 2: 0.02 < 0.006 + 0.015 -> flat;
-    # bar 3: |q50| 0.004 below the threshold -> flat.
-    assert list(out["decision"]) == ["long", "long", "flat", "flat"]
-    assert out["target"].tolist() == pytest.approx([0.1, 0.1, 0.0, 0.0])
-    assert (out["known_at"] >= signals["known_at"]).all()
-    assert out.loc[opens[2], "adjusted_threshold"] == pytest.approx(0.021)
-    # No regime known yet -> no new risk.
-    none_known = decide_targets(signals, regimes.assign(known_at=opens + 10 * h),
-                                base_position_size=0.1, max_position_size=0.5)
-    assert (none_known["decision"] == "flat").all() and (none_known["regime"] == "unknown_unknown").all()
+def test_edge_optimal_notional_is_the_maximum_of_edge_minus_round_trip():
+    for ev in (0.006, 0.014, 0.05, 0.3, 2.0):
+        for reserve in (2_000.0, 50_000.0, 1e7):
+            n = edge_optimal_notional(ev, reserve, 0.0025, 0.1)
+            grid = np.linspace(0.0, 0.1 * reserve / 2, 4001)
+            edge = grid * ev - np.array([round_trip_cost(g, reserve, 0.0025, 0.1) for g in grid])
+            assert n * ev - round_trip_cost(n, reserve, 0.0025, 0.1) >= edge.max() - 1e-9 * reserve
+            assert 0 < n <= 0.1 * reserve / 2
+    # First order: n* ~ Y (ev - 2f) / 4 -- a 1.4 % forecast in a 50 000 USD pool: ~56 USD.
+    assert edge_optimal_notional(0.014, 50_000.0, 0.0025, 0.1) == pytest.approx(56.25, rel=1e-3)
+    assert edge_optimal_notional(0.005, 50_000.0, 0.0025, 0.1) == 0.0  # only pays its fees
+    assert edge_optimal_notional(0.004, 50_000.0, 0.0025, 0.1) == 0.0
+    assert edge_optimal_notional(0.014, None, 0.0025, 0.1) == math.inf  # no impact: other limits bind
+    assert edge_optimal_notional(5.0, 50_000.0, 0.0025, 0.1) == pytest.approx(2_500.0)  # the reserve cap
+
+
+def test_size_entry_prices_the_round_trip_at_the_intended_size():
+    e = size_entry(0.014, 0.014, 1e-4, 10_000.0, 0.5, 50_000.0, P)
+    assert e.ok and e.notional_usd == pytest.approx(56.25, rel=1e-3)
+    assert e.cost_usd == pytest.approx(round_trip_cost(e.notional_usd, 50_000.0, 0.0025, 0.1))
+    assert e.cost_fraction == pytest.approx(e.cost_usd / e.notional_usd)
+    assert e.net_edge == pytest.approx(0.014 - e.cost_fraction) and e.net_edge_usd == pytest.approx(
+        e.notional_usd * e.net_edge)
+    assert e.threshold == pytest.approx(e.cost_fraction + 1e-4)
+    # The same forecast sized at the cap (5 000 USD) would cost far more than it earns.
+    assert round_trip_cost(5_000.0, 50_000.0, 0.0025, 0.1) / 5_000.0 > 0.014
+    # Deep pool: the risk budget binds, so max_position_size decides the size.
+    deep = size_entry(0.014, 0.014, 1e-4, 10_000.0, 0.3, 1e12, P)
+    assert deep.notional_usd == pytest.approx(3_000.0) and deep.ok
+    # A regime adjustment or variance premium can block; so can an edge under a cent.
+    assert not size_entry(0.014, 0.014, 1e-4, 10_000.0, 0.5, 50_000.0, P, adjustment=0.01).ok
+    assert not size_entry(0.014, 0.014, 0.01, 10_000.0, 0.5, 50_000.0, P).ok
+    tiny = size_entry(0.0051, 0.02, 0.0, 10_000.0, 0.5, 50_000.0, P)
+    assert tiny.notional_usd > 0 and tiny.net_edge > 0 and tiny.net_edge_usd < 0.01 and not tiny.ok
+    unknown_var = size_entry(0.014, 0.014, np.nan, 10_000.0, 0.5, 50_000.0, P)
+    assert unknown_var.notional_usd > 0 and math.isnan(unknown_var.threshold) and not unknown_var.ok
+    assert not size_entry(np.nan, 0.014, 1e-4, 10_000.0, 0.5, 50_000.0, P).ok
+
+
+def _decide(**kw):
+    base = dict(has_signal=True, long_side=True, expected_value=0.014, abs_q50=0.014, total_variance=1e-4,
+                kelly_raw=80.0, regime_multiplier=1.0, threshold_adjustment=0.0, equity=10_000.0,
+                held_value=0.0, reserve_usd=50_000.0, params=P)
+    return decide(**{**base, **kw})
+
+
+def test_decide_enter_keep_add_trim_exit():
+    enter = _decide()
+    assert enter.action == "enter" and enter.target == pytest.approx(enter.entry.notional_usd / 10_000.0)
+    # Holding: a forecast far below the entry threshold but above minus the exit cost keeps the
+    # position (entering pays the costs, holding pays nothing).
+    keep = _decide(held_value=56.0, expected_value=-0.001, abs_q50=0.0)
+    assert keep.action == "keep" and math.isnan(keep.target)
+    assert keep.exit_cost_fraction == pytest.approx(trade_cost(56.0, False, 50_000.0, 0.0025, 0.1).fraction)
+    assert keep.exit_cost_fraction > 0.001
+    exit_ = _decide(held_value=56.0, expected_value=-0.01)
+    assert exit_.action == "exit" and exit_.target == 0.0 and "reversed" in exit_.reason
+    assert _decide(held_value=56.0, regime_multiplier=0.0).action == "exit"
+    assert _decide(held_value=56.0, has_signal=False).action == "exit"
+    add = _decide(held_value=20.0)
+    assert add.action == "add" and add.target * 10_000.0 > 20.0
+    trim = _decide(held_value=6_000.0, expected_value=0.0, abs_q50=0.0)
+    assert trim.action == "trim" and trim.target == 0.5
+    # Flat: nothing without a long signal, a regime or an edge after costs.
+    assert _decide(long_side=False).action == "none"
+    assert _decide(regime_multiplier=0.0).action == "none"
+    assert _decide(has_signal=False).action == "none"
+    assert _decide(expected_value=0.004, abs_q50=0.004).action == "none"

@@ -11,7 +11,7 @@ and asserts:
    other pools must not stop), ``qlib_features`` records the pool as blocked by ``ohlcv_bars``
    naming the rule and evaluates none of its checks for it, a later run of ``qlib_features`` alone
    refuses the stored bars the same way, and nothing of the pool is in the QLib store or
-   ``pool_feature_vectors``. Warning / no check: ``qlib_features`` consumes the bars, one vector per
+   ``q50_feature_vectors``. Warning / no check: ``qlib_features`` consumes the bars, one vector per
    complete bar (the flagged bar included);
 3. row accounting: ``rows_read == complete_bars + partial_bars_held_back == SELECT count(*)`` of
    the pool's rows. The rules never drop a row: an offending row stays in those counts and is
@@ -25,7 +25,9 @@ database refuses the write, then loosen ``ohlcv_data`` the way a collector datab
 constraints would be (e.g. the collector's own SQLite connections do not enable foreign keys) and
 show the check behind it catches the row anyway.
 
-Every case also records the SQL the stages send: none touches ``trades``.
+Every case also records the SQL the two stages send: neither touches ``trades`` (only ``pool_trades``
+reads them, and places them by the id's epoch; its checks name the +6 h shift: see
+``q50_assets_tests/assets/test_trades.py``).
 
 | kind                         | check that catches it              | blocking | downstream                          |
 |------------------------------|------------------------------------|----------|-------------------------------------|
@@ -41,7 +43,7 @@ Every case also records the SQL the stages send: none touches ``trades``.
 | datetime_offset_minus_6h     | timestamps_aligned_unique          | yes      | refuses                             |
 | future_bar                   | no_future_bars (+ gaps warning)    | yes      | refuses                             |
 | future_bar_epoch_in_ms       | no_future_bars (+ timestamps, gaps)| yes      | refuses                             |
-| trade_shift_plus_6h          | - (no stage reads ``trades``)      | -        | consumes bars; trades never read    |
+| trade_shift_plus_6h          | - (these stages never read ``trades``) | -    | consumes bars; trades not read here |
 | rug_minus_99pct              | extreme_moves                      | warning  | consumes; the rug is a real loss    |
 | price_one_significant_digit  | price_precision                    | yes      | refuses                             |
 | price_below_stored_scale     | PG rounds to 0: positive_prices; SQLite: price_precision | yes | refuses       |
@@ -73,7 +75,7 @@ from q50_assets.assets.partitions import POOLS_PARTITION_NAME
 from q50_assets.db import migrate
 from q50_assets.db.collector_models import ohlcv_data, pools, trades
 from q50_assets.db.engine import get_engine
-from q50_assets.db.q50_models import pool_feature_vectors
+from q50_assets.db.q50_models import q50_feature_vectors
 from q50_assets.definitions import build_resources
 from q50_assets.research.bars import BAR_RULES, ValidatedBars
 from q50_assets.resources.qlib_store import instrument_name
@@ -456,7 +458,7 @@ def _count(engine: Engine, table, pool_id: str) -> int:
 
 
 def _vector_opens(engine: Engine, pool_id: str) -> set[pd.Timestamp]:
-    t = pool_feature_vectors
+    t = q50_feature_vectors
     with engine.connect() as conn:
         values = conn.execute(select(t.c.timestamp).where(t.c.pool_id == pool_id)).scalars().all()
     return {_utc(v) for v in values}
@@ -526,7 +528,7 @@ def test_bad_input(case: Case, backend: str, db_url: str, tmp_path):
             assert isinstance(features, Blocked) and features.stage == "ohlcv_bars" and catches in features.reason
             (feature_mat,) = result.asset_materializations_for_node("qlib_features")
             assert feature_mat.metadata["status"].value == "blocked" and catches in feature_mat.metadata["reason"].value
-            assert _count(engine, pool_feature_vectors, pool_id) == 0
+            assert _count(engine, q50_feature_vectors, pool_id) == 0
             assert not instrument_dir.exists()
             # A later run of the features stage alone loads the stored bars and refuses them.
             later = materialize([ohlcv_bars, qlib_features], selection=[qlib_features], partition_key=pool_id,
@@ -534,7 +536,7 @@ def test_bad_input(case: Case, backend: str, db_url: str, tmp_path):
             assert later.success
             refused = later.output_for_node("qlib_features")[pool_id]
             assert isinstance(refused, Blocked) and refused.pool_id == pool_id and catches in refused.reason
-            assert _count(engine, pool_feature_vectors, pool_id) == 0 and not instrument_dir.exists()
+            assert _count(engine, q50_feature_vectors, pool_id) == 0 and not instrument_dir.exists()
         else:
             assert result.success and md["safe_for_downstream"] is True
             assert materialized == {AssetKey("ohlcv_bars"), AssetKey("qlib_features")}
@@ -546,7 +548,7 @@ def test_bad_input(case: Case, backend: str, db_url: str, tmp_path):
             flagged = validated.bars[validated.bars["ohlcv_id"].isin(injected.ids)].index
             assert set(flagged) <= vectors  # a warning's bar is consumed, not dropped
 
-    # No stage read the trades table (the +6 h shift cannot reach a decision).
+    # Neither stage read the trades table (pool_trades, which does, is tested on its own).
     assert any("ohlcv_data" in s for s in sql)
     assert not [s for s in sql if "trades" in s.lower()]
 

@@ -28,7 +28,7 @@ from q50_assets.db.collector_models import COLLECTOR_TABLE_NAMES, COLLECTOR_TABL
 from q50_assets.db.engine import get_engine
 from q50_assets.db.q50_models import (
     Q50_TABLE_NAMES,
-    pool_feature_vectors,
+    q50_feature_vectors,
     q50_backtest_results,
     q50_regime_labels,
     q50_signals,
@@ -117,7 +117,7 @@ def test_the_project_runs_as_a_role_that_may_only_select_the_collector_tables(re
         dict.fromkeys((*Q50_TABLE_NAMES, migrate.VERSION_TABLE), role)
     assert {t: owners[t] for t in COLLECTOR_TABLE_NAMES} == dict.fromkeys(COLLECTOR_TABLE_NAMES, "postgres")
 
-    # The stages run as the role: ohlcv -> features (QLib store + pool_feature_vectors) -> regimes.
+    # The stages run as the role: ohlcv -> features (QLib store + q50_feature_vectors) -> regimes.
     settings = settings_for(role_url, tmp_path)
     assert make_url(settings.database_url).username == role
     with DagsterInstance.ephemeral() as instance:
@@ -127,8 +127,8 @@ def test_the_project_runs_as_a_role_that_may_only_select_the_collector_tables(re
         assert result.success
         features = result.output_for_node("qlib_features")[MAIN_POOL]
     with role_engine.connect() as conn:
-        vectors = conn.execute(select(func.count()).select_from(pool_feature_vectors)
-                               .where(pool_feature_vectors.c.pool_id == MAIN_POOL)).scalar()
+        vectors = conn.execute(select(func.count()).select_from(q50_feature_vectors)
+                               .where(q50_feature_vectors.c.pool_id == MAIN_POOL)).scalar()
         labels = conn.execute(select(func.count()).select_from(q50_regime_labels)
                               .where(q50_regime_labels.c.pool_id == MAIN_POOL)).scalar()
     assert vectors == 240 and labels > 0

@@ -38,7 +38,7 @@ def main(pools: list[str]) -> int:
 
     defs = build_definitions(settings)
     run = materialize_lineage(defs, instance, pools, len(pools), run_config=QUIET,
-                              phases=["bars, features, regimes", "model"])
+                              phases=["bars, trades, features, regimes", "model"])
     failed = [f"{r.job_def.name} {r.run_id}" for r in run.results() if not r.success]
     if failed:
         print(f"runs failed: {failed}", file=sys.stderr)

@@ -287,7 +287,7 @@ def _drive(page, base: str, shots: Path) -> None:
     expect(summary).to_be_visible()
     expect(summary.get_by_role("columnheader")).to_contain_text(
         ["variant", "total_return", "sharpe", "sortino", "max_drawdown", "win_rate", "trades"])
-    for variant in ("q50", "buy_and_hold", "shuffled"):
+    for variant in ("q50", "q50_close", "buy_and_hold", "buy_and_hold_matched", "cash"):
         row = summary.get_by_role("row").filter(has=page.get_by_role("cell", name=variant, exact=True))
         expect(row.get_by_role("cell").nth(1)).to_have_text(re.compile(r"^-?\d+\.\d\d %$"))  # total_return
     summary.scroll_into_view_if_needed()

@@ -1,7 +1,9 @@
-"""pool_feature_vectors and q50_trading_history
+"""q50_feature_vectors and q50_trading_history
 
 Only the project's tables: collector tables (pools, ohlcv_data, ...) are referenced, never
-created, altered or dropped.
+created, altered or dropped. Installs made before revision 0005 got the feature-vector table as
+``pool_feature_vectors``, the name a collector's enhanced-history migration uses for its own
+table; 0005 renames theirs, and fresh installs create ``q50_feature_vectors`` here directly.
 
 Revision ID: 0001
 Revises:
@@ -23,7 +25,7 @@ _Id = sa.BigInteger().with_variant(sa.Integer, "sqlite")
 
 def upgrade() -> None:
     op.create_table(
-        "pool_feature_vectors",
+        "q50_feature_vectors",
         sa.Column("id", _Id, primary_key=True, autoincrement=True),
         sa.Column("pool_id", sa.String(200), sa.ForeignKey("pools.id"), nullable=False),
         sa.Column("timeframe", sa.String(10), nullable=False),
@@ -34,7 +36,7 @@ def upgrade() -> None:
         sa.Column("feature_values", JsonB, nullable=False),
         sa.Column("created_at", TimestampTZ, nullable=False, server_default=sa.func.now()),
         sa.UniqueConstraint(
-            "pool_id", "timeframe", "timestamp", "feature_set_version", name="uq_pool_feature_vectors_key"
+            "pool_id", "timeframe", "timestamp", "feature_set_version", name="uq_q50_feature_vectors_key"
         ),
     )
     op.create_table(
@@ -47,7 +49,7 @@ def upgrade() -> None:
         sa.Column("position_size", sa.Float),
         sa.Column("nautilus_order_id", sa.String(100)),
         sa.Column("execution_status", sa.String(30), nullable=False),
-        sa.Column("feature_vector_id", _Id, sa.ForeignKey("pool_feature_vectors.id")),
+        sa.Column("feature_vector_id", _Id, sa.ForeignKey("q50_feature_vectors.id")),
         sa.Column("backtest_run_id", sa.String(64), nullable=False),
         sa.Column("side", sa.String(10)),
         sa.Column("quantity", sa.Float),
@@ -63,4 +65,4 @@ def downgrade() -> None:
     op.drop_index("idx_q50_trading_history_run", table_name="q50_trading_history")
     op.drop_index("idx_q50_trading_history_pool_time", table_name="q50_trading_history")
     op.drop_table("q50_trading_history")
-    op.drop_table("pool_feature_vectors")
+    op.drop_table("q50_feature_vectors")

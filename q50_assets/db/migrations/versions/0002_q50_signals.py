@@ -43,7 +43,7 @@ def upgrade() -> None:
         sa.Column("side", sa.String(10), nullable=False),
         sa.Column("signal_tier", sa.String(2), nullable=False),
         sa.Column("reason", sa.String(60)),
-        sa.Column("feature_vector_id", _Id, sa.ForeignKey("pool_feature_vectors.id")),
+        sa.Column("feature_vector_id", _Id, sa.ForeignKey("q50_feature_vectors.id")),
         sa.Column("created_at", TimestampTZ, nullable=False, server_default=sa.func.now()),
         sa.UniqueConstraint("pool_id", "timeframe", "timestamp", name="uq_q50_signals_pool_bar"),
     )
