@@ -30,7 +30,6 @@ Prints a table and writes JSON. Order and what each figure covers:
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil

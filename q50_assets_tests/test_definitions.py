@@ -1,9 +1,15 @@
 """The Definitions the UI loads (workspace.yaml -> q50_assets.definitions) form a valid repository."""
 
+import typing
+from pathlib import Path
+
+import yaml
 from dagster import AssetKey, BackfillPolicy, Definitions
+from pydantic import BaseModel
 
 from q50_assets.assets.partitions import pool_partitions
-from q50_assets.definitions import build_definitions, defs
+from q50_assets.definitions import build_definitions, build_resources, defs
+from q50_assets.settings import Settings, SettingsError, load_settings
 from q50_assets_tests.conftest import settings_for
 
 LINEAGE = ["ohlcv_bars", "pool_trades", "qlib_features", "q50_model", "q50_signals", "regime_labels", "backtest_results",
@@ -43,3 +49,99 @@ def test_per_pool_assets_run_in_batches_and_record_checks_per_pool(tmp_path):
     conditions = {k.to_user_string(): graph.get(k).automation_condition for k in graph.get_all_asset_keys()}
     assert {k for k, c in conditions.items() if c is not None} == {
         "q50_model", "q50_signals", "backtest_results", "q50_trading_history", "backtest_portfolio"}
+
+
+# Keys that do not reach the Definitions, and where they are read instead.
+READ_OUTSIDE_THE_DEFINITIONS = {
+    "batches.runs_at_once": "q50 demo: batch runs executed at once (cli.py)",
+}
+# Keys whose only accepted value is the default (another is refused with a one-line error).
+ONE_VALUE_ONLY = {"signals.allow_short", "nautilus_trader.strategy_config.regime_detection.use_existing_indicators"}
+
+
+def _setting_leaves(model, prefix=()):
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from _setting_leaves(field.annotation, (*prefix, name))
+        else:
+            yield (*prefix, name)
+
+
+def _alternatives(value) -> list:
+    """Other values of a setting's type, likeliest to be valid first."""
+    if isinstance(value, bool):
+        return [not value]
+    if isinstance(value, int):
+        return [value + 1, value - 1]
+    if isinstance(value, float):
+        return [value * 1.1, value * 0.9, value + 0.01]
+    if isinstance(value, tuple):
+        return [(*value[:-1], value[-1] * 1.5), tuple(v * 0.9 for v in value)]
+    if isinstance(value, dict):
+        first = next(iter(value))
+        return [{**value, first: value[first] + 0.1}]
+    if value is None:
+        return [100, 0.5]
+    if isinstance(value, Path):
+        return [str(value.parent / "elsewhere")]
+    return []
+
+
+def _fingerprint(settings) -> dict:
+    """What the Definitions built from ``settings`` run with: every resource's configuration, the
+    sensors' and schedule's settings, the assets' backfill policies and the executor."""
+    defs = build_definitions(settings)
+    repo = defs.get_repository_def()
+    graph = defs.resolve_asset_graph()
+    return {
+        "resources": {k: v.model_dump() for k, v in build_resources(settings).items()},
+        "sensors": sorted((s.name, s.minimum_interval_seconds, str(s.default_status)) for s in repo.sensor_defs),
+        "schedules": sorted((s.name, s.cron_schedule, str(s.default_status)) for s in repo.schedule_defs),
+        "backfill": {k.to_user_string(): str(graph.get(k).backfill_policy) for k in graph.get_all_asset_keys()},
+        "executor": defs.executor.name,
+    }
+
+
+def test_every_setting_reaches_the_definitions(tmp_path):
+    """No key is parsed and then ignored: changing any one setting changes what the Definitions
+    run with (a resource's configuration - the launchpad's fields -, a sensor, the schedule, a
+    backfill policy or the executor), except the keys read elsewhere, said where."""
+    base_env = {"Q50_DATABASE_URL": f"sqlite:///{tmp_path / 'c.sqlite'}", "Q50_DATA_DIR": str(tmp_path / "data")}
+    base = load_settings(environ=base_env)
+    unchanged, refused = [], []
+    for path in _setting_leaves(Settings):
+        key = ".".join(path)
+        env, baseline = dict(base_env), base
+        if key == "nautilus_trader.strategy_config.database_uri":  # only read with signal_source: database
+            env["Q50__NAUTILUS_TRADER__STRATEGY_CONFIG__SIGNAL_SOURCE"] = "database"
+            baseline = load_settings(environ=env)
+        value = baseline
+        for part in path:
+            value = getattr(value, part)
+        if key == "timeframe":
+            candidates = ["4h"]
+        elif key in ("database.url", "nautilus_trader.strategy_config.database_uri"):
+            candidates = [f"sqlite:///{tmp_path / 'other.sqlite'}"]
+        elif isinstance(value, str):
+            field = Settings
+            for part in path[:-1]:
+                field = field.model_fields[part].annotation
+            candidates = [v for v in typing.get_args(field.model_fields[path[-1]].annotation) if v != value]
+        else:
+            candidates = _alternatives(value)
+        changed = None
+        for candidate in candidates:
+            text = yaml.safe_dump(list(candidate) if isinstance(candidate, tuple) else candidate,
+                                  default_flow_style=True).strip().removesuffix("...").strip()
+            try:
+                changed = load_settings(environ={**env, "Q50__" + "__".join(p.upper() for p in path): text})
+            except SettingsError:
+                continue
+            break
+        if changed is None:
+            refused.append(key)
+            continue
+        if _fingerprint(changed) == _fingerprint(baseline):
+            unchanged.append(key)
+    assert sorted(refused) == sorted(ONE_VALUE_ONLY)
+    assert sorted(unchanged) == sorted(READ_OUTSIDE_THE_DEFINITIONS), unchanged

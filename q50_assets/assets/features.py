@@ -17,7 +17,6 @@ from q50_assets.assets.batch import (
     pool_check_spec,
     progress_callback,
 )
-from q50_assets.assets.ohlcv import OHLCV_ASSET
 from q50_assets.assets.partitions import pool_partitions
 from q50_assets.assets.trades import TRADES_ASSET
 from q50_assets.research.bars import ValidatedBars

@@ -13,7 +13,6 @@ import math
 from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
 from q50_assets.assets.batch import PoolChecks, add_pool_metadata, blocked_metadata, pool_check_spec, progress_callback
-from q50_assets.assets.ohlcv import OHLCV_ASSET
 from q50_assets.assets.partitions import pool_partitions
 from q50_assets.research.bars import ValidatedBars
 from q50_assets.research.trades import TRADE_CHECKS, TRADE_FIELDS, TradeAnalysis

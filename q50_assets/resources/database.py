@@ -246,9 +246,9 @@ class CollectorDatabase(ConfigurableResource):
                         .order_by(table.c.pool_id, table.c.timestamp))
                 rows.extend(conn.execute(stmt).all())
         frame = pd.DataFrame(rows, columns=["pool_id", *columns])
-        for column in table.columns:
-            if column.name in frame.columns and isinstance(column.type, DateTime):
-                frame[column.name] = pd.to_datetime(frame[column.name], utc=True)
+        for col in table.columns:
+            if col.name in frame.columns and isinstance(col.type, DateTime):
+                frame[col.name] = pd.to_datetime(frame[col.name], utc=True)
         out = {}
         groups = dict(tuple(frame.groupby("pool_id", sort=False))) if len(frame) else {}
         for pool_id in pool_ids:

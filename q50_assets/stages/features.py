@@ -19,7 +19,6 @@ import pandas as pd
 
 from q50_assets.research.features import (
     asof_collector_features,
-    collector_feature_fields,
     feature_expressions,
     feature_set_version,
     mark_warmup,

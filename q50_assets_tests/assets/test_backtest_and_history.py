@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 
 from q50_assets.assets.partitions import POOLS_PARTITION_NAME
 from q50_assets.db.engine import get_engine
-from q50_assets.db.q50_models import q50_backtest_results, q50_regime_labels, q50_signals, q50_trading_history
+from q50_assets.db.q50_models import q50_backtest_results, q50_regime_labels, q50_trading_history
 from q50_assets.definitions import build_definitions
 from q50_assets.research.backtest import Q50Inputs, run_q50_backtest
 from q50_assets.research.backtest_stage import variants_for

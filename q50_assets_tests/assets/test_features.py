@@ -127,8 +127,8 @@ def test_a_blocked_pool_is_skipped_in_its_batch_and_the_others_go_on(settings, c
     # Nothing of it in the store or the vectors table.
     assert not (settings.data_dir / "qlib" / "features" / instrument_name(SHORT_POOL)).exists()
     with get_engine(collector_url).connect() as conn:
-        assert conn.execute(select(func.count()).select_from(pool_feature_vectors)
-                            .where(pool_feature_vectors.c.pool_id == SHORT_POOL)).scalar() == 0
+        assert conn.execute(select(func.count()).select_from(q50_feature_vectors)
+                            .where(q50_feature_vectors.c.pool_id == SHORT_POOL)).scalar() == 0
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
