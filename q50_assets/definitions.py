@@ -20,6 +20,7 @@ from q50_assets.resources.database import CollectorDatabase
 from q50_assets.resources.io_managers import PoolPickleIOManager, Q50TableIOManager
 from q50_assets.resources.lineage import stage_resources
 from q50_assets.resources.qlib_store import QlibStore
+from q50_assets.resources.reports import ReportFiles
 from q50_assets.settings import ENV_DATABASE_URL, Settings, get_settings
 
 ENV_CELERY_BROKER = "Q50_CELERY_BROKER"
@@ -35,6 +36,7 @@ def build_resources(settings: Settings) -> dict:
     database = CollectorDatabase(url=url)
     return {
         "collector_db": database,
+        "report_files": ReportFiles(directory=str(settings.data_dir / "reports")),
         "qlib_store": QlibStore(provider_dir=str(settings.data_dir / "qlib"), timeframe=settings.timeframe),
         **stage_resources(settings, database),
         # Each stage's output stored once: pickles per pool for what only the lineage reads, the

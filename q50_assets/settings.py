@@ -138,6 +138,10 @@ class EvaluationSettings(_Section):
         default=1.0, ge=1.0, description="Block length of the calendar-time bootstrap (a day or more)."
     )
     bootstrap_seed: int = 0
+    prior_configurations: int = Field(
+        default=0, ge=0, description="Strategy configurations tried on this data before this one (other thresholds, "
+        "sizes, grids): the deflated Sharpe counts them beside this run's q50 variants, so trying many makes a "
+        "good-looking Sharpe count for less.")
 
 
 class SignalSettings(_Section):

@@ -157,6 +157,7 @@ def q50_model(context: AssetExecutionContext, qlib_store: QlibStore, lineage: Li
     evidence_meta: dict = {}
     evidence_started = time.perf_counter()
     found = evidence(trained, labels, config)
+    trained.evidence = found
     if found is not None:
         evidence_meta = evidence_metadata(found)
         evidence_meta["evidence_seconds"] = round(time.perf_counter() - evidence_started, 2)

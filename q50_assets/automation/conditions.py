@@ -44,9 +44,10 @@ def eager_after(*assets: str) -> AutomationCondition:
 
 def after_backtests() -> AutomationCondition:
     """Once any pool's backtest changed and no backtest is in progress (a pool that never had one
-    does not hold the table back, unlike ``eager()``)."""
+    does not hold the table back, unlike ``eager()``). A new model alone does not rewrite it (its
+    signals and backtests follow, and then the portfolio)."""
     return (
-        AutomationCondition.any_deps_updated().since_last_handled()
+        AutomationCondition.any_deps_updated().allow(AssetSelection.assets(BACKTEST_ASSET)).since_last_handled()
         & ~AutomationCondition.any_deps_in_progress()
         & ~AutomationCondition.in_progress()
     ).with_label("after the pools' backtests")

@@ -32,6 +32,7 @@ TABLES_CREATED = {
     "0004": ("q50_backtest_results",),
     "0005": (),
     "0006": (),
+    "0007": (),
 }
 
 LEGACY_FEATURE_VECTORS = "pool_feature_vectors"

@@ -184,6 +184,9 @@ q50_backtest_results = Table(
     Column("permutation_statistic", Float),
     Column("permutation_p_value", Float),
     Column("permutation_null", JsonB),  # the null draws (q50 rows only), for the pooled p-value
+    # Added by migration 0007, q50 rows only: what the portfolio report is computed from.
+    Column("bar_returns", JsonB),  # {"close_time": [epoch s], variant: [net return per bar]} on the OOS grid
+    Column("round_trip_records", JsonB),  # q50's round trips (research/backtest_stage.py ROUND_TRIP_COLUMNS)
     UniqueConstraint("backtest_run_id", "pool_id", "variant", name="uq_q50_backtest_results_run_pool_variant"),
     Index("idx_q50_backtest_results_pool_created", "pool_id", "created_at"),
 )

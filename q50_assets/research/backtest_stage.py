@@ -441,8 +441,44 @@ def results_rows(result: PoolBacktest) -> pd.DataFrame:
     """The rows ``q50_backtest_results`` stores for one pool: one per variant, the permutation
     null's draws on the q50 row (for the pooled p-value)."""
     rows = result.metrics.reset_index().copy()
-    rows["permutation_null"] = [result.permutation["null"].tolist() if v == Q50 else None for v in rows["variant"]]
+    is_q50 = rows["variant"] == Q50
+    rows["permutation_null"] = [result.permutation["null"].tolist() if q else None for q in is_q50]
+    # What the portfolio report is computed from, stored once with the backtest that made it.
+    rows["bar_returns"] = [bar_returns_record(result.bar_returns) if q else None for q in is_q50]
+    rows["round_trip_records"] = [round_trip_records(result.round_trips) if q else None for q in is_q50]
     return rows
+
+
+def bar_returns_record(bar_returns: pd.DataFrame) -> dict:
+    """Per-bar net returns of every variant as JSON: bar close epochs (seconds) and one list per
+    variant (read back by :func:`bar_returns_from_record`)."""
+    index = pd.DatetimeIndex(bar_returns.index).tz_convert("UTC")
+    record = {"close_time": (index.as_unit("s").asi8).tolist()}
+    for variant in bar_returns.columns:
+        record[str(variant)] = bar_returns[variant].to_numpy(dtype="float64").tolist()
+    return record
+
+
+def bar_returns_from_record(record: dict) -> pd.DataFrame:
+    index = pd.to_datetime(np.asarray(record["close_time"], dtype="int64"), unit="s", utc=True)
+    columns = [k for k in record if k != "close_time"]
+    return pd.DataFrame({c: np.asarray(record[c], dtype="float64") for c in columns}, index=index)
+
+
+def round_trip_records(trips: pd.DataFrame | None) -> list[dict]:
+    """Round trips as JSON records (times ISO 8601 UTC, NaN as null)."""
+    if trips is None or trips.empty:
+        return []
+    import json
+    return json.loads(trips.reset_index(drop=True).to_json(orient="records", date_format="iso", date_unit="s"))
+
+
+def round_trips_from_records(records: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame.from_records(records, columns=list(ROUND_TRIP_COLUMNS)) if records else \
+        pd.DataFrame(columns=list(ROUND_TRIP_COLUMNS))
+    for column in ("entry_decided_at", "entry_filled_at", "exit_filled_at"):
+        frame[column] = pd.to_datetime(frame[column], utc=True)
+    return frame
 
 
 def history_rows(result: PoolBacktest) -> pd.DataFrame:
@@ -493,6 +529,10 @@ def history_rows(result: PoolBacktest) -> pd.DataFrame:
 
 
 __all__ = [
+    "bar_returns_from_record",
+    "bar_returns_record",
+    "round_trip_records",
+    "round_trips_from_records",
     "BUY_AND_HOLD",
     "BUY_AND_HOLD_MATCHED",
     "BacktestStageConfig",

@@ -15,8 +15,9 @@ import json
 import numpy as np
 import pandas as pd
 
-from q50_assets.research.backtest_stage import Q50, variants_for
+from q50_assets.research.backtest_stage import Q50, bar_returns_from_record, round_trips_from_records, variants_for
 from q50_assets.research.permutation import pooled_p_value
+from q50_assets.research.report import PermutationNull, Report, ReportInputs, render_report
 
 MIN_PERMUTATIONS = 1000
 
@@ -86,7 +87,7 @@ def permutation_summary(results: pd.DataFrame) -> dict:
     traded = [v["p_value"] for v in per_pool.values() if v["traded"]]
     return {"pools": len(per_pool), "pooled_statistic": pooled, "pooled_p_value": p,
             "pooled_null_mean": float(np.mean(pooled_null)) if len(pooled_null) else np.nan,
-            "draws": int(len(pooled_null)), "per_pool": per_pool,
+            "draws": int(len(pooled_null)), "per_pool": per_pool, "pooled_null": pooled_null,
             "traded_pools_below_0.05": int(sum(v < 0.05 for v in traded)), "traded_pools": len(traded)}
 
 
@@ -168,5 +169,81 @@ def comparable_baselines(results: pd.DataFrame, variants: tuple[str, ...] | None
     return problems, int(results["pool_id"].nunique()) if len(results) else 0
 
 
-__all__ = ["MIN_PERMUTATIONS", "comparable_baselines", "no_trade_summary", "permutation_summary",
+def _record(value):
+    if isinstance(value, str):
+        return json.loads(value)
+    return value
+
+
+def stored_evidence(results: pd.DataFrame, pools: list[str]) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, list[str]]:
+    """From the q50 rows of ``pools``: each pool's per-bar returns of every variant, every Q50
+    round trip (with its pool), and the pools whose backtest stored no such evidence (written
+    before it was kept: left out of the report, and named)."""
+    q50 = results[(results["variant"] == Q50) & results["pool_id"].isin(pools)].sort_values("pool_id")
+    bar_returns, trips, missing = {}, [], []
+    for _, row in q50.iterrows():
+        record = _record(row.get("bar_returns")) if "bar_returns" in row.index else None
+        if not record:
+            missing.append(row["pool_id"])
+            continue
+        bar_returns[row["pool_id"]] = bar_returns_from_record(record)
+        pool_trips = round_trips_from_records(_record(row.get("round_trip_records")) or [])
+        trips.append(pool_trips.assign(pool_id=row["pool_id"]))
+    round_trips = pd.concat(trips, ignore_index=True) if trips else None
+    return bar_returns, round_trips, missing
+
+
+def _utc(values) -> pd.DatetimeIndex:
+    index = pd.DatetimeIndex(values)
+    return index.tz_localize("UTC") if index.tz is None else index.tz_convert("UTC")
+
+
+def labelled_signals(signals: dict[str, pd.DataFrame], predictions: pd.DataFrame) -> pd.DataFrame:
+    """Every pool's stored signals beside the realised label of the bar they were made for (the
+    model's out-of-sample predictions carry it; NaN where it is not known yet, or where the signal
+    came from elsewhere): what :func:`research.evaluation.net_hit_rate` scores."""
+    frames = [frame.assign(pool_id=pool_id) for pool_id, frame in signals.items() if frame is not None and len(frame)]
+    if not frames:
+        return pd.DataFrame()
+    out = pd.concat(frames).reset_index().rename(columns={"index": "open_time"})
+    key = pd.MultiIndex.from_arrays([out["pool_id"].astype(str), _utc(out["open_time"])])
+    if "label" in predictions and len(predictions):
+        labels = predictions["label"].set_axis(pd.MultiIndex.from_arrays(
+            [predictions.index.get_level_values(0).astype(str), _utc(predictions.index.get_level_values(1))]))
+        out["label"] = labels.reindex(key).to_numpy()
+    else:
+        out["label"] = np.nan
+    return out
+
+
+def research_report(results: pd.DataFrame, *, trials: int, bar_seconds: int, bootstrap, model=None,
+                    hit_rate: dict | None = None) -> tuple[Report | None, dict]:
+    """The research report (research/report.py) over the pools where q50 traded -- the same pools
+    as the portfolio table -- from what their backtests stored; the pooled permutation null over
+    every pool with one. Returns (report or None when no pool traded, facts for the caption)."""
+    pools = traded_pools(results)
+    bar_returns, round_trips, missing = stored_evidence(results, pools)
+    permutation = permutation_summary(results) if len(results) else {}
+    facts = {"pools_in_report": len(bar_returns), "pools_without_stored_evidence": missing,
+             "pools_never_traded": len(set(results["pool_id"])) - len(pools) if len(results) else 0,
+             "trials": int(trials)}
+    if not bar_returns:
+        return None, facts
+    null = None
+    if permutation.get("draws"):
+        null = PermutationNull(statistic=float(permutation["pooled_statistic"]), draws=permutation["pooled_null"],
+                               p_value=float(permutation["pooled_p_value"]))
+    intro = (f"Pools where q50 traded at least once (the portfolio table's pools); {facts['pools_never_traded']} "
+             f"where it never traded are reported apart. The deflated Sharpe counts {trials} configurations tried.")
+    if missing:
+        intro += f" Left out, their backtest stored no per-bar returns (run before they were kept): {', '.join(missing)}."
+    inputs = ReportInputs(
+        intro=intro, bar_returns=bar_returns, trials=trials, permutation=null,
+        permutation_statistic=f"mean per-bar net return of q50, averaged over {permutation.get('pools', 0)} pools",
+        round_trips=round_trips, model=model, hit_rate=hit_rate, bar_seconds=bar_seconds, bootstrap=bootstrap,
+        title="Q50: out-of-sample evidence, after every cost")
+    return render_report(inputs), facts
+
+
+__all__ = ["MIN_PERMUTATIONS", "labelled_signals", "research_report", "stored_evidence", "comparable_baselines", "no_trade_summary", "permutation_summary",
            "portfolio_markdown", "portfolio_table", "traded_pools"]

@@ -79,6 +79,7 @@ class ReportInputs:
     bar_seconds: int = 3600
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     title: str = "Q50: out-of-sample evidence"
+    intro: str = ""  # a first paragraph (which pools, what was left out)
 
 
 @dataclass
@@ -259,6 +260,14 @@ def _render(title: str, blocks: list[_Block], pngs: dict[str, bytes]) -> tuple[s
     return "\n".join(md).rstrip() + "\n", page
 
 
+def markdown_with_pictures(report: Report) -> str:
+    """The report's markdown with its pictures embedded (data URIs): one piece of Dagster metadata."""
+    md = report.markdown
+    for name, png in report.pngs.items():
+        md = md.replace(f"]({name}.png)", f"](data:image/png;base64,{base64.b64encode(png).decode()})")
+    return md
+
+
 # ------------------------------------------------------------------ tables shown
 
 
@@ -343,6 +352,8 @@ def render_report(inputs: ReportInputs) -> Report:
     tables["headline"] = headline
     portfolio = equal_weight_portfolio(inputs.bar_returns)
     pools = len(inputs.bar_returns)
+    if inputs.intro:
+        blocks.append(_Block("p", inputs.intro))
     blocks.append(_Block("p", f"{pools} pools, out of sample, after every cost. Intervals: 95 % moving-block "
                               f"bootstrap in calendar time (blocks of {_duration(inputs.bootstrap.block)}, pools resampled "
                               f"together, {inputs.bootstrap.samples:,} replicates)."))
@@ -400,6 +411,7 @@ __all__ = [
     "breakdowns_png",
     "equity_curves_png",
     "headline_display",
+    "markdown_with_pictures",
     "permutation_png",
     "pooled_permutation",
     "reliability_png",

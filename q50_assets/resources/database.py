@@ -647,23 +647,30 @@ class CollectorDatabase(ConfigurableResource):
                 for p, run in runs.items()}
 
     def latest_backtest_results(self, timeframe: str, pool_ids: list[str] | None = None) -> pd.DataFrame:
-        """Per pool (all, or those of ``pool_ids``), the rows of its most recent backtest run (all variants)."""
+        """Per pool (all, or those of ``pool_ids``), the rows of its most recent backtest run (all
+        variants). The runs are found from the key columns first, so older runs' per-bar evidence
+        (kept as history) is never read."""
         t = q50_backtest_results
-        rows = []
+        keys = []
         with self.engine.connect() as conn:
-            if pool_ids is None:
-                rows = conn.execute(select(t).where(t.c.timeframe == timeframe).order_by(t.c.id)).mappings().all()
-            else:
-                for chunk in _chunks(sorted(pool_ids)):
-                    stmt = select(t).where(t.c.timeframe == timeframe, t.c.pool_id.in_(chunk)).order_by(t.c.id)
-                    rows.extend(conn.execute(stmt).mappings().all())
+            for chunk in ([None] if pool_ids is None else _chunks(sorted(pool_ids))):
+                stmt = select(t.c.id, t.c.pool_id, t.c.backtest_run_id).where(t.c.timeframe == timeframe)
+                if chunk is not None:
+                    stmt = stmt.where(t.c.pool_id.in_(chunk))
+                keys.extend(conn.execute(stmt).all())
+            latest = {}
+            for row_id, pool_id, run_id in sorted(keys):  # by id: the last one seen is the newest run
+                latest[pool_id] = run_id
+            rows = []
+            for chunk in _chunks(sorted(latest)):
+                if not chunk:
+                    continue
+                stmt = (select(t).where(t.c.timeframe == timeframe, t.c.pool_id.in_(chunk),
+                                        t.c.backtest_run_id.in_(sorted({latest[p] for p in chunk})))
+                        .order_by(t.c.id))
+                rows.extend(r for r in conn.execute(stmt).mappings().all() if latest[r["pool_id"]] == r["backtest_run_id"])
         frame = pd.DataFrame([dict(r) for r in rows], columns=[c.name for c in t.columns])
-        if frame.empty:
-            return frame
-        frame = frame.sort_values("id", kind="stable")
-        latest_id = frame.groupby("pool_id")["id"].transform("max")
-        latest_run = frame.loc[frame["id"] == latest_id].set_index("pool_id")["backtest_run_id"]
-        return frame[frame["backtest_run_id"] == frame["pool_id"].map(latest_run)].reset_index(drop=True)
+        return frame.sort_values("id", kind="stable").reset_index(drop=True) if len(frame) else frame
 
 
 # Pools per IN (...) list: far below SQLite's and PostgreSQL's parameter limits.

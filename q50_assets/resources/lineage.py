@@ -74,6 +74,8 @@ class EvaluationStage(Config):
     bootstrap_samples: int = 1000
     bootstrap_block_days: float = 1.0
     bootstrap_seed: int = 0
+    prior_configurations: int = Field(0, description="Configurations tried before this one; the deflated Sharpe "
+                                      "counts them with this run's q50 variants.")
 
 
 class SignalStage(Config):
@@ -167,8 +169,7 @@ class LineageConfig(ConfigurableResource):
                                           bar_seconds=self.bar_seconds),
             naive=NaiveConfig(min_pool_labels=e.naive_min_pool_labels, window_bars=e.naive_window_bars,
                               bar_seconds=self.bar_seconds),
-            bootstrap=BootstrapConfig(samples=e.bootstrap_samples, block=pd.Timedelta(days=e.bootstrap_block_days),
-                                      seed=e.bootstrap_seed))
+            bootstrap=self.bootstrap_config())
 
     def signal_config(self) -> SignalConfig:
         s, b = self.signals, self.backtest
@@ -195,6 +196,19 @@ class LineageConfig(ConfigurableResource):
             buy_and_hold_fraction=b.buy_and_hold_fraction, permutations=b.permutations,
             permutation_seed=b.permutation_seed, reserve_sensitivity=tuple(b.reserve_sensitivity),
             timeframe=self.timeframe)
+
+    def bootstrap_config(self) -> BootstrapConfig:
+        e = self.evaluation
+        return BootstrapConfig(samples=e.bootstrap_samples, block=pd.Timedelta(days=e.bootstrap_block_days),
+                               seed=e.bootstrap_seed)
+
+    @property
+    def dsr_trials(self) -> dict[str, int]:
+        """Configurations tried, for the deflated Sharpe: this run's q50 variants (latency and close
+        fills, each reserve assumption) plus those tried before (evaluation.prior_configurations)."""
+        q50_variants = sum(v.startswith("q50") for v in self.variants)
+        prior = self.evaluation.prior_configurations
+        return {"q50_variants_this_run": q50_variants, "prior_configurations": prior, "trials": q50_variants + prior}
 
     @property
     def variants(self) -> tuple[str, ...]:
@@ -231,7 +245,7 @@ def stage_resources(settings, database: CollectorDatabase | None = None) -> dict
                          calibration_min_rows=m.calibration_min_rows, coverage_tolerance=m.coverage_tolerance),
         evaluation=EvaluationStage(naive_window_bars=e.naive_window_bars, naive_min_pool_labels=e.naive_min_pool_labels,
                                    bootstrap_samples=e.bootstrap_samples, bootstrap_block_days=e.bootstrap_block_days,
-                                   bootstrap_seed=e.bootstrap_seed),
+                                   bootstrap_seed=e.bootstrap_seed, prior_configurations=e.prior_configurations),
         signals=SignalStage(swap_fee=s.swap_fee, variance_multiplier=s.variance_multiplier, allow_short=s.allow_short),
         regimes=RegimeStage(vol_percentiles=list(rd.vol_percentiles), min_history_bars=rd.min_history_bars,
                             window_bars=rd.window_bars, rsi_overbought=rd.rsi_overbought, rsi_oversold=rd.rsi_oversold,

@@ -69,6 +69,7 @@ class TrainedQ50Model:
     blocked_reason: str = ""
     panel_counts: dict | None = None
     seconds: float | None = None
+    evidence: ModelEvidence | None = None  # skill, coverage, reliability (the report shows them again)
 
     def require_usable(self) -> None:
         if self.blocked_reason:

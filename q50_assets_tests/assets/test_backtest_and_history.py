@@ -209,6 +209,22 @@ class TestNautilusIntegration:
         pooled = out["portfolio_metadata"]["pooled_permutation_p_value"].value
         assert 0 < pooled <= 1
 
+        # The research report: in the asset's metadata with its pictures embedded, and as an HTML
+        # page under the data dir; computed from what the backtests stored, over the traded pools.
+        meta = out["portfolio_metadata"]
+        report_md = meta["report"].value
+        for picture in ("equity_curves", "permutation_null", "reliability", "breakdowns"):
+            assert f"![{picture}](data:image/png;base64," in report_md
+        assert "Signals net of cost" in report_md and "The model against a naive forecaster" in report_md
+        assert meta["dsr_trials"].value == 4  # q50, q50_close, the reserve halved and doubled
+        assert meta["pools_in_report"].value == len(traded)
+        page = Path(meta["report_html"].value)
+        assert page.parent == settings.data_dir / "reports"
+        assert page.read_text().count('src="data:image/png;base64,') == 4
+        low, mid, high = (meta[f"q50_mean_bar_return{s}"].value for s in ("_low", "", "_high"))
+        assert low <= mid <= high
+        assert mid == pytest.approx(pd.concat([out["backtests"][p].bar_returns["q50"] for p in traded]).mean())
+
         # The strategy built from the stored tables through its own inputs_factory (as a live node
         # would) makes exactly the backtest's fills.
         pool_id = next(p for p in POOLS if len(out["backtests"][p].outcomes["q50"].fills))

@@ -79,3 +79,64 @@ def test_comparable_baselines_names_each_problem():
     assert "variants" in by_pool["A"] and "impossible total_return" in by_pool["B"]
     assert "permutation null" in by_pool["C"]
     assert portfolio_table(pd.DataFrame()).empty and portfolio_markdown(pd.DataFrame()) == "No backtest results yet."
+
+
+def _with_evidence(results: pd.DataFrame, pools: list[str]) -> pd.DataFrame:
+    """Stored per-bar returns and round trips on the q50 rows of ``pools`` (as results_rows writes them)."""
+    from q50_assets.research.backtest_stage import ROUND_TRIP_COLUMNS, bar_returns_record, round_trip_records
+
+    rng = np.random.default_rng(1)
+    grid = pd.date_range(START, periods=96, freq="h")
+    out = results.copy()
+    out["bar_returns"], out["round_trip_records"] = None, None
+    for pool in pools:
+        frame = pd.DataFrame({v: rng.normal(0, 1e-3, len(grid)) for v in VARIANTS}, index=grid).assign(cash=0.0)
+        trips = pd.DataFrame([{c: np.nan for c in ROUND_TRIP_COLUMNS} | {
+            "entry_decided_at": grid[i], "entry_filled_at": grid[i + 1], "exit_filled_at": grid[i + 3],
+            "open": False, "bars_held": 2, "net_return": r, "vol_regime": "low", "momentum_regime": "ranging",
+            "signal_tier": "A", "reserve_usd": 50_000.0, "reserve_source": "fallback"}
+            for i, r in ((5, 0.01), (30, -0.02), (60, 0.004))])
+        row = (out["pool_id"] == pool) & (out["variant"] == "q50")
+        out.loc[row, "bar_returns"] = pd.Series([bar_returns_record(frame)], index=out.index[row])
+        out.loc[row, "round_trip_records"] = pd.Series([round_trip_records(trips)], index=out.index[row])
+    return out
+
+
+def test_stored_evidence_reads_back_what_the_backtest_wrote():
+    from q50_assets.research.backtest_stage import bar_returns_from_record, bar_returns_record
+    from q50_assets.research.portfolio import stored_evidence
+
+    grid = pd.date_range(START, periods=5, freq="4h")
+    frame = pd.DataFrame({"q50": [0.0, 0.01, -0.02, 1e-9, 0.0], "cash": 0.0}, index=grid)
+    back = bar_returns_from_record(bar_returns_record(frame))
+    pd.testing.assert_frame_equal(back, frame, check_freq=False)
+
+    results = _with_evidence(_results(), ["A"])
+    bar_returns, trips, missing = stored_evidence(results, ["A", "B"])
+    assert list(bar_returns) == ["A"] and missing == ["B"]  # B's backtest kept no per-bar returns: named
+    assert len(trips) == 3 and set(trips["pool_id"]) == {"A"}
+    assert trips["entry_filled_at"].dt.tz is not None and trips["net_return"].tolist() == [0.01, -0.02, 0.004]
+
+
+def test_research_report_covers_the_traded_pools_and_counts_the_trials():
+    from q50_assets.research.portfolio import research_report, stored_evidence
+    from q50_assets.research.uncertainty import BootstrapConfig
+
+    results = _with_evidence(_results(), ["A", "B", "C"])
+    report, facts = research_report(results, trials=6, bar_seconds=3600,
+                                    bootstrap=BootstrapConfig(samples=200, seed=0))
+    assert facts["pools_in_report"] == 2 and facts["pools_never_traded"] == 1  # C never traded: apart
+    headline = report.tables["headline"]
+    assert (headline["trials"] == 6).all() and (headline.xs("all pools", level="sample")["pools"] == 2).all()
+    # The pooled mean per-bar return of q50 is the mean of the stored bars of A and B.
+    stored, _, _ = stored_evidence(results, ["A", "B"])
+    expected = pd.concat([stored["A"]["q50"], stored["B"]["q50"]]).mean()
+    q50 = headline.loc[("all pools", "q50")]
+    assert q50["mean_bar_return"] == pytest.approx(expected)
+    assert q50["mean_bar_return_low"] <= q50["mean_bar_return"] <= q50["mean_bar_return_high"]
+    assert {"equity_curves", "permutation_null", "breakdowns"} <= set(report.pngs)
+    assert "1 where it never traded are reported apart" in report.markdown
+
+    none, facts = research_report(results[results["pool_id"] == "C"], trials=6, bar_seconds=3600,
+                                  bootstrap=BootstrapConfig(samples=200, seed=0))
+    assert none is None and facts["pools_in_report"] == 0
