@@ -282,6 +282,9 @@ def headline_table(bar_returns: Mapping[str, pd.DataFrame], *, trials: int, bar_
         keep = np.ones(len(long), dtype=bool)
         if exclude_pools and variant in exclude_pools:
             keep = ~pools_all.isin(list(exclude_pools[variant]))
+        if not keep.any():  # every pool left out (one pool, without its top 5 %): nothing to estimate
+            rows[variant] = {c: np.nan for c in HEADLINE_COLUMNS} | {"pools": 0, "bars": 0, "trials": trials}
+            continue
         r = long[variant].to_numpy(dtype=np.float64)[keep]
         bins = TimeBins(bins_all.bin_of_row[keep], bins_all.n_bins, bins_all.block_bins, bins_all.origin, bar_seconds)
         per_row = np.column_stack([r, np.ones_like(r), (r > 0).astype(float), (r != 0).astype(float)])

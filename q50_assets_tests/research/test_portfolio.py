@@ -137,6 +137,12 @@ def test_research_report_covers_the_traded_pools_and_counts_the_trials():
     assert {"equity_curves", "permutation_null", "breakdowns"} <= set(report.pngs)
     assert "1 where it never traded are reported apart" in report.markdown
 
+    # One pool: "without the top 5 %" leaves nothing, said so (NaN), not an error.
+    one, _ = research_report(results[results["pool_id"] == "A"], trials=6, bar_seconds=3600,
+                             bootstrap=BootstrapConfig(samples=200, seed=0))
+    trimmed = one.tables["headline"].xs("without top 5 %", level="sample")
+    assert (trimmed["pools"] == 0).all() and trimmed["mean_bar_return"].isna().all()
+
     none, facts = research_report(results[results["pool_id"] == "C"], trials=6, bar_seconds=3600,
                                   bootstrap=BootstrapConfig(samples=200, seed=0))
     assert none is None and facts["pools_in_report"] == 0

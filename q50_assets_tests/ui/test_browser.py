@@ -6,7 +6,8 @@ materialized up to the trained ``q50_model`` in one batch with a pool too short 
 Debian's Chromium through Playwright: opens the asset graph, checks that the OHLCV check
 ``enough_bars`` shows its result per pool (the short pool failed, the others passed), launches
 ``refresh_pools`` for one pool from the UI, waits for the run to succeed and checks that the
-pool's backtest metadata renders its summary table and its equity-curve picture. Screenshots go
+pool's backtest metadata renders its summary table and its equity-curve picture, then launches
+``portfolio_summary`` and checks that every picture of its research report renders. Screenshots go
 to ``<tmp_path>/screenshots`` (the path is printed).
 
 Needs /usr/bin/chromium and the ``playwright`` package (never ``playwright install``): without
@@ -114,10 +115,14 @@ def instance_env(deployment_dir, sqlite_sample_file) -> dict[str, str]:
     env = {
         # The repo's config.yaml and nothing from the caller's shell (an override there could,
         # say, switch on the new-bars sensor and flood the instance with runs).
-        **{k: v for k, v in os.environ.items() if not k.startswith("Q50_")},
+        **{k: v for k, v in os.environ.items() if not k.startswith("Q50_")},  # Q50__ paths too
         "DAGSTER_HOME": str(home),
         "Q50_DATABASE_URL": f"sqlite:///{collector}",
         "Q50_DATA_DIR": str(deployment_dir / "data"),
+        # A deep assumed pool: the launched pool's q50 trades, so the portfolio's report has round
+        # trips to break down (at the default 50 k USD it may not trade at all).
+        "Q50__NAUTILUS_TRADER__BACKTEST__FALLBACK_RESERVE_USD": "2000000",
+        "Q50__SIGNALS__VARIANCE_MULTIPLIER": "0",
     }
     # Settings are read once per process: prepare in a child process that sees this environment.
     started = time.monotonic()
@@ -301,6 +306,63 @@ def _drive(page, base: str, shots: Path) -> None:
     width, height = image.evaluate("img => [img.naturalWidth, img.naturalHeight]")
     assert width > 100 and height > 50, f"equity curve decoded to {width}x{height} px"
     page.screenshot(path=shots / "05-equity-curve.png")
+    page.keyboard.press("Escape")
+
+    # 6. The portfolio across pools from the UI: its research report renders every picture.
+    _check_report(page, base, shots)
+
+
+REPORT_PICTURES = ("equity_curves", "permutation_null", "reliability", "breakdowns")
+
+
+def _check_report(page, base: str, shots: Path) -> None:
+    """Launch ``portfolio_summary`` from its job page, wait for the run, open the portfolio's
+    materialization and its ``report`` metadata: every picture of the report decodes."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{base}/jobs")
+    page.locator("a", has=page.get_by_text("portfolio_summary", exact=True)).first.click()
+    expect(page).to_have_url(re.compile(r"/jobs/portfolio_summary"), timeout=UI_TIMEOUT_MS)
+    page.get_by_role("button", name=re.compile(r"Materialize")).first.click()
+    view_run = page.locator("a[href^='/runs/']", has_text="View")  # the "run launched" toast
+    expect(view_run).to_be_visible(timeout=UI_TIMEOUT_MS)
+    run_id = view_run.get_attribute("href").rsplit("/", 1)[1]
+    _wait_for_success(page, base, run_id, shots / "06-portfolio-run.png")
+
+    page.goto(f"{base}/assets/backtest_portfolio?view=events")
+    report = page.get_by_role("row").filter(has=page.get_by_text("report", exact=True))
+    expect(report.first).to_be_visible(timeout=UI_TIMEOUT_MS)
+    report.first.get_by_text("[Show Markdown]").click()
+    dialog = page.get_by_role("dialog").filter(has_text="Q50: out-of-sample evidence")
+    expect(dialog).to_be_visible()
+    images = dialog.locator("img[src^='data:image/png;base64,']")
+    expect(images).to_have_count(len(REPORT_PICTURES))
+    for name in REPORT_PICTURES:
+        image = dialog.locator(f"img[alt='{name}']")
+        image.scroll_into_view_if_needed()
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+        width, height = image.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+        assert width > 100 and height > 50, f"report picture {name} decoded to {width}x{height} px"
+    expect(dialog.get_by_role("columnheader").first).to_be_visible()  # the headline table
+    page.screenshot(path=shots / "07-report.png")
+
+
+def _wait_for_success(page, base: str, run_id: str, shot: Path) -> None:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page.goto(f"{base}/runs/{run_id}")
+    status = page.get_by_text(re.compile(r"^(Success|Failure|Canceled)$")).first
+    deadline = time.monotonic() + RUN_SECONDS
+    while True:
+        try:
+            status.wait_for(state="visible", timeout=15_000)
+            break
+        except PlaywrightTimeout:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"run {run_id} did not finish within {RUN_SECONDS} s") from None
+            page.reload()
+    page.screenshot(path=shot)
+    assert status.inner_text() == "Success", f"run {run_id} ended with {status.inner_text()}"
 
 
 def _check_partitions(page, base: str, shots: Path) -> None:
