@@ -144,6 +144,7 @@ def summarize(run, settings: Settings, instance) -> tuple[list[str], list[str]]:
     backtest_status = Counter()
     model_md: dict = {}
     portfolio_md = ""
+    report_md: dict = {}
     materializations, evaluations = recorded_events(instance, run.run_ids())
     for event in materializations:
         key = event.asset_key.to_user_string()
@@ -161,6 +162,7 @@ def summarize(run, settings: Settings, instance) -> tuple[list[str], list[str]]:
             model_md = md
         elif key == "backtest_portfolio":
             portfolio_md = md["summary"]
+            report_md = md
     for e in evaluations:
         label = f"{e.asset_key.to_user_string()}.{e.check_name}"
         counts = checks.setdefault(label, Counter())
@@ -200,6 +202,12 @@ def summarize(run, settings: Settings, instance) -> tuple[list[str], list[str]]:
     if portfolio_md and settings.nautilus_trader.enabled:
         lines.append("Out-of-sample portfolio (NautilusTrader, after fees and AMM price impact; equal weight per pool):")
         lines.append(portfolio_md)
+        if report_md.get("headline"):
+            lines.append(f"With 95 % block-bootstrap intervals (per-bar net return in basis points; deflated Sharpe "
+                         f"for {report_md['dsr_trials']} configurations tried):")
+            lines.append(report_md["headline"])
+            lines.append(f"Research report (equity curves, permutation null, skill, reliability, where the edge "
+                         f"lives): {report_md['report_html']}")
     elif not settings.nautilus_trader.enabled:
         lines.append("Backtests: skipped, nautilus_trader.enabled is false (everything up to regimes ran)")
     lines.append("Checks (passed / failed; a blocked pool's later checks are not evaluated):")

@@ -53,7 +53,7 @@ from q50_assets.research.portfolio import (
     research_report,
 )
 from q50_assets.research.evaluation import net_hit_rate
-from q50_assets.research.report import markdown_with_pictures
+from q50_assets.research.report import headline_markdown, markdown_with_pictures
 from q50_assets.resources.reports import ReportFiles
 from q50_assets.stages.model import TrainedQ50Model
 from q50_assets.resources.database import CollectorDatabase
@@ -116,9 +116,10 @@ def backtest_step(ohlcv: dict, signals: dict, regimes: dict, nautilus: NautilusB
 
     ``signal_db``: where ``backtest.signal_source: database`` reads the stored signals (default: ``db``).
     """
-    config = lineage.backtest_config(nautilus)
     source = lineage.backtest.signal_source
     available, why = nautilus_status() if nautilus.enabled else (True, "")
+    # The engines' spec imports NautilusTrader: only built when it can run.
+    config = lineage.backtest_config(nautilus) if nautilus.enabled and available else None
     gates = {p: _pool_inputs_gate(p, ohlcv[p], signals.get(p), regimes.get(p)) for p in ohlcv}
     usable = [p for p, b in gates.items() if not isinstance(b, Blocked)]
     reserves = (db.pool_reserves_many(usable, lineage.backtest.fallback_reserve_usd)
@@ -320,6 +321,7 @@ def _report_metadata(report, facts: dict, path) -> dict:
         meta["report"] = MetadataValue.md("No pool where q50 traded: nothing to report.")
         return meta
     meta["report"] = MetadataValue.md(markdown_with_pictures(report))
+    meta["headline"] = MetadataValue.md(headline_markdown(report))
     meta["report_html"] = MetadataValue.path(str(path))
     headline = report.tables["headline"]
     for (sample, variant), row in headline.iterrows():

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from dagster import AssetKey, DagsterEventType, DagsterInstance, Definitions
+from dagster import AssetKey, DagsterEventType, DagsterInstance, Definitions, EnvVar
 
 from q50_assets.automation.jobs import MODEL_DEPENDENT_ASSETS, NEEDS_NO_MODEL_ASSETS
 from q50_assets.automation.runs import pool_batches, range_tags, registered_pools
@@ -148,7 +148,8 @@ def _release_connections(instance, defs) -> None:
         dispose()
     database = defs.resources.get("collector_db") if hasattr(defs, "resources") else None
     if database is not None:
-        get_engine(database.url).dispose()
+        url = database.url.get_value() if isinstance(database.url, EnvVar) else database.url  # as the resource resolves it
+        get_engine(url).dispose()
 
 
 def _child(defs, instance_ref, job_name, batches, selection, run_config, tags, todo, results) -> None:

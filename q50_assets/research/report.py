@@ -260,6 +260,11 @@ def _render(title: str, blocks: list[_Block], pngs: dict[str, bytes]) -> tuple[s
     return "\n".join(md).rstrip() + "\n", page
 
 
+def headline_markdown(report: Report) -> str:
+    """The headline table alone (estimate [95 % interval] per variant, PSR, deflated Sharpe)."""
+    return _md_table(headline_display(report.tables["headline"]))
+
+
 def markdown_with_pictures(report: Report) -> str:
     """The report's markdown with its pictures embedded (data URIs): one piece of Dagster metadata."""
     md = report.markdown
@@ -411,6 +416,7 @@ __all__ = [
     "breakdowns_png",
     "equity_curves_png",
     "headline_display",
+    "headline_markdown",
     "markdown_with_pictures",
     "permutation_png",
     "pooled_permutation",

@@ -21,7 +21,7 @@ POOLS = [
     "solana_Q2sPHPdUWFMg7M7wwrQKLrn619cAucfRsmhVJffodSp",
     "solana_Ekv9HdumWqnXZgq5G6ge6bk1ZRHKXYC2WnSFL94sQmLJ",
 ]
-UPSTREAM = [AssetKey("ohlcv_bars"), AssetKey("qlib_features"), AssetKey("regime_labels")]
+UPSTREAM = [AssetKey("ohlcv_bars"), AssetKey("pool_trades"), AssetKey("qlib_features"), AssetKey("regime_labels")]
 DOWNSTREAM = [AssetKey("q50_signals"), AssetKey("backtest_results"), AssetKey("q50_trading_history")]
 
 

@@ -47,13 +47,13 @@ BATCH = [
 ]
 # Per table: columns that differ between two runs of the same inputs (ids, clocks, run ids).
 PER_RUN = {
-    "pool_feature_vectors": ["id", "created_at"],
+    "q50_feature_vectors": ["id", "created_at"],
     "q50_regime_labels": ["id", "created_at"],
     "q50_signals": ["id", "created_at", "model_run", "feature_vector_id"],
     "q50_backtest_results": ["id", "created_at", "backtest_run_id"],
-    "q50_trading_history": ["id", "created_at", "backtest_run_id", "feature_vector_id"],
+    "q50_trading_history": ["id", "created_at", "backtest_run_id", "feature_vector_id", "q50_feature_vector_id"],
 }
-ORDER = {"pool_feature_vectors": ["pool_id", "timestamp"], "q50_regime_labels": ["pool_id", "timestamp"],
+ORDER = {"q50_feature_vectors": ["pool_id", "timestamp"], "q50_regime_labels": ["pool_id", "timestamp"],
          "q50_signals": ["pool_id", "timestamp"], "q50_backtest_results": ["pool_id", "variant"],
          "q50_trading_history": ["pool_id", "timestamp", "nautilus_order_id"]}
 STEP_SECONDS = 600
@@ -142,7 +142,7 @@ def test_a_batch_through_the_celery_executor_equals_the_in_process_run(
                                   stdout=open(tmp_path / "worker.log", "wb"), stderr=subprocess.STDOUT,
                                   start_new_session=True)
         execute = [str(VENV_BIN / "dagster"), "job", "execute", "-m", "q50_assets.definitions", "-a", "defs"]
-        _run([*execute, "-j", "refresh_pools", "-o", "ohlcv_bars,qlib_features,regime_labels", "--tags", tags], env, log)
+        _run([*execute, "-j", "refresh_pools", "-o", "ohlcv_bars,pool_trades,qlib_features,regime_labels", "--tags", tags], env, log)
         _run([*execute, "-j", "train_q50_model"], env, log)
         _run([*execute, "-j", "refresh_pools", "-o", "q50_signals,backtest_and_trading_history", "--tags", tags], env, log)
     finally:
@@ -168,7 +168,7 @@ def test_a_batch_through_the_celery_executor_equals_the_in_process_run(
     engine.dispose()
     drop_pg_database(postgres_url, dagster_db)
     assert runs == ["SUCCESS"] * 3
-    assert in_worker == 3 + 1 + 2  # ohlcv, features, regimes | model | signals, backtest + history
+    assert in_worker == 4 + 1 + 2  # ohlcv, trades, features, regimes | model | signals, backtest + history
     blocked = checks[(checks["check_name"] == "enough_bars") & (checks["status"] == "FAILED")]["partition"].tolist()
     assert blocked == [BATCH[0]]
 
