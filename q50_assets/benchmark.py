@@ -246,6 +246,8 @@ def p1_full_lineage(scratch: Path, timer: _Timer) -> None:
     with timer.stage("p1_full_lineage") as rec:
         done = subprocess.run([sys.executable, "-m", "q50_assets.cli", "demo"], env=env, capture_output=True, text=True)
     rec["exit_code"] = done.returncode
+    (home / "demo_output.txt").write_text(done.stdout)  # the summary a newcomer sees (the README quotes it)
+    rec["demo_output"] = str(home / "demo_output.txt")
     lines = done.stdout.splitlines()
     for prefix, key in (("Time:", "phases"), ("Runs:", "runs"), ("Pools:", "pools")):
         found = [line for line in lines if line.startswith(prefix)]
