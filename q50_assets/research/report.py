@@ -98,7 +98,8 @@ def _isnan(v) -> bool:
 
 
 def _bp(v) -> str:
-    return "n/a" if _isnan(v) else f"{1e4 * v:.2f} bp"
+    # Significant digits, not decimals: a strategy that barely trades earns millionths of a basis point.
+    return "n/a" if _isnan(v) else f"{1e4 * v:.3g} bp"
 
 
 def _pct(v, digits: int = 1) -> str:
