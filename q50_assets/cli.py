@@ -203,6 +203,7 @@ def summarize(run, settings: Settings, instance) -> tuple[list[str], list[str]]:
         lines.append("Out-of-sample portfolio (NautilusTrader, after fees and AMM price impact; equal weight per pool):")
         lines.append(portfolio_md)
         if report_md.get("headline"):
+            lines.append("")
             lines.append(f"With 95 % block-bootstrap intervals (per-bar net return in basis points; deflated Sharpe "
                          f"for {report_md['dsr_trials']} configurations tried):")
             lines.append(report_md["headline"])
