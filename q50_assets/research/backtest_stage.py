@@ -189,7 +189,9 @@ def round_trips(outcome, reserves: ReserveSeries | None, bar: pd.Timedelta) -> p
             current = {"fills": [], "first": ts, "order": row["client_order_id"]}
         current["fills"].append((ts, row))
         held += row["qty"] if row["side"] == "BUY" else -row["qty"]
-        if held <= max(step / 2, dust):
+        # Only a sell closes a trip: a buy worth under a cent (buy & hold at a tiny matched
+        # exposure) is a position held, not a trip that ended where it began.
+        if row["side"] == "SELL" and held <= max(step / 2, dust):
             trips.append((current, False))
             current, held = None, 0.0
     if current is not None:

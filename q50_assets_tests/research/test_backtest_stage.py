@@ -130,3 +130,25 @@ def test_unavailable_when_the_engine_cannot_start(monkeypatch):
     result = run_pool_stage("solana_noStart", bars, signals, regimes, None, _config(), "run-4")
     assert result.status == "unavailable"
     assert "BacktestEngine could not start" in result.reason and "shared library missing" in result.reason
+
+
+def test_a_buy_worth_under_a_cent_is_a_position_held_not_a_closed_trip():
+    """Buy & hold at a tiny matched exposure buys less than a cent of tokens: that is a position
+    held to the end (an open trip), never a trip closed without a sale (which had no exit time
+    and broke the stage on the scale benchmark's pools)."""
+    from types import SimpleNamespace
+
+    from q50_assets.research.backtest_stage import round_trips
+
+    t0 = pd.Timestamp("2025-09-01 01:00", tz="UTC")
+    bar = pd.Timedelta(hours=1)
+    trades = pd.DataFrame({"side": ["BUY"], "qty": [1.0], "ref_price": [0.004], "notional_usd": [0.004],
+                           "commission_usd": [0.0], "impact_usd": [0.0], "client_order_id": ["O-1"]},
+                          index=pd.DatetimeIndex([t0]))
+    equity = pd.DataFrame({"close": [0.004, 0.005, 0.006]}, index=pd.date_range(t0, periods=3, freq="h"))
+    outcome = SimpleNamespace(trades=trades, orders=pd.DataFrame({"client_order_id": ["O-1"], "decided_at": [t0 - bar]}),
+                              decisions=None, equity=equity, size_precision=0)
+    trips = round_trips(outcome, None, bar)
+    assert len(trips) == 1 and bool(trips["open"].iloc[0]) and pd.isna(trips["exit_filled_at"].iloc[0])
+    assert trips["bars_held"].iloc[0] == 2  # to the last bar close
+    assert trips["net_return"].iloc[0] == pytest.approx(0.5)  # marked at the last close
