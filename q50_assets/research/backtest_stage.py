@@ -31,6 +31,7 @@ schedule of targets in time, keeping its holding runs, and replays it under the 
 from __future__ import annotations
 
 import io
+import json
 import math
 from dataclasses import dataclass, field, replace
 
@@ -471,7 +472,6 @@ def round_trip_records(trips: pd.DataFrame | None) -> list[dict]:
     """Round trips as JSON records (times ISO 8601 UTC, NaN as null)."""
     if trips is None or trips.empty:
         return []
-    import json
     return json.loads(trips.reset_index(drop=True).to_json(orient="records", date_format="iso", date_unit="s"))
 
 
