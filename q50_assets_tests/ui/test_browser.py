@@ -219,7 +219,6 @@ def test_materialize_one_pool_from_the_ui(sync_playwright, dagster_ui, tmp_path)
 
 
 def _drive(page, base: str, shots: Path) -> None:
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import expect
 
     # 1. The global asset graph, every group expanded: the lineage's assets are drawn.
@@ -264,18 +263,7 @@ def _drive(page, base: str, shots: Path) -> None:
     # 4. The run page, until the run ends (reloaded now and then in case a live update is missed).
     page.goto(f"{base}/runs/{run_id}")
     expect(page.get_by_text(f"partition: {LAUNCHED_POOL}")).to_be_visible(timeout=UI_TIMEOUT_MS)
-    status = page.get_by_text(re.compile(r"^(Success|Failure|Canceled)$")).first
-    deadline = time.monotonic() + RUN_SECONDS
-    while True:
-        try:
-            status.wait_for(state="visible", timeout=15_000)
-            break
-        except PlaywrightTimeout:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"run {run_id} did not finish within {RUN_SECONDS} s") from None
-            page.reload()
-    page.screenshot(path=shots / "03-run.png")
-    assert status.inner_text() == "Success", f"run {run_id} ended with {status.inner_text()}"
+    _wait_for_success(page, base, run_id, shots / "03-run.png")
 
     # 5. The pool's backtest (its partition's latest materialization): the summary markdown
     # table and the equity-curve picture.
