@@ -105,8 +105,12 @@ def evidence_metadata(evidence: ModelEvidence) -> dict:
 
 def model_step(store: QlibStore, lineage: LineageConfig, run_id: str) -> TrainedQ50Model:
     """Train on every pool in the store (the pools the feature stage let through), recalibration
-    included; the evidence is the asset's (metadata)."""
-    trained, _ = train(store, lineage.training_config(), run_id)
+    included, and weigh the out-of-sample evidence (``trained.evidence``, None without labels)."""
+    config = lineage.training_config()
+    trained, labels = train(store, config, run_id)
+    started = time.perf_counter()
+    trained.evidence = evidence(trained, labels, config)
+    trained.evidence_seconds = round(time.perf_counter() - started, 2)
     return trained
 
 
@@ -139,8 +143,7 @@ def model_step(store: QlibStore, lineage: LineageConfig, run_id: str) -> Trained
     "coverage before/after recalibration, reliability picture, per-fold table.",
 )
 def q50_model(context: AssetExecutionContext, qlib_store: QlibStore, lineage: LineageConfig):
-    config = lineage.training_config()
-    trained, labels = train(qlib_store, config, context.run.run_id)
+    trained = model_step(qlib_store, lineage, context.run.run_id)
     result, live = trained.result, trained.live
     preds = result.predictions
     bad_rows = unordered_predictions(preds)
@@ -155,12 +158,9 @@ def q50_model(context: AssetExecutionContext, qlib_store: QlibStore, lineage: Li
     trained.blocked_reason = ", ".join(failed)
 
     evidence_meta: dict = {}
-    evidence_started = time.perf_counter()
-    found = evidence(trained, labels, config)
-    trained.evidence = found
-    if found is not None:
-        evidence_meta = evidence_metadata(found)
-        evidence_meta["evidence_seconds"] = round(time.perf_counter() - evidence_started, 2)
+    if trained.evidence is not None:
+        evidence_meta = evidence_metadata(trained.evidence)
+        evidence_meta["evidence_seconds"] = trained.evidence_seconds
     offsets = live.calibration if live is not None else None
     yield Output(
         trained,

@@ -70,6 +70,7 @@ class TrainedQ50Model:
     panel_counts: dict | None = None
     seconds: float | None = None
     evidence: ModelEvidence | None = None  # skill, coverage, reliability (the report shows them again)
+    evidence_seconds: float | None = None
 
     def require_usable(self) -> None:
         if self.blocked_reason:
