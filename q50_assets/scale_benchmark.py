@@ -12,7 +12,7 @@ are written into a fresh embedded collector database as the collector would.
   ``ohlcv`` read + validate, ``trades`` read + reconcile the collector's trades, trade fields
   into the QLib store, ``features`` QLib store + expressions + q50_feature_vectors, ``regimes``
   labels + q50_regime_labels, ``model`` every walk-forward fold + the past-only recalibration +
-  the live model, ``signals`` signal rows priced by the cost model + q50_signals, ``backtest``
+  the live model + its out-of-sample evidence (as the asset weighs it), ``signals`` signal rows priced by the cost model + q50_signals, ``backtest``
   the backtest stage per pool (every variant's Nautilus engines, metrics, round trips, the
   permutation null), equity picture, q50_backtest_results, ``trading_history`` rows from the Q50
   fills with their feature-vector pointers + q50_trading_history.
@@ -317,14 +317,8 @@ def run_scale(settings, n_pools: int, scratch: Path) -> dict:
     }
 
 
-DAGSTER_PG_YAML = """\
-storage:
-  postgres:
-    postgres_url:
-      env: DAGSTER_PG_URL
-telemetry:
-  enabled: false
-"""
+# The instance configuration a PostgreSQL deployment uses (README, "Dagster on PostgreSQL").
+DAGSTER_PG_YAML = Path(__file__).resolve().parents[1] / "deploy" / "dagster.postgres.yaml"
 
 
 def run_nightly_dagster(settings, n_pools: int, scratch: Path) -> dict:
@@ -344,7 +338,7 @@ def run_nightly_dagster(settings, n_pools: int, scratch: Path) -> dict:
     generated, setup_seconds = generate(settings, n_pools, scratch)
     home = scratch / "dagster_home"
     home.mkdir()
-    (home / "dagster.yaml").write_text(DAGSTER_PG_YAML)
+    shutil.copy(DAGSTER_PG_YAML, home / "dagster.yaml")
     os.environ["DAGSTER_HOME"] = str(home)
     from q50_assets.resources.database import CollectorDatabase
 
@@ -359,8 +353,8 @@ def run_nightly_dagster(settings, n_pools: int, scratch: Path) -> dict:
         started = time.perf_counter()
         run = materialize_lineage(defs, instance, pool_ids, settings.batches.pools_per_run, progress=progress)
         wall = time.perf_counter() - started
-        failed = [f"{r.job_def.name} {r.run_id}" for r in run.results() if not r.success]
-        events = sum(len(r.all_events) for r in run.results())
+        failed = [f"{r.job_name} {r.run_id}" for r in run.results() if not r.success]
+        events = sum(r.events for r in run.results())
     return {
         **generated,
         "pools_per_run": settings.batches.pools_per_run,

@@ -13,6 +13,7 @@ never starts the threads of LightGBM or Nautilus that a later fork could inherit
 
 from __future__ import annotations
 
+import importlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -34,12 +35,38 @@ PHASES = (
 )
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """What is kept of a run executed in this process: its id, outcome and recorded events.
+
+    Not the ``ExecuteInProcessResult``: that holds every step's output in memory (a batch of
+    pools' bars, frames and backtests per run), which over a nightly's runs grew the process by
+    gigabytes and slowed it (more live objects for every garbage collection)."""
+
+    job_name: str
+    run_id: str
+    success: bool
+    events: int
+    materializations: tuple  # AssetMaterialization per pool and asset
+    check_evaluations: tuple  # AssetCheckEvaluation per pool and check
+
+    @classmethod
+    def of(cls, result) -> "RunRecord":
+        return cls(job_name=result.job_def.name, run_id=result.run_id, success=result.success,
+                   events=len(result.all_events),
+                   materializations=tuple(e.asset_materialization for e in result.get_asset_materialization_events()),
+                   check_evaluations=tuple(result.get_asset_check_evaluations()))
+
+    def materializations_of(self, asset: str) -> list:
+        return [m for m in self.materializations if m.asset_key == AssetKey(asset)]
+
+
 @dataclass
 class PhaseRun:
     name: str
     seconds: float = 0.0
     runs: list[tuple[str, bool]] = field(default_factory=list)  # (run id, succeeded) per run
-    results: list = field(default_factory=list)  # ExecuteInProcessResult per run, when run in this process
+    results: list[RunRecord] = field(default_factory=list)  # per run, when run in this process
 
     @property
     def succeeded(self) -> bool:
@@ -51,7 +78,7 @@ class LineageRun:
     pools: list[str]
     phases: dict[str, PhaseRun] = field(default_factory=dict)
 
-    def results(self) -> list:
+    def results(self) -> list[RunRecord]:
         return [r for phase in self.phases.values() for r in phase.results]
 
     def run_ids(self) -> list[str]:
@@ -102,17 +129,34 @@ def materialize_lineage(defs: Definitions, instance: DagsterInstance, pools: Seq
                 result = job.execute_in_process(
                     instance=instance, asset_selection=selection if batch else None, run_config=run_config,
                     tags={**(tags or {}), **(range_tags(batch) if batch else {})}, raise_on_error=False)
-                phase.results.append(result)
-                on_batch(batch, result.run_id, result.success)
+                phase.results.append(RunRecord.of(result))
+                del result  # its outputs go with it
+                on_batch(batch, phase.results[-1].run_id, phase.results[-1].success)
         phase.seconds = time.perf_counter() - started
         if name == "model" and not phase.succeeded:
             break  # nothing downstream can run without a model
     return run
 
 
+# What every run process imports on its first pool (QLib's init pulls in mlflow, the pictures
+# Matplotlib, the backtests NautilusTrader): imported once before forking instead of once per child.
+# Imports only: none of them starts a thread or opens a connection.
+PRELOAD = ("qlib.data", "qlib.workflow", "matplotlib.figure", "matplotlib.dates", "nautilus_trader.backtest.engine")
+
+
+def _preload() -> None:
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # an optional library (NautilusTrader) that is not installed
+            pass
+
+
 def _in_children(defs, instance, job_name, batches, selection, run_config, tags, runs_at_once, on_batch) -> None:
     """The batches in ``runs_at_once`` forked processes (each takes the next batch when free)."""
     import multiprocessing
+
+    _preload()
 
     context = multiprocessing.get_context("fork")
     todo, results = context.Queue(), context.Queue()

@@ -184,7 +184,7 @@ def test_a_batch_through_the_celery_executor_equals_the_in_process_run(
                                   phases=["bars, trades, features, regimes", "model", "signals, backtests, trading history"])
         assert all(r.success for r in run.results())
         local_checks = {(e.asset_key.to_user_string(), e.check_name, e.partition, e.passed)
-                        for r in run.results() for e in r.get_asset_check_evaluations()}
+                        for r in run.results() for e in r.check_evaluations}
     celery_checks = {(json.loads(k)[0], c, p, s == "SUCCEEDED") for k, c, p, s in checks.itertuples(index=False)
                      if isinstance(p, str)}
     assert celery_checks == {c for c in local_checks if c[2] is not None}  # per-pool checks (the model's aside)

@@ -39,14 +39,14 @@ def main(pools: list[str]) -> int:
     defs = build_definitions(settings)
     run = materialize_lineage(defs, instance, pools, len(pools), run_config=QUIET,
                               phases=["bars, trades, features, regimes", "model"])
-    failed = [f"{r.job_def.name} {r.run_id}" for r in run.results() if not r.success]
+    failed = [f"{r.job_name} {r.run_id}" for r in run.results() if not r.success]
     if failed:
         print(f"runs failed: {failed}", file=sys.stderr)
         return 1
-    blocked = sorted({e.partition for r in run.results() for e in r.get_asset_check_evaluations()
+    blocked = sorted({e.partition for r in run.results() for e in r.check_evaluations
                       if not e.passed and e.severity.value == "ERROR"})
     model_run = run.phases["model"].results[0]
-    md = {k: v.value for k, v in model_run.asset_materializations_for_node("q50_model")[0].metadata.items()}
+    md = {k: v.value for k, v in model_run.materializations_of("q50_model")[0].metadata.items()}
     print(json.dumps({"pools": pools, "registered": len(registered), "model_pools": md["pools"],
                       "folds": md["folds"], "folds_skipped": md["folds_skipped"],
                       "oos_labelled_rows": md["oos_labelled_rows"], "blocked": blocked}))
