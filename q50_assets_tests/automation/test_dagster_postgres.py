@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from dagster import AssetKey, DagsterInstance
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 
 from q50_assets.assets.partitions import POOLS_PARTITION_NAME
 from q50_assets.automation.runs import range_tags
+from q50_assets.dagster_instance import PooledPostgresEventLogStorage
 from q50_assets.definitions import build_definitions
 from q50_assets_tests.conftest import create_pg_database, drop_pg_database, settings_for
 
@@ -33,7 +34,10 @@ def test_materialization_on_a_postgresql_backed_instance(collector_url, postgres
     try:
         with DagsterInstance.get() as instance:
             assert isinstance(instance.run_storage, PostgresRunStorage)
-            assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
+            assert isinstance(instance.event_log_storage, PooledPostgresEventLogStorage)
+            assert isinstance(instance.event_log_storage, PostgresEventLogStorage)  # Dagster's, one change
+            connects = []
+            event.listen(instance.event_log_storage._engine, "connect", lambda *_: connects.append(1))
             assert isinstance(instance.schedule_storage, PostgresScheduleStorage)
             queue = instance.get_concurrency_config().run_queue_config
             assert queue.max_concurrent_runs == 2
@@ -46,8 +50,13 @@ def test_materialization_on_a_postgresql_backed_instance(collector_url, postgres
                 instance=instance, tags=range_tags([POOL, OTHER]),
                 asset_selection=[AssetKey("ohlcv_bars"), AssetKey("qlib_features"), AssetKey("regime_labels")])
             assert result.success
-            event = instance.get_latest_materialization_event(AssetKey("regime_labels"))
-            assert event is not None and event.run_id == result.run_id
+            latest = instance.get_latest_materialization_event(AssetKey("regime_labels"))
+            assert latest is not None and latest.run_id == result.run_id
+            # ~100 events, 32 of them check results (three statement groups each), over one kept
+            # connection: Dagster's own event log would have connected for every one of them.
+            assert 1 <= len(connects) <= 1 + PooledPostgresEventLogStorage.OVERFLOW
+            instance.event_log_storage.dispose_connections()  # as before forking run processes
+            assert instance.get_latest_materialization_event(AssetKey("regime_labels")).run_id == result.run_id
 
         # What the instance said is really in PostgreSQL, read back with plain SQL.
         engine = create_engine(dagster_url.replace("postgresql://", "postgresql+psycopg2://"))
