@@ -54,7 +54,7 @@ class RunRecord:
     def of(cls, result) -> "RunRecord":
         return cls(job_name=result.job_def.name, run_id=result.run_id, success=result.success,
                    events=len(result.all_events),
-                   materializations=tuple(e.asset_materialization for e in result.get_asset_materialization_events()),
+                   materializations=tuple(e.materialization for e in result.get_asset_materialization_events()),
                    check_evaluations=tuple(result.get_asset_check_evaluations()))
 
     def materializations_of(self, asset: str) -> list:
