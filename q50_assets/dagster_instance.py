@@ -50,7 +50,23 @@ telemetry:
 """
 
 
-class NormalSyncSqliteEventLogStorage(SqliteEventLogStorage):
+class RememberedTables:
+    """Event log mixin: Dagster asks whether a table exists before many event writes (the asset
+    check and concurrency tables), each time through a connection of its own; a table that exists
+    stays, so a "yes" is remembered (a wipe forgets)."""
+
+    _tables: set[str]
+
+    def has_table(self, table_name: str) -> bool:
+        if table_name in self._tables:
+            return True
+        found = super().has_table(table_name)
+        if found:
+            self._tables.add(table_name)
+        return found
+
+
+class NormalSyncSqliteEventLogStorage(RememberedTables, SqliteEventLogStorage):
     """Dagster's SQLite event log with two changes, both per process:
 
     * each shard's connection stays open between events (Dagster opens an engine per event; a
@@ -108,16 +124,6 @@ class NormalSyncSqliteEventLogStorage(SqliteEventLogStorage):
                 with conn.begin():
                     yield conn
 
-    def has_table(self, table_name: str) -> bool:
-        # Asked before many event writes (asset check tables, concurrency tables), each time
-        # through a new engine; a table that exists stays, so a "yes" is remembered.
-        if table_name in self._tables:
-            return True
-        found = super().has_table(table_name)
-        if found:
-            self._tables.add(table_name)
-        return found
-
     def dispose_connections(self) -> None:
         """Close this process's connections (before forking run processes; reopened on next use)."""
         self._close_engines()
@@ -138,7 +144,7 @@ class NormalSyncSqliteEventLogStorage(SqliteEventLogStorage):
         super().dispose()
 
 
-class PooledPostgresEventLogStorage(PostgresEventLogStorage):
+class PooledPostgresEventLogStorage(RememberedTables, PostgresEventLogStorage):
     """Dagster's PostgreSQL event log with a connection kept open per process (Dagster's default
     opens one per statement group: ~3.6 ms each on loopback, three per check result) and the
     tables it asks about before most event writes remembered once they exist.
@@ -153,10 +159,10 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
 
     def __init__(self, postgres_url: str, should_autocreate_tables: bool = True, inst_data=None,
                  token_provider=None):
+        self._tables: set[str] = set()
         super().__init__(postgres_url, should_autocreate_tables, inst_data=inst_data, token_provider=token_provider)
         from dagster_postgres.utils import create_pg_engine
 
-        self._tables: set[str] = set()
         self._engine.dispose()
         self._engine = create_pg_engine(self.postgres_url, self._token_provider, isolation_level="AUTOCOMMIT",
                                         pool_size=1, max_overflow=self.OVERFLOW,
@@ -169,14 +175,6 @@ class PooledPostgresEventLogStorage(PostgresEventLogStorage):
         return cls(postgres_url=pg_url_from_config(config_value),
                    should_autocreate_tables=config_value.get("should_autocreate_tables", True),
                    inst_data=inst_data, token_provider=get_token_provider_from_config(config_value))
-
-    def has_table(self, table_name: str) -> bool:
-        if table_name in self._tables:
-            return True
-        found = super().has_table(table_name)
-        if found:
-            self._tables.add(table_name)
-        return found
 
     def dispose_connections(self) -> None:
         """Close this process's connection (before forking run processes; reopened on next use)."""
