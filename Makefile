@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(VENV)/bin/pytest
 
 benchmark: $(STAMP)
-	$(VENV)/bin/q50 benchmark
+	$(VENV)/bin/python -m benchmarks
 
 ui: $(STAMP)
 	@mkdir -p $(DAGSTER_HOME)

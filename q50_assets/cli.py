@@ -1,4 +1,4 @@
-"""Command line: ``q50 migrate | load-sample | replay-collector | register-pools | demo | benchmark``."""
+"""Command line: ``q50 migrate | load-sample | replay-collector | register-pools | demo``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from q50_assets.settings import ENV_DATABASE_URL, Settings, SettingsError, get_settings
 
 def _database(settings: Settings):
-    from q50_assets.resources.database import CollectorDatabase
+    from q50_assets.storage.database import CollectorDatabase
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return CollectorDatabase(url=settings.database_url)
@@ -20,7 +20,7 @@ def _database(settings: Settings):
 
 def _dagster_instance(settings: Settings):
     """The instance of DAGSTER_HOME; for the embedded default, one under the data dir."""
-    from q50_assets.dagster_instance import local_instance
+    from q50_assets.storage.dagster_instance import local_instance
 
     try:
         return local_instance(settings.data_dir / "dagster_home")
@@ -73,7 +73,7 @@ def cmd_replay_collector(settings: Settings, args) -> int:
 
 def register_pools(settings: Settings, instance) -> list[str]:
     """Add a dynamic partition for every pool that has bars of the configured timeframe."""
-    from q50_assets.assets.partitions import POOLS_PARTITION_NAME
+    from q50_assets.lineage.common.partitions import POOLS_PARTITION_NAME
 
     pool_ids = _database(settings).pools_with_bars(settings.timeframe)
     known = set(instance.get_dynamic_partitions(POOLS_PARTITION_NAME))
@@ -106,7 +106,7 @@ class ProgressPrinter:
     def __enter__(self):
         import logging
 
-        from q50_assets.assets.batch import progress_log
+        from q50_assets.lineage.common.batch import progress_log
 
         printer = self
 
@@ -126,7 +126,7 @@ class ProgressPrinter:
         return self
 
     def __exit__(self, *exc):
-        from q50_assets.assets.batch import progress_log
+        from q50_assets.lineage.common.batch import progress_log
 
         progress_log.removeHandler(self._handler)
 
@@ -263,48 +263,12 @@ def cmd_demo(settings: Settings, args) -> int:
     return 1 if failed_runs else 0
 
 
-def cmd_benchmark(settings: Settings, args) -> int:
-    """Time the lineage through Dagster and its core compute on the bundled sample (P1, P3), or at
-    scale (P4 ``--scale``, P5 ``--nightly``); print a table, write JSON."""
-    import json
-
-    from q50_assets.benchmark import format_table, run_benchmark
-
-    if args.scale or args.nightly:
-        from q50_assets import scale_benchmark as sb
-
-        scales = [int(n) for n in (args.scale or args.nightly).split(",")]
-        if args.scale:
-            curve, name = sb.run_curve(scales, settings.data_dir / "benchmark_scale"), "benchmark_scale.json"
-            text, failed = sb.format_curve(curve), [p for p in curve["points"] if "failed" in p]
-        else:
-            curve, name = sb.run_nightly_curve(scales, settings.data_dir / "benchmark_nightly"), "benchmark_nightly.json"
-            text, failed = sb.format_nightly(curve), [p for p in curve["points"] if "ratio" not in p]
-        output = Path(args.output) if args.output else settings.data_dir / name
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(curve, indent=2, default=str))
-        print(text)
-        print(f"JSON: {output}")
-        return 1 if failed else 0
-    scratch = settings.data_dir / "benchmark"
-    print(f"q50 benchmark: the bundled sample through Dagster and its core compute, scratch dir {scratch} ...",
-          flush=True)
-    report = run_benchmark(settings, scratch)
-    output = Path(args.output) if args.output else settings.data_dir / "benchmark.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2, default=str))
-    print(format_table(report))
-    print(f"JSON: {output}")
-    return 0 if all(t["met"] for t in report["targets"].values()) else 1
-
-
 COMMANDS = {
     "migrate": (cmd_migrate, "apply the project's migrations to the configured database"),
     "load-sample": (cmd_load_sample, "load the bundled real sample into the collector tables (idempotent)"),
     "replay-collector": (cmd_replay_collector, "play the collector's next run: write the next held-back sample bars"),
     "register-pools": (cmd_register_pools, "add a Dagster partition for each pool with bars"),
     "demo": (cmd_demo, "load the sample, migrate, materialize every pool, print a summary"),
-    "benchmark": (cmd_benchmark, "time every stage on the bundled sample; print a table, write JSON"),
 }
 
 
@@ -326,14 +290,6 @@ def main(argv: list[str] | None = None) -> int:
         if name == "replay-collector":
             p.add_argument("--bars", type=int, default=1, metavar="N", help="bars per pool to write (default 1)")
             p.add_argument("--force", action="store_true", help="allow writing into a non-embedded database")
-        if name == "benchmark":
-            p.add_argument("--output", help="JSON path (default <data_dir>/benchmark.json, or benchmark_scale.json)")
-            p.add_argument("--scale", metavar="N,N,...",
-                           help="P4 instead: N synthetic pools x 2,160 hourly bars resampled from the sample through "
-                           "the asset layer's batch steps as functions, each N in its own process (e.g. 100,300,1000)")
-            p.add_argument("--nightly", metavar="N,N,...",
-                           help="P5 instead: the nightly on N synthetic pools through Dagster (PostgreSQL run storage: "
-                           "DAGSTER_PG_URL or a throwaway local server) against the same work as functions")
     args = parser.parse_args(argv)
     try:
         settings = get_settings()

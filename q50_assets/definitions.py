@@ -6,21 +6,21 @@ import os
 
 from dagster import BackfillPolicy, Definitions, EnvVar, in_process_executor
 
-from q50_assets.assets.backtest import backtest_portfolio, backtest_results
-from q50_assets.assets.features import qlib_features
-from q50_assets.assets.model import q50_model
-from q50_assets.assets.ohlcv import ohlcv_bars
-from q50_assets.assets.regimes import regime_labels
-from q50_assets.assets.signals import q50_signals
-from q50_assets.assets.trades import pool_trades
+from q50_assets.lineage.backtest.asset import backtest_portfolio, backtest_results
+from q50_assets.lineage.features.asset import qlib_features
+from q50_assets.lineage.model.asset import q50_model
+from q50_assets.lineage.ohlcv.asset import ohlcv_bars
+from q50_assets.lineage.regimes.asset import regime_labels
+from q50_assets.lineage.signals.asset import q50_signals
+from q50_assets.lineage.trades.asset import pool_trades
 from q50_assets.automation.conditions import lineage_conditions
 from q50_assets.automation.jobs import JOBS
 from q50_assets.automation.sensors import build_automation
-from q50_assets.resources.database import CollectorDatabase
-from q50_assets.resources.io_managers import PoolPickleIOManager, Q50TableIOManager
-from q50_assets.resources.lineage import stage_resources
-from q50_assets.resources.qlib_store import QlibStore
-from q50_assets.resources.reports import ReportFiles
+from q50_assets.storage.database import CollectorDatabase
+from q50_assets.storage.io_managers import PoolPickleIOManager, Q50TableIOManager
+from q50_assets.storage.lineage_config import stage_resources
+from q50_assets.storage.qlib_store import QlibStore
+from q50_assets.storage.reports import ReportFiles
 from q50_assets.settings import ENV_DATABASE_URL, Settings, get_settings
 
 ENV_CELERY_BROKER = "Q50_CELERY_BROKER"

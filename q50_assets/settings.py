@@ -260,7 +260,7 @@ class RegimeDetectionSettings(_Section):
         return self
 
     def regime_config(self):
-        from q50_assets.research.regimes import RegimeConfig
+        from q50_assets.lineage.regimes.rules import RegimeConfig
 
         return RegimeConfig(
             vol_percentiles=self.vol_percentiles,

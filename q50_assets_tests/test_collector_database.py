@@ -18,7 +18,7 @@ from q50_assets.db.collector_models import collector_feature_vectors
 from q50_assets.db.engine import get_engine
 from q50_assets.db.q50_models import q50_trading_history
 from q50_assets.db.sample_loader import load_sample, replay_held_back_bars
-from q50_assets.resources.database import CollectorDatabase
+from q50_assets.storage.database import CollectorDatabase
 from q50_assets_tests.collector_schema import create_collector_own_schema
 from q50_assets_tests.conftest import create_pg_database, drop_pg_database
 

@@ -7,7 +7,7 @@ import yaml
 from dagster import AssetKey, BackfillPolicy, Definitions
 from pydantic import BaseModel
 
-from q50_assets.assets.partitions import pool_partitions
+from q50_assets.lineage.common.partitions import pool_partitions
 from q50_assets.definitions import build_definitions, build_resources, defs
 from q50_assets.settings import Settings, SettingsError, load_settings
 from q50_assets_tests.conftest import settings_for

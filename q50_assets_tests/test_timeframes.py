@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 from dagster import DagsterInstance
 
-from q50_assets.assets.partitions import POOLS_PARTITION_NAME
-from q50_assets.research.bars import TIMEFRAME_SECONDS
-from q50_assets.research.features import to_bar_grid
-from q50_assets.resources.qlib_store import QlibStore
+from q50_assets.lineage.common.partitions import POOLS_PARTITION_NAME
+from q50_assets.lineage.ohlcv.rules import TIMEFRAME_SECONDS
+from q50_assets.lineage.features.formulas import to_bar_grid
+from q50_assets.storage.qlib_store import QlibStore
 from q50_assets.settings import Timeframe, load_settings
-from q50_assets.stages.gate import Blocked
-from q50_assets_tests.assets.test_model_and_signals import run_lineage
+from q50_assets.lineage.common.gate import Blocked
+from q50_assets_tests.lineage.signals.test_model_and_signals_assets import run_lineage
 from q50_assets_tests.conftest import settings_for
 
 POOL = "solana_F5vAiFCP82RQetoxK7ax4dNQCwqk2yez6aisAbFPenJ2"

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from dagster import AssetSelection, AutomationCondition
 
-from q50_assets.assets.backtest import BACKTEST_ASSET
-from q50_assets.assets.model import MODEL_ASSET
-from q50_assets.assets.signals import SIGNALS_ASSET
+from q50_assets.lineage.backtest.asset import BACKTEST_ASSET
+from q50_assets.lineage.model.asset import MODEL_ASSET
+from q50_assets.lineage.signals.asset import SIGNALS_ASSET
 
 TRIGGER_TAG = "q50/trigger"  # why a run was requested: new_pool, new_bars, revised, nightly (comma-joined)
 NIGHTLY = "nightly"

@@ -7,14 +7,14 @@ pools at once (unpartitioned) between the two per-pool phases.
 
 from dagster import AssetSelection, define_asset_job
 
-from q50_assets.assets.backtest import BACKTEST_ASSET, PORTFOLIO_ASSET
-from q50_assets.assets.features import FEATURES_ASSET
-from q50_assets.assets.model import MODEL_ASSET
-from q50_assets.assets.ohlcv import OHLCV_ASSET
-from q50_assets.assets.regimes import REGIMES_ASSET
-from q50_assets.assets.signals import SIGNALS_ASSET
-from q50_assets.assets.trades import TRADES_ASSET
-from q50_assets.assets.trading_history import TRADING_HISTORY_ASSET
+from q50_assets.lineage.backtest.asset import BACKTEST_ASSET, PORTFOLIO_ASSET
+from q50_assets.lineage.features.asset import FEATURES_ASSET
+from q50_assets.lineage.model.asset import MODEL_ASSET
+from q50_assets.lineage.ohlcv.asset import OHLCV_ASSET
+from q50_assets.lineage.regimes.asset import REGIMES_ASSET
+from q50_assets.lineage.signals.asset import SIGNALS_ASSET
+from q50_assets.lineage.trades.asset import TRADES_ASSET
+from q50_assets.lineage.trading_history.asset import TRADING_HISTORY_ASSET
 
 # Per pool, in lineage order. The first four need no model; the rest read the latest q50_model.
 NEEDS_NO_MODEL_ASSETS = (OHLCV_ASSET, TRADES_ASSET, FEATURES_ASSET, REGIMES_ASSET)

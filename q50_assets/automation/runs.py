@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dagster import AssetKey, DagsterInstance, RunRequest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from q50_assets.assets.partitions import POOLS_PARTITION_NAME
+from q50_assets.lineage.common.partitions import POOLS_PARTITION_NAME
 
 
 def pool_batches(ordered: Sequence[str], wanted: Iterable[str], pools_per_run: int) -> list[list[str]]:

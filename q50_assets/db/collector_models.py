@@ -186,7 +186,7 @@ COLLECTOR_HISTORY_TABLES = (new_pools_history, new_pools_history_enhanced)
 collector_enhanced_metadata = MetaData()
 
 # Which of its columns are features and which are forward-looking targets is decided in
-# q50_assets.research.features (COLLECTOR_VECTOR_FEATURES, COLLECTOR_VECTOR_TARGETS).
+# q50_assets.lineage.features.formulas (COLLECTOR_VECTOR_FEATURES, COLLECTOR_VECTOR_TARGETS).
 collector_feature_vectors = Table(
     "pool_feature_vectors",
     collector_enhanced_metadata,

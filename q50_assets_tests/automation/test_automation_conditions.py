@@ -13,7 +13,7 @@ from dagster import AssetKey, build_schedule_context, evaluate_automation_condit
 from q50_assets.automation.conditions import TRIGGER_TAG
 from q50_assets.automation.runs import range_tags, registered_pools, request_pools
 from q50_assets.definitions import build_definitions
-from q50_assets_tests.assets.test_model_and_signals import LIGHT_MODEL, QUIET
+from q50_assets_tests.lineage.signals.test_model_and_signals_assets import LIGHT_MODEL, QUIET
 from q50_assets_tests.conftest import settings_for
 
 POOLS = [

@@ -31,7 +31,7 @@ from q50_assets.automation.lineage_run import materialize_lineage
 from q50_assets.automation.runs import range_tags
 from q50_assets.db.engine import get_engine
 from q50_assets.definitions import build_definitions
-from q50_assets_tests.assets.test_model_and_signals import LIGHT_MODEL, QUIET
+from q50_assets_tests.lineage.signals.test_model_and_signals_assets import LIGHT_MODEL, QUIET
 from q50_assets_tests.conftest import create_pg_database, drop_pg_database, settings_for
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,9 +11,9 @@ from dagster import AssetKey, DagsterInstance
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 from sqlalchemy import create_engine, event, text
 
-from q50_assets.assets.partitions import POOLS_PARTITION_NAME
+from q50_assets.lineage.common.partitions import POOLS_PARTITION_NAME
 from q50_assets.automation.runs import range_tags
-from q50_assets.dagster_instance import PooledPostgresEventLogStorage
+from q50_assets.storage.dagster_instance import PooledPostgresEventLogStorage
 from q50_assets.definitions import build_definitions
 from q50_assets_tests.conftest import create_pg_database, drop_pg_database, settings_for
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 from dagster import AssetKey, SensorResult, SkipReason, build_sensor_context, instance_for_test
 
-from q50_assets.assets.partitions import POOLS_PARTITION_NAME
+from q50_assets.lineage.common.partitions import POOLS_PARTITION_NAME
 from q50_assets.automation.conditions import TRIGGER_TAG
 from q50_assets.automation.runs import registered_pools, request_pools
 from q50_assets.db.engine import get_engine
 from q50_assets.definitions import build_definitions
-from q50_assets.resources.database import CollectorDatabase
+from q50_assets.storage.database import CollectorDatabase
 from q50_assets_tests.collector_sim import bars_of, record_collector_run, revise_bar
 from q50_assets_tests.conftest import settings_for
 

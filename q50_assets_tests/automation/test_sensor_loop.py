@@ -21,9 +21,9 @@ from q50_assets.db.collector_models import ohlcv_data
 from q50_assets.db.engine import get_engine
 from q50_assets.db.q50_models import q50_signals, q50_trading_history
 from q50_assets.definitions import build_definitions
-from q50_assets.research.backtest_stage import variants_for
-from q50_assets.resources.database import CollectorDatabase
-from q50_assets.stages.signals import LIVE_FOLD
+from q50_assets.lineage.backtest.step import variants_for
+from q50_assets.storage.database import CollectorDatabase
+from q50_assets.lineage.signals.step import LIVE_FOLD
 from q50_assets_tests.collector_sim import append_bars, bars_of, record_collector_run, revise_bar, take_bars_from
 from q50_assets_tests.conftest import settings_for
 

@@ -21,7 +21,7 @@ from q50_assets.db.collector_models import (
 )
 from q50_assets.db.engine import get_engine
 from q50_assets.db.q50_models import Q50_TABLE_NAMES, q50_trading_history
-from q50_assets.resources.database import CollectorDatabase
+from q50_assets.storage.database import CollectorDatabase
 from q50_assets_tests.collector_schema import create_collector_vectors_table
 
 

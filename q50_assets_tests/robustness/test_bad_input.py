@@ -27,7 +27,7 @@ show the check behind it catches the row anyway.
 
 Every case also records the SQL the two stages send: neither touches ``trades`` (only ``pool_trades``
 reads them, and places them by the id's epoch; its checks name the +6 h shift: see
-``q50_assets_tests/assets/test_trades.py``).
+``q50_assets_tests/lineage/trades/test_asset.py``).
 
 | kind                         | check that catches it              | blocking | downstream                          |
 |------------------------------|------------------------------------|----------|-------------------------------------|
@@ -69,17 +69,17 @@ from dagster import AssetKey, DagsterInstance, materialize
 from sqlalchemy import Engine, event, func, insert, inspect, select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from q50_assets.assets.features import qlib_features
-from q50_assets.assets.ohlcv import ohlcv_bars
-from q50_assets.assets.partitions import POOLS_PARTITION_NAME
+from q50_assets.lineage.features.asset import qlib_features
+from q50_assets.lineage.ohlcv.asset import ohlcv_bars
+from q50_assets.lineage.common.partitions import POOLS_PARTITION_NAME
 from q50_assets.db import migrate
 from q50_assets.db.collector_models import ohlcv_data, pools, trades
 from q50_assets.db.engine import get_engine
 from q50_assets.db.q50_models import q50_feature_vectors
 from q50_assets.definitions import build_resources
-from q50_assets.research.bars import BAR_RULES, ValidatedBars
-from q50_assets.resources.qlib_store import instrument_name
-from q50_assets.stages.gate import Blocked
+from q50_assets.lineage.ohlcv.rules import BAR_RULES, ValidatedBars
+from q50_assets.storage.qlib_store import instrument_name
+from q50_assets.lineage.common.gate import Blocked
 from q50_assets_tests.conftest import create_pg_database, drop_pg_database, settings_for
 
 MAIN_POOL = "solana_F5vAiFCP82RQetoxK7ax4dNQCwqk2yez6aisAbFPenJ2"

@@ -43,17 +43,17 @@ import pytest
 from dagster import AssetKey, DagsterEventType, DagsterInstance, SensorResult, SkipReason, instance_for_test
 from sqlalchemy import event, select, text
 
-from q50_assets.assets.partitions import POOLS_PARTITION_NAME
+from q50_assets.lineage.common.partitions import POOLS_PARTITION_NAME
 from q50_assets.automation.conditions import TRIGGER_TAG
 from q50_assets.db.engine import get_engine
 from q50_assets.db.q50_models import Q50_TABLE_NAMES, q50_metadata
 from q50_assets.db.sample_loader import load_sample
 from q50_assets.definitions import build_definitions
-from q50_assets.resources.database import CollectorDatabase
-from q50_assets.resources.qlib_store import QlibStore
-from q50_assets.research.backtest_stage import variants_for
-from q50_assets.research.features import STORE_FIELDS
-from q50_assets_tests.assets.test_model_and_signals import DEEP_POOL, LIGHT_MODEL, QUIET, run_lineage
+from q50_assets.storage.database import CollectorDatabase
+from q50_assets.storage.qlib_store import QlibStore
+from q50_assets.lineage.backtest.step import variants_for
+from q50_assets.lineage.features.formulas import STORE_FIELDS
+from q50_assets_tests.lineage.signals.test_model_and_signals_assets import DEEP_POOL, LIGHT_MODEL, QUIET, run_lineage
 from q50_assets_tests.automation.test_new_bars_sensor import Ticker
 from q50_assets_tests.collector_sim import append_bars, record_collector_run, take_bars_from
 from q50_assets_tests.conftest import PostgresServer, _no_postgres, _pg_bindir, create_pg_database, settings_for

@@ -19,10 +19,10 @@ from sqlalchemy import text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 
-from q50_assets.assets.features import qlib_features
-from q50_assets.assets.ohlcv import ohlcv_bars
-from q50_assets.assets.partitions import POOLS_PARTITION_NAME
-from q50_assets.assets.regimes import regime_labels
+from q50_assets.lineage.features.asset import qlib_features
+from q50_assets.lineage.ohlcv.asset import ohlcv_bars
+from q50_assets.lineage.common.partitions import POOLS_PARTITION_NAME
+from q50_assets.lineage.regimes.asset import regime_labels
 from q50_assets.db import migrate
 from q50_assets.db.collector_models import COLLECTOR_TABLE_NAMES, COLLECTOR_TABLES, ohlcv_data, pools
 from q50_assets.db.engine import get_engine
@@ -35,7 +35,7 @@ from q50_assets.db.q50_models import (
     q50_trading_history,
 )
 from q50_assets.definitions import build_resources
-from q50_assets.resources.database import CollectorDatabase
+from q50_assets.storage.database import CollectorDatabase
 from q50_assets_tests.conftest import create_pg_database, drop_pg_database, settings_for
 
 REPO = Path(__file__).resolve().parents[2]

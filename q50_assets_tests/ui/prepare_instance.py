@@ -24,7 +24,7 @@ def main(pools: list[str]) -> int:
     from q50_assets.automation.lineage_run import materialize_lineage
     from q50_assets.cli import register_pools
     from q50_assets.definitions import build_definitions
-    from q50_assets.resources.database import CollectorDatabase
+    from q50_assets.storage.database import CollectorDatabase
     from q50_assets.settings import get_settings
 
     settings = get_settings()

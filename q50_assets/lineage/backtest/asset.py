@@ -1,0 +1,376 @@
+"""Lineage stage 5 - backtest results: per pool, the Q50 strategy in real NautilusTrader engines
+beside its yardsticks on the same bars and costs, on the out-of-sample span only; the trading
+history of its fills (the same step); plus a portfolio summary across pools with the pooled
+permutation p-value.
+
+Glue only: the stage is :func:`q50_assets.lineage.backtest.step.run_pool_stage`, the trading
+history rows :func:`q50_assets.lineage.backtest.step.history_rows`, the portfolio table
+:mod:`q50_assets.lineage.portfolio.portfolio`.
+"""
+
+import base64
+from dataclasses import dataclass, replace
+
+import pandas as pd
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    AssetOut,
+    MetadataValue,
+    Output,
+    asset,
+    multi_asset,
+)
+
+from q50_assets.lineage.common.batch import PoolChecks, add_pool_metadata, blocked_metadata, each, pool_check_spec, progress_callback
+from q50_assets.lineage.ohlcv.asset import OHLCV_ASSET
+from q50_assets.lineage.common.partitions import pool_partitions
+from q50_assets.lineage.regimes.asset import REGIMES_ASSET
+from q50_assets.lineage.signals.asset import SIGNALS_ASSET
+from q50_assets.lineage.trading_history.asset import TRADING_HISTORY_ASSET, history_step, reconcile
+from q50_assets.lineage.model.asset import MODEL_ASSET
+from q50_assets.db.q50_models import q50_signals
+from q50_assets.lineage.backtest.step import (
+    Q50,
+    PoolBacktest,
+    bars_match_pipeline,
+    equity_png,
+    metrics_markdown,
+    nautilus_status,
+    run_pool_stage,
+)
+from q50_assets.lineage.portfolio.portfolio import (
+    comparable_baselines,
+    no_trade_summary,
+    permutation_summary,
+    portfolio_markdown,
+    portfolio_table,
+    labelled_signals,
+    research_report,
+)
+from q50_assets.lineage.model.evaluation import net_hit_rate
+from q50_assets.lineage.portfolio.report import headline_markdown, markdown_with_pictures
+from q50_assets.storage.reports import ReportFiles
+from q50_assets.lineage.model.step import TrainedQ50Model
+from q50_assets.storage.database import CollectorDatabase
+from q50_assets.storage.lineage_config import LineageConfig
+from q50_assets.lineage.backtest.nautilus import NautilusBacktester
+from q50_assets.lineage.common.gate import Blocked
+from q50_assets.lineage.ohlcv.step import bars_or_blocked
+
+BACKTEST_ASSET = "backtest_results"
+PORTFOLIO_ASSET = "backtest_portfolio"
+VERIFIED = ("ok", "failed_checks")  # statuses of a pool whose engines ran (metrics and a picture exist)
+
+
+def backtest_checks(result: PoolBacktest) -> dict[str, tuple[bool, dict]]:
+    """The stage's three rules for one computed pool: (passed, metadata) per check name."""
+    bars = result.bars
+    bar = pd.Timedelta(result.outcomes["q50"].spec.bar_length)
+    bars_ok, bars_details = bars_match_pipeline(result)
+    processed_ok = all(o.iterations >= len(bars) and o.backtest_end is not None
+                       and o.backtest_end >= bars.index[-1] + bar for o in result.outcomes.values())
+    min_cash = {name: float(o.equity["cash"].min()) for name, o in result.outcomes.items()}
+    return {
+        "bars_match_pipeline": (bars_ok, {"bars": MetadataValue.json(bars_details)}),
+        "engine_processed_every_bar": (processed_ok, {
+            "bars_given": len(bars),
+            "iterations": MetadataValue.json({n: o.iterations for n, o in result.outcomes.items()})}),
+        "cash_never_negative": (all(v >= 0 for v in min_cash.values()), {"min_cash_usd": MetadataValue.json(min_cash)}),
+    }
+
+
+def _pool_inputs_gate(pool_id: str, validated, signals: pd.DataFrame | None, regimes: pd.DataFrame | None):
+    """The bars a pool's backtest may use, or why it is skipped (the gate of the stages before)."""
+    bars = bars_or_blocked(validated)
+    if isinstance(bars, Blocked):
+        return bars
+    if regimes is None or regimes.empty:
+        return Blocked(pool_id, "regime_labels", "no regime_labels rows for this pool (blocked upstream or by a "
+                       "regime_labels check)")
+    if signals is None or signals.empty:
+        return Blocked(pool_id, "q50_signals", "no q50_signals rows for this pool (no out-of-sample prediction, "
+                       "or blocked upstream or by a q50_signals check)")
+    return bars
+
+
+@dataclass
+class BacktestBatch:
+    results: dict  # pool -> PoolBacktest or Blocked
+    outcomes: dict  # pool -> {check name: (passed, metadata)} for computed pools
+    reserve_rows_ignored: dict  # pool -> collector reserve rows that observed nothing
+    pictures: dict  # pool -> equity picture (PNG bytes) for pools with metrics
+
+
+def backtest_step(ohlcv: dict, signals: dict, regimes: dict, nautilus: NautilusBacktester, db: CollectorDatabase,
+                  lineage: LineageConfig, run_id: str, signal_db: CollectorDatabase | None = None,
+                  progress=None) -> BacktestBatch:
+    """A batch of pools: per usable pool, the backtest stage (:func:`run_pool_stage`: every variant's
+    Nautilus engines, metrics, round trips, the permutation null) at the pool's liquidity as the
+    collector observed it, then the stage's rules; a pool failing one keeps its result out of the
+    table (status ``failed_checks``); the equity picture of every pool with metrics.
+
+    ``signal_db``: where ``backtest.signal_source: database`` reads the stored signals (default: ``db``).
+    """
+    source = lineage.backtest.signal_source
+    available, why = nautilus_status() if nautilus.enabled else (True, "")
+    # The engines' spec imports NautilusTrader: only built when it can run.
+    config = lineage.backtest_config(nautilus) if nautilus.enabled and available else None
+    gates = {p: _pool_inputs_gate(p, ohlcv[p], signals.get(p), regimes.get(p)) for p in ohlcv}
+    usable = [p for p, b in gates.items() if not isinstance(b, Blocked)]
+    reserves = (db.pool_reserves_many(usable, lineage.backtest.fallback_reserve_usd)
+                if usable and nautilus.enabled and available else {})
+    out, outcomes, ignored = {}, {}, {}
+    for pool_id in each(list(ohlcv), progress):
+        bars = gates[pool_id]
+        if isinstance(bars, Blocked):
+            out[pool_id] = bars
+            continue
+        if not nautilus.enabled:
+            out[pool_id] = PoolBacktest(pool_id, run_id, "disabled", "nautilus_trader.enabled is false: no backtest "
+                                        "ran (signals and regimes are unaffected)")
+            continue
+        if not available:
+            out[pool_id] = PoolBacktest(pool_id, run_id, "unavailable", f"{why} (signals and regimes are unaffected)")
+            continue
+        series, ignored[pool_id] = reserves[pool_id]
+        loader = None
+        if source == "database":  # signals made elsewhere, stored in q50_signals of the signal database
+            loader = (signal_db or db).signal_loader(pool_id, lineage.timeframe)
+        result = run_pool_stage(pool_id, bars, signals[pool_id], regimes[pool_id], series, config, run_id,
+                                signal_loader=loader)
+        if result.status == "ok":
+            outcomes[pool_id] = backtest_checks(result)
+            failed = [name for name, (ok, _) in outcomes[pool_id].items() if not ok]
+            if failed:  # only verified results reach the table
+                result = replace(result, status="failed_checks", reason=f"checks failed: {', '.join(failed)}")
+        out[pool_id] = result
+    drawn = {p: equity_png(r) for p, r in out.items() if not isinstance(r, Blocked) and r.status in VERIFIED}
+    return BacktestBatch(out, outcomes, ignored, drawn)
+
+
+def _backtest_metadata(result: PoolBacktest, lineage: LineageConfig, rows_ignored: int, png: bytes | None) -> dict:
+    if result.status not in VERIFIED:
+        return {"pool_id": result.pool_id, "status": result.status, "reason": result.reason}
+    m = result.metrics
+    perm = result.permutation
+    fallback = lineage.backtest.fallback_reserve_usd
+    return {
+        "pool_id": result.pool_id,
+        "status": result.status,
+        **({"reason": result.reason} if result.reason else {}),
+        "backtest_run_id": result.backtest_run_id,
+        "signal_source": lineage.backtest.signal_source,
+        "oos_start": MetadataValue.text(str(result.oos_start)),
+        "oos_grid_bars": len(result.bar_returns),
+        **{f"{v}_total_return": MetadataValue.float(float(m.loc[v, "total_return"])) for v in m.index},
+        "q50_trades": int(m.loc["q50", "trades"]),
+        "q50_turnover": MetadataValue.float(float(m.loc["q50", "turnover"])),
+        "q50_mean_holding_bars": MetadataValue.float(float(m.loc["q50", "mean_holding_bars"])),
+        "q50_orders_expired": int(m.loc["q50", "orders_expired"]),
+        "permutation_p_value": MetadataValue.float(float(perm["p_value"])),
+        "permutation_draws": int(perm["draws"]),
+        "reserve_fallback_share": MetadataValue.float(float(result.reserve["fallback_share"])),
+        "reserve_sources": MetadataValue.json(result.reserve["sources"]),
+        "reserve_observations": int(result.reserve["observations"]),
+        "reserve_rows_ignored": int(rows_ignored),
+        "fallback_reserve_usd": MetadataValue.float(float(fallback)) if fallback is not None else "none (no impact)",
+        "rows_written": len(m) if result.status == "ok" else 0,
+        "summary": MetadataValue.md(metrics_markdown(m)),
+        "equity_curve": MetadataValue.md(
+            f"![growth of 1 USD](data:image/png;base64,{base64.b64encode(png).decode()})"),
+    }
+
+
+@multi_asset(
+    outs={
+        BACKTEST_ASSET: AssetOut(
+            io_manager_key="q50_tables", group_name="backtest", kinds={"nautilustrader"},
+            description="Per pool: the Q50 strategy in NautilusTrader BacktestEngines (decisions bar by bar from "
+            "the signal and regime known at each close, sized and charged by one cost model: fee + "
+            "constant-product impact at the pool's liquidity at the time; fills one or more bars later), beside "
+            "the same decisions filled at the close, the reserve assumption halved and doubled, buy & hold at full "
+            "and at q50's own exposure, and cash; per-bar returns on the full time grid out of sample; a "
+            "permutation null of q50's timing. Stored in q50_backtest_results per backtest run (history kept; the "
+            "null's draws on the q50 row); equity picture and table in metadata."),
+        TRADING_HISTORY_ASSET: AssetOut(
+            io_manager_key="q50_tables", group_name="backtest", kinds={"sql"},
+            description="Every fill of the Q50 strategy's Nautilus backtest (side, quantity, price, fee, impact), "
+            "when its order was decided, what the cost model expected it to cost and at which liquidity, the "
+            "signal, regime and target that decided it and the feature vector behind it (the collector's or the "
+            "project's, feature_vector_table says which); keyed by the backtest run id, replaced per run in one "
+            "transaction. Written by the same step as backtest_results (the fills are never stored twice)."),
+    },
+    internal_asset_deps={
+        BACKTEST_ASSET: {AssetKey(OHLCV_ASSET), AssetKey(SIGNALS_ASSET), AssetKey(REGIMES_ASSET)},
+        TRADING_HISTORY_ASSET: {AssetKey(BACKTEST_ASSET)},
+    },
+    partitions_def=pool_partitions,
+    ins={
+        "ohlcv_bars": AssetIn(OHLCV_ASSET),
+        "q50_signals": AssetIn(SIGNALS_ASSET, input_manager_key="q50_tables"),
+        "regime_labels": AssetIn(REGIMES_ASSET, input_manager_key="q50_tables"),
+    },
+    check_specs=[
+        pool_check_spec(BACKTEST_ASSET, "bars_match_pipeline", "The bars Nautilus consumed equal the pipeline's OHLCV "
+                        "for the pool: count, first and last bar close, sum of closes (every variant).", True),
+        pool_check_spec(BACKTEST_ASSET, "engine_processed_every_bar", "Each engine's iterations and last timestamp "
+                        "cover every bar given (Nautilus can stop early without raising).", True),
+        pool_check_spec(BACKTEST_ASSET, "cash_never_negative",
+                        "USD cash after every bar's trade is >= 0 in every variant.", True),
+        pool_check_spec(TRADING_HISTORY_ASSET, "reconciles_with_fills", "The rows stored for this backtest run equal "
+                        "Nautilus' fills report: count, total quantity, total fees.", True),
+    ],
+    name="backtest_and_trading_history",
+)
+def backtest_results(context: AssetExecutionContext, ohlcv_bars: dict, q50_signals: dict, regime_labels: dict,
+                     nautilus: NautilusBacktester, collector_db: CollectorDatabase, signal_db: CollectorDatabase,
+                     lineage: LineageConfig):
+    pool_ids = list(context.partition_keys)
+    run_id = context.run.run_id
+    batch = backtest_step(ohlcv_bars, q50_signals, regime_labels, nautilus, collector_db, lineage, run_id,
+                          signal_db=signal_db, progress=progress_callback(context, BACKTEST_ASSET, len(pool_ids)))
+    results = batch.results
+    histories = history_step(results, collector_db, lineage.backtest.use_existing_feature_vectors)
+    checks = PoolChecks(context)
+    for pool_id in pool_ids:
+        result = results[pool_id]
+        if isinstance(result, Blocked):
+            add_pool_metadata(context, pool_id, blocked_metadata(result), BACKTEST_ASSET)
+            add_pool_metadata(context, pool_id, blocked_metadata(result), TRADING_HISTORY_ASSET)
+            continue
+        if result.status not in VERIFIED:
+            context.log.warning(f"pool {pool_id}: {result.status}: {result.reason}")
+        add_pool_metadata(context, pool_id, _backtest_metadata(result, lineage, batch.reserve_rows_ignored.get(pool_id, 0),
+                                                               batch.pictures.get(pool_id)), BACKTEST_ASSET)
+        for name, (passed, metadata) in batch.outcomes.get(pool_id, {}).items():
+            checks.add(BACKTEST_ASSET, name, pool_id, passed, metadata)
+    yield Output(results, output_name=BACKTEST_ASSET,
+                 metadata={"pools": len(pool_ids), "backtest_run_id": run_id,
+                           "pools_ok": sum(not isinstance(r, Blocked) and r.status == "ok" for r in results.values())})
+    yield Output(histories, output_name=TRADING_HISTORY_ASSET, metadata={"backtest_run_id": run_id})
+    # The history is in the table now (the IO manager wrote it when the output was yielded):
+    # reconcile what the database holds with Nautilus' own fills report.
+    written = {p: h for p, h in histories.items() if not isinstance(h, Blocked)}
+    stored = collector_db.trading_history_many({p: h.backtest_run_id for p, h in written.items()}) if written else {}
+    for pool_id in pool_ids:
+        history = histories[pool_id]
+        if isinstance(history, Blocked):
+            if not isinstance(results[pool_id], Blocked):
+                add_pool_metadata(context, pool_id, blocked_metadata(history), TRADING_HISTORY_ASSET)
+            continue
+        ok, got, expected = reconcile(stored[pool_id], results[pool_id].outcomes["q50"])
+        rows = history.rows
+        add_pool_metadata(context, pool_id, {
+            "pool_id": pool_id, "status": "ok", "backtest_run_id": history.backtest_run_id, "rows_written": len(rows),
+            "buys": int((rows["side"] == "BUY").sum()) if len(rows) else 0,
+            "sells": int((rows["side"] == "SELL").sum()) if len(rows) else 0,
+            "fees_usd": MetadataValue.float(got["fees"]),
+            "feature_vectors": MetadataValue.json(history.pointers)}, TRADING_HISTORY_ASSET)
+        checks.add(TRADING_HISTORY_ASSET, "reconciles_with_fills", pool_id, ok,
+                   {"stored": MetadataValue.json(got), "nautilus_fills": MetadataValue.json(expected)})
+    yield from checks.events()
+
+
+def portfolio_summary(results: pd.DataFrame, variants: tuple[str, ...]) -> dict:
+    """The portfolio across pools from the latest backtest rows of each (q50_backtest_results): the
+    table, the comparability problems, the permutation null and the pools where q50 never traded."""
+    problems, checked = comparable_baselines(results, variants)
+    table = portfolio_table(results, variants)
+    permutation = permutation_summary(results) if len(results) else {}
+    no_trade = no_trade_summary(results) if len(results) else {"pools": 0}
+    return {"table": table, "problems": problems, "pools_checked": checked, "permutation": permutation,
+            "no_trade": no_trade, "markdown": portfolio_markdown(table, permutation, no_trade)}
+
+
+def report_step(results: pd.DataFrame, model: TrainedQ50Model | None, db: CollectorDatabase, lineage: LineageConfig,
+                files: ReportFiles):
+    """The research report over the latest backtests (research/portfolio.py research_report): the
+    model's evidence from the model that made the signals, the hit rate of the stored signals net
+    of their expected cost (this run's signals only: signals made elsewhere carry no label), and
+    the deflated Sharpe counting the configurations tried. Writes the HTML page; returns
+    (report or None, facts, path or None)."""
+    trials = lineage.dsr_trials
+    bootstrap = lineage.bootstrap_config()
+    hit_rate = None
+    if model is not None and lineage.backtest.signal_source == "qlib" and len(results):
+        signals = db.pool_rows(q50_signals, lineage.timeframe, sorted(set(results["pool_id"])))
+        labelled = labelled_signals(signals, model.result.predictions)
+        if len(labelled) and labelled["label"].notna().any():
+            hit_rate = net_hit_rate(labelled, cost_column="expected_cost_fraction", time_column="known_at",
+                                    bar_seconds=lineage.bar_seconds, config=bootstrap)
+    report, facts = research_report(results, trials=trials["trials"], bar_seconds=lineage.bar_seconds,
+                                    bootstrap=bootstrap, model=model.evidence if model is not None else None,
+                                    hit_rate=hit_rate)
+    facts["trials_detail"] = trials
+    path = files.write(report) if report is not None else None
+    return report, facts, path
+
+
+def _report_metadata(report, facts: dict, path) -> dict:
+    """The report in the asset's metadata: the whole page (markdown with its pictures), where its
+    HTML file is, the trial count, and q50's headline numbers as floats (plotted across runs)."""
+    meta = {"dsr_trials": int(facts["trials"]), "dsr_trials_detail": MetadataValue.json(facts["trials_detail"]),
+            "pools_in_report": int(facts["pools_in_report"]),
+            "pools_without_stored_evidence": MetadataValue.json(facts["pools_without_stored_evidence"])}
+    if report is None:
+        meta["report"] = MetadataValue.md("No pool where q50 traded: nothing to report.")
+        return meta
+    meta["report"] = MetadataValue.md(markdown_with_pictures(report))
+    meta["headline"] = MetadataValue.md(headline_markdown(report))
+    meta["report_html"] = MetadataValue.path(str(path))
+    headline = report.tables["headline"]
+    for (sample, variant), row in headline.iterrows():
+        if variant not in (Q50, "buy_and_hold_matched") or sample != "all pools":
+            continue
+        for column in ("mean_bar_return", "mean_bar_return_low", "mean_bar_return_high", "sharpe", "sharpe_low",
+                       "sharpe_high", "hit_rate", "psr", "dsr"):
+            meta[f"{variant}_{column}"] = MetadataValue.float(float(row[column]))
+    return meta
+
+
+@asset(
+    name=PORTFOLIO_ASSET,
+    ins={"backtest_results": AssetIn(BACKTEST_ASSET, input_manager_key="q50_tables"),
+         "q50_model": AssetIn(MODEL_ASSET)},
+    group_name="backtest",
+    kinds={"pandas"},
+    check_specs=[
+        AssetCheckSpec("comparable_baselines", asset=PORTFOLIO_ASSET, blocking=True,
+                       description="Every pool in the table has every variant from one backtest run on the same "
+                       "out-of-sample span, finite returns >= -100 %, and a permutation null of >= 1,000 draws."),
+    ],
+    description="Across pools: the latest backtest of each pool, per variant (q50 with latency fills and with "
+    "close fills, the reserve sensitivity, buy & hold at full and matched exposure, cash), out of sample, equal "
+    "weight per pool, over the pools where q50 traded (the others reported apart), with the pooled permutation "
+    "p-value. Read from q50_backtest_results, so pools blocked upstream simply have no row. Metadata: the research "
+    "report (headline with block-bootstrap intervals, PSR and deflated Sharpe, equity curves, the permutation null, "
+    "the model's skill and reliability, the hit rate net of cost, where the edge lives), also written as an HTML "
+    "page under the data dir.",
+)
+def backtest_portfolio(context: AssetExecutionContext, backtest_results: dict, q50_model: TrainedQ50Model,
+                       lineage: LineageConfig, collector_db: CollectorDatabase, report_files: ReportFiles):
+    frames = [frame.reset_index() for frame in backtest_results.values() if len(frame)]
+    results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["pool_id", "variant", "total_return", "oos_start", "oos_end", "bars", "trades"])
+    summary = portfolio_summary(results, lineage.variants)
+    table, permutation, no_trade = summary["table"], summary["permutation"], summary["no_trade"]
+    report, facts, path = report_step(results, q50_model, collector_db, lineage, report_files)
+    if path is not None:
+        context.log.info(f"research report: {path}")
+    yield Output(table, metadata={
+        "pools": summary["pools_checked"],
+        "pools_q50_traded": int(table["pools"].max()) if len(table) else 0,
+        "pools_q50_never_traded": int(no_trade["pools"]),
+        "pooled_permutation_p_value": MetadataValue.float(float(permutation.get("pooled_p_value", float("nan")))),
+        "summary": MetadataValue.md(summary["markdown"]),
+        **_report_metadata(report, facts, path),
+    })
+    yield AssetCheckResult(check_name="comparable_baselines", passed=not summary["problems"],
+                           severity=AssetCheckSeverity.ERROR,
+                           metadata={"pools_checked": summary["pools_checked"],
+                                     "problems": MetadataValue.json(summary["problems"][:50])})

@@ -1,0 +1,566 @@
+"""The backtest stage of one pool, as plain functions: the Q50 strategy and its yardsticks in
+NautilusTrader engines, on the out-of-sample span, on the full time grid; the stage's tables and
+picture; the trading-history rows of its fills.
+
+No Dagster here: the asset layer (``q50_assets/lineage/backtest/asset.py``, ``trading_history.py``) only
+wires these to resources, checks and metadata. Configuration is the small
+:class:`BacktestStageConfig`, never the project settings.
+
+Variants (columns of ``bar_returns`` / ``positions``, rows of ``metrics``):
+
+* ``q50`` -- the strategy (research/strategy.py), fills ``fill_latency_bars`` after each decision
+  at the fill bar's close or typical price;
+* ``q50_close`` -- the same decisions filled at the decision bar's own close (no latency): how
+  much the delay costs;
+* ``q50_reserve_x<k>`` -- ``q50`` with the ASSUMED reserve (``fallback_reserve_usd``, where the
+  collector has no observation) scaled by k: how much the result rests on that assumption
+  (identical to ``q50`` when no bar of the span uses it);
+* ``buy_and_hold`` -- ``buy_and_hold_fraction`` of equity from the first out-of-sample bar, same
+  execution and costs;
+* ``buy_and_hold_matched`` -- buy & hold scaled to q50's own mean position (fraction of equity
+  held), so exposure is compared like with like;
+* ``cash`` -- nothing held: every return is 0.
+
+Every variant's per-bar returns run over the same out-of-sample span (the first bar close at or
+after the first signal's, to the last bar close) on the FULL time grid (one row per timeframe
+step; a bar missing from the collector's series is flat). Metrics are computed from them and
+annualised from the timeframe. The permutation null (research/permutation.py) shifts q50's
+schedule of targets in time, keeping its holding runs, and replays it under the same costs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+
+from q50_assets.lineage.common.costs import SOURCE_FALLBACK, ReserveSeries
+from q50_assets.lineage.backtest.execution import DUST_USD
+from q50_assets.lineage.backtest.metrics import bars_per_year, grid_equity, grid_returns, returns_metrics
+
+Q50 = "q50"
+Q50_CLOSE = "q50_close"
+BUY_AND_HOLD = "buy_and_hold"
+BUY_AND_HOLD_MATCHED = "buy_and_hold_matched"
+CASH = "cash"
+SHOWN_METRICS = ("total_return", "sharpe", "sortino", "max_drawdown", "win_rate", "trades", "fees_paid",
+                 "impact_paid", "exposure", "mean_position", "turnover", "mean_holding_bars")
+ROUND_TRIP_COLUMNS = ("entry_decided_at", "entry_filled_at", "exit_filled_at", "open", "bars_held", "notional_usd",
+                      "gross_return", "net_return", "cost_usd", "fees_usd", "impact_usd", "expected_net_edge",
+                      "expected_net_edge_usd", "expected_cost_usd", "vol_regime", "momentum_regime", "signal_tier",
+                      "reserve_usd", "reserve_source")
+
+
+def reserve_variant(factor: float) -> str:
+    """Variant name of a reserve sensitivity factor: 0.5 -> q50_reserve_x0.5, 2.0 -> q50_reserve_x2."""
+    return f"q50_reserve_x{factor:g}"
+
+
+def variants_for(reserve_sensitivity: tuple[float, ...]) -> tuple[str, ...]:
+    """Every variant a pool's result has, in display order."""
+    return (Q50, Q50_CLOSE, *(reserve_variant(f) for f in reserve_sensitivity), BUY_AND_HOLD, BUY_AND_HOLD_MATCHED,
+            CASH)
+
+
+@dataclass(frozen=True)
+class BacktestStageConfig:
+    """What one pool's backtest stage needs (translated from the settings once).
+
+    spec: capital, fee, impact cap, rebalance band, bar length, fill latency, fill price and
+        volume cap of every engine (its reserves are replaced per pool).
+    base_position_size, max_position_size, kelly_fraction, variance_multiplier, base_threshold:
+        the strategy's sizing (research/sizing.py SizingParams).
+    permutations, permutation_seed: the null's draws per pool and seed.
+    reserve_sensitivity: factors applied to the assumed reserve (variants q50_reserve_x<k>).
+    timeframe: the collector's timeframe name (for the strategy's config).
+    """
+
+    spec: object = None  # research.backtest.BacktestSpec (imported lazily: Nautilus may be missing)
+    base_position_size: float = 0.1
+    max_position_size: float = 0.5
+    kelly_fraction: float = 0.5
+    variance_multiplier: float = 1.0
+    base_threshold: float = 0.0
+    buy_and_hold_fraction: float = 1.0
+    permutations: int = 1000
+    permutation_seed: int = 7
+    reserve_sensitivity: tuple[float, ...] = (0.5, 2.0)
+    timeframe: str = "1h"
+
+    @property
+    def bar(self) -> pd.Timedelta:
+        return pd.Timedelta(self.spec.bar_length)
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        return variants_for(self.reserve_sensitivity)
+
+
+@dataclass
+class PoolBacktest:
+    """One pool's backtest stage output: DataFrames and numbers only (picklable, no Nautilus
+    objects). ``status``: "ok", "disabled", "unavailable" (NautilusTrader cannot be imported or
+    its engine cannot start), "no_oos_signals"."""
+
+    pool_id: str
+    backtest_run_id: str
+    status: str
+    reason: str = ""
+    oos_start: pd.Timestamp | None = None  # first bar CLOSE of the out-of-sample span
+    oos_end: pd.Timestamp | None = None  # last bar close
+    bars: pd.DataFrame | None = None  # the pipeline's complete bars handed to Nautilus
+    signals: pd.DataFrame | None = None
+    decisions: pd.DataFrame | None = None  # q50's decisions, one row per bar with a signal or a position
+    outcomes: dict = field(default_factory=dict)  # engine variant -> BacktestOutcome
+    bar_returns: pd.DataFrame | None = None  # index bar close (full grid), column per variant
+    positions: pd.DataFrame | None = None  # fraction of equity held after each bar, same shape
+    round_trips: pd.DataFrame | None = None  # q50's, ROUND_TRIP_COLUMNS
+    metrics: pd.DataFrame | None = None  # index variant
+    permutation: dict = field(default_factory=dict)  # statistic, null (ndarray), p_value, draws, ...
+    reserve: dict = field(default_factory=dict)  # fallback share of the span, sources, observations
+
+
+def nautilus_status() -> tuple[bool, str]:
+    """(True, "") when NautilusTrader imports; else (False, the reason)."""
+    try:
+        import q50_assets.lineage.backtest.engine  # noqa: F401  (imports nautilus_trader)
+    except Exception as exc:  # ImportError, or a broken binary wheel
+        return False, f"nautilus_trader cannot be imported: {type(exc).__name__}: {exc}"
+    return True, ""
+
+
+def _grid(first_close: pd.Timestamp, last_close: pd.Timestamp, bar: pd.Timedelta) -> pd.DatetimeIndex:
+    return pd.date_range(first_close, last_close, freq=bar, name="ts").as_unit("ns")
+
+
+def _position_fraction(outcome, grid: pd.DatetimeIndex) -> pd.Series:
+    eq = outcome.equity
+    frac = (eq["qty"] * eq["close"] / eq["equity"]).where(eq["equity"] > 0, 0.0)
+    return grid_equity(frac, grid).fillna(0.0)
+
+
+def _base_equity(outcome, oos_start: pd.Timestamp) -> float:
+    before = outcome.equity.loc[outcome.equity.index < oos_start, "equity"]
+    return float(before.iloc[-1]) if len(before) else float(outcome.spec.starting_capital_usd)
+
+
+def trade_metrics(outcome, oos_start: pd.Timestamp, mean_equity: float) -> dict[str, float]:
+    """Fills, fees, impact and turnover (traded notional / mean equity) in the span; expired orders."""
+    tr = outcome.trades[outcome.trades.index >= oos_start]
+    orders = outcome.orders
+    decided = orders["decided_at"] >= oos_start if len(orders) else np.zeros(0, dtype=bool)
+    expired = orders.loc[decided, "status"].astype(str).str.startswith("expired: no fill") | \
+        orders.loc[decided, "status"].astype(str).str.startswith("expired: zero")
+    return {
+        "trades": int(len(tr)),
+        "fees_paid": float(tr["commission_usd"].sum()),
+        "impact_paid": float(tr["impact_usd"].sum()),
+        "turnover": float(tr["notional_usd"].sum() / mean_equity) if mean_equity > 0 else float("nan"),
+        "orders_expired": int(expired.sum()),
+    }
+
+
+def round_trips(outcome, reserves: ReserveSeries | None, bar: pd.Timedelta) -> pd.DataFrame:
+    """q50's round trips (flat -> long -> flat), the open one at the end flagged ``open``.
+
+    Per trip: when the entry was decided and filled, when the exit filled, bars held (grid steps,
+    to the last bar close for an open trip), notional bought (USD), gross return at the fills'
+    reference prices (before fee and impact), net return (cash out / cash in - 1, after fee and
+    impact; an open trip marked at the last close), fees + impact, and what the decision expected
+    at entry (net edge as a fraction and in USD, cost) with its regime, tier and reserve.
+    """
+    trades = outcome.trades.sort_index(kind="stable")
+    if trades.empty:
+        return pd.DataFrame(columns=list(ROUND_TRIP_COLUMNS))
+    orders = outcome.orders.set_index("client_order_id") if len(outcome.orders) else outcome.orders
+    decisions = outcome.decisions if outcome.decisions is not None else pd.DataFrame()
+    last_ts = outcome.equity.index[-1]
+    last_close = float(outcome.equity["close"].iloc[-1])
+    trips, current, held = [], None, 0.0
+    step = 10.0 ** -outcome.size_precision
+    for ts, row in trades.iterrows():
+        dust = DUST_USD / row["ref_price"]  # a leftover worth under a cent closes the trip
+        if current is None:
+            if row["side"] != "BUY":
+                continue  # a sell while flat cannot happen on a cash account; nothing to attribute
+            current = {"fills": [], "first": ts, "order": row["client_order_id"]}
+        current["fills"].append((ts, row))
+        held += row["qty"] if row["side"] == "BUY" else -row["qty"]
+        # Only a sell closes a trip: a buy worth under a cent (buy & hold at a tiny matched
+        # exposure) is a position held, not a trip that ended where it began.
+        if row["side"] == "SELL" and held <= max(step / 2, dust):
+            trips.append((current, False))
+            current, held = None, 0.0
+    if current is not None:
+        trips.append((current, True))
+    rows = []
+    for trip, is_open in trips:
+        buys = [(t, r) for t, r in trip["fills"] if r["side"] == "BUY"]
+        sells = [(t, r) for t, r in trip["fills"] if r["side"] == "SELL"]
+        bought = sum(r["qty"] for _, r in buys)
+        sold = sum(r["qty"] for _, r in sells)
+        spent = sum(r["notional_usd"] + r["commission_usd"] for _, r in buys)
+        received = sum(r["notional_usd"] - r["commission_usd"] for _, r in sells)
+        remaining = bought - sold if is_open else 0.0
+        gross_in = sum(r["qty"] * r["ref_price"] for _, r in buys)
+        gross_out = sum(r["qty"] * r["ref_price"] for _, r in sells) + remaining * last_close
+        entry_filled = trip["first"]
+        exit_filled = sells[-1][0] if (sells and not is_open) else pd.NaT
+        order = orders.loc[trip["order"]] if trip["order"] in orders.index else None
+        decided = order["decided_at"] if order is not None else pd.NaT
+        d = decisions.loc[decided] if (len(decisions) and decided in decisions.index) else None
+        reserve, source = (reserves.at_ns(entry_filled.value) if reserves is not None else (None, "none"))
+        end = exit_filled if not is_open else last_ts
+        rows.append({
+            "entry_decided_at": decided,
+            "entry_filled_at": entry_filled,
+            "exit_filled_at": exit_filled,
+            "open": bool(is_open),
+            "bars_held": int(round((end - entry_filled) / bar)),
+            "notional_usd": float(sum(r["notional_usd"] for _, r in buys)),
+            "gross_return": float(gross_out / gross_in - 1.0) if gross_in > 0 else float("nan"),
+            "net_return": float((received + remaining * last_close) / spent - 1.0) if spent > 0 else float("nan"),
+            "cost_usd": float(sum(r["commission_usd"] + r["impact_usd"] for _, r in trip["fills"])),
+            "fees_usd": float(sum(r["commission_usd"] for _, r in trip["fills"])),
+            "impact_usd": float(sum(r["impact_usd"] for _, r in trip["fills"])),
+            "expected_net_edge": float(d["expected_net_edge"]) if d is not None else float("nan"),
+            "expected_net_edge_usd": float(d["expected_net_edge_usd"]) if d is not None else float("nan"),
+            "expected_cost_usd": float(d["expected_cost_usd"]) if d is not None else float("nan"),
+            "vol_regime": d["vol_regime"] if d is not None else "",
+            "momentum_regime": d["momentum_regime"] if d is not None else "",
+            "signal_tier": d["signal_tier"] if d is not None else "",
+            "reserve_usd": float("nan") if reserve is None else float(reserve),
+            "reserve_source": source,
+        })
+    return pd.DataFrame(rows, columns=list(ROUND_TRIP_COLUMNS))
+
+
+def _unavailable(pool_id: str, run_id: str, reason: str, bars=None, signals=None) -> PoolBacktest:
+    return PoolBacktest(pool_id, run_id, "unavailable", reason, bars=bars, signals=signals)
+
+
+def run_pool_stage(pool_id: str, bars: pd.DataFrame, signals: pd.DataFrame, regimes: pd.DataFrame,
+                   reserves: ReserveSeries | None, config: BacktestStageConfig, backtest_run_id: str,
+                   signal_loader=None) -> PoolBacktest:
+    """One pool's backtest stage (module docstring): every variant, metrics, round trips, the
+    permutation null. ``signals``: the signal frame the strategy trades on (or pass a prebuilt
+    ``signal_loader``: e.g. built from the ``q50_signals`` table); ``regimes``: the pool's regime
+    labels; ``reserves``: its liquidity over time (None = no impact). Returns status
+    ``unavailable`` (with the reason) when NautilusTrader cannot be imported or started."""
+    ok, reason = nautilus_status()
+    if not ok:
+        return _unavailable(pool_id, backtest_run_id, reason, bars, signals)
+    from q50_assets.lineage.backtest.engine import (NautilusUnavailable, Q50Inputs, buy_and_hold_targets,
+                                              run_pool_backtest, run_q50_backtest)
+    from q50_assets.lineage.backtest.permutation import ReplayMarket, ReplayParams, permutation_null
+    from q50_assets.lineage.regimes.rules import RegimeDetector
+    from q50_assets.lineage.signals.rules import Q50SignalLoader
+
+    loader = signal_loader if signal_loader is not None else Q50SignalLoader(signals)
+    if len(loader) == 0:
+        return PoolBacktest(pool_id, backtest_run_id, "no_oos_signals",
+                            "the model made no out-of-sample prediction for this pool", bars=bars, signals=signals)
+    bar = config.bar
+    detector = RegimeDetector().with_labels(regimes)
+    inputs = Q50Inputs(signals=loader, regimes=detector, base_position_size=config.base_position_size,
+                       max_position_size=config.max_position_size, kelly_fraction=config.kelly_fraction,
+                       variance_multiplier=config.variance_multiplier, base_threshold=config.base_threshold)
+    spec = replace(config.spec, reserves=reserves, reserve_usd=None)
+    bar_index = pd.DatetimeIndex(bars.index)
+    bar_index = bar_index.tz_localize("UTC") if bar_index.tz is None else bar_index.tz_convert("UTC")
+    oos_open = pd.Timestamp(min(loader.open_ns), tz="UTC")
+    oos_bars = bar_index[bar_index >= oos_open]
+    if len(oos_bars) == 0:
+        return PoolBacktest(pool_id, backtest_run_id, "no_oos_signals",
+                            "no bar at or after the first out-of-sample signal", bars=bars, signals=signals)
+    oos_start = oos_bars[0] + bar
+    oos_end = bar_index[-1] + bar
+    grid = _grid(oos_start, oos_end, bar)
+    tf = config.timeframe
+
+    try:
+        outcomes = {Q50: run_q50_backtest(pool_id, bars, inputs, spec, timeframe=tf),
+                    Q50_CLOSE: run_q50_backtest(pool_id, bars, inputs, replace(spec, fill_latency_bars=0),
+                                                timeframe=tf)}
+        fallback_share = 0.0
+        sources: dict[str, int] = {}
+        if reserves is not None:
+            values, srcs = reserves.sample(grid.asi8)
+            sources = {str(k): int(v) for k, v in pd.Series(srcs).value_counts().items()}
+            fallback_share = float(np.mean(srcs == SOURCE_FALLBACK))
+        for factor in config.reserve_sensitivity:
+            name = reserve_variant(factor)
+            if reserves is not None and fallback_share > 0:
+                outcomes[name] = run_q50_backtest(
+                    pool_id, bars, inputs, replace(spec, reserves=reserves.scaled_fallback(factor)), timeframe=tf)
+            else:
+                outcomes[name] = outcomes[Q50]  # no assumed reserve in the span: the same run
+        outcomes[BUY_AND_HOLD] = run_pool_backtest(
+            pool_id, bars, buy_and_hold_targets(oos_bars, config.buy_and_hold_fraction), spec)
+        q50_positions = _position_fraction(outcomes[Q50], grid)
+        matched = float(np.r_[0.0, q50_positions.to_numpy()[:-1]].mean())  # mean position held into each bar
+        outcomes[BUY_AND_HOLD_MATCHED] = run_pool_backtest(
+            pool_id, bars, buy_and_hold_targets(oos_bars, min(max(matched, 0.0), 1.0)), spec)
+    except NautilusUnavailable as exc:
+        return _unavailable(pool_id, backtest_run_id, str(exc), bars, signals)
+
+    ppy = bars_per_year(int(bar.total_seconds()))
+    returns, positions, rows = {}, {}, {}
+    for name in config.variants:
+        if name == CASH:
+            returns[name] = pd.Series(0.0, index=grid)
+            positions[name] = pd.Series(0.0, index=grid)
+            continue
+        outcome = outcomes[name]
+        base = _base_equity(outcome, oos_start)
+        returns[name] = grid_returns(outcome.equity["equity"], grid, base)
+        positions[name] = _position_fraction(outcome, grid)
+    bar_returns = pd.DataFrame(returns, index=grid)[list(config.variants)]
+    position_frame = pd.DataFrame(positions, index=grid)[list(config.variants)]
+
+    trips = round_trips(outcomes[Q50], reserves, bar)
+    for name in config.variants:
+        m = returns_metrics(bar_returns[name], position_frame[name], ppy)
+        if name == CASH:
+            m.update(trades=0, fees_paid=0.0, impact_paid=0.0, turnover=0.0, orders_expired=0, round_trips=0,
+                     win_rate=float("nan"), mean_holding_bars=float("nan"),
+                     final_equity=float(config.spec.starting_capital_usd))
+        else:
+            outcome = outcomes[name]
+            mean_equity = float(grid_equity(outcome.equity["equity"], grid).mean())
+            m.update(trade_metrics(outcome, oos_start, mean_equity))
+            t = trips if name == Q50 else round_trips(outcome, reserves, bar)
+            closed = t[~t["open"]] if len(t) else t
+            m["round_trips"] = int(len(closed))
+            m["win_rate"] = float((closed["net_return"] > 0).mean()) if len(closed) else float("nan")
+            m["mean_holding_bars"] = float(t["bars_held"].mean()) if len(t) else float("nan")
+            m["final_equity"] = float(outcome.final_equity)
+        m["reserve_fallback_share"] = fallback_share
+        rows[name] = m
+    metrics = pd.DataFrame.from_dict(rows, orient="index")
+    metrics.index.name = "variant"
+    metrics["oos_start"] = oos_start
+    metrics["oos_end"] = oos_end
+
+    # The permutation null of q50's timing (research/permutation.py).
+    q50 = outcomes[Q50]
+    market_spec = spec
+    from q50_assets.lineage.backtest.engine import _prepare_bars, build_pool_instrument
+
+    built = build_pool_instrument(pool_id, _prepare_bars(bars), market_spec)
+    market = ReplayMarket(built.market(market_spec, "close" if spec.fill_latency_bars == 0 else spec.fill_price),
+                          market_spec.cost_model())
+    params = ReplayParams(spec.starting_capital_usd, spec.taker_fee, spec.max_reserve_fraction,
+                          spec.min_trade_fraction, spec.fill_latency_bars, spec.max_volume_share)
+    taus = q50.equity["target"].to_numpy(dtype="float64")
+    start = int(np.searchsorted(market.ts, oos_start.value))
+    statistic = float(bar_returns[Q50].mean())
+    null = permutation_null(market, params, taus, start, len(grid), statistic, config.permutations,
+                            config.permutation_seed)
+    permutation = {"statistic": statistic, "null": null.null, "p_value": null.p_value, "draws": null.draws,
+                   "replayed_statistic": null.replayed_statistic, "statistic_name": "mean per-bar net return"}
+    metrics["permutation_statistic"] = np.nan
+    metrics["permutation_p_value"] = np.nan
+    metrics.loc[Q50, "permutation_statistic"] = statistic
+    metrics.loc[Q50, "permutation_p_value"] = null.p_value
+
+    reserve = {"fallback_share": fallback_share, "sources": sources,
+               "observations": 0 if reserves is None else len(reserves),
+               "fallback_usd": None if reserves is None else reserves.fallback_usd}
+    return PoolBacktest(pool_id, backtest_run_id, "ok", oos_start=oos_start, oos_end=oos_end, bars=bars,
+                        signals=signals, decisions=q50.decisions, outcomes=outcomes, bar_returns=bar_returns,
+                        positions=position_frame, round_trips=trips, metrics=metrics, permutation=permutation,
+                        reserve=reserve)
+
+
+def metrics_markdown(metrics: pd.DataFrame) -> str:
+    cols = [c for c in SHOWN_METRICS if c in metrics.columns]
+    lines = ["| variant | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for variant, row in metrics.iterrows():
+        cells = []
+        for c in cols:
+            v = row[c]
+            missing = v is None or (isinstance(v, float) and math.isnan(v))
+            if c in ("trades",):
+                cells.append(str(int(v)))
+            elif c in ("fees_paid", "impact_paid"):
+                cells.append(f"{v:,.2f}")
+            elif c in ("total_return", "max_drawdown", "win_rate"):
+                cells.append("n/a" if missing else f"{100 * v:.2f} %")
+            elif c in ("exposure", "mean_position"):
+                cells.append("n/a" if missing else f"{100 * v:.3g} %")  # often a few hundredths of a percent
+            else:
+                cells.append("n/a" if missing else f"{v:.2f}")
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def equity_png(result: PoolBacktest) -> bytes:
+    """Growth of 1 USD per variant over the out-of-sample span (from ``bar_returns``)."""
+    # A bare Figure (no pyplot state), fixed margins and a fixed legend place: tight_layout and
+    # loc="best" re-measure every text and line, which doubled the stage's plotting time.
+    # The times are converted to Matplotlib's day numbers once, vectorised: handing each line a
+    # DatetimeIndex converts every timestamp again per line, most of the stage's plotting time.
+    from matplotlib import dates as mdates
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 2.8), dpi=72)
+    ax = fig.add_axes((0.09, 0.2, 0.89, 0.7))
+    if result.bar_returns is not None:
+        growth = (1.0 + result.bar_returns).cumprod()
+        index = growth.index.tz_convert(None) if growth.index.tz is not None else growth.index
+        days = mdates.date2num(index.to_numpy())
+        for name in growth.columns:
+            ax.plot(days, growth[name].to_numpy(), label=name, linewidth=1.0)
+        locator = mdates.AutoDateLocator()
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    ax.set_title(f"Growth of 1 USD, out of sample, after costs - {result.pool_id[:24]}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", ncol=2)
+    ax.tick_params(labelsize=7)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def bars_match_pipeline(result: PoolBacktest) -> tuple[bool, dict]:
+    """Nautilus' consumed bars vs the pipeline's OHLCV (count, first/last close time, sum of closes)."""
+    bars = result.bars
+    outcomes = {name: o for name, o in result.outcomes.items()}
+    bar = pd.Timedelta(next(iter(outcomes.values())).spec.bar_length)
+    expected = {"count": len(bars), "first": bars.index[0] + bar, "last": bars.index[-1] + bar,
+                "close_sum": float(bars["close"].sum())}
+    ok, details = True, {}
+    for name, outcome in outcomes.items():
+        seen = outcome.bars
+        # Prices pass through Nautilus' Price at 6+ significant digits: compare sums to 1e-5.
+        same = (seen.count == expected["count"] and seen.first_ts == expected["first"]
+                and seen.last_ts == expected["last"]
+                and math.isclose(seen.close_sum_per_token, expected["close_sum"], rel_tol=1e-5))
+        ok &= same
+        details[name] = {"count": seen.count, "first": str(seen.first_ts), "last": str(seen.last_ts),
+                         "close_sum": seen.close_sum_per_token}
+    details["pipeline"] = {k: str(v) if isinstance(v, pd.Timestamp) else v for k, v in expected.items()}
+    return ok, details
+
+
+def results_rows(result: PoolBacktest) -> pd.DataFrame:
+    """The rows ``q50_backtest_results`` stores for one pool: one per variant, the permutation
+    null's draws on the q50 row (for the pooled p-value)."""
+    rows = result.metrics.reset_index().copy()
+    is_q50 = rows["variant"] == Q50
+    rows["permutation_null"] = [result.permutation["null"].tolist() if q else None for q in is_q50]
+    # What the portfolio report is computed from, stored once with the backtest that made it.
+    rows["bar_returns"] = [bar_returns_record(result.bar_returns) if q else None for q in is_q50]
+    rows["round_trip_records"] = [round_trip_records(result.round_trips) if q else None for q in is_q50]
+    return rows
+
+
+def bar_returns_record(bar_returns: pd.DataFrame) -> dict:
+    """Per-bar net returns of every variant as JSON: bar close epochs (seconds) and one list per
+    variant (read back by :func:`bar_returns_from_record`)."""
+    index = pd.DatetimeIndex(bar_returns.index).tz_convert("UTC")
+    record = {"close_time": (index.as_unit("s").asi8).tolist()}
+    for variant in bar_returns.columns:
+        record[str(variant)] = bar_returns[variant].to_numpy(dtype="float64").tolist()
+    return record
+
+
+def bar_returns_from_record(record: dict) -> pd.DataFrame:
+    index = pd.to_datetime(np.asarray(record["close_time"], dtype="int64"), unit="s", utc=True)
+    columns = [k for k in record if k != "close_time"]
+    return pd.DataFrame({c: np.asarray(record[c], dtype="float64") for c in columns}, index=index)
+
+
+def round_trip_records(trips: pd.DataFrame | None) -> list[dict]:
+    """Round trips as JSON records (times ISO 8601 UTC, NaN as null)."""
+    if trips is None or trips.empty:
+        return []
+    return json.loads(trips.reset_index(drop=True).to_json(orient="records", date_format="iso", date_unit="s"))
+
+
+def round_trips_from_records(records: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame.from_records(records, columns=list(ROUND_TRIP_COLUMNS)) if records else \
+        pd.DataFrame(columns=list(ROUND_TRIP_COLUMNS))
+    for column in ("entry_decided_at", "entry_filled_at", "exit_filled_at"):
+        frame[column] = pd.to_datetime(frame[column], utc=True)
+    return frame
+
+
+def history_rows(result: PoolBacktest) -> pd.DataFrame:
+    """One row per fill of the strategy (variant q50), from Nautilus' fills and the strategy's
+    order records: when the order was decided (and filled, ``fill_latency_bars`` later), the
+    signal, regime and target of that decision, what the cost model expected the fill to cost,
+    and the fill itself (side, quantity, price, fee, impact)."""
+    outcome = result.outcomes[Q50]
+    fills = outcome.fills
+    if fills is None or fills.empty:
+        return pd.DataFrame()
+    trades = outcome.trades  # one row per fill, in fill order: per-token quantities, fee, impact
+    if len(trades) != len(fills):
+        raise RuntimeError(f"pool {result.pool_id}: {len(fills)} Nautilus fills but {len(trades)} trade rows")
+    status = outcome.order_fills["status"].astype(str) if "status" in outcome.order_fills else pd.Series(dtype=str)
+    orders = outcome.orders[outcome.orders["client_order_id"] != ""].set_index("client_order_id")
+    ids = trades["client_order_id"].astype(str)
+    decided = pd.DatetimeIndex(orders["decided_at"].reindex(ids)).tz_convert("UTC")
+    decisions = result.decisions.reindex(decided) if result.decisions is not None else pd.DataFrame(index=decided)
+    signal_open = pd.DatetimeIndex(decisions["signal_open"]) if "signal_open" in decisions else decided
+    signals = result.signals.reindex(signal_open) if result.signals is not None else pd.DataFrame(index=signal_open)
+    fill_time = pd.DatetimeIndex(trades.index).tz_convert("UTC")
+    reserves = outcome.spec.cost_model()
+    reserve = [reserves.reserve_at(int(t)) for t in fill_time.as_unit("ns").asi8]
+    regime = [f"{v}_{m}" for v, m in zip(decisions.get("vol_regime", pd.Series(index=decided, dtype=object)),
+                                       decisions.get("momentum_regime", pd.Series(index=decided, dtype=object)))]
+    return pd.DataFrame({
+        "timestamp": fill_time,
+        "filled_at": fill_time,
+        "decided_at": decided,
+        # The bar whose signal (and feature vector) decided the order: what feature_vector_id names.
+        "signal_open": signal_open,
+        "q50_signal": signals["q50"].to_numpy() if "q50" in signals else np.nan,
+        "regime_classification": regime,
+        "position_size": decisions["target"].to_numpy() if "target" in decisions else np.nan,
+        "nautilus_order_id": ids.to_numpy(),
+        "execution_status": [status.get(i, "FILLED") for i in ids],
+        "feature_vector_id": signals["feature_vector_id"].to_numpy() if "feature_vector_id" in signals else None,
+        "side": trades["side"].to_numpy(),
+        "quantity": trades["qty_tokens"].to_numpy(),
+        "price": trades["price_per_token"].to_numpy(),
+        "fee": trades["commission_usd"].to_numpy(),
+        "impact": trades["impact_usd"].to_numpy(),
+        "expected_cost_usd": orders["expected_cost_usd"].reindex(ids).to_numpy(),
+        "reserve_usd": [np.nan if r is None else r for r, _ in reserve],
+        "reserve_source": [s for _, s in reserve],
+    })
+
+
+__all__ = [
+    "bar_returns_from_record",
+    "bar_returns_record",
+    "round_trip_records",
+    "round_trips_from_records",
+    "BUY_AND_HOLD",
+    "BUY_AND_HOLD_MATCHED",
+    "BacktestStageConfig",
+    "CASH",
+    "PoolBacktest",
+    "Q50",
+    "Q50_CLOSE",
+    "ROUND_TRIP_COLUMNS",
+    "SHOWN_METRICS",
+    "bars_match_pipeline",
+    "equity_png",
+    "history_rows",
+    "metrics_markdown",
+    "nautilus_status",
+    "reserve_variant",
+    "results_rows",
+    "round_trips",
+    "run_pool_stage",
+    "trade_metrics",
+    "variants_for",
+]

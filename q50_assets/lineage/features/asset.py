@@ -1,0 +1,145 @@
+"""Lineage stage 2 - QLib features: a batch of pools' bars written to the QLib store together,
+features from one call of QLib's expression engine, vectors persisted to ``q50_feature_vectors``
+in one transaction.
+
+Glue only: formulas live in :mod:`q50_assets.lineage.features.formulas`, the batch step's pieces in
+:mod:`q50_assets.lineage.features.step`. The trades stage writes the pools' trade fields into the same
+store first (flow features read them).
+"""
+
+import pandas as pd
+from dagster import AssetExecutionContext, AssetKey, MetadataValue, Output, asset
+
+from q50_assets.lineage.common.batch import (
+    PoolChecks,
+    add_pool_metadata,
+    blocked_metadata,
+    pool_check_spec,
+    progress_callback,
+)
+from q50_assets.lineage.common.partitions import pool_partitions
+from q50_assets.lineage.trades.asset import TRADES_ASSET
+from q50_assets.lineage.ohlcv.rules import ValidatedBars
+from q50_assets.lineage.features.formulas import collector_feature_fields
+from q50_assets.storage.database import CollectorDatabase
+from q50_assets.storage.lineage_config import LineageConfig
+from q50_assets.storage.qlib_store import QlibStore, instrument_name
+from q50_assets.lineage.features.step import (
+    STAGE,
+    FeatureChecks,
+    check_frame,
+    collector_fields,
+    feature_frames,
+    frame_summary,
+    pool_grids,
+)
+from q50_assets.lineage.common.gate import Blocked
+from q50_assets.lineage.ohlcv.step import bars_or_blocked
+
+FEATURES_ASSET = STAGE
+
+
+def features_step(validated: dict[str, ValidatedBars], store: QlibStore, db: CollectorDatabase,
+                  lineage: LineageConfig, progress=None
+                  ) -> tuple[dict[str, pd.DataFrame | Blocked], dict[str, FeatureChecks], dict[str, int],
+                             dict[str, int]]:
+    """A batch of pools: safe pools' grids written to the store (with the collector's own vectors
+    as of each bar's close, when ``features.collector_feature_vectors``), blocked pools taken out of
+    it, one ``D.features`` call, per-pool frames checked; the vectors of pools passing both checks
+    written in one transaction. Returns (frame or Blocked per pool, check outcomes, stale vectors
+    per pool, collector vectors read per pool: -1 when the setting is off)."""
+    config = lineage.feature_config()
+    bars = {p: bars_or_blocked(v) for p, v in validated.items()}
+    safe = {p: b for p, b in bars.items() if not isinstance(b, Blocked)}
+    out: dict[str, pd.DataFrame | Blocked] = {p: b for p, b in bars.items() if isinstance(b, Blocked)}
+    # A pool blocked now must not keep feeding its old series to the pooled model.
+    store.remove_pools(sorted(out))
+    checks: dict[str, FeatureChecks] = {}
+    stale: dict[str, int] = {}
+    vectors_read = dict.fromkeys(safe, -1)
+    if safe:
+        grids = pool_grids(safe, config)
+        store.write_pools(grids)
+        if config.collector_features:
+            fields = collector_feature_fields()
+            for pool_id, grid in grids.items():
+                vectors = db.collector_feature_vectors(pool_id)
+                vectors_read[pool_id] = len(vectors)
+                stored = collector_fields(grid, vectors, config)
+                if stored is None:
+                    store.clear_fields(pool_id, fields)
+                else:
+                    store.write_fields(pool_id, stored, fields)
+        raw = store.features(sorted(safe), config.expressions)
+        frames = feature_frames(raw, grids, safe, config)
+        mapping = store.mapping()
+        checks = {p: check_frame(p, f, config, instrument_name(p), mapping) for p, f in frames.items()}
+        passed = {p: f for p, f in frames.items() if not checks[p].failures()}
+        failed = [p for p in frames if p not in passed]
+        for p in failed:
+            out[p] = Blocked(p, STAGE, f"checks failed: {', '.join(checks[p].failures())}")
+        store.remove_pools(failed)
+        real = {p: f[~f["is_filled"]] for p, f in passed.items()}
+        written = db.upsert_feature_vectors_many(lineage.timeframe, config.version, real, config.columns)
+        for p, frame in passed.items():
+            frame["feature_vector_id"], stale[p] = written[p]
+            out[p] = frame
+    if progress:
+        progress(len(validated))
+    return {p: out[p] for p in validated}, checks, stale, vectors_read
+
+
+@asset(
+    name=FEATURES_ASSET,
+    partitions_def=pool_partitions,
+    # The trades stage writes the pools' trade fields into the store: run after it when both run.
+    deps=[AssetKey(TRADES_ASSET)],
+    group_name="features",
+    kinds={"qlib", "pandas"},
+    check_specs=[
+        pool_check_spec(FEATURES_ASSET, "no_nan_after_warmup",
+                        "Every feature of every real bar after the warm-up is a finite number (flow and collector "
+                        "features may be missing where their data is, counted in metadata, but never infinite).",
+                        True),
+        pool_check_spec(FEATURES_ASSET, "instrument_mapping_roundtrip",
+                        "The pool's QLib instrument maps back to exactly this pool id, and no two pools share one.",
+                        True),
+    ],
+    description="Each pool's validated bars on a full bar grid in QLib's binary store; features "
+    "(the Q50 set, RSI, MACD, Bollinger; trade-flow features where the pool's trades pass their checks) from "
+    "QLib's expression engine, one call per batch of pools; vectors persisted to q50_feature_vectors. Warm-up "
+    "rows are marked, missing bars flagged as flat filled bars. Pools blocked upstream are skipped (and taken "
+    "out of the store).",
+)
+def qlib_features(context: AssetExecutionContext, ohlcv_bars: dict, collector_db: CollectorDatabase,
+                  qlib_store: QlibStore, lineage: LineageConfig):
+    pool_ids = list(context.partition_keys)
+    frames, outcomes, stale, vectors_read = features_step(
+        ohlcv_bars, qlib_store, collector_db, lineage, progress_callback(context, FEATURES_ASSET, len(pool_ids)))
+    config = lineage.feature_config()
+    checks = PoolChecks(context)
+    for pool_id in pool_ids:
+        frame, outcome = frames[pool_id], outcomes.get(pool_id)
+        if outcome is None:  # blocked upstream: not computed, so not checked
+            add_pool_metadata(context, pool_id, blocked_metadata(frame))
+            continue
+        if isinstance(frame, Blocked):  # computed, but failed a check: its vectors were not written
+            metadata = {**blocked_metadata(frame), "instrument": outcome.instrument}
+        else:
+            metadata = {"pool_id": pool_id, "status": "ok", "instrument": outcome.instrument,
+                        **frame_summary(frame, config), "feature_vectors_written": int((~frame["is_filled"]).sum()),
+                        "optional_features_missing": MetadataValue.json(outcome.optional_missing),
+                        "collector_vectors_read": vectors_read[pool_id],
+                        "stale_feature_vectors_kept": stale[pool_id]}
+        add_pool_metadata(context, pool_id, metadata)
+        checks.add(FEATURES_ASSET, "no_nan_after_warmup", pool_id, outcome.no_nan_after_warmup, {
+            "features_checked": outcome.features_checked, "rows_checked": outcome.rows_checked,
+            "rows_with_nan": len(outcome.rows_with_nan),
+            "first_rows_with_nan": MetadataValue.json([t.isoformat() for t in outcome.rows_with_nan[:20]])})
+        checks.add(FEATURES_ASSET, "instrument_mapping_roundtrip", pool_id, outcome.instrument_mapping_roundtrip,
+                   {"instrument": outcome.instrument, "maps_to": outcome.instrument_owner,
+                    "instruments_shared": outcome.instruments_shared})
+    computed = sum(not isinstance(f, Blocked) for f in frames.values())
+    yield Output(frames, metadata={"pools": len(pool_ids), "pools_computed": computed,
+                                   "pools_blocked": len(pool_ids) - computed, "feature_set_version": config.version})
+    yield from checks.events()

@@ -1,0 +1,68 @@
+"""Lineage stage 1 - OHLCV: each pool's bars from the collector, validated, a batch of pools per run.
+
+Glue only: the rules live in :mod:`q50_assets.lineage.ohlcv.rules` and the batch step in
+:mod:`q50_assets.lineage.ohlcv.step`. Every rule is an asset check with one result per pool. A pool
+failing a blocking rule is marked unsafe in the output (``ValidatedBars.safe``): later stages
+skip it and say so; the other pools of the batch go on.
+"""
+
+from dagster import AssetExecutionContext, MetadataValue, Output, asset
+
+from q50_assets.lineage.common.batch import PoolChecks, add_pool_metadata, pool_check_spec, progress_callback
+from q50_assets.lineage.common.partitions import pool_partitions
+from q50_assets.lineage.ohlcv.rules import BAR_RULES, RuleOutcome, ValidatedBars
+from q50_assets.storage.database import CollectorDatabase
+from q50_assets.storage.lineage_config import LineageConfig
+from q50_assets.lineage.ohlcv.step import collector_state, summary, validate_pools
+
+OHLCV_ASSET = "ohlcv_bars"
+
+
+def ohlcv_step(pool_ids: list[str], db: CollectorDatabase, lineage: LineageConfig,
+               progress=None) -> tuple[dict[str, ValidatedBars], dict[str, str]]:
+    """A batch of pools: rows read in one query, validated per pool. Returns (validated bars,
+    the collector state each pool's rows represent)."""
+    raw = db.read_bars_many(pool_ids, lineage.timeframe)
+    validated = validate_pools(raw, lineage.bar_rules(), db.lowercase_collisions_many(pool_ids),
+                               db.registered_pools(pool_ids))
+    states = {p: collector_state(raw[p], lineage.ohlcv.revision_window_bars, lineage.bar_seconds) for p in pool_ids}
+    if progress:
+        progress(len(pool_ids))
+    return validated, states
+
+
+def _check_metadata(outcome: RuleOutcome) -> dict:
+    metadata = dict(outcome.metadata)
+    if not outcome.offending.empty:
+        metadata["offending_bars_listed"] = MetadataValue.json(outcome.listed_bars())
+    return metadata
+
+
+@asset(
+    name=OHLCV_ASSET,
+    partitions_def=pool_partitions,
+    group_name="ohlcv",
+    kinds={"sql", "pandas"},
+    check_specs=[pool_check_spec(OHLCV_ASSET, rule.name, rule.description, rule.blocking) for rule in BAR_RULES],
+    description="Each pool's bars of the configured timeframe from the collector's ohlcv_data: UTC bar "
+    "opens, float prices, sorted; the newest (still revisable) bar held back; every rule an asset check "
+    "per pool. A pool failing a blocking rule is marked unsafe and skipped downstream.",
+)
+def ohlcv_bars(context: AssetExecutionContext, collector_db: CollectorDatabase, lineage: LineageConfig):
+    pool_ids = list(context.partition_keys)
+    validated, states = ohlcv_step(pool_ids, collector_db, lineage,
+                                   progress_callback(context, OHLCV_ASSET, len(pool_ids)))
+    checks = PoolChecks(context)
+    for pool_id, v in validated.items():
+        if not v.safe:
+            context.log.warning(f"pool {pool_id}: blocking checks failed {v.blocking_failures}; "
+                                "downstream stages skip it")
+        # collector_state: the rows this materialization reflects, in the new-bars sensor's terms,
+        # so a sensor starting afresh does not re-run a pool already materialized from them.
+        add_pool_metadata(context, pool_id, {**summary(v), "collector_state": states[pool_id]})
+        for outcome in v.outcomes:
+            checks.add(OHLCV_ASSET, outcome.name, pool_id, outcome.passed, _check_metadata(outcome),
+                       blocks_pool=outcome.blocking, description=outcome.description)
+    safe = sum(v.safe for v in validated.values())
+    yield Output(validated, metadata={"pools": len(pool_ids), "pools_safe": safe, "pools_blocked": len(pool_ids) - safe})
+    yield from checks.events()

@@ -1,0 +1,249 @@
+"""Across pools: the portfolio table of the latest backtest of each pool, the pooled permutation
+p-value, and the check that the baselines are comparable. Pure pandas over the rows of
+``q50_backtest_results`` (one per pool and variant, research/backtest_stage.py).
+
+Equal weight per pool (each backtest has its own capital). Every mean sits beside its median,
+and the table covers the SAME pools for every variant: the pools where q50 traded at least once.
+Pools where q50 never traded are reported apart (count, and what buy & hold did there), not
+dropped from some means and kept in others.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from q50_assets.lineage.backtest.step import Q50, bar_returns_from_record, round_trips_from_records, variants_for
+from q50_assets.lineage.backtest.permutation import pooled_p_value
+from q50_assets.lineage.portfolio.report import PermutationNull, Report, ReportInputs, render_report
+
+MIN_PERMUTATIONS = 1000
+
+
+def _null(value) -> np.ndarray:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return np.array([])
+    if isinstance(value, str):
+        value = json.loads(value)
+    return np.asarray(value, dtype="float64")
+
+
+def traded_pools(results: pd.DataFrame) -> list[str]:
+    q50 = results[results["variant"] == Q50]
+    return sorted(q50.loc[q50["trades"].fillna(0) > 0, "pool_id"])
+
+
+def portfolio_table(results: pd.DataFrame, variants: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Per variant over the pools where q50 traded: pools, mean and median total return, mean and
+    median Sharpe, mean max drawdown, trades, fees, impact, mean exposure and position, mean
+    turnover and holding time, and in how many of those pools q50's return beats the variant's."""
+    if results.empty:
+        return pd.DataFrame()
+    variants = variants or tuple(v for v in variants_for((0.5, 2.0)) if v in set(results["variant"]))
+    pools = traded_pools(results)
+    rows = results[results["pool_id"].isin(pools)]
+    if rows.empty:
+        return pd.DataFrame()
+    by_variant = rows.groupby("variant")
+    table = pd.DataFrame({
+        "pools": by_variant["pool_id"].nunique(),
+        "mean_return": by_variant["total_return"].mean(),
+        "median_return": by_variant["total_return"].median(),
+        "mean_sharpe": by_variant["sharpe"].mean(),
+        "median_sharpe": by_variant["sharpe"].median(),
+        "mean_max_drawdown": by_variant["max_drawdown"].mean(),
+        "trades": by_variant["trades"].sum(),
+        "fees_paid": by_variant["fees_paid"].sum(),
+        "impact_paid": by_variant["impact_paid"].sum(),
+        "mean_exposure": by_variant["exposure"].mean(),
+        "mean_position": by_variant["mean_position"].mean(),
+        "mean_turnover": by_variant["turnover"].mean(),
+        "mean_holding_bars": by_variant["mean_holding_bars"].mean(),
+    })
+    wide = rows.pivot_table(index="pool_id", columns="variant", values="total_return")
+    if Q50 in wide.columns:
+        table["q50_beats_this"] = [int((wide[Q50] > wide[v]).sum()) if v != Q50 and v in wide.columns else np.nan
+                                   for v in table.index]
+    return table.reindex([v for v in variants if v in table.index])
+
+
+def permutation_summary(results: pd.DataFrame) -> dict:
+    """Per pool p-values (q50 rows) and the pooled one: the statistic averaged over pools, its null
+    averaged over pools per draw index."""
+    q50 = results[results["variant"] == Q50].sort_values("pool_id")
+    stats, nulls, per_pool = [], [], {}
+    for _, row in q50.iterrows():
+        null = _null(row.get("permutation_null"))
+        if len(null) == 0 or pd.isna(row.get("permutation_statistic")):
+            continue
+        stats.append(float(row["permutation_statistic"]))
+        nulls.append(null)
+        per_pool[row["pool_id"]] = {"p_value": float(row["permutation_p_value"]), "draws": int(len(null)),
+                                    "statistic": float(row["permutation_statistic"]),
+                                    "traded": bool(row["trades"] > 0)}
+    pooled, p, pooled_null = pooled_p_value(stats, nulls) if stats else (np.nan, np.nan, np.array([]))
+    traded = [v["p_value"] for v in per_pool.values() if v["traded"]]
+    return {"pools": len(per_pool), "pooled_statistic": pooled, "pooled_p_value": p,
+            "pooled_null_mean": float(np.mean(pooled_null)) if len(pooled_null) else np.nan,
+            "draws": int(len(pooled_null)), "per_pool": per_pool, "pooled_null": pooled_null,
+            "traded_pools_below_0.05": int(sum(v < 0.05 for v in traded)), "traded_pools": len(traded)}
+
+
+def no_trade_summary(results: pd.DataFrame) -> dict:
+    """Pools where q50 never traded (q50 = cash there): how many, and buy & hold on them."""
+    pools = set(results["pool_id"]) - set(traded_pools(results))
+    bh = results[(results["variant"] == "buy_and_hold") & results["pool_id"].isin(pools)]["total_return"]
+    return {"pools": len(pools), "buy_and_hold_mean_return": float(bh.mean()) if len(bh) else np.nan,
+            "buy_and_hold_median_return": float(bh.median()) if len(bh) else np.nan}
+
+
+def _pct(v, digits: int = 2) -> str:
+    return "n/a" if pd.isna(v) else f"{100 * v:.{digits}f} %"
+
+
+def _pct_small(v) -> str:
+    """A share that may be tiny (q50's mean position is often a few hundredths of a percent):
+    three significant digits instead of two decimals that would print 0.00 %."""
+    return "n/a" if pd.isna(v) else f"{100 * v:.3g} %"
+
+
+def _num(v, fmt="{:.2f}") -> str:
+    return "n/a" if pd.isna(v) else fmt.format(v)
+
+
+def portfolio_markdown(table: pd.DataFrame, permutation: dict | None = None, no_trade: dict | None = None) -> str:
+    if table.empty:
+        return "No backtest results yet." if not no_trade or not no_trade["pools"] else (
+            f"q50 traded in no pool ({no_trade['pools']} pools with results).")
+    lines = ["Pools where q50 traded; every variant on the same pools and out-of-sample bars, after fees and "
+             "impact; Sharpe annualised from the timeframe on the full time grid.", "",
+             "| variant | pools | mean return | median return | mean Sharpe | median Sharpe | mean max DD | trades | "
+             "fees USD | impact USD | exposure | mean position | turnover | holding bars | q50 beats it in |",
+             "|---|" + "---|" * 14]
+    for variant, r in table.iterrows():
+        beats = r.get("q50_beats_this", np.nan)
+        lines.append(
+            f"| {variant} | {int(r['pools'])} | {_pct(r['mean_return'], 3)} | {_pct(r['median_return'], 3)} | "
+            f"{_num(r['mean_sharpe'])} | {_num(r['median_sharpe'])} | {_pct(r['mean_max_drawdown'], 3)} | "
+            f"{int(r['trades'])} | {r['fees_paid']:,.2f} | {r['impact_paid']:,.2f} | {_pct_small(r['mean_exposure'])} | "
+            f"{_pct_small(r['mean_position'])} | {_num(r['mean_turnover'], '{:.3g}')} | "
+            f"{_num(r['mean_holding_bars'], '{:.1f}')} | "
+            f"{'' if pd.isna(beats) else int(beats)} |")
+    if permutation and permutation.get("pools"):
+        lines += ["", f"Permutation null ({permutation['draws']:,} circular shifts of q50's own positions per pool, "
+                  f"same costs): pooled over {permutation['pools']} pools, mean per-bar net return "
+                  f"{permutation['pooled_statistic']:.3e} vs null mean {permutation['pooled_null_mean']:.3e}, "
+                  f"p = {permutation['pooled_p_value']:.3f}; "
+                  f"{permutation['traded_pools_below_0.05']} of {permutation['traded_pools']} traded pools "
+                  "have p < 0.05 on their own."]
+    if no_trade and no_trade["pools"]:
+        lines += ["", f"{no_trade['pools']} pools where q50 never traded (it equals cash there), reported apart: "
+                  f"buy & hold on them {_pct(no_trade['buy_and_hold_mean_return'])} mean, "
+                  f"{_pct(no_trade['buy_and_hold_median_return'])} median."]
+    return "\n".join(lines)
+
+
+def comparable_baselines(results: pd.DataFrame, variants: tuple[str, ...] | None = None) -> tuple[list[dict], int]:
+    """Pools whose latest backtest cannot be compared fairly: a variant missing, variants on
+    different out-of-sample spans, a return that is not finite or below -100 % (spot cannot lose
+    more than it holds), or a q50 row without a permutation null of at least 1,000 draws.
+    Returns (problems, pools checked)."""
+    problems = []
+    expected = set(variants or variants_for((0.5, 2.0)))
+    for pool_id, rows in results.groupby("pool_id"):
+        present = set(rows["variant"])
+        if present != expected:
+            problems.append({"pool_id": pool_id, "problem": f"variants {sorted(present)}, expected {sorted(expected)}"})
+            continue
+        spans = rows[["oos_start", "oos_end", "bars"]].astype(str).drop_duplicates()
+        if len(spans) != 1:
+            problems.append({"pool_id": pool_id, "problem": "variants cover different out-of-sample spans"})
+        bad = rows[~np.isfinite(rows["total_return"].astype(float)) | (rows["total_return"].astype(float) < -1)]
+        if len(bad):
+            problems.append({"pool_id": pool_id, "problem": f"impossible total_return in {sorted(bad['variant'])}"})
+        q50 = rows[rows["variant"] == Q50].iloc[0]
+        if len(_null(q50.get("permutation_null"))) < MIN_PERMUTATIONS or pd.isna(q50.get("permutation_p_value")):
+            problems.append({"pool_id": pool_id, "problem": f"q50 lacks a permutation null of >= {MIN_PERMUTATIONS}"})
+    return problems, int(results["pool_id"].nunique()) if len(results) else 0
+
+
+def _record(value):
+    if isinstance(value, str):
+        return json.loads(value)
+    return value
+
+
+def stored_evidence(results: pd.DataFrame, pools: list[str]) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, list[str]]:
+    """From the q50 rows of ``pools``: each pool's per-bar returns of every variant, every Q50
+    round trip (with its pool), and the pools whose backtest stored no such evidence (written
+    before it was kept: left out of the report, and named)."""
+    q50 = results[(results["variant"] == Q50) & results["pool_id"].isin(pools)].sort_values("pool_id")
+    bar_returns, trips, missing = {}, [], []
+    for _, row in q50.iterrows():
+        record = _record(row.get("bar_returns")) if "bar_returns" in row.index else None
+        if not record:
+            missing.append(row["pool_id"])
+            continue
+        bar_returns[row["pool_id"]] = bar_returns_from_record(record)
+        pool_trips = round_trips_from_records(_record(row.get("round_trip_records")) or [])
+        trips.append(pool_trips.assign(pool_id=row["pool_id"]))
+    round_trips = pd.concat(trips, ignore_index=True) if trips else None
+    return bar_returns, round_trips, missing
+
+
+def _utc(values) -> pd.DatetimeIndex:
+    index = pd.DatetimeIndex(values)
+    return index.tz_localize("UTC") if index.tz is None else index.tz_convert("UTC")
+
+
+def labelled_signals(signals: dict[str, pd.DataFrame], predictions: pd.DataFrame) -> pd.DataFrame:
+    """Every pool's stored signals beside the realised label of the bar they were made for (the
+    model's out-of-sample predictions carry it; NaN where it is not known yet, or where the signal
+    came from elsewhere): what :func:`research.evaluation.net_hit_rate` scores."""
+    frames = [frame.assign(pool_id=pool_id) for pool_id, frame in signals.items() if frame is not None and len(frame)]
+    if not frames:
+        return pd.DataFrame()
+    out = pd.concat(frames).reset_index().rename(columns={"index": "open_time"})
+    key = pd.MultiIndex.from_arrays([out["pool_id"].astype(str), _utc(out["open_time"])])
+    if "label" in predictions and len(predictions):
+        labels = predictions["label"].set_axis(pd.MultiIndex.from_arrays(
+            [predictions.index.get_level_values(0).astype(str), _utc(predictions.index.get_level_values(1))]))
+        out["label"] = labels.reindex(key).to_numpy()
+    else:
+        out["label"] = np.nan
+    return out
+
+
+def research_report(results: pd.DataFrame, *, trials: int, bar_seconds: int, bootstrap, model=None,
+                    hit_rate: dict | None = None) -> tuple[Report | None, dict]:
+    """The research report (research/report.py) over the pools where q50 traded -- the same pools
+    as the portfolio table -- from what their backtests stored; the pooled permutation null over
+    every pool with one. Returns (report or None when no pool traded, facts for the caption)."""
+    pools = traded_pools(results)
+    bar_returns, round_trips, missing = stored_evidence(results, pools)
+    permutation = permutation_summary(results) if len(results) else {}
+    facts = {"pools_in_report": len(bar_returns), "pools_without_stored_evidence": missing,
+             "pools_never_traded": len(set(results["pool_id"])) - len(pools) if len(results) else 0,
+             "trials": int(trials)}
+    if not bar_returns:
+        return None, facts
+    null = None
+    if permutation.get("draws"):
+        null = PermutationNull(statistic=float(permutation["pooled_statistic"]), draws=permutation["pooled_null"],
+                               p_value=float(permutation["pooled_p_value"]))
+    intro = (f"Pools where q50 traded at least once (the portfolio table's pools); {facts['pools_never_traded']} "
+             f"where it never traded are reported apart. The deflated Sharpe counts {trials} configurations tried.")
+    if missing:
+        intro += f" Left out, their backtest stored no per-bar returns (run before they were kept): {', '.join(missing)}."
+    inputs = ReportInputs(
+        intro=intro, bar_returns=bar_returns, trials=trials, permutation=null,
+        permutation_statistic=f"mean per-bar net return of q50, averaged over {permutation.get('pools', 0)} pools",
+        round_trips=round_trips, model=model, hit_rate=hit_rate, bar_seconds=bar_seconds, bootstrap=bootstrap,
+        title="Q50: out-of-sample evidence, after every cost")
+    return render_report(inputs), facts
+
+
+__all__ = ["MIN_PERMUTATIONS", "labelled_signals", "research_report", "stored_evidence", "comparable_baselines", "no_trade_summary", "permutation_summary",
+           "portfolio_markdown", "portfolio_table", "traded_pools"]

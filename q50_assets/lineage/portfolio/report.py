@@ -1,0 +1,427 @@
+"""The research report: the portfolio-level evidence as markdown, small PNG pictures and one
+self-contained HTML page.
+
+Pure (no Dagster, no files written, matplotlib ``Figure`` without pyplot's global state). The
+caller decides where the pieces go (asset metadata, a file under the data dir). Every figure is
+shown with its yardstick and interval:
+
+* headline table per variant: mean per-bar net return, portfolio Sharpe and hit rate, each with
+  its block-bootstrap 95 % interval, PSR and the deflated Sharpe for the configurations tried,
+  on all pools and without the top 5 % of pools by return (:mod:`q50_assets.lineage.common.uncertainty`);
+* equity curves of the variants' equal-weight portfolios;
+* the permutation null: the histogram of the pooled null statistic with the strategy's mark;
+* the model's skill over the naive forecaster, rank IC, coverage before/after recalibration and
+  the reliability picture (:mod:`q50_assets.lineage.model.evaluation`), when given;
+* the hit rate of tradeable signals net of their expected cost beside trading every bar, when given;
+* where the edge lives: the Q50 round trips by regime, tier and liquidity.
+
+The markdown names pictures by file name (``![..](equity_curves.png)``) so that writing
+``report.md`` beside the PNGs gives a readable folder; the HTML embeds them (base64).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from q50_assets.lineage.model.evaluation import ModelEvidence
+from q50_assets.lineage.common.uncertainty import (BootstrapConfig, edge_breakdowns, equal_weight_portfolio,
+                                             headline_with_and_without_top)
+
+# ------------------------------------------------------------------ inputs
+
+
+@dataclass(frozen=True)
+class PermutationNull:
+    """A strategy statistic against its null distribution (e.g. the same targets shuffled)."""
+
+    statistic: float
+    draws: np.ndarray
+    p_value: float
+
+    def __post_init__(self) -> None:
+        draws = np.asarray(self.draws, dtype=np.float64)
+        if draws.ndim != 1 or len(draws) == 0 or not np.isfinite(draws).all():
+            raise ValueError("draws must be a non-empty 1-d array of finite numbers")
+        object.__setattr__(self, "draws", draws)
+
+
+def pooled_permutation(per_pool: Mapping[str, PermutationNull]) -> PermutationNull:
+    """Pooled statistic = mean of the pools' statistics; pooled null draw i = mean of the pools'
+    draw i; p = (1 + draws >= statistic) / (1 + draws). Every pool needs the same number of draws."""
+    if not per_pool:
+        raise ValueError("no pool's permutation null to pool")
+    counts = {p: len(n.draws) for p, n in per_pool.items()}
+    if len(set(counts.values())) != 1:
+        raise ValueError(f"pools have different numbers of null draws: {counts}")
+    draws = np.mean(np.stack([n.draws for n in per_pool.values()]), axis=0)
+    statistic = float(np.mean([n.statistic for n in per_pool.values()]))
+    p_value = float((1 + np.sum(draws >= statistic)) / (1 + len(draws)))
+    return PermutationNull(statistic, draws, p_value)
+
+
+@dataclass
+class ReportInputs:
+    bar_returns: Mapping[str, pd.DataFrame]   # per pool: bar close time x variant (uncertainty module docstring)
+    trials: int                               # configurations tried (for the deflated Sharpe)
+    permutation: PermutationNull | None = None  # pooled (see pooled_permutation)
+    permutation_statistic: str = "mean per-bar net return of q50"
+    round_trips: pd.DataFrame | None = None   # Q50 round trips of every pool
+    model: ModelEvidence | None = None
+    hit_rate: Mapping[str, float] | None = None  # research.evaluation.net_hit_rate of the signals
+    bar_seconds: int = 3600
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    title: str = "Q50: out-of-sample evidence"
+    intro: str = ""  # a first paragraph (which pools, what was left out)
+
+
+@dataclass
+class Report:
+    markdown: str
+    pngs: dict[str, bytes]
+    html: str
+    tables: dict[str, pd.DataFrame]
+
+
+# ------------------------------------------------------------------ formatting
+
+
+def _isnan(v) -> bool:
+    return v is None or (isinstance(v, (float, np.floating)) and math.isnan(v))
+
+
+def _bp(v) -> str:
+    # Significant digits, not decimals: a strategy that barely trades earns millionths of a basis point.
+    return "n/a" if _isnan(v) else f"{1e4 * v:.3g} bp"
+
+
+def _pct(v, digits: int = 1) -> str:
+    return "n/a" if _isnan(v) else f"{100 * v:.{digits}f} %"
+
+
+def _num(v, digits: int = 2) -> str:
+    return "n/a" if _isnan(v) else f"{v:.{digits}f}"
+
+
+def _with_interval(fmt, estimate, low, high) -> str:
+    if _isnan(low) or _isnan(high):
+        return f"{fmt(estimate)} [no interval]"
+    return f"{fmt(estimate)} [{fmt(low)}, {fmt(high)}]"
+
+
+def _duration(delta) -> str:
+    delta = pd.Timedelta(delta)
+    days = delta / pd.Timedelta(days=1)
+    return f"{days:g} day{'s' if days != 1 else ''}" if days >= 1 else str(delta)
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _figure(width: float = 7.0, height: float = 2.8):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=72)
+
+
+# ------------------------------------------------------------------ pictures
+
+
+def equity_curves_png(portfolio: pd.DataFrame, title: str = "Equal-weight portfolio, out of sample") -> bytes:
+    """Compounded equity (start 1) of each variant's per-bar portfolio returns."""
+    fig = _figure()
+    ax = fig.add_axes((0.08, 0.2, 0.9, 0.7))
+    for variant in portfolio.columns:
+        ax.plot(portfolio.index, np.cumprod(1.0 + portfolio[variant].to_numpy(dtype=np.float64)), label=str(variant),
+                linewidth=1.1)
+    ax.axhline(1.0, color="0.6", linewidth=0.6)
+    ax.set_yscale("log")  # a pumping baseline must not flatten the strategy's curve into a line
+    ax.set_title(f"{title} (equity from 1, log scale)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", ncol=3)
+    ax.tick_params(labelsize=7)
+    return _png(fig)
+
+
+def permutation_png(null: PermutationNull, statistic_name: str) -> bytes:
+    """Histogram of the null draws with the strategy's statistic marked."""
+    fig = _figure(6.0, 2.6)
+    ax = fig.add_axes((0.1, 0.2, 0.86, 0.68))
+    ax.hist(null.draws, bins=40, color="0.7")
+    ax.axvline(null.statistic, color="tab:red", linewidth=1.5, label=f"strategy (p = {null.p_value:.3f})")
+    ax.set_title(f"Permutation null ({len(null.draws):,} draws): {statistic_name}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper right")
+    ax.tick_params(labelsize=7)
+    return _png(fig)
+
+
+def reliability_png(reliability: pd.DataFrame) -> bytes:
+    """Observed vs nominal coverage per level (index ``level``), one line per column among
+    ``calibrated``, ``raw`` and ``naive``, with the ideal diagonal and a +-2 s.e. band (``se``)."""
+    fig = _figure(3.6, 3.4)
+    ax = fig.add_axes((0.16, 0.14, 0.8, 0.76))
+    levels = reliability.index.to_numpy(dtype=np.float64)
+    ax.plot([0, 1], [0, 1], color="0.5", linewidth=0.8)
+    if "se" in reliability.columns:
+        se = reliability["se"].to_numpy(dtype=np.float64)
+        ax.fill_between(levels, levels - 2 * se, levels + 2 * se, color="0.85")
+    styles = {"calibrated": ("tab:blue", "o"), "raw": ("tab:orange", "s"), "naive": ("tab:green", "^")}
+    for name, (color, marker) in styles.items():
+        if name in reliability.columns:
+            ax.plot(levels, reliability[name].to_numpy(dtype=np.float64), color=color, marker=marker, markersize=3,
+                    linewidth=1, label=name)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("nominal level", fontsize=7)
+    ax.set_ylabel("observed share of labels <= quantile", fontsize=7)
+    ax.set_title("Reliability, out of sample", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.tick_params(labelsize=7)
+    return _png(fig)
+
+
+def breakdowns_png(breakdowns: Mapping[str, pd.DataFrame]) -> bytes:
+    """Mean net return per round trip with its interval, one panel per breakdown."""
+    fig = _figure(7.5, 2.2 * math.ceil(len(breakdowns) / 2))
+    rows = math.ceil(len(breakdowns) / 2)
+    for i, (by, table) in enumerate(breakdowns.items()):
+        ax = fig.add_subplot(rows, 2, i + 1)
+        shown = table[table["trades"] > 0]
+        x = np.arange(len(shown))
+        est = shown["mean_net_return"].to_numpy(dtype=np.float64)
+        low = shown["mean_net_return_low"].to_numpy(dtype=np.float64)
+        high = shown["mean_net_return_high"].to_numpy(dtype=np.float64)
+        err = np.vstack([np.where(np.isfinite(low), est - low, 0), np.where(np.isfinite(high), high - est, 0)])
+        ax.errorbar(x, 100 * est, yerr=100 * err, fmt="o", markersize=3, capsize=2)
+        ax.axhline(0, color="0.6", linewidth=0.6)
+        ax.set_xticks(x, [f"{g}\n({n})" for g, n in zip(shown.index, shown["trades"])], fontsize=6)
+        ax.set_title(f"mean net return per round trip (%) by {by}", fontsize=8)
+        ax.tick_params(axis="y", labelsize=6)
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.9, bottom=0.15, hspace=0.9, wspace=0.2)
+    return _png(fig)
+
+
+# ------------------------------------------------------------------ blocks -> markdown / HTML
+
+
+@dataclass
+class _Block:
+    kind: str  # "h2", "p", "table", "img"
+    text: str = ""
+    table: pd.DataFrame | None = None
+
+
+def _md_table(table: pd.DataFrame) -> str:
+    head = [table.index.name or ""] + [str(c) for c in table.columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for idx, row in table.iterrows():
+        lines.append("| " + " | ".join([str(idx)] + [str(v) for v in row]) + " |")
+    return "\n".join(lines)
+
+
+def _html_table(table: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in [table.index.name or "", *table.columns])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in [idx, *row]) + "</tr>"
+                   for idx, row in table.iterrows())
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _render(title: str, blocks: list[_Block], pngs: dict[str, bytes]) -> tuple[str, str]:
+    md = [f"# {title}", ""]
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for b in blocks:
+        if b.kind == "h2":
+            md += [f"## {b.text}", ""]
+            body.append(f"<h2>{html.escape(b.text)}</h2>")
+        elif b.kind == "p":
+            md += [b.text, ""]
+            body.append(f"<p>{html.escape(b.text)}</p>")
+        elif b.kind == "table":
+            md += [_md_table(b.table), ""]
+            body.append(_html_table(b.table))
+        elif b.kind == "img":
+            md += [f"![{b.text}]({b.text}.png)", ""]
+            data = base64.b64encode(pngs[b.text]).decode()
+            body.append(f'<img alt="{html.escape(b.text)}" src="data:image/png;base64,{data}">')
+    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.85em}"
+             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f3f3f3}"
+             "img{display:block;margin:0.5em 0 1.5em}")
+    page = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+    return "\n".join(md).rstrip() + "\n", page
+
+
+def headline_markdown(report: Report) -> str:
+    """The headline table alone (estimate [95 % interval] per variant, PSR, deflated Sharpe)."""
+    return _md_table(headline_display(report.tables["headline"]))
+
+
+def markdown_with_pictures(report: Report) -> str:
+    """The report's markdown with its pictures embedded (data URIs): one piece of Dagster metadata."""
+    md = report.markdown
+    for name, png in report.pngs.items():
+        md = md.replace(f"]({name}.png)", f"](data:image/png;base64,{base64.b64encode(png).decode()})")
+    return md
+
+
+# ------------------------------------------------------------------ tables shown
+
+
+def headline_display(headline: pd.DataFrame) -> pd.DataFrame:
+    """The headline table as strings: estimate [low, high]."""
+    rows = []
+    for (sample, variant), r in headline.iterrows():
+        rows.append({
+            "variant": variant, "sample": sample, "pools": int(r["pools"]), "pool-bars": f"{int(r['bars']):,}",
+            "mean per-bar net return": _with_interval(_bp, r["mean_bar_return"], r["mean_bar_return_low"],
+                                                      r["mean_bar_return_high"]),
+            "Sharpe (annualised)": _with_interval(_num, r["sharpe"], r["sharpe_low"], r["sharpe_high"]),
+            "hit rate (bars that moved)": _with_interval(_pct, r["hit_rate"], r["hit_rate_low"], r["hit_rate_high"]),
+            "PSR": _num(r["psr"], 3), f"DSR ({int(r['trials'])} trials)": _num(r["dsr"], 3),
+        })
+    return pd.DataFrame(rows).set_index("variant")
+
+
+def skill_display(skill: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame({
+        "rows": [f"{int(v):,}" for v in skill["rows"]],
+        "model pinball": [f"{v:.5f}" for v in skill["model_loss"]],
+        "naive pinball": [f"{v:.5f}" for v in skill["naive_loss"]],
+        "skill = 1 - model/naive": [_with_interval(_pct, e, lo, hi) for e, lo, hi in
+                                    zip(skill["skill"], skill["skill_low"], skill["skill_high"])],
+    }, index=skill.index)
+    out.index.name = "quantile"
+    return out
+
+
+def breakdown_display(table: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame({
+        "round trips": table["trades"].astype(int),
+        "mean net return": [_with_interval(lambda v: _pct(v, 2), e, lo, hi) for e, lo, hi in
+                            zip(table["mean_net_return"], table["mean_net_return_low"], table["mean_net_return_high"])],
+        "hit rate": [_with_interval(_pct, e, lo, hi) for e, lo, hi in
+                     zip(table["hit_rate"], table["hit_rate_low"], table["hit_rate_high"])],
+    }, index=table.index)
+    return out
+
+
+def _model_blocks(model: ModelEvidence, pngs: dict[str, bytes]) -> list[_Block]:
+    blocks = [_Block("h2", "The model against a naive forecaster")]
+    blocks.append(_Block("p", "Pinball loss of the out-of-sample quantiles and of the pool's own recent label "
+                              "quantiles known at the same time; skill > 0 means the model knows more. "
+                              "q10/q90 are the recalibrated quantiles the signals use; *_raw the model's own."))
+    blocks.append(_Block("table", table=skill_display(model.skill)))
+    s = model.pool_skill_summary
+    blocks.append(_Block("p", "Per pool: " + "; ".join(
+        f"{q}: median skill {_pct(r['median_skill'])}, {_pct(r['share_positive'], 0)} of {int(r['pools'])} pools > 0, "
+        f"interval above 0 in {int(r['pools_above_zero'])}, below 0 in {int(r['pools_below_zero'])}"
+        for q, r in s.iterrows()) + "."))
+    ic, naive_ic = model.rank_ic_summary, model.naive_rank_ic_summary
+    blocks.append(_Block("p", f"Rank IC of q50 with the realised label, per fold: mean {_num(ic['mean'], 3)} "
+                              f"[{_num(ic['low'], 3)}, {_num(ic['high'], 3)}] over {ic['folds']} folds, "
+                              f"{_pct(ic['share_positive'], 0)} positive; naive q50: mean "
+                              f"{_num(naive_ic.get('mean', float('nan')), 3)}."))
+    cov = model.coverage
+    cov_show = pd.DataFrame({"nominal": [f"{v:.2f}" for v in cov["level"]],
+                             "raw model": [f"{v:.3f}" for v in cov["raw"]],
+                             "recalibrated": [f"{v:.3f}" for v in cov["calibrated"]],
+                             "naive": [f"{v:.3f}" for v in cov["naive"]]}, index=cov.index)
+    blocks.append(_Block("h2", "Coverage and reliability"))
+    blocks.append(_Block("table", table=cov_show))
+    pngs["reliability"] = reliability_png(model.reliability)
+    blocks.append(_Block("img", "reliability"))
+    rel = model.reliability
+    rel_show = pd.DataFrame({c: [f"{v:.3f}" for v in rel[c]] for c in ("calibrated", "raw", "naive") if c in rel},
+                            index=pd.Index([f"{v:.2f}" for v in rel.index], name="level"))
+    blocks.append(_Block("table", table=rel_show))
+    return blocks
+
+
+def render_report(inputs: ReportInputs) -> Report:
+    """Compute the portfolio tables from ``inputs`` and render them (module docstring)."""
+    pngs: dict[str, bytes] = {}
+    tables: dict[str, pd.DataFrame] = {}
+    blocks: list[_Block] = []
+
+    headline = headline_with_and_without_top(inputs.bar_returns, trials=inputs.trials,
+                                             bar_seconds=inputs.bar_seconds, config=inputs.bootstrap)
+    tables["headline"] = headline
+    portfolio = equal_weight_portfolio(inputs.bar_returns)
+    pools = len(inputs.bar_returns)
+    if inputs.intro:
+        blocks.append(_Block("p", inputs.intro))
+    blocks.append(_Block("p", f"{pools} pools, out of sample, after every cost. Intervals: 95 % moving-block "
+                              f"bootstrap in calendar time (blocks of {_duration(inputs.bootstrap.block)}, pools resampled "
+                              f"together, {inputs.bootstrap.samples:,} replicates)."))
+    blocks.append(_Block("h2", "Headline"))
+    blocks.append(_Block("table", table=headline_display(headline)))
+    excluded = headline.xs(headline.index.get_level_values("sample")[-1], level="sample")["excluded"]
+    blocks.append(_Block("p", "Left out of the second sample, per variant (its best pools by compounded "
+                              "return): " + "; ".join(f"{v}: {e}" for v, e in excluded.items()) + "."))
+    pngs["equity_curves"] = equity_curves_png(portfolio)
+    blocks.append(_Block("img", "equity_curves"))
+
+    if inputs.permutation is not None:
+        null = inputs.permutation
+        blocks.append(_Block("h2", "Against chance"))
+        blocks.append(_Block("p", f"{inputs.permutation_statistic}: {null.statistic:.6g}; null mean "
+                                  f"{float(np.mean(null.draws)):.6g}, p = {null.p_value:.3f} "
+                                  f"({len(null.draws):,} draws)."))
+        pngs["permutation_null"] = permutation_png(null, inputs.permutation_statistic)
+        blocks.append(_Block("img", "permutation_null"))
+
+    if inputs.model is not None:
+        blocks += _model_blocks(inputs.model, pngs)
+        tables["skill"] = inputs.model.skill
+        tables["reliability"] = inputs.model.reliability
+
+    if inputs.hit_rate is not None:
+        h = inputs.hit_rate
+        blocks.append(_Block("h2", "Signals net of cost"))
+        blocks.append(_Block("p", f"Tradeable signals whose realised return beat their expected cost: "
+                                  f"{_with_interval(_pct, h['hit_rate'], h['hit_rate_low'], h['hit_rate_high'])} of "
+                                  f"{h['tradeable_signals']:,}; every labelled bar traded long: "
+                                  f"{_with_interval(_pct, h['long_every_bar_hit_rate'], h['long_every_bar_low'], h['long_every_bar_high'])}"
+                                  f" of {h['long_every_bar_rows']:,}; difference "
+                                  f"{_with_interval(_pct, h['difference'], h['difference_low'], h['difference_high'])}."))
+
+    if inputs.round_trips is not None:
+        blocks.append(_Block("h2", "Where the edge lives (Q50 round trips)"))
+        breakdowns = edge_breakdowns(inputs.round_trips, bar_seconds=inputs.bar_seconds, config=inputs.bootstrap)
+        for by, table in breakdowns.items():
+            tables[f"breakdown_{by}"] = table
+            blocks.append(_Block("p", f"By {by.replace('_', ' ')}:"))
+            blocks.append(_Block("table", table=breakdown_display(table)))
+        if len(inputs.round_trips):
+            pngs["breakdowns"] = breakdowns_png(breakdowns)
+            blocks.append(_Block("img", "breakdowns"))
+
+    markdown, page = _render(inputs.title, blocks, pngs)
+    return Report(markdown=markdown, pngs=pngs, html=page, tables=tables)
+
+
+__all__ = [
+    "PermutationNull",
+    "Report",
+    "ReportInputs",
+    "breakdowns_png",
+    "equity_curves_png",
+    "headline_display",
+    "headline_markdown",
+    "markdown_with_pictures",
+    "permutation_png",
+    "pooled_permutation",
+    "reliability_png",
+    "render_report",
+    "skill_display",
+]

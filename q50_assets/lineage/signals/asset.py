@@ -1,0 +1,101 @@
+"""Lineage stage 3b - Q50 signals per pool: signal columns from the out-of-sample quantiles and
+the pool's features, with the time each becomes known; stored in ``q50_signals`` (the table IO
+manager writes a batch in one transaction).
+
+Glue only: the stage is :mod:`q50_assets.lineage.signals.step`, every formula
+:mod:`q50_assets.lineage.signals.rules`, the cost model :mod:`q50_assets.lineage.common.costs`.
+"""
+
+import pandas as pd
+from dagster import AssetExecutionContext, MetadataValue, Output, asset
+
+from q50_assets.lineage.common.batch import (
+    PoolChecks,
+    add_pool_metadata,
+    blocked_metadata,
+    pool_check_spec,
+    progress_callback,
+)
+from q50_assets.lineage.common.partitions import pool_partitions
+from q50_assets.storage.database import CollectorDatabase
+from q50_assets.storage.lineage_config import LineageConfig
+from q50_assets.lineage.common.gate import Blocked
+from q50_assets.lineage.model.step import TrainedQ50Model
+from q50_assets.lineage.signals.step import LIVE_FOLD, STAGE, check_signals, signals_for_pools
+
+SIGNALS_ASSET = STAGE
+
+
+def signals_step(model: TrainedQ50Model, features: dict, db: CollectorDatabase, lineage: LineageConfig,
+                 progress=None) -> tuple[dict[str, pd.DataFrame | Blocked], dict[str, tuple]]:
+    """A batch of pools against one model (live-model inference in one call), costs priced at each
+    pool's liquidity as the collector observed it (one read per batch). A pool failing a rule is
+    blocked, so its rows never reach the table strategies read. Returns (signals or Blocked per
+    pool, (early, crossed) rows per computed pool)."""
+    bar = pd.Timedelta(seconds=lineage.bar_seconds)
+    model.require_usable()  # before reading anything: a blocked model gives no pool signals
+    usable = [p for p, f in features.items() if not isinstance(f, Blocked)]
+    reserves = {p: r for p, (r, _) in db.pool_reserves_many(usable, lineage.backtest.fallback_reserve_usd).items()}
+    computed = signals_for_pools(model, features, lineage.signal_config(), bar, reserves)
+    out, outcomes = {}, {}
+    for pool_id, signals in computed.items():
+        if isinstance(signals, Blocked):
+            out[pool_id] = signals
+            continue
+        early, crossed = outcomes[pool_id] = check_signals(signals, bar)
+        failed = [n for n, rows in (("known_at_after_bar_close", early), ("quantiles_ordered", crossed)) if len(rows)]
+        out[pool_id] = Blocked(pool_id, STAGE, f"checks failed: {', '.join(failed)}") if failed else signals
+    if progress:
+        progress(len(features))
+    return out, outcomes
+
+
+@asset(
+    name=SIGNALS_ASSET,
+    partitions_def=pool_partitions,
+    io_manager_key="q50_tables",
+    group_name="signals",
+    kinds={"pandas", "sql"},
+    check_specs=[
+        pool_check_spec(SIGNALS_ASSET, "known_at_after_bar_close",
+                        "Every signal becomes known at or after its bar's close (open + timeframe).", True),
+        pool_check_spec(SIGNALS_ASSET, "quantiles_ordered", "q10 <= q50 <= q90 on every signal row.", True),
+    ],
+    description="Per pool: spread, prob_up, enhanced info ratio, expected value, adaptive threshold "
+    "(with the round trip's fee and impact at the intended size, from the one cost model), tradeable, "
+    "side and tier from the out-of-sample q10/q50/q90; "
+    "stored in q50_signals with the time each becomes known (a pool failing a check, or blocked "
+    "upstream, has no rows).",
+)
+def q50_signals(context: AssetExecutionContext, q50_model: TrainedQ50Model, qlib_features: dict,
+                collector_db: CollectorDatabase, lineage: LineageConfig):
+    pool_ids = list(context.partition_keys)
+    signals, outcomes = signals_step(q50_model, qlib_features, collector_db, lineage,
+                                     progress_callback(context, SIGNALS_ASSET, len(pool_ids)))
+    checks = PoolChecks(context)
+    for pool_id in pool_ids:
+        value = signals[pool_id]
+        if pool_id not in outcomes:
+            add_pool_metadata(context, pool_id, blocked_metadata(value))
+            continue
+        early, crossed = outcomes[pool_id]
+        if isinstance(value, Blocked):
+            add_pool_metadata(context, pool_id, {**blocked_metadata(value), "model_run": q50_model.run_id})
+        else:
+            sides = value["side"].value_counts()
+            add_pool_metadata(context, pool_id, {
+                "pool_id": pool_id, "status": "ok", "signals": len(value), "rows_written": len(value),
+                "tradeable": int(value["tradeable"].sum()),
+                "reserve_sources": {str(k): int(v) for k, v in value["reserve_source"].value_counts().items()},
+                "long": int(sides.get("long", 0)),
+                "short": int(sides.get("short", 0)), "hold": int(sides.get("hold", 0)),
+                "model_run": q50_model.run_id, "live_model_signals": int((value["fold"] == LIVE_FOLD).sum()),
+                "first_known_at": str(value["known_at"].min()) if len(value) else "none",
+                "last_known_at": str(value["known_at"].max()) if len(value) else "none"})
+        checks.add(SIGNALS_ASSET, "known_at_after_bar_close", pool_id, len(early) == 0,
+                   {"early_signals": len(early), "first_early": MetadataValue.json([t.isoformat() for t in early[:20]])})
+        checks.add(SIGNALS_ASSET, "quantiles_ordered", pool_id, len(crossed) == 0, {"crossed_rows": len(crossed)})
+    computed = sum(not isinstance(v, Blocked) for v in signals.values())
+    yield Output(signals, metadata={"pools": len(pool_ids), "pools_computed": computed,
+                                    "pools_blocked": len(pool_ids) - computed, "model_run": q50_model.run_id})
+    yield from checks.events()

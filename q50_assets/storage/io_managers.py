@@ -1,0 +1,144 @@
+"""Where each stage's output is stored, once, and read back by the next stage.
+
+* :class:`PoolPickleIOManager` - values that only the lineage reads (validated bars, feature
+  frames, the model): one pickle per pool and asset (one file for an unpartitioned asset) under
+  the data dir. A run over a batch of pools hands it ``dict[pool_id, value]`` and gets one back.
+* :class:`Q50TableIOManager` - stages whose output is a project table (``q50_regime_labels``,
+  ``q50_signals``, ``q50_backtest_results``, ``q50_trading_history``): a batch is written in one
+  transaction keyed by pool (and backtest run); loading reads the rows back per pool.
+
+A pool a stage blocked (a :class:`~q50_assets.lineage.common.gate.Blocked` value) is stored as such in a
+pickle; in a table it has no rows (regimes and signals delete the pool's old rows, so a pool that
+became unsafe stops feeding strategies; backtest runs are history and stay).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from urllib.parse import quote
+
+from dagster import AssetKey, ConfigurableIOManager, InputContext, OutputContext
+from pydantic import Field
+
+from q50_assets.db.q50_models import q50_regime_labels, q50_signals
+from q50_assets.lineage.backtest.step import results_rows
+from q50_assets.storage.database import CollectorDatabase
+from q50_assets.lineage.common.gate import Blocked
+
+
+class MissingStoredValue(LookupError):
+    """A stage's input was never stored (the upstream asset was not materialized for that pool)."""
+
+
+def _pool_values(context: OutputContext, obj) -> dict:
+    """The output of a batch run: exactly one value per partition of the run."""
+    keys = list(context.asset_partition_keys)
+    if not isinstance(obj, dict):
+        raise TypeError(f"{context.asset_key.to_user_string()}: a partitioned output must be dict[pool_id, value] "
+                        f"(got {type(obj).__name__})")
+    missing, extra = sorted(set(keys) - set(obj)), sorted(set(obj) - set(keys))
+    if missing or extra:
+        raise ValueError(f"{context.asset_key.to_user_string()}: output pools differ from the run's partitions "
+                         f"(missing {missing[:5]}, unexpected {extra[:5]})")
+    return obj
+
+
+class PoolPickleIOManager(ConfigurableIOManager):
+    """One pickle per (asset, pool); a batch is written and read as ``dict[pool_id, value]``."""
+
+    base_dir: str = Field(description="Directory of the stored values (under the data dir, shared by all runs).")
+
+    def _path(self, asset_key, partition: str | None) -> Path:
+        base = Path(self.base_dir, *asset_key.path)
+        return base.with_suffix(".pkl") if partition is None else base / f"{quote(partition, safe='')}.pkl"
+
+    def _dump(self, path: Path, value) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Written aside and renamed: a reader (another run) never sees half a pickle.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as handle:
+            pickle.dump(value, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+
+    def handle_output(self, context: OutputContext, obj) -> None:
+        if not context.has_asset_partitions:
+            self._dump(self._path(context.asset_key, None), obj)
+            return
+        for pool_id, value in _pool_values(context, obj).items():
+            self._dump(self._path(context.asset_key, pool_id), value)
+
+    def load_input(self, context: InputContext):
+        if not context.has_asset_partitions:
+            return self._load(context.asset_key, None)
+        return {pool_id: self._load(context.asset_key, pool_id) for pool_id in context.asset_partition_keys}
+
+    def load(self, asset: str, pool_ids: list[str] | None = None):
+        """What a stage stored, outside a run (the benchmark reads a run's outputs): per pool for a
+        partitioned asset, the one value otherwise."""
+        key = AssetKey(asset)
+        if pool_ids is None:
+            return self._load(key, None)
+        return {pool_id: self._load(key, pool_id) for pool_id in pool_ids}
+
+    def _load(self, asset_key, partition: str | None):
+        path = self._path(asset_key, partition)
+        try:
+            with open(path, "rb") as handle:
+                return pickle.load(handle)
+        except FileNotFoundError:
+            where = f"pool {partition}" if partition else "it"
+            raise MissingStoredValue(f"{asset_key.to_user_string()} has no stored value for {where} ({path}): "
+                                     "materialize it first") from None
+
+
+# Asset name -> the project table its rows go to (per pool and timeframe).
+POOL_ROW_TABLES = {"regime_labels": q50_regime_labels, "q50_signals": q50_signals}
+
+
+def write_table_outputs(db: CollectorDatabase, timeframe: str, asset: str, values: dict) -> dict[str, int]:
+    """A batch's output of a table-shaped stage written in one transaction; rows written per pool."""
+    if asset in POOL_ROW_TABLES:
+        return db.replace_pool_rows_many(POOL_ROW_TABLES[asset], timeframe,
+                                         {p: (None if isinstance(v, Blocked) else v) for p, v in values.items()})
+    if asset == "backtest_results":
+        # One row per variant, the permutation null's draws on the q50 row (the portfolio's pooled p-value).
+        ok = {p: (v.backtest_run_id, results_rows(v)) for p, v in values.items()
+              if not isinstance(v, Blocked) and v.status == "ok"}
+        return db.replace_backtest_results_many(timeframe, ok) if ok else {}
+    if asset == "q50_trading_history":
+        histories = {p: (v.backtest_run_id, v.rows) for p, v in values.items() if not isinstance(v, Blocked)}
+        return db.replace_trading_history_many(histories) if histories else {}
+    raise ValueError(f"{asset}: no project table is defined for this asset")
+
+
+class Q50TableIOManager(ConfigurableIOManager):
+    """Stores the table-shaped stages in the project's tables, a batch per transaction."""
+
+    database: CollectorDatabase
+    timeframe: str = "1h"
+
+    def handle_output(self, context: OutputContext, obj) -> None:
+        written = write_table_outputs(self.database, self.timeframe, context.asset_key.to_user_string(),
+                                      _pool_values(context, obj))
+        context.add_output_metadata({"table_rows_written": int(sum(written.values())),
+                                     "pools_written": len(written)})
+
+    def load_input(self, context: InputContext):
+        name = context.asset_key.to_user_string()
+        pool_ids = list(context.asset_partition_keys)
+        db = self.database
+        if name in POOL_ROW_TABLES:
+            return db.pool_rows(POOL_ROW_TABLES[name], self.timeframe, pool_ids)
+        if name == "backtest_results":
+            # Per pool its latest backtest run's rows; a pool without one (blocked, no signal) is absent.
+            latest = db.latest_backtest_results(self.timeframe, pool_ids)
+            return {p: rows.set_index("variant") for p, rows in latest.groupby("pool_id")} if len(latest) else {}
+        if name == "q50_trading_history":
+            latest = db.latest_backtest_results(self.timeframe, pool_ids)
+            runs = dict(zip(latest["pool_id"], latest["backtest_run_id"])) if len(latest) else {}
+            return db.trading_history_many(runs)
+        raise ValueError(f"{name}: no project table is defined for this asset")
+

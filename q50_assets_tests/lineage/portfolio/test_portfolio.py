@@ -1,0 +1,148 @@
+"""Tests of q50_assets.lineage.portfolio.portfolio: the same pools for every variant, no-trade pools apart,
+means beside medians, the pooled permutation p-value, and the comparability check."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from q50_assets.lineage.backtest.step import variants_for
+from q50_assets.lineage.portfolio.portfolio import (comparable_baselines, no_trade_summary, permutation_summary,
+                                           portfolio_markdown, portfolio_table)
+
+VARIANTS = variants_for((0.5, 2.0))
+START, END = pd.Timestamp("2025-08-20", tz="UTC"), pd.Timestamp("2025-09-20", tz="UTC")
+
+
+def _rows(pool, q50_return, bh_return, trades, null=None, p=0.5):
+    rows = []
+    for v in VARIANTS:
+        ret = {"q50": q50_return, "buy_and_hold": bh_return, "cash": 0.0}.get(v, q50_return / 2)
+        rows.append({"pool_id": pool, "variant": v, "total_return": ret, "sharpe": ret * 10 if ret else np.nan,
+                     "max_drawdown": 0.1, "trades": trades if v.startswith("q50") else 3, "fees_paid": 1.0,
+                     "impact_paid": 2.0, "exposure": 0.1, "mean_position": 0.01, "turnover": 0.5,
+                     "mean_holding_bars": 4.0, "oos_start": START, "oos_end": END, "bars": 700,
+                     "permutation_statistic": q50_return / 700 if v == "q50" else np.nan,
+                     "permutation_p_value": p if v == "q50" else np.nan,
+                     "permutation_null": (null if null is not None else list(np.linspace(-1e-4, 1e-4, 1000)))
+                     if v == "q50" else None})
+    return rows
+
+
+def _results():
+    rng = np.random.default_rng(0)
+    return pd.DataFrame(
+        _rows("A", 0.02, 0.5, 4, list(rng.normal(0, 1e-5, 1000)), p=0.03)
+        + _rows("B", -0.01, -0.4, 2, list(rng.normal(0, 1e-5, 1000)), p=0.8)
+        + _rows("C", 0.0, 2.0, 0, list(np.zeros(1000)), p=1.0))
+
+
+def test_table_covers_the_pools_where_q50_traded_for_every_variant():
+    results = _results()
+    table = portfolio_table(results, VARIANTS)
+    assert list(table.index) == list(VARIANTS)
+    assert (table["pools"] == 2).all()  # C (never traded) is left out of every row alike
+    assert table.loc["q50", "mean_return"] == pytest.approx(0.005)
+    assert table.loc["q50", "median_return"] == pytest.approx(0.005)
+    assert table.loc["buy_and_hold", "mean_return"] == pytest.approx(0.05)
+    assert table.loc["buy_and_hold", "q50_beats_this"] == 1  # B: -1 % beats -40 %
+    assert pd.isna(table.loc["q50", "q50_beats_this"])
+    apart = no_trade_summary(results)
+    assert apart["pools"] == 1 and apart["buy_and_hold_mean_return"] == pytest.approx(2.0)
+    md = portfolio_markdown(table, permutation_summary(results), apart)
+    assert "| q50_close |" in md and "| buy_and_hold_matched |" in md and "| cash |" in md
+    assert "1 pools where q50 never traded" in md and "pooled over 3 pools" in md
+
+
+def test_pooled_p_value_averages_the_statistic_and_the_null_per_draw():
+    results = _results()
+    summary = permutation_summary(results)
+    q = results[results["variant"] == "q50"].sort_values("pool_id")
+    nulls = np.vstack([np.asarray(n) for n in q["permutation_null"]])
+    pooled_null = nulls.mean(axis=0)
+    pooled = q["permutation_statistic"].mean()
+    assert summary["pooled_statistic"] == pytest.approx(pooled)
+    assert summary["pooled_p_value"] == pytest.approx((1 + (pooled_null >= pooled - 1e-15).sum()) / 1001)
+    assert summary["draws"] == 1000 and summary["pools"] == 3
+    assert summary["traded_pools"] == 2 and summary["traded_pools_below_0.05"] == 1
+
+
+def test_comparable_baselines_names_each_problem():
+    results = _results()
+    assert comparable_baselines(results, VARIANTS) == ([], 3)
+    broken = results.copy()
+    broken = broken[~((broken["pool_id"] == "A") & (broken["variant"] == "cash"))]
+    broken.loc[(broken["pool_id"] == "B") & (broken["variant"] == "buy_and_hold"), "total_return"] = -1.5
+    broken.loc[(broken["pool_id"] == "C") & (broken["variant"] == "q50"), "permutation_null"] = None
+    problems, checked = comparable_baselines(broken, VARIANTS)
+    assert checked == 3
+    by_pool = {p["pool_id"]: p["problem"] for p in problems}
+    assert "variants" in by_pool["A"] and "impossible total_return" in by_pool["B"]
+    assert "permutation null" in by_pool["C"]
+    assert portfolio_table(pd.DataFrame()).empty and portfolio_markdown(pd.DataFrame()) == "No backtest results yet."
+
+
+def _with_evidence(results: pd.DataFrame, pools: list[str]) -> pd.DataFrame:
+    """Stored per-bar returns and round trips on the q50 rows of ``pools`` (as results_rows writes them)."""
+    from q50_assets.lineage.backtest.step import ROUND_TRIP_COLUMNS, bar_returns_record, round_trip_records
+
+    rng = np.random.default_rng(1)
+    grid = pd.date_range(START, periods=96, freq="h")
+    out = results.copy()
+    out["bar_returns"], out["round_trip_records"] = None, None
+    for pool in pools:
+        frame = pd.DataFrame({v: rng.normal(0, 1e-3, len(grid)) for v in VARIANTS}, index=grid).assign(cash=0.0)
+        trips = pd.DataFrame([{c: np.nan for c in ROUND_TRIP_COLUMNS} | {
+            "entry_decided_at": grid[i], "entry_filled_at": grid[i + 1], "exit_filled_at": grid[i + 3],
+            "open": False, "bars_held": 2, "net_return": r, "vol_regime": "low", "momentum_regime": "ranging",
+            "signal_tier": "A", "reserve_usd": 50_000.0, "reserve_source": "fallback"}
+            for i, r in ((5, 0.01), (30, -0.02), (60, 0.004))])
+        row = (out["pool_id"] == pool) & (out["variant"] == "q50")
+        out.loc[row, "bar_returns"] = pd.Series([bar_returns_record(frame)], index=out.index[row])
+        out.loc[row, "round_trip_records"] = pd.Series([round_trip_records(trips)], index=out.index[row])
+    return out
+
+
+def test_stored_evidence_reads_back_what_the_backtest_wrote():
+    from q50_assets.lineage.backtest.step import bar_returns_from_record, bar_returns_record
+    from q50_assets.lineage.portfolio.portfolio import stored_evidence
+
+    grid = pd.date_range(START, periods=5, freq="4h")
+    frame = pd.DataFrame({"q50": [0.0, 0.01, -0.02, 1e-9, 0.0], "cash": 0.0}, index=grid)
+    back = bar_returns_from_record(bar_returns_record(frame))
+    pd.testing.assert_frame_equal(back, frame, check_freq=False)
+
+    results = _with_evidence(_results(), ["A"])
+    bar_returns, trips, missing = stored_evidence(results, ["A", "B"])
+    assert list(bar_returns) == ["A"] and missing == ["B"]  # B's backtest kept no per-bar returns: named
+    assert len(trips) == 3 and set(trips["pool_id"]) == {"A"}
+    assert trips["entry_filled_at"].dt.tz is not None and trips["net_return"].tolist() == [0.01, -0.02, 0.004]
+
+
+def test_research_report_covers_the_traded_pools_and_counts_the_trials():
+    from q50_assets.lineage.portfolio.portfolio import research_report, stored_evidence
+    from q50_assets.lineage.common.uncertainty import BootstrapConfig
+
+    results = _with_evidence(_results(), ["A", "B", "C"])
+    report, facts = research_report(results, trials=6, bar_seconds=3600,
+                                    bootstrap=BootstrapConfig(samples=200, seed=0))
+    assert facts["pools_in_report"] == 2 and facts["pools_never_traded"] == 1  # C never traded: apart
+    headline = report.tables["headline"]
+    assert (headline["trials"] == 6).all() and (headline.xs("all pools", level="sample")["pools"] == 2).all()
+    # The pooled mean per-bar return of q50 is the mean of the stored bars of A and B.
+    stored, _, _ = stored_evidence(results, ["A", "B"])
+    expected = pd.concat([stored["A"]["q50"], stored["B"]["q50"]]).mean()
+    q50 = headline.loc[("all pools", "q50")]
+    assert q50["mean_bar_return"] == pytest.approx(expected)
+    assert q50["mean_bar_return_low"] <= q50["mean_bar_return"] <= q50["mean_bar_return_high"]
+    assert {"equity_curves", "permutation_null", "breakdowns"} <= set(report.pngs)
+    assert "1 where it never traded are reported apart" in report.markdown
+
+    # One pool: "without the top 5 %" leaves nothing, said so (NaN), not an error.
+    one, _ = research_report(results[results["pool_id"] == "A"], trials=6, bar_seconds=3600,
+                             bootstrap=BootstrapConfig(samples=200, seed=0))
+    trimmed = one.tables["headline"].xs("without top 5 %", level="sample")
+    assert (trimmed["pools"] == 0).all() and trimmed["mean_bar_return"].isna().all()
+
+    none, facts = research_report(results[results["pool_id"] == "C"], trials=6, bar_seconds=3600,
+                                  bootstrap=BootstrapConfig(samples=200, seed=0))
+    assert none is None and facts["pools_in_report"] == 0
