@@ -193,7 +193,7 @@ def summarize(run, settings: Settings, instance) -> tuple[list[str], list[str]]:
                          f"({target}{raw_text}){' ' * (12 - len(raw_text))}{skill_text}")
     if signal_counts:
         lines.append("Signals per pool (bars with an OOS signal: long / short / hold):")
-        for pool_id, md in sorted(signal_counts.items(), key=lambda kv: -kv[1]["signals"]):
+        for pool_id, md in sorted(signal_counts.items(), key=lambda kv: (-kv[1]["signals"], kv[0])):
             lines.append(f"  {pool_id:<52} {md['signals']:>5}: {md['long']:>4} / {md['short']:>3} / {md['hold']:>5}")
         lines.append(f"  total {sum(m['signals'] for m in signal_counts.values()):,} signals, "
                      f"{sum(m['tradeable'] for m in signal_counts.values()):,} tradeable after costs")

@@ -18,7 +18,6 @@ from q50_assets.automation.jobs import JOBS
 from q50_assets.automation.sensors import build_automation
 from q50_assets.storage.database import CollectorDatabase
 from q50_assets.storage.io_managers import PoolPickleIOManager, Q50TableIOManager
-from q50_assets.storage.lineage_config import stage_resources
 from q50_assets.storage.qlib_store import QlibStore
 from q50_assets.storage.reports import ReportFiles
 from q50_assets.settings import ENV_DATABASE_URL, Settings, get_settings
@@ -38,12 +37,29 @@ def build_resources(settings: Settings) -> dict:
         "collector_db": database,
         "report_files": ReportFiles(directory=str(settings.data_dir / "reports")),
         "qlib_store": QlibStore(provider_dir=str(settings.data_dir / "qlib"), timeframe=settings.timeframe),
-        **stage_resources(settings, database),
+        # The one settings model: each asset hands its stages their own sections (lineage/<stage>).
+        "settings": settings,
+        "signal_db": signal_database(settings, database),
         # Each stage's output stored once: pickles per pool for what only the lineage reads, the
         # project's tables for signals, regimes, backtest results and trading history.
         "io_manager": PoolPickleIOManager(base_dir=str(settings.data_dir / "asset_values")),
         "q50_tables": Q50TableIOManager(database=database, timeframe=settings.timeframe),
     }
+
+
+# The environment variable of strategy_config.database_uri (signal_source: database).
+ENV_SIGNAL_DATABASE_URI = "Q50__NAUTILUS_TRADER__STRATEGY_CONFIG__DATABASE_URI"
+
+
+def signal_database(settings: Settings, database: CollectorDatabase) -> CollectorDatabase:
+    """Where signal_source: database reads q50_signals: strategy_config.database_uri, else the
+    project database. A URL from the environment stays an EnvVar, so the UI shows the variable's
+    name, never the credentials in it."""
+    uri = settings.nautilus_trader.strategy_config.database_uri
+    if not uri:
+        return database
+    return CollectorDatabase(url=EnvVar(ENV_SIGNAL_DATABASE_URI) if os.environ.get(ENV_SIGNAL_DATABASE_URI) == uri
+                             else uri)
 
 
 def lineage_assets(settings: Settings) -> list:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -42,6 +42,8 @@ DEFAULT_CONFIG_FILE = PROJECT_ROOT / "config.yaml"
 
 # The collector's own timeframe vocabulary (ohlcv_data.timeframe).
 Timeframe = Literal["1m", "5m", "15m", "1h", "4h", "12h", "1d"]
+TIMEFRAME_SECONDS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "4h": 14400, "12h": 43200, "1d": 86400}
+TIMEFRAME_NAMES = {seconds: name for name, seconds in TIMEFRAME_SECONDS.items()}
 
 ENV_CONFIG_FILE = "Q50_CONFIG"
 ENV_DATABASE_URL = "Q50_DATABASE_URL"
@@ -57,12 +59,12 @@ class SettingsError(ValueError):
     """A setting is missing or wrong; the message names the key."""
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
     # Unknown keys are typos until proven otherwise.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DatabaseSettings(_Section):
+class DatabaseSettings(Section):
     url: str | None = Field(
         default=None,
         description="Collector database URL. From Q50_DATABASE_URL; null means the embedded "
@@ -70,7 +72,9 @@ class DatabaseSettings(_Section):
     )
 
 
-class OhlcvSettings(_Section):
+class OhlcvSettings(Section):
+    """The bar checks (lineage/ohlcv/rules.py: BarRules)."""
+
     min_bars: int = Field(
         default=48, ge=2, description="Complete bars a pool needs before any stage uses it."
     )
@@ -89,79 +93,13 @@ class OhlcvSettings(_Section):
         ge=1,
         description="Longest run of missing bars tolerated before the gap check fails (warning).",
     )
+    extreme_move_ratio: float = Field(
+        default=20.0, gt=1, description="A close-to-close move beyond this factor in one bar (pump, rug) is "
+        "listed by the extreme_moves check (warning).")
 
 
-class ModelSettings(_Section):
-    """Walk-forward LightGBM quantile model (q10/q50/q90)."""
-
-    horizon_bars: int = Field(default=1, ge=1, description="Label: forward return over this many bars.")
-    initial_train_bars: int = Field(
-        default=240, ge=24, description="Calendar bars before the first fold boundary (first window)."
-    )
-    retrain_every_bars: int = Field(default=24, ge=1, description="A new model every N bars of calendar time.")
-    min_train_rows: int = Field(default=200, ge=10, description="Folds with fewer labelled rows are skipped.")
-    seed: int = 42
-    num_boost_round: int = Field(default=150, ge=10)
-    calibration_window_bars: int = Field(
-        default=168, ge=24,
-        description="q10/q90 are recalibrated on the out-of-sample labels that became known in the last N bars.",
-    )
-    calibration_min_rows: int = Field(
-        default=200, ge=10, description="Fewer out-of-sample labels known at a fold boundary: that fold is not calibrated."
-    )
-    coverage_tolerance: float = Field(
-        default=0.02,
-        gt=0,
-        lt=0.5,
-        description="Allowed miscalibration of the recalibrated OOS q10/q90 coverage beyond 3 binomial "
-        "standard errors; beyond it the blocking oos_coverage check fails.",
-    )
-    collector_feature_vectors: bool = Field(
-        default=False,
-        description="Also feed the collector's own pool_feature_vectors columns to the model, each bar only "
-        "the vector the collector had written by the bar's close (created_at), never its forward-return targets. "
-        "Without that table the columns are missing (NaN).",
-    )
-
-
-class EvaluationSettings(_Section):
-    """Yardsticks and intervals of the model's evidence (research/evaluation.py, research/uncertainty.py)."""
-
-    naive_window_bars: int | None = Field(
-        default=168, ge=1, description="The naive forecaster's window of known labels (null = every known label)."
-    )
-    naive_min_pool_labels: int = Field(
-        default=48, ge=2, description="Fewer known labels of its own: a pool's naive forecast uses every pool's."
-    )
-    bootstrap_samples: int = Field(default=1000, ge=100, description="Block-bootstrap replicates per interval.")
-    bootstrap_block_days: float = Field(
-        default=1.0, ge=1.0, description="Block length of the calendar-time bootstrap (a day or more)."
-    )
-    bootstrap_seed: int = 0
-    prior_configurations: int = Field(
-        default=0, ge=0, description="Strategy configurations tried on this data before this one (other thresholds, "
-        "sizes, grids): the deflated Sharpe counts them beside this run's q50 variants, so trying many makes a "
-        "good-looking Sharpe count for less.")
-
-
-class SignalSettings(_Section):
-    swap_fee: float = Field(default=0.0025, ge=0, lt=0.1, description="DEX swap fee per side (0.25 %); the cost "
-                            "model adds constant-product impact at the intended size (research/costs.py).")
-    variance_multiplier: float = Field(default=1.0, ge=0)
-    allow_short: bool = Field(default=False, description="Spot DEX: no borrowing is modelled.")
-
-    @model_validator(mode="after")
-    def _spot_only(self) -> "SignalSettings":
-        # The backtests are spot: a short signal means "be flat". Allowing shorts would fill
-        # q50_signals with short trades (and the demo's tradeable counts) that no backtest makes.
-        if self.allow_short:
-            raise ValueError("allow_short: true is not supported: backtests are spot-only (no borrowing is "
-                             "modelled), so short signals would never be traded")
-        return self
-
-
-class TradeSettings(_Section):
-    """The trades stage (research/trades.py): the collector's trades per bar, checked against the bars."""
+class TradeSettings(Section):
+    """The trades stage (lineage/trades/rules.py: TradeRules): the collector's trades per bar, checked against the bars."""
 
     flow_features: bool = Field(
         default=True,
@@ -177,15 +115,159 @@ class TradeSettings(_Section):
         default=24, ge=1, description="Bars the collected trades must span before flow features are computed.")
 
 
-class BacktestSettings(_Section):
-    """NautilusTrader backtests per pool (research/backtest.py); the fee is signals.swap_fee."""
+class IndicatorSettings(Section):
+    """Indicator periods the feature stage computes and the regimes read (the plan keeps them under
+    nautilus_trader.strategy_config.regime_detection)."""
 
-    starting_capital_usd: float = Field(default=10_000.0, gt=0, description="USD cash per pool backtest.")
+    rsi_periods: int = Field(default=14, ge=2)
+    macd_fast: int = Field(default=12, ge=1)
+    macd_slow: int = Field(default=26, ge=2)
+
+    @model_validator(mode="after")
+    def _fast_below_slow(self):
+        if self.macd_fast >= self.macd_slow:
+            raise ValueError(
+                f"macd_fast ({self.macd_fast}) must be smaller than macd_slow ({self.macd_slow})"
+            )
+        return self
+
+
+class WalkForwardSettings(Section):
+    """The walk-forward LightGBM quantile model's schedule and size (lineage/model/walk_forward.py)."""
+
+    horizon_bars: int = Field(default=1, ge=1, description="Label: forward return over this many bars.")
+    initial_train_bars: int = Field(
+        default=240, ge=24, description="Calendar bars before the first fold boundary (first window)."
+    )
+    retrain_every_bars: int = Field(default=24, ge=1, description="A new model every N bars of calendar time.")
+    min_train_rows: int = Field(default=200, ge=10, description="Folds with fewer labelled rows are skipped.")
+    seed: int = 42
+    num_boost_round: int = Field(default=150, ge=10)
+
+
+class CalibrationSettings(Section):
+    """Past-only recalibration of q10/q90 (lineage/model/calibration.py)."""
+
+    calibration_window_bars: int = Field(
+        default=168, ge=24,
+        description="q10/q90 are recalibrated on the out-of-sample labels that became known in the last N bars.",
+    )
+    calibration_min_rows: int = Field(
+        default=200, ge=10, description="Fewer out-of-sample labels known at a fold boundary: that fold is not calibrated."
+    )
+
+
+class CoverageSettings(Section):
+    coverage_tolerance: float = Field(
+        default=0.02,
+        gt=0,
+        lt=0.5,
+        description="Allowed miscalibration of the recalibrated OOS q10/q90 coverage beyond 3 binomial "
+        "standard errors; beyond it the blocking oos_coverage check fails.",
+    )
+
+
+class CollectorVectorSettings(Section):
+    collector_feature_vectors: bool = Field(
+        default=False,
+        description="Also feed the collector's own pool_feature_vectors columns to the model, each bar only "
+        "the vector the collector had written by the bar's close (created_at), never its forward-return targets. "
+        "Without that table the columns are missing (NaN).",
+    )
+
+
+class ModelSettings(WalkForwardSettings, CalibrationSettings, CoverageSettings, CollectorVectorSettings):
+    """Walk-forward LightGBM quantile model (q10/q50/q90)."""
+
+
+class NaiveSettings(Section):
+    """The naive forecaster, the model's yardstick (lineage/model/evaluation.py)."""
+
+    naive_window_bars: int | None = Field(
+        default=168, ge=1, description="The naive forecaster's window of known labels (null = every known label)."
+    )
+    naive_min_pool_labels: int = Field(
+        default=48, ge=2, description="Fewer known labels of its own: a pool's naive forecast uses every pool's."
+    )
+
+
+class BootstrapSettings(Section):
+    """The calendar-time block bootstrap behind every interval (lineage/common/uncertainty.py)."""
+
+    bootstrap_samples: int = Field(default=1000, ge=100, description="Block-bootstrap replicates per interval.")
+    bootstrap_block_days: float = Field(
+        default=1.0, description="Block length of the calendar-time bootstrap (a day or more)."
+    )
+    bootstrap_seed: int = 0
+
+    @field_validator("bootstrap_block_days")
+    @classmethod
+    def _at_least_a_day(cls, days: float) -> float:
+        # Intraday seasonality and serial correlation must stay inside a block.
+        if not days >= 1.0:
+            raise ValueError(f"must be at least one day of calendar time, got {days} days")
+        return days
+
+
+class EvaluationSettings(NaiveSettings, BootstrapSettings):
+    """Yardsticks and intervals of the model's evidence and the research report."""
+
+    prior_configurations: int = Field(
+        default=0, ge=0, description="Strategy configurations tried on this data before this one (other thresholds, "
+        "sizes, grids): the deflated Sharpe counts them beside this run's q50 variants, so trying many makes a "
+        "good-looking Sharpe count for less.")
+
+
+class SignalSettings(Section):
+    """The signal rules (lineage/signals/rules.py); costs from the one cost model (lineage/common/costs.py)."""
+
+    swap_fee: float = Field(default=0.0025, ge=0, lt=0.1, description="DEX swap fee per side (0.25 %); the cost "
+                            "model adds constant-product impact at the intended size.")
+    variance_multiplier: float = Field(default=1.0, ge=0, description="Risk aversion: the threshold adds this "
+                                       "times the forecast's variance.")
+    base_threshold: float = Field(default=0.0, ge=0, description="Floor of the variance premium, before costs.")
+    min_prob_edge: float = Field(default=0.0, ge=0, le=0.5, description="Required |prob_up - 0.5| (0 = off).")
+    tier_cuts: tuple[float, float, float] = Field(
+        default=(0.5, 1.0, 2.0), description="enhanced_info_ratio cuts of the signal tiers D/C/B/A.")
+    allow_short: bool = Field(default=False, description="Spot DEX: no borrowing is modelled.")
+
+    @model_validator(mode="after")
+    def _ascending_tiers(self):
+        cuts = tuple(self.tier_cuts)
+        if not all(c == c and abs(c) != float("inf") for c in cuts) or not cuts[0] <= cuts[1] <= cuts[2]:
+            raise ValueError(f"tier_cuts must be three finite ascending numbers, got {self.tier_cuts!r}")
+        return self
+
+
+class SpotSignalSettings(SignalSettings):
+    """The deployed ``signals`` section: the signal rules know shorts, the backtests do not."""
+
+    @model_validator(mode="after")
+    def _spot_only(self):
+        # The backtests are spot: a short signal means "be flat". Allowing shorts would fill
+        # q50_signals with short trades (and the demo's tradeable counts) that no backtest makes.
+        if self.allow_short:
+            raise ValueError("allow_short: true is not supported: backtests are spot-only (no borrowing is "
+                             "modelled), so short signals would never be traded")
+        return self
+
+
+class CapitalSettings(Section):
+    starting_capital_usd: float = Field(default=10_000.0, gt=0, description="USD cash per pool backtest; the "
+                                        "signals' intended size is taken from it too.")
     max_reserve_fraction: float = Field(
         default=0.1, gt=0, lt=1, description="Largest single trade as a fraction of the pool's USD reserve."
     )
-    min_trade_fraction: float = Field(default=0.02, ge=0, lt=1, description="Smallest rebalance, fraction of equity.")
+
+
+class KellySettings(Section):
     kelly_fraction: float = Field(default=0.5, gt=0, le=1, description="Fractional Kelly for signal strength.")
+
+
+class FillSettings(Section):
+    """How the engines fill an order (lineage/backtest/engine.py)."""
+
+    min_trade_fraction: float = Field(default=0.02, ge=0, lt=1, description="Smallest rebalance, fraction of equity.")
     fill_latency_bars: int = Field(
         default=1, ge=1, le=24,
         description="Bars between a decision (at a bar's close) and its fill; also the model's label offset "
@@ -198,6 +280,11 @@ class BacktestSettings(_Section):
         default=0.1, gt=0, le=1,
         description="Largest trade as a share of the fill bar's USD volume; a zero-volume fill bar fills nothing "
         "(the order expires).")
+
+
+class BacktestSettings(CapitalSettings, KellySettings, FillSettings):
+    """NautilusTrader backtests per pool (lineage/backtest/); the fee is signals.swap_fee."""
+
     permutations: int = Field(default=1000, ge=1000, le=100_000,
                               description="Permutation null draws per pool (circular shifts of the Q50 positions).")
     permutation_seed: int = Field(default=7, description="Seed of the permutation null.")
@@ -212,29 +299,23 @@ class BacktestSettings(_Section):
     buy_and_hold_fraction: float = Field(default=1.0, gt=0, le=1, description="Equity share of the buy & hold baseline.")
 
     @model_validator(mode="after")
-    def _sensitivity_factors(self) -> "BacktestSettings":
+    def _sensitivity_factors(self):
         bad = [f for f in self.reserve_sensitivity if not (f > 0 and f != 1 and f < 1e3)]
         if bad:
             raise ValueError(f"reserve_sensitivity factors must be > 0, not 1 and < 1000, got {bad}")
         return self
 
 
-class RegimeDetectionSettings(_Section):
-    """The plan's regime_detection keys plus the RegimeDetector's rules (research/regimes.py)."""
+class RegimeRuleSettings(Section):
+    """The RegimeDetector's rules (lineage/regimes/rules.py)."""
 
-    use_existing_indicators: bool = Field(
-        default=True, description="Regimes from the feature stage's RSI/MACD/Bollinger (the only mode built)."
-    )
-    rsi_periods: int = Field(default=14, ge=2)
-    macd_fast: int = Field(default=12, ge=1)
-    macd_slow: int = Field(default=26, ge=2)
     vol_percentiles: tuple[float, float, float] = Field(
         default=(0.30, 0.70, 0.90), description="Past-only vol_risk percentile cuts low|medium|high|extreme."
     )
     min_history_bars: int = Field(default=48, ge=1, description="Past vol_risk values needed before a vol regime.")
     window_bars: int | None = Field(default=None, description="null = expanding history; else a rolling window.")
-    rsi_overbought: float = 70.0
-    rsi_oversold: float = 30.0
+    rsi_overbought: float = Field(default=70.0, description="With boll_pos >= 1: trending_up before MACD confirms.")
+    rsi_oversold: float = Field(default=30.0, description="With boll_pos <= 0: trending_down before MACD confirms.")
     position_multipliers: dict[str, float] = Field(
         default={"low": 1.2, "medium": 1.0, "high": 0.6, "extreme": 0.0, "unknown": 0.0},
         description="Vol regime -> position size multiplier.",
@@ -248,34 +329,25 @@ class RegimeDetectionSettings(_Section):
         description="Vol regime -> return added to the signal's threshold.",
     )
 
+
+class RegimeDetectionSettings(IndicatorSettings, RegimeRuleSettings):
+    """The plan's regime_detection keys: the indicator periods and the RegimeDetector's rules."""
+
+    use_existing_indicators: bool = Field(
+        default=True, description="Regimes from the feature stage's RSI/MACD/Bollinger (the only mode built)."
+    )
+
     @model_validator(mode="after")
-    def _fast_below_slow(self) -> "RegimeDetectionSettings":
-        if self.macd_fast >= self.macd_slow:
-            raise ValueError(
-                f"macd_fast ({self.macd_fast}) must be smaller than macd_slow ({self.macd_slow})"
-            )
+    def _existing_indicators_only(self):
         if not self.use_existing_indicators:
             raise ValueError("use_existing_indicators: false is not supported (regimes reuse the feature stage's indicators)")
-        self.regime_config()  # the detector's own validation, reported under this section
-        return self
-
-    def regime_config(self):
         from q50_assets.lineage.regimes.rules import RegimeConfig
 
-        return RegimeConfig(
-            vol_percentiles=self.vol_percentiles,
-            min_history_bars=self.min_history_bars,
-            window_bars=self.window_bars,
-            rsi_period=self.rsi_periods,
-            rsi_overbought=self.rsi_overbought,
-            rsi_oversold=self.rsi_oversold,
-            position_multipliers=self.position_multipliers,
-            momentum_multipliers=self.momentum_multipliers,
-            threshold_adjustments=self.threshold_adjustments,
-        )
+        RegimeConfig.of_section(self)  # the detector's own rules, reported under this section
+        return self
 
 
-class StrategySettings(_Section):
+class StrategySettings(Section):
     signal_source: Literal["qlib", "database"] = Field(
         default="qlib",
         description="qlib: backtest this run's signals (the q50_signals asset); database: backtest the signals "
@@ -285,7 +357,7 @@ class StrategySettings(_Section):
         description="Where signal_source: database reads q50_signals. From the environment; null means the "
         "project database (database.url).",
     )
-    regime_detection: RegimeDetectionSettings = RegimeDetectionSettings()
+    regime_detection: RegimeDetectionSettings = Field(default_factory=RegimeDetectionSettings)
 
     @model_validator(mode="after")
     def _uri_only_with_database_source(self) -> "StrategySettings":
@@ -296,13 +368,13 @@ class StrategySettings(_Section):
         return self
 
 
-class RiskManagementSettings(_Section):
-    max_position_size: float = Field(default=0.5, gt=0, le=1)
-    base_position_size: float = Field(default=0.1, gt=0, le=1)
-    use_existing_feature_vectors: bool = True
+class PositionLimits(Section):
+    max_position_size: float = Field(default=0.5, gt=0, le=1, description="Largest position, fraction of equity.")
+    base_position_size: float = Field(default=0.1, gt=0, le=1, description="Position of a signal at the "
+                                      "threshold, fraction of equity (Kelly scales it up to the maximum).")
 
     @model_validator(mode="after")
-    def _base_within_max(self) -> "RiskManagementSettings":
+    def _base_within_max(self):
         if self.base_position_size > self.max_position_size:
             raise ValueError(
                 f"base_position_size ({self.base_position_size}) exceeds "
@@ -311,38 +383,44 @@ class RiskManagementSettings(_Section):
         return self
 
 
-class NautilusTraderSettings(_Section):
+class RiskManagementSettings(PositionLimits):
+    use_existing_feature_vectors: bool = Field(
+        default=True, description="Trading history points at the collector's pool_feature_vectors row of the "
+        "deciding bar where it has one.")
+
+
+class NautilusTraderSettings(Section):
     enabled: bool = True
-    strategy_config: StrategySettings = StrategySettings()
+    strategy_config: StrategySettings = Field(default_factory=StrategySettings)
     risk_management: RiskManagementSettings = RiskManagementSettings()
     backtest: BacktestSettings = BacktestSettings()
 
 
-class NewBarsSensorSettings(_Section):
+class NewBarsSensorSettings(Section):
     interval_seconds: int = Field(default=60, ge=10, description="Minimum seconds between two ticks.")
     revision_window_bars: int = Field(
         default=3, ge=1, description="The newest N bars of each pool are re-read every tick to see revisions in place.")
     running_by_default: bool = Field(default=False, description="Start the sensor with the deployment (else: turn it on in the UI).")
 
 
-class NightlySettings(_Section):
+class NightlySettings(Section):
     hour_utc: int = Field(default=2, ge=0, le=23, description="Hour (UTC) of the nightly retrain + backtests.")
     running_by_default: bool = Field(default=False, description="Start the schedule with the deployment.")
 
 
-class ConditionsSettings(_Section):
+class ConditionsSettings(Section):
     running_by_default: bool = Field(default=True, description="Start the q50_automation sensor (the assets' "
                                      "automation conditions) with the deployment.")
     interval_seconds: int = Field(default=30, ge=10, description="Minimum seconds between two evaluations.")
 
 
-class AutomationSettings(_Section):
+class AutomationSettings(Section):
     new_bars_sensor: NewBarsSensorSettings = NewBarsSensorSettings()
     nightly: NightlySettings = NightlySettings()
     conditions: ConditionsSettings = ConditionsSettings()
 
 
-class BatchSettings(_Section):
+class BatchSettings(Section):
     pools_per_run: int = Field(default=100, ge=1, le=10_000, description="Pools per run: the per-pool assets' "
                                "backfill policy, the sensor's and the nightly's run requests, q50 demo.")
     runs_at_once: int = Field(default=2, ge=1, le=64, description="Batch runs q50 demo executes at once, each in "
@@ -350,7 +428,7 @@ class BatchSettings(_Section):
                               "into two batches per process (at most pools_per_run each).")
 
 
-class ExecutionSettings(_Section):
+class ExecutionSettings(Section):
     executor: Literal["in_process", "celery"] = Field(
         default="in_process", description="in_process: a run's steps in its own process; celery: each step a "
         "Celery task (dagster-celery), broker and result backend from Q50_CELERY_BROKER / Q50_CELERY_BACKEND.")
@@ -371,12 +449,16 @@ class Settings(BaseSettings):
     ohlcv: OhlcvSettings = OhlcvSettings()
     model: ModelSettings = ModelSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
-    signals: SignalSettings = SignalSettings()
+    signals: SpotSignalSettings = SpotSignalSettings()
     trades: TradeSettings = TradeSettings()
-    nautilus_trader: NautilusTraderSettings = NautilusTraderSettings()
+    nautilus_trader: NautilusTraderSettings = Field(default_factory=NautilusTraderSettings)
     automation: AutomationSettings = AutomationSettings()
     batches: BatchSettings = BatchSettings()
     execution: ExecutionSettings = ExecutionSettings()
+
+    @property
+    def bar_seconds(self) -> int:
+        return TIMEFRAME_SECONDS[self.timeframe]
 
     @property
     def database_url(self) -> str:

@@ -118,7 +118,7 @@ class Q50TableIOManager(ConfigurableIOManager):
     """Stores the table-shaped stages in the project's tables, a batch per transaction."""
 
     database: CollectorDatabase
-    timeframe: str = "1h"
+    timeframe: str  # the settings' timeframe
 
     def handle_output(self, context: OutputContext, obj) -> None:
         written = write_table_outputs(self.database, self.timeframe, context.asset_key.to_user_string(),

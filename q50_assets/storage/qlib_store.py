@@ -74,7 +74,7 @@ def _init_qlib(provider_dir: Path, freq: str) -> None:
 
 class QlibStore(ConfigurableResource):
     provider_dir: str = Field(description="QLib provider directory (under the data dir).")
-    timeframe: str = Field(default="1h", description="Collector timeframe stored here.")
+    timeframe: str = Field(description="Collector timeframe stored here (the settings' timeframe).")
     calendar_start: str = Field(
         default="2025-01-01T00:00:00Z",
         description="Fixed first calendar entry; bars before it are refused (indices never shift).",

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 import pandas as pd
 from dagster import (
+    ResourceParam,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
@@ -57,10 +58,12 @@ from q50_assets.lineage.portfolio.report import headline_markdown, markdown_with
 from q50_assets.storage.reports import ReportFiles
 from q50_assets.lineage.model.step import TrainedQ50Model
 from q50_assets.storage.database import CollectorDatabase
-from q50_assets.storage.lineage_config import LineageConfig
-from q50_assets.lineage.backtest.nautilus import NautilusBacktester
 from q50_assets.lineage.common.gate import Blocked
 from q50_assets.lineage.ohlcv.step import bars_or_blocked
+from q50_assets.lineage.backtest.step import BacktestStageConfig
+from q50_assets.lineage.common.uncertainty import BootstrapConfig
+from q50_assets.lineage.portfolio.portfolio import dsr_trials
+from q50_assets.settings import Settings
 
 BACKTEST_ASSET = "backtest_results"
 PORTFOLIO_ASSET = "backtest_portfolio"
@@ -106,8 +109,8 @@ class BacktestBatch:
     pictures: dict  # pool -> equity picture (PNG bytes) for pools with metrics
 
 
-def backtest_step(ohlcv: dict, signals: dict, regimes: dict, nautilus: NautilusBacktester, db: CollectorDatabase,
-                  lineage: LineageConfig, run_id: str, signal_db: CollectorDatabase | None = None,
+def backtest_step(ohlcv: dict, signals: dict, regimes: dict, db: CollectorDatabase,
+                  settings: Settings, run_id: str, signal_db: CollectorDatabase | None = None,
                   progress=None) -> BacktestBatch:
     """A batch of pools: per usable pool, the backtest stage (:func:`run_pool_stage`: every variant's
     Nautilus engines, metrics, round trips, the permutation null) at the pool's liquidity as the
@@ -116,21 +119,21 @@ def backtest_step(ohlcv: dict, signals: dict, regimes: dict, nautilus: NautilusB
 
     ``signal_db``: where ``backtest.signal_source: database`` reads the stored signals (default: ``db``).
     """
-    source = lineage.backtest.signal_source
-    available, why = nautilus_status() if nautilus.enabled else (True, "")
+    source = settings.nautilus_trader.strategy_config.signal_source
+    available, why = nautilus_status() if settings.nautilus_trader.enabled else (True, "")
     # The engines' spec imports NautilusTrader: only built when it can run.
-    config = lineage.backtest_config(nautilus) if nautilus.enabled and available else None
+    config = BacktestStageConfig.of(settings) if settings.nautilus_trader.enabled and available else None
     gates = {p: _pool_inputs_gate(p, ohlcv[p], signals.get(p), regimes.get(p)) for p in ohlcv}
     usable = [p for p, b in gates.items() if not isinstance(b, Blocked)]
-    reserves = (db.pool_reserves_many(usable, lineage.backtest.fallback_reserve_usd)
-                if usable and nautilus.enabled and available else {})
+    reserves = (db.pool_reserves_many(usable, settings.nautilus_trader.backtest.fallback_reserve_usd)
+                if usable and settings.nautilus_trader.enabled and available else {})
     out, outcomes, ignored = {}, {}, {}
     for pool_id in each(list(ohlcv), progress):
         bars = gates[pool_id]
         if isinstance(bars, Blocked):
             out[pool_id] = bars
             continue
-        if not nautilus.enabled:
+        if not settings.nautilus_trader.enabled:
             out[pool_id] = PoolBacktest(pool_id, run_id, "disabled", "nautilus_trader.enabled is false: no backtest "
                                         "ran (signals and regimes are unaffected)")
             continue
@@ -140,7 +143,7 @@ def backtest_step(ohlcv: dict, signals: dict, regimes: dict, nautilus: NautilusB
         series, ignored[pool_id] = reserves[pool_id]
         loader = None
         if source == "database":  # signals made elsewhere, stored in q50_signals of the signal database
-            loader = (signal_db or db).signal_loader(pool_id, lineage.timeframe)
+            loader = (signal_db or db).signal_loader(pool_id, settings.timeframe)
         result = run_pool_stage(pool_id, bars, signals[pool_id], regimes[pool_id], series, config, run_id,
                                 signal_loader=loader)
         if result.status == "ok":
@@ -153,18 +156,18 @@ def backtest_step(ohlcv: dict, signals: dict, regimes: dict, nautilus: NautilusB
     return BacktestBatch(out, outcomes, ignored, drawn)
 
 
-def _backtest_metadata(result: PoolBacktest, lineage: LineageConfig, rows_ignored: int, png: bytes | None) -> dict:
+def _backtest_metadata(result: PoolBacktest, settings: Settings, rows_ignored: int, png: bytes | None) -> dict:
     if result.status not in VERIFIED:
         return {"pool_id": result.pool_id, "status": result.status, "reason": result.reason}
     m = result.metrics
     perm = result.permutation
-    fallback = lineage.backtest.fallback_reserve_usd
+    fallback = settings.nautilus_trader.backtest.fallback_reserve_usd
     return {
         "pool_id": result.pool_id,
         "status": result.status,
         **({"reason": result.reason} if result.reason else {}),
         "backtest_run_id": result.backtest_run_id,
-        "signal_source": lineage.backtest.signal_source,
+        "signal_source": settings.nautilus_trader.strategy_config.signal_source,
         "oos_start": MetadataValue.text(str(result.oos_start)),
         "oos_grid_bars": len(result.bar_returns),
         **{f"{v}_total_return": MetadataValue.float(float(m.loc[v, "total_return"])) for v in m.index},
@@ -228,14 +231,14 @@ def _backtest_metadata(result: PoolBacktest, lineage: LineageConfig, rows_ignore
     name="backtest_and_trading_history",
 )
 def backtest_results(context: AssetExecutionContext, ohlcv_bars: dict, q50_signals: dict, regime_labels: dict,
-                     nautilus: NautilusBacktester, collector_db: CollectorDatabase, signal_db: CollectorDatabase,
-                     lineage: LineageConfig):
+                     collector_db: CollectorDatabase, signal_db: CollectorDatabase,
+                     settings: ResourceParam[Settings]):
     pool_ids = list(context.partition_keys)
     run_id = context.run.run_id
-    batch = backtest_step(ohlcv_bars, q50_signals, regime_labels, nautilus, collector_db, lineage, run_id,
+    batch = backtest_step(ohlcv_bars, q50_signals, regime_labels, collector_db, settings, run_id,
                           signal_db=signal_db, progress=progress_callback(context, BACKTEST_ASSET, len(pool_ids)))
     results = batch.results
-    histories = history_step(results, collector_db, lineage.backtest.use_existing_feature_vectors)
+    histories = history_step(results, collector_db, settings.nautilus_trader.risk_management.use_existing_feature_vectors)
     checks = PoolChecks(context)
     for pool_id in pool_ids:
         result = results[pool_id]
@@ -245,7 +248,7 @@ def backtest_results(context: AssetExecutionContext, ohlcv_bars: dict, q50_signa
             continue
         if result.status not in VERIFIED:
             context.log.warning(f"pool {pool_id}: {result.status}: {result.reason}")
-        add_pool_metadata(context, pool_id, _backtest_metadata(result, lineage, batch.reserve_rows_ignored.get(pool_id, 0),
+        add_pool_metadata(context, pool_id, _backtest_metadata(result, settings, batch.reserve_rows_ignored.get(pool_id, 0),
                                                                batch.pictures.get(pool_id)), BACKTEST_ASSET)
         for name, (passed, metadata) in batch.outcomes.get(pool_id, {}).items():
             checks.add(BACKTEST_ASSET, name, pool_id, passed, metadata)
@@ -287,23 +290,23 @@ def portfolio_summary(results: pd.DataFrame, variants: tuple[str, ...]) -> dict:
             "no_trade": no_trade, "markdown": portfolio_markdown(table, permutation, no_trade)}
 
 
-def report_step(results: pd.DataFrame, model: TrainedQ50Model | None, db: CollectorDatabase, lineage: LineageConfig,
+def report_step(results: pd.DataFrame, model: TrainedQ50Model | None, db: CollectorDatabase, settings: Settings,
                 files: ReportFiles):
     """The research report over the latest backtests (research/portfolio.py research_report): the
     model's evidence from the model that made the signals, the hit rate of the stored signals net
     of their expected cost (this run's signals only: signals made elsewhere carry no label), and
     the deflated Sharpe counting the configurations tried. Writes the HTML page; returns
     (report or None, facts, path or None)."""
-    trials = lineage.dsr_trials
-    bootstrap = lineage.bootstrap_config()
+    trials = dsr_trials(settings)
+    bootstrap = BootstrapConfig.of(settings)
     hit_rate = None
-    if model is not None and lineage.backtest.signal_source == "qlib" and len(results):
-        signals = db.pool_rows(q50_signals, lineage.timeframe, sorted(set(results["pool_id"])))
+    if model is not None and settings.nautilus_trader.strategy_config.signal_source == "qlib" and len(results):
+        signals = db.pool_rows(q50_signals, settings.timeframe, sorted(set(results["pool_id"])))
         labelled = labelled_signals(signals, model.result.predictions)
         if len(labelled) and labelled["label"].notna().any():
             hit_rate = net_hit_rate(labelled, cost_column="expected_cost_fraction", time_column="known_at",
-                                    bar_seconds=lineage.bar_seconds, config=bootstrap)
-    report, facts = research_report(results, trials=trials["trials"], bar_seconds=lineage.bar_seconds,
+                                    bar_seconds=settings.bar_seconds, config=bootstrap)
+    report, facts = research_report(results, trials=trials["trials"], bar_seconds=settings.bar_seconds,
                                     bootstrap=bootstrap, model=model.evidence if model is not None else None,
                                     hit_rate=hit_rate)
     facts["trials_detail"] = trials
@@ -353,13 +356,13 @@ def _report_metadata(report, facts: dict, path) -> dict:
     "page under the data dir.",
 )
 def backtest_portfolio(context: AssetExecutionContext, backtest_results: dict, q50_model: TrainedQ50Model,
-                       lineage: LineageConfig, collector_db: CollectorDatabase, report_files: ReportFiles):
+                       settings: ResourceParam[Settings], collector_db: CollectorDatabase, report_files: ReportFiles):
     frames = [frame.reset_index() for frame in backtest_results.values() if len(frame)]
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["pool_id", "variant", "total_return", "oos_start", "oos_end", "bars", "trades"])
-    summary = portfolio_summary(results, lineage.variants)
+    summary = portfolio_summary(results, BacktestStageConfig.of(settings).variants)
     table, permutation, no_trade = summary["table"], summary["permutation"], summary["no_trade"]
-    report, facts, path = report_step(results, q50_model, collector_db, lineage, report_files)
+    report, facts, path = report_step(results, q50_model, collector_db, settings, report_files)
     if path is not None:
         context.log.info(f"research report: {path}")
     yield Output(table, metadata={

@@ -38,9 +38,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pandas as pd
 
+from q50_assets.lineage.common.bar_length import BarLength
 from q50_assets.lineage.common.costs import SOURCE_FALLBACK, ReserveSeries
 from q50_assets.lineage.backtest.execution import DUST_USD
 from q50_assets.lineage.backtest.metrics import bars_per_year, grid_equity, grid_returns, returns_metrics
+from q50_assets.settings import BacktestSettings, PositionLimits, Settings, SignalSettings
 
 Q50 = "q50"
 Q50_CLOSE = "q50_close"
@@ -66,38 +68,37 @@ def variants_for(reserve_sensitivity: tuple[float, ...]) -> tuple[str, ...]:
             CASH)
 
 
-@dataclass(frozen=True)
-class BacktestStageConfig:
-    """What one pool's backtest stage needs (translated from the settings once).
-
-    spec: capital, fee, impact cap, rebalance band, bar length, fill latency, fill price and
-        volume cap of every engine (its reserves are replaced per pool).
-    base_position_size, max_position_size, kelly_fraction, variance_multiplier, base_threshold:
-        the strategy's sizing (research/sizing.py SizingParams).
-    permutations, permutation_seed: the null's draws per pool and seed.
-    reserve_sensitivity: factors applied to the assumed reserve (variants q50_reserve_x<k>).
-    timeframe: the collector's timeframe name (for the strategy's config).
-    """
-
-    spec: object = None  # research.backtest.BacktestSpec (imported lazily: Nautilus may be missing)
-    base_position_size: float = 0.1
-    max_position_size: float = 0.5
-    kelly_fraction: float = 0.5
-    variance_multiplier: float = 1.0
-    base_threshold: float = 0.0
-    buy_and_hold_fraction: float = 1.0
-    permutations: int = 1000
-    permutation_seed: int = 7
-    reserve_sensitivity: tuple[float, ...] = (0.5, 2.0)
-    timeframe: str = "1h"
+class BacktestStageConfig(BacktestSettings, PositionLimits, SignalSettings, BarLength):
+    """What one pool's backtest stage needs, each from its settings section: the engines'
+    capital, impact cap, rebalance band, fill latency, fill price and volume cap
+    (``nautilus_trader.backtest``), the fee and the strategy's threshold (``signals``), its
+    position limits (``risk_management``), the null's draws, the yardsticks and the reserve
+    sensitivity, at the configured bar length."""
 
     @property
     def bar(self) -> pd.Timedelta:
-        return pd.Timedelta(self.spec.bar_length)
+        return pd.Timedelta(seconds=self.bar_seconds)
 
     @property
     def variants(self) -> tuple[str, ...]:
         return variants_for(self.reserve_sensitivity)
+
+    def spec(self):
+        """Every engine's BacktestSpec (its reserves are set per pool). Imported here: the stage
+        records ``unavailable`` instead of failing where NautilusTrader cannot be imported."""
+        from q50_assets.lineage.backtest.engine import BacktestSpec
+
+        return BacktestSpec(starting_capital_usd=self.starting_capital_usd, taker_fee=self.swap_fee,
+                            max_reserve_fraction=self.max_reserve_fraction, min_trade_fraction=self.min_trade_fraction,
+                            bar_length=self.bar, fill_latency_bars=self.fill_latency_bars, fill_price=self.fill_price,
+                            max_volume_share=self.max_volume_share)
+
+    @classmethod
+    def of(cls, settings: Settings) -> "BacktestStageConfig":
+        nt = settings.nautilus_trader
+        return cls(**nt.backtest.model_dump(), **settings.signals.model_dump(),
+                   **nt.risk_management.model_dump(include=set(PositionLimits.model_fields)),
+                   bar_seconds=settings.bar_seconds)
 
 
 @dataclass
@@ -269,7 +270,7 @@ def run_pool_stage(pool_id: str, bars: pd.DataFrame, signals: pd.DataFrame, regi
     inputs = Q50Inputs(signals=loader, regimes=detector, base_position_size=config.base_position_size,
                        max_position_size=config.max_position_size, kelly_fraction=config.kelly_fraction,
                        variance_multiplier=config.variance_multiplier, base_threshold=config.base_threshold)
-    spec = replace(config.spec, reserves=reserves, reserve_usd=None)
+    spec = replace(config.spec(), reserves=reserves, reserve_usd=None)
     bar_index = pd.DatetimeIndex(bars.index)
     bar_index = bar_index.tz_localize("UTC") if bar_index.tz is None else bar_index.tz_convert("UTC")
     oos_open = pd.Timestamp(min(loader.open_ns), tz="UTC")
@@ -328,7 +329,7 @@ def run_pool_stage(pool_id: str, bars: pd.DataFrame, signals: pd.DataFrame, regi
         if name == CASH:
             m.update(trades=0, fees_paid=0.0, impact_paid=0.0, turnover=0.0, orders_expired=0, round_trips=0,
                      win_rate=float("nan"), mean_holding_bars=float("nan"),
-                     final_equity=float(config.spec.starting_capital_usd))
+                     final_equity=float(config.starting_capital_usd))
         else:
             outcome = outcomes[name]
             mean_equity = float(grid_equity(outcome.equity["equity"], grid).mean())

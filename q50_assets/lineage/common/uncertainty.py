@@ -47,28 +47,28 @@ from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
+
+from q50_assets.settings import BootstrapSettings, Settings
 
 ONE_DAY = pd.Timedelta(days=1)
 EULER_GAMMA = 0.5772156649015329
 _NORMAL = NormalDist()
 
 
-@dataclass(frozen=True)
-class BootstrapConfig:
-    """Moving-block bootstrap in calendar time (module docstring)."""
+class BootstrapConfig(BootstrapSettings):
+    """Moving-block bootstrap in calendar time (module docstring): the settings' bootstrap keys."""
 
-    samples: int = 1000
-    block: pd.Timedelta = ONE_DAY  # at least a day: intraday seasonality and serial correlation stay in a block
-    confidence: float = 0.95
-    seed: int = 0
+    confidence: float = Field(default=0.95, gt=0.5, lt=1, description="Interval's coverage.")
 
-    def __post_init__(self) -> None:
-        if self.samples < 100:
-            raise ValueError(f"samples must be >= 100 for a percentile interval, got {self.samples}")
-        if pd.Timedelta(self.block) < ONE_DAY:
-            raise ValueError(f"block must be at least one day of calendar time, got {self.block}")
-        if not 0.5 < self.confidence < 1:
-            raise ValueError(f"confidence must be in (0.5, 1), got {self.confidence}")
+    @property
+    def block(self) -> pd.Timedelta:
+        """At least a day: intraday seasonality and serial correlation stay in a block."""
+        return pd.Timedelta(days=self.bootstrap_block_days)
+
+    @classmethod
+    def of(cls, settings: Settings) -> "BootstrapConfig":
+        return cls(**settings.evaluation.model_dump(include=set(BootstrapSettings.model_fields)))
 
 
 def _utc_times(times) -> pd.DatetimeIndex:
@@ -155,7 +155,7 @@ def block_bootstrap(sums: Mapping[str, np.ndarray], statistic: Callable[[Mapping
     if n < 2 * block_bins:
         nan = np.full(estimate.shape, np.nan)
         return Interval(estimate, nan, nan.copy(), np.empty((0, *estimate.shape)))
-    counts = block_counts(n, block_bins, config.samples, np.random.default_rng(config.seed))
+    counts = block_counts(n, block_bins, config.bootstrap_samples, np.random.default_rng(config.bootstrap_seed))
     resampled = {k: np.tensordot(counts, a, axes=(1, 0)) for k, a in arrays.items()}
     with np.errstate(divide="ignore", invalid="ignore"):
         reps = np.asarray(statistic(resampled), dtype=np.float64)

@@ -8,7 +8,7 @@ store first (flow features read them).
 """
 
 import pandas as pd
-from dagster import AssetExecutionContext, AssetKey, MetadataValue, Output, asset
+from dagster import ResourceParam, AssetExecutionContext, AssetKey, MetadataValue, Output, asset
 
 from q50_assets.lineage.common.batch import (
     PoolChecks,
@@ -22,7 +22,6 @@ from q50_assets.lineage.trades.asset import TRADES_ASSET
 from q50_assets.lineage.ohlcv.rules import ValidatedBars
 from q50_assets.lineage.features.formulas import collector_feature_fields
 from q50_assets.storage.database import CollectorDatabase
-from q50_assets.storage.lineage_config import LineageConfig
 from q50_assets.storage.qlib_store import QlibStore, instrument_name
 from q50_assets.lineage.features.step import (
     STAGE,
@@ -35,12 +34,14 @@ from q50_assets.lineage.features.step import (
 )
 from q50_assets.lineage.common.gate import Blocked
 from q50_assets.lineage.ohlcv.step import bars_or_blocked
+from q50_assets.lineage.features.step import FeatureConfig
+from q50_assets.settings import Settings
 
 FEATURES_ASSET = STAGE
 
 
 def features_step(validated: dict[str, ValidatedBars], store: QlibStore, db: CollectorDatabase,
-                  lineage: LineageConfig, progress=None
+                  settings: Settings, progress=None
                   ) -> tuple[dict[str, pd.DataFrame | Blocked], dict[str, FeatureChecks], dict[str, int],
                              dict[str, int]]:
     """A batch of pools: safe pools' grids written to the store (with the collector's own vectors
@@ -48,7 +49,7 @@ def features_step(validated: dict[str, ValidatedBars], store: QlibStore, db: Col
     it, one ``D.features`` call, per-pool frames checked; the vectors of pools passing both checks
     written in one transaction. Returns (frame or Blocked per pool, check outcomes, stale vectors
     per pool, collector vectors read per pool: -1 when the setting is off)."""
-    config = lineage.feature_config()
+    config = FeatureConfig.of(settings)
     bars = {p: bars_or_blocked(v) for p, v in validated.items()}
     safe = {p: b for p, b in bars.items() if not isinstance(b, Blocked)}
     out: dict[str, pd.DataFrame | Blocked] = {p: b for p, b in bars.items() if isinstance(b, Blocked)}
@@ -60,7 +61,7 @@ def features_step(validated: dict[str, ValidatedBars], store: QlibStore, db: Col
     if safe:
         grids = pool_grids(safe, config)
         store.write_pools(grids)
-        if config.collector_features:
+        if config.collector_feature_vectors:
             fields = collector_feature_fields()
             for pool_id, grid in grids.items():
                 vectors = db.collector_feature_vectors(pool_id)
@@ -80,7 +81,7 @@ def features_step(validated: dict[str, ValidatedBars], store: QlibStore, db: Col
             out[p] = Blocked(p, STAGE, f"checks failed: {', '.join(checks[p].failures())}")
         store.remove_pools(failed)
         real = {p: f[~f["is_filled"]] for p, f in passed.items()}
-        written = db.upsert_feature_vectors_many(lineage.timeframe, config.version, real, config.columns)
+        written = db.upsert_feature_vectors_many(settings.timeframe, config.version, real, config.columns)
         for p, frame in passed.items():
             frame["feature_vector_id"], stale[p] = written[p]
             out[p] = frame
@@ -112,11 +113,11 @@ def features_step(validated: dict[str, ValidatedBars], store: QlibStore, db: Col
     "out of the store).",
 )
 def qlib_features(context: AssetExecutionContext, ohlcv_bars: dict, collector_db: CollectorDatabase,
-                  qlib_store: QlibStore, lineage: LineageConfig):
+                  qlib_store: QlibStore, settings: ResourceParam[Settings]):
     pool_ids = list(context.partition_keys)
     frames, outcomes, stale, vectors_read = features_step(
-        ohlcv_bars, qlib_store, collector_db, lineage, progress_callback(context, FEATURES_ASSET, len(pool_ids)))
-    config = lineage.feature_config()
+        ohlcv_bars, qlib_store, collector_db, settings, progress_callback(context, FEATURES_ASSET, len(pool_ids)))
+    config = FeatureConfig.of(settings)
     checks = PoolChecks(context)
     for pool_id in pool_ids:
         frame, outcome = frames[pool_id], outcomes.get(pool_id)

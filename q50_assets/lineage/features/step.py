@@ -2,7 +2,7 @@
 from QLib's expression engine (one ``D.features`` call per batch of pools), one frame per pool.
 The trades stage has written the pools' trade fields into the same store first (flow features
 read them); the collector's own feature vectors are stored here as of each bar's close when
-``collector_features`` is on.
+``collector_feature_vectors`` is on.
 
 Formulas live in :mod:`q50_assets.lineage.features.formulas`; the store is passed in (the QLib door,
 :class:`q50_assets.storage.qlib_store.QlibStore`).
@@ -17,6 +17,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
+from q50_assets.lineage.common.bar_length import BarLength
 from q50_assets.lineage.features.formulas import (
     asof_collector_features,
     feature_expressions,
@@ -26,25 +27,27 @@ from q50_assets.lineage.features.formulas import (
     to_bar_grid,
     warmup_bars,
 )
+from q50_assets.settings import CollectorVectorSettings, IndicatorSettings, Settings, TradeSettings
 
 STAGE = "qlib_features"
 # Columns a feature frame has besides the features themselves.
 FRAME_COLUMNS = ("close", "is_filled", "is_warmup", "known_at")
 
 
-@dataclass(frozen=True)
-class FeatureConfig:
-    bar_seconds: int = 3600
-    rsi_periods: int = 14
-    macd_fast: int = 12
-    macd_slow: int = 26
-    flow_features: bool = False  # trade-flow features (the trades stage's fields)
-    collector_features: bool = False  # the collector's own feature vectors (cfv_* fields)
+class FeatureConfig(IndicatorSettings, CollectorVectorSettings, TradeSettings, BarLength):
+    """The feature set: the indicator periods, the trades' flow switch and the collector's own
+    vectors switch from their settings sections, at the configured bar length."""
+
+    @classmethod
+    def of(cls, settings: Settings) -> "FeatureConfig":
+        return cls(**settings.nautilus_trader.strategy_config.regime_detection.model_dump(include=set(IndicatorSettings.model_fields)),
+                   collector_feature_vectors=settings.model.collector_feature_vectors,
+                   **settings.trades.model_dump(), bar_seconds=settings.bar_seconds)
 
     @cached_property
     def expressions(self) -> dict[str, str]:
         return feature_expressions(self.rsi_periods, self.macd_fast, self.macd_slow,
-                                   flow_features=self.flow_features, collector_features=self.collector_features)
+                                   flow_features=self.flow_features, collector_features=self.collector_feature_vectors)
 
     @property
     def warmup(self) -> int:

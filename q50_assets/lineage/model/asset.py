@@ -14,6 +14,7 @@ import time
 
 import pandas as pd
 from dagster import (
+    ResourceParam,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
@@ -27,7 +28,6 @@ from dagster import (
 from q50_assets.lineage.features.asset import FEATURES_ASSET
 from q50_assets.lineage.model.evaluation import ModelEvidence
 from q50_assets.lineage.portfolio.report import reliability_png, skill_display
-from q50_assets.storage.lineage_config import LineageConfig
 from q50_assets.storage.qlib_store import QlibStore
 from q50_assets.lineage.model.step import (
     STAGE,
@@ -39,6 +39,8 @@ from q50_assets.lineage.model.step import (
     train,
     unordered_predictions,
 )
+from q50_assets.lineage.model.step import ModelConfig
+from q50_assets.settings import Settings
 
 MODEL_ASSET = STAGE
 
@@ -103,10 +105,10 @@ def evidence_metadata(evidence: ModelEvidence) -> dict:
     return meta
 
 
-def model_step(store: QlibStore, lineage: LineageConfig, run_id: str) -> TrainedQ50Model:
+def model_step(store: QlibStore, settings: Settings, run_id: str) -> TrainedQ50Model:
     """Train on every pool in the store (the pools the feature stage let through), recalibration
     included, and weigh the out-of-sample evidence (``trained.evidence``, None without labels)."""
-    config = lineage.training_config()
+    config = ModelConfig.of(settings)
     trained, labels = train(store, config, run_id)
     started = time.perf_counter()
     trained.evidence = evidence(trained, labels, config)
@@ -142,14 +144,14 @@ def model_step(store: QlibStore, lineage: LineageConfig, run_id: str) -> Trained
     "predictions per pool and bar. Metadata: pinball skill over a naive forecaster with intervals, rank IC, "
     "coverage before/after recalibration, reliability picture, per-fold table.",
 )
-def q50_model(context: AssetExecutionContext, qlib_store: QlibStore, lineage: LineageConfig):
-    trained = model_step(qlib_store, lineage, context.run.run_id)
+def q50_model(context: AssetExecutionContext, qlib_store: QlibStore, settings: ResourceParam[Settings]):
+    trained = model_step(qlib_store, settings, context.run.run_id)
     result, live = trained.result, trained.live
     preds = result.predictions
     bad_rows = unordered_predictions(preds)
     ordered = not bool(bad_rows.any())
     summary = oos_summary(result)
-    coverage = coverage_check(summary, lineage.model.coverage_tolerance,
+    coverage = coverage_check(summary, settings.model.coverage_tolerance,
                               nothing_predicted=len(preds) == 0 and live is None)
     fitted_folds = result.folds[~result.folds["skipped"]]
     failed = [name for name, ok in (("quantiles_ordered", ordered), ("oos_coverage", coverage.passed)) if not ok]

@@ -39,6 +39,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from q50_assets.lineage.common.bar_length import BarLength
+from q50_assets.settings import CalibrationSettings, Settings
+
 LOWER, UPPER = 0.1, 0.9
 
 CALIBRATION_TABLE_COLUMNS = (
@@ -47,17 +50,14 @@ CALIBRATION_TABLE_COLUMNS = (
 )
 
 
-@dataclass(frozen=True)
-class CalibrationConfig:
-    window_bars: int = 168      # evidence = labels that became known in the last 7 days of bars
-    min_rows: int = 200         # fewer evidence rows: no offsets
-    bar_seconds: int = 3600
+class CalibrationConfig(CalibrationSettings, BarLength):
+    """The recalibration: the settings' calibration keys at the configured bar length. At least
+    10 rows (a 10 % quantile of fewer rows is meaningless) and 24 bars are the settings' bounds."""
 
-    def __post_init__(self) -> None:
-        if self.window_bars < 1:
-            raise ValueError(f"window_bars must be >= 1, got {self.window_bars}")
-        if self.min_rows < 10:
-            raise ValueError(f"min_rows must be >= 10 (a 10 % quantile of fewer rows is meaningless), got {self.min_rows}")
+    @classmethod
+    def of(cls, settings: Settings) -> "CalibrationConfig":
+        return cls(**settings.model.model_dump(include=set(CalibrationSettings.model_fields)),
+                   bar_seconds=settings.bar_seconds)
 
 
 @dataclass(frozen=True)
@@ -99,13 +99,13 @@ def calibration_evidence(predictions: pd.DataFrame, label_known_at: pd.Series, a
     known = pd.DatetimeIndex(label_known_at.reindex(predictions.index))
     if known.tz is None:
         raise ValueError("label_known_at must be tz-aware (UTC)")
-    start = at - config.window_bars * pd.Timedelta(seconds=config.bar_seconds)
+    start = at - config.calibration_window_bars * pd.Timedelta(seconds=config.bar_seconds)
     label = predictions["label"].to_numpy(dtype=np.float64)
     eligible = np.isfinite(label) & np.asarray(known <= at)
     mask = eligible & np.asarray(known > start)
-    if mask.sum() < config.min_rows:
+    if mask.sum() < config.calibration_min_rows:
         rows = np.flatnonzero(eligible)
-        newest = rows[np.argsort(known.asi8[rows], kind="stable")][-config.min_rows:]
+        newest = rows[np.argsort(known.asi8[rows], kind="stable")][-config.calibration_min_rows:]
         mask = np.zeros(len(predictions), dtype=bool)
         mask[newest] = True
     return predictions[mask].assign(label_known_at=known[mask])
@@ -120,7 +120,7 @@ def fit_offsets(evidence: pd.DataFrame, at: pd.Timestamp, config: CalibrationCon
     has fewer than ``min_rows`` rows."""
     y = evidence["label"].to_numpy(dtype=np.float64)
     n = len(y)
-    if n < config.min_rows:
+    if n < config.calibration_min_rows:
         return None
     lower = y - _raw(evidence, "q10")
     upper = y - _raw(evidence, "q90")

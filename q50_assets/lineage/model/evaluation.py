@@ -41,7 +41,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from q50_assets.lineage.common.bar_length import BarLength
 from q50_assets.lineage.common.uncertainty import BootstrapConfig, bin_sums, block_bootstrap, time_bins
+from q50_assets.settings import NaiveSettings, Settings
 
 QUANTILES: tuple[float, ...] = (0.1, 0.5, 0.9)
 QUANTILE_COLUMNS = ("q10", "q50", "q90")
@@ -49,19 +51,15 @@ NAIVE_COLUMNS = tuple(f"naive_{c}" for c in QUANTILE_COLUMNS)
 RELIABILITY_LEVELS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 
-@dataclass(frozen=True)
-class NaiveConfig:
-    min_pool_labels: int = 48          # two days of hourly labels before a pool's own history is used
-    # The last 7 days of known labels: on the bundled sample a stronger yardstick than every
-    # known label (expanding), so the skill it leaves to the model is the more conservative.
-    window_bars: int | None = 168
-    bar_seconds: int = 3600
+class NaiveConfig(NaiveSettings, BarLength):
+    """The naive forecaster: the settings' naive keys at the configured bar length. On the bundled
+    sample the 7-day window is a stronger yardstick than every known label (expanding), so the
+    skill it leaves to the model is the more conservative."""
 
-    def __post_init__(self) -> None:
-        if self.min_pool_labels < 2:
-            raise ValueError(f"min_pool_labels must be >= 2, got {self.min_pool_labels}")
-        if self.window_bars is not None and self.window_bars < 1:
-            raise ValueError(f"window_bars must be >= 1 or None, got {self.window_bars}")
+    @classmethod
+    def of(cls, settings: Settings) -> "NaiveConfig":
+        return cls(**settings.evaluation.model_dump(include=set(NaiveSettings.model_fields)),
+                   bar_seconds=settings.bar_seconds)
 
 
 class _SlidingQuantiles:
@@ -122,7 +120,7 @@ def naive_quantiles(predictions: pd.DataFrame, labels: pd.DataFrame, config: Nai
     for col in ("label", "label_known_at"):
         if col not in labels.columns:
             raise KeyError(f"labels lack column {col!r}")
-    window = None if config.window_bars is None else np.timedelta64(config.window_bars * config.bar_seconds, "s")
+    window = None if config.naive_window_bars is None else np.timedelta64(config.naive_window_bars * config.bar_seconds, "s")
 
     known = labels[np.isfinite(labels["label"].to_numpy(dtype=np.float64))]
     known_at = pd.DatetimeIndex(known["label_known_at"])
@@ -147,18 +145,18 @@ def naive_quantiles(predictions: pd.DataFrame, labels: pd.DataFrame, config: Nai
         mine = np.flatnonzero(known_pools == pool)
         mine = mine[np.argsort(known_ns[mine], kind="stable")]
         q, n = _sweep(known_ns[mine], known["label"].to_numpy()[mine], query_ns[order], window_ns, QUANTILES,
-                      config.min_pool_labels)
+                      config.naive_min_pool_labels)
         out[order], history[order] = q, n
-        source[order[n >= config.min_pool_labels]] = "pool"
+        source[order[n >= config.naive_min_pool_labels]] = "pool"
 
     young = np.flatnonzero(source == "none")
     if len(young):
         order_all = np.argsort(known_ns, kind="stable")
         times, first = np.unique(query_ns[young], return_inverse=True)
         q, n = _sweep(known_ns[order_all], known["label"].to_numpy()[order_all], times, window_ns, QUANTILES,
-                      config.min_pool_labels)
+                      config.naive_min_pool_labels)
         out[young], history[young] = q[first], n[first]
-        source[young[n[first] >= config.min_pool_labels]] = "pooled"
+        source[young[n[first] >= config.naive_min_pool_labels]] = "pooled"
     frame = pd.DataFrame(out, index=predictions.index, columns=list(NAIVE_COLUMNS))
     frame["naive_source"] = source
     frame["naive_history"] = history

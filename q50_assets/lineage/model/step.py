@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from pydantic import ConfigDict
+
+from q50_assets.settings import CoverageSettings, Settings
 from q50_assets.lineage.model.calibration import CalibrationConfig
 from q50_assets.lineage.model.evaluation import ModelEvidence, NaiveConfig, model_evidence
 from q50_assets.lineage.features.formulas import may_be_missing
@@ -39,14 +42,24 @@ from q50_assets.lineage.features.step import FeatureConfig
 STAGE = "q50_model"
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    walk_forward: WalkForwardConfig  # its label_offset_bars is the backtest's fill latency
+class ModelConfig(CoverageSettings):
+    """Everything the model stage reads: the walk-forward (whose label_offset_bars is the
+    backtest's fill latency), the feature set, the recalibration, the naive yardstick and the
+    bootstrap of its evidence; each built from its own settings keys."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    walk_forward: WalkForwardConfig
     features: FeatureConfig
-    coverage_tolerance: float = 0.02
-    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
-    naive: NaiveConfig = field(default_factory=NaiveConfig)
-    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    calibration: CalibrationConfig = CalibrationConfig()
+    naive: NaiveConfig = NaiveConfig()
+    bootstrap: BootstrapConfig = BootstrapConfig()
+
+    @classmethod
+    def of(cls, settings: Settings) -> "ModelConfig":
+        return cls(walk_forward=WalkForwardConfig.of(settings), features=FeatureConfig.of(settings),
+                   coverage_tolerance=settings.model.coverage_tolerance, calibration=CalibrationConfig.of(settings),
+                   naive=NaiveConfig.of(settings), bootstrap=BootstrapConfig.of(settings))
 
 
 class ModelBlockedError(RuntimeError):

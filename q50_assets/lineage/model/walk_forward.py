@@ -43,7 +43,10 @@ from dataclasses import dataclass, replace
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
+from q50_assets.lineage.common.bar_length import BarLength
+from q50_assets.settings import Settings, WalkForwardSettings
 from q50_assets.lineage.model.calibration import CalibrationConfig, QuantileOffsets, calibrate_folds, calibration_evidence, fit_offsets
 
 QUANTILES: tuple[float, ...] = (0.1, 0.5, 0.9)
@@ -61,16 +64,12 @@ FOLD_COLUMNS = (
 CALIBRATED_PREDICTION_COLUMNS = (*PREDICTION_COLUMNS, "q10_raw", "q90_raw", "label_known_at")
 
 
-@dataclass(frozen=True)
-class WalkForwardConfig:
-    horizon_bars: int = 1
-    label_offset_bars: int = 0        # L of make_labels: the label starts L bars after the bar's close
-    bar_seconds: int = 3600
-    initial_train_bars: int = 240     # calendar bars from the first prediction time to T_0
-    retrain_every_bars: int = 24      # fold cadence: a new model every N bars of calendar time
-    min_train_rows: int = 200         # a fold with fewer labelled training rows is skipped
-    seed: int = 42
-    num_boost_round: int = 150
+class WalkForwardConfig(WalkForwardSettings, BarLength):
+    """The walk-forward: the settings' model schedule at the configured bar length, the label's
+    offset (the backtest's fill latency) and LightGBM's tree parameters."""
+
+    label_offset_bars: int = Field(default=0, ge=0, description="L of make_labels: the label starts L bars after "
+                                   "the bar's close (the settings' fill_latency_bars).")
     learning_rate: float = 0.05
     num_leaves: int = 15
     min_data_in_leaf: int = 40
@@ -78,6 +77,12 @@ class WalkForwardConfig:
     # 63 histogram bins instead of LightGBM's 255: ~20% faster per fit and ample resolution for
     # noisy hourly-return features. Bins are always built from the fold's training rows only.
     max_bin: int = 63
+
+    @classmethod
+    def of(cls, settings: Settings) -> "WalkForwardConfig":
+        return cls(**settings.model.model_dump(include=set(WalkForwardSettings.model_fields)),
+                   bar_seconds=settings.bar_seconds,
+                   label_offset_bars=settings.nautilus_trader.backtest.fill_latency_bars)
 
 
 @dataclass

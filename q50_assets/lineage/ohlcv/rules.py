@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from q50_assets.lineage.common.bar_length import BarLength
+from q50_assets.settings import TIMEFRAME_SECONDS, OhlcvSettings, Settings  # noqa: F401  (TIMEFRAME_SECONDS re-exported)
 
-TIMEFRAME_SECONDS = {"1m": 60, "5m": 300, "15m": 900, "1h": 3600, "4h": 14400, "12h": 43200, "1d": 86400}
 
 # Columns as read from ohlcv_data (collector names).
 RAW_COLUMNS = [
@@ -42,20 +43,12 @@ BAR_COLUMNS = ["open", "high", "low", "close", "volume", "ohlcv_id"]
 MAX_LISTED_BARS = 20
 
 
-@dataclass(frozen=True)
-class BarRules:
-    """Thresholds of the OHLCV checks (from settings.ohlcv)."""
+class BarRules(OhlcvSettings, BarLength):
+    """Thresholds of the OHLCV checks: the settings' ``ohlcv`` section at the configured bar length."""
 
-    timeframe: str = "1h"
-    min_bars: int = 48
-    stored_price_decimals: int = 8
-    min_price_significant_digits: int = 2
-    max_gap_bars: int = 24
-    extreme_move_ratio: float = 20.0
-
-    @property
-    def bar_seconds(self) -> int:
-        return TIMEFRAME_SECONDS[self.timeframe]
+    @classmethod
+    def of(cls, settings: Settings) -> "BarRules":
+        return cls(**settings.ohlcv.model_dump(), bar_seconds=settings.bar_seconds)
 
 
 @dataclass(frozen=True)

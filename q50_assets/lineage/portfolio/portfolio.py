@@ -247,3 +247,13 @@ def research_report(results: pd.DataFrame, *, trials: int, bar_seconds: int, boo
 
 __all__ = ["MIN_PERMUTATIONS", "labelled_signals", "research_report", "stored_evidence", "comparable_baselines", "no_trade_summary", "permutation_summary",
            "portfolio_markdown", "portfolio_table", "traded_pools"]
+
+
+def dsr_trials(settings) -> dict[str, int]:
+    """Configurations tried, for the deflated Sharpe: this run's q50 variants (latency and close
+    fills, each reserve assumption) plus those tried before (evaluation.prior_configurations)."""
+    from q50_assets.lineage.backtest.step import variants_for
+
+    q50_variants = sum(v.startswith("q50") for v in variants_for(tuple(settings.nautilus_trader.backtest.reserve_sensitivity)))
+    prior = settings.evaluation.prior_configurations
+    return {"q50_variants_this_run": q50_variants, "prior_configurations": prior, "trials": q50_variants + prior}

@@ -362,7 +362,7 @@ def render_report(inputs: ReportInputs) -> Report:
         blocks.append(_Block("p", inputs.intro))
     blocks.append(_Block("p", f"{pools} pools, out of sample, after every cost. Intervals: 95 % moving-block "
                               f"bootstrap in calendar time (blocks of {_duration(inputs.bootstrap.block)}, pools resampled "
-                              f"together, {inputs.bootstrap.samples:,} replicates)."))
+                              f"together, {inputs.bootstrap.bootstrap_samples:,} replicates)."))
     blocks.append(_Block("h2", "Headline"))
     blocks.append(_Block("table", table=headline_display(headline)))
     excluded = headline.xs(headline.index.get_level_values("sample")[-1], level="sample")["excluded"]

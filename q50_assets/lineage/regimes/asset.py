@@ -6,7 +6,7 @@ Glue only: the stage is :mod:`q50_assets.lineage.regimes.step`, the rules :mod:`
 """
 
 import pandas as pd
-from dagster import AssetExecutionContext, MetadataValue, Output, asset
+from dagster import ResourceParam, AssetExecutionContext, MetadataValue, Output, asset
 
 from q50_assets.lineage.common.batch import (
     PoolChecks,
@@ -17,20 +17,21 @@ from q50_assets.lineage.common.batch import (
     progress_callback,
 )
 from q50_assets.lineage.common.partitions import pool_partitions
-from q50_assets.storage.lineage_config import LineageConfig
 from q50_assets.lineage.common.gate import Blocked
 from q50_assets.lineage.regimes.step import STAGE, check_regimes, pool_regimes
+from q50_assets.lineage.regimes.rules import RegimeConfig
+from q50_assets.settings import Settings
 
 REGIMES_ASSET = STAGE
 VOL_REGIMES = ("low", "medium", "high", "extreme", "unknown")
 
 
-def regimes_step(features: dict, lineage: LineageConfig, progress=None
+def regimes_step(features: dict, settings: Settings, progress=None
                  ) -> tuple[dict[str, pd.DataFrame | Blocked], dict[str, dict]]:
     """A batch of pools' regimes; a pool failing a rule is blocked (its rows never reach the
     table). Returns (regimes or Blocked per pool, offending rows per rule per computed pool)."""
-    config = lineage.regime_config()
-    bar = pd.Timedelta(seconds=lineage.bar_seconds)
+    config = RegimeConfig.of(settings)
+    bar = pd.Timedelta(seconds=settings.bar_seconds)
     out, outcomes = {}, {}
     for pool_id, frame in each(features.items(), progress):
         if isinstance(frame, Blocked):
@@ -60,9 +61,9 @@ def regimes_step(features: dict, lineage: LineageConfig, progress=None
     "30/70/90), momentum regime (RSI, MACD, Bollinger), position multiplier and threshold adjustment "
     "from config; stored in q50_regime_labels.",
 )
-def regime_labels(context: AssetExecutionContext, qlib_features: dict, lineage: LineageConfig):
+def regime_labels(context: AssetExecutionContext, qlib_features: dict, settings: ResourceParam[Settings]):
     pool_ids = list(context.partition_keys)
-    regimes, outcomes = regimes_step(qlib_features, lineage, progress_callback(context, REGIMES_ASSET, len(pool_ids)))
+    regimes, outcomes = regimes_step(qlib_features, settings, progress_callback(context, REGIMES_ASSET, len(pool_ids)))
     checks = PoolChecks(context)
     for pool_id in pool_ids:
         value = regimes[pool_id]

@@ -46,6 +46,9 @@ from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
+from pydantic import ConfigDict, model_validator
+
+from q50_assets.settings import IndicatorSettings, RegimeDetectionSettings, RegimeRuleSettings, Settings
 
 UNKNOWN = "unknown"
 VOL_REGIMES = ("low", "medium", "high", "extreme", UNKNOWN)
@@ -122,36 +125,27 @@ def _check_int(name: str, value, minimum: int) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-@dataclass(frozen=True)
-class RegimeConfig:
-    """Parameters of :func:`detect_regimes` (rules in :data:`REGIME_COLUMNS`).
+class RegimeConfig(RegimeRuleSettings, IndicatorSettings):
+    """Parameters of :func:`detect_regimes` (rules in :data:`REGIME_COLUMNS`): the settings'
+    ``regime_detection`` keys (rsi_periods selects the feature column ``rsi_<n>``).
 
     The three mappings are stored as read-only copies; each must name every regime of its kind
-    (a typo or a forgotten regime is an error, not a silent default).
+    (a typo or a forgotten regime is an error, not a silent default). Extreme volatility: no new
+    risk (tails dominate, the model's variance understates them); high +0.2 %, extreme +0.5 % on
+    the threshold (about one more round trip of DEX fees): slippage and impact grow with
+    volatility beyond the flat cost in the threshold; trending_down halves size (the spot
+    strategy is long only); unknown: no new risk without a regime.
     """
 
-    vol_percentiles: tuple[float, float, float] = (0.30, 0.70, 0.90)  # cuts low|medium|high|extreme
-    min_history_bars: int = 48  # valid past vol_risk values (incl. t) needed; fewer -> vol 'unknown'
-    window_bars: int | None = None  # None = expanding history; else the last window_bars rows (incl. t)
-    rsi_period: int = 14  # selects the feature column f"rsi_{rsi_period}"
-    rsi_overbought: float = 70.0  # with boll_pos >= 1: trending_up even before MACD confirms
-    rsi_oversold: float = 30.0  # with boll_pos <= 0: trending_down even before MACD confirms
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
     # |macd_hist| (fraction of price) a trend needs. 0 = its sign only: a fixed size would mean
     # "always trending" in a volatile pool and "never" in a quiet one; RSI and Bollinger
     # position are the confirmations that filter noise instead.
     trend_macd_min: float = 0.0
-    # Vol regime -> size multiplier. Extreme: no new risk (tails dominate, the model's 6-bar
-    # variance understates them); unknown: no new risk without a regime.
-    position_multipliers: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_POSITION_MULTIPLIERS))
-    # Vol regime -> return added to the signal threshold. High +0.2 %, extreme +0.5 % (about one
-    # more round trip of DEX fees): DEX slippage and price impact grow with volatility beyond the
-    # flat cost already in the threshold. Unknown: 0, its multiplier of 0 already blocks.
-    threshold_adjustments: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLD_ADJUSTMENTS))
-    # Momentum regime -> size multiplier. trending_down halves size (the spot strategy is long
-    # only, so a downtrend is against it); unknown: no new risk.
-    momentum_multipliers: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_MOMENTUM_MULTIPLIERS))
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _valid_rules(self):
         cuts = tuple(self.vol_percentiles)
         if (
             len(cuts) != 3
@@ -171,7 +165,7 @@ class RegimeConfig:
                     f"window_bars ({self.window_bars}) < min_history_bars ({self.min_history_bars}): "
                     "no row could ever have enough history"
                 )
-        _check_int("rsi_period", self.rsi_period, 1)
+        _check_int("rsi_periods", self.rsi_periods, 1)
         for name in ("rsi_overbought", "rsi_oversold", "trend_macd_min"):
             value = getattr(self, name)
             if not _is_number(value) or not np.isfinite(value):
@@ -188,10 +182,21 @@ class RegimeConfig:
             ("momentum_multipliers", MOMENTUM_REGIMES),
         ):
             object.__setattr__(self, name, _frozen_mapping(name, getattr(self, name), keys))
+        return self
+
+    @classmethod
+    def of(cls, settings: Settings) -> "RegimeConfig":
+        return cls.of_section(settings.nautilus_trader.strategy_config.regime_detection)
+
+    @classmethod
+    def of_section(cls, section: RegimeDetectionSettings) -> "RegimeConfig":
+        """The plan's ``regime_detection`` section as the detector's config."""
+        fields = set(RegimeRuleSettings.model_fields) | set(IndicatorSettings.model_fields)
+        return cls(**section.model_dump(include=fields))
 
     @property
     def rsi_column(self) -> str:
-        return f"rsi_{self.rsi_period}"
+        return f"rsi_{self.rsi_periods}"
 
     def required_columns(self) -> tuple[str, ...]:
         return ("vol_risk", self.rsi_column, "macd", "macd_signal", "macd_hist", "boll_pos", "known_at")

@@ -7,7 +7,7 @@ Glue only: the stage is :mod:`q50_assets.lineage.signals.step`, every formula
 """
 
 import pandas as pd
-from dagster import AssetExecutionContext, MetadataValue, Output, asset
+from dagster import ResourceParam, AssetExecutionContext, MetadataValue, Output, asset
 
 from q50_assets.lineage.common.batch import (
     PoolChecks,
@@ -18,25 +18,26 @@ from q50_assets.lineage.common.batch import (
 )
 from q50_assets.lineage.common.partitions import pool_partitions
 from q50_assets.storage.database import CollectorDatabase
-from q50_assets.storage.lineage_config import LineageConfig
 from q50_assets.lineage.common.gate import Blocked
 from q50_assets.lineage.model.step import TrainedQ50Model
 from q50_assets.lineage.signals.step import LIVE_FOLD, STAGE, check_signals, signals_for_pools
+from q50_assets.lineage.signals.rules import SignalConfig
+from q50_assets.settings import Settings
 
 SIGNALS_ASSET = STAGE
 
 
-def signals_step(model: TrainedQ50Model, features: dict, db: CollectorDatabase, lineage: LineageConfig,
+def signals_step(model: TrainedQ50Model, features: dict, db: CollectorDatabase, settings: Settings,
                  progress=None) -> tuple[dict[str, pd.DataFrame | Blocked], dict[str, tuple]]:
     """A batch of pools against one model (live-model inference in one call), costs priced at each
     pool's liquidity as the collector observed it (one read per batch). A pool failing a rule is
     blocked, so its rows never reach the table strategies read. Returns (signals or Blocked per
     pool, (early, crossed) rows per computed pool)."""
-    bar = pd.Timedelta(seconds=lineage.bar_seconds)
+    bar = pd.Timedelta(seconds=settings.bar_seconds)
     model.require_usable()  # before reading anything: a blocked model gives no pool signals
     usable = [p for p, f in features.items() if not isinstance(f, Blocked)]
-    reserves = {p: r for p, (r, _) in db.pool_reserves_many(usable, lineage.backtest.fallback_reserve_usd).items()}
-    computed = signals_for_pools(model, features, lineage.signal_config(), bar, reserves)
+    reserves = {p: r for p, (r, _) in db.pool_reserves_many(usable, settings.nautilus_trader.backtest.fallback_reserve_usd).items()}
+    computed = signals_for_pools(model, features, SignalConfig.of(settings), bar, reserves)
     out, outcomes = {}, {}
     for pool_id, signals in computed.items():
         if isinstance(signals, Blocked):
@@ -68,9 +69,9 @@ def signals_step(model: TrainedQ50Model, features: dict, db: CollectorDatabase, 
     "upstream, has no rows).",
 )
 def q50_signals(context: AssetExecutionContext, q50_model: TrainedQ50Model, qlib_features: dict,
-                collector_db: CollectorDatabase, lineage: LineageConfig):
+                collector_db: CollectorDatabase, settings: ResourceParam[Settings]):
     pool_ids = list(context.partition_keys)
-    signals, outcomes = signals_step(q50_model, qlib_features, collector_db, lineage,
+    signals, outcomes = signals_step(q50_model, qlib_features, collector_db, settings,
                                      progress_callback(context, SIGNALS_ASSET, len(pool_ids)))
     checks = PoolChecks(context)
     for pool_id in pool_ids:

@@ -44,9 +44,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from pydantic import model_validator
 
 from q50_assets.lineage.common.costs import ReserveSeries
 from q50_assets.lineage.signals.sizing import SizingParams, kelly_fraction_raw, risk_budget, size_entry
+from q50_assets.settings import CapitalSettings, KellySettings, PositionLimits, Settings, SignalSettings
 
 # Reasons a row is held (column ``reason``), in order of precedence: the first that applies wins.
 REASON_PREDICTION_MISSING = "prediction missing"
@@ -127,40 +129,23 @@ SIGNAL_COLUMNS: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class SignalConfig:
-    """Parameters of :func:`compute_signals` (formulas in :data:`SIGNAL_COLUMNS`).
+class SignalConfig(SignalSettings, CapitalSettings, PositionLimits, KellySettings):
+    """Parameters of :func:`compute_signals` (formulas in :data:`SIGNAL_COLUMNS`): the signal rules,
+    and the cost model's fee per side and impact cap and the intended size of an entry from a flat
+    book (starting_capital_usd, position limits, Kelly fraction: lineage/signals/sizing.py), each
+    from its settings section."""
 
-    swap_fee, max_reserve_fraction: the cost model's fee per side and impact cap.
-    capital_usd, base_position_size, max_position_size, kelly_fraction: the intended size of an
-    entry from a flat book (research/sizing.py).
-    """
-
-    swap_fee: float = 0.0025  # DEX fee per side
-    max_reserve_fraction: float = 0.1  # one trade moves at most this share of the quote reserve
-    capital_usd: float = 10_000.0
-    base_position_size: float = 0.1
-    max_position_size: float = 0.5
-    kelly_fraction: float = 0.5
-    variance_multiplier: float = 1.0  # risk aversion: threshold adds variance_multiplier * total variance
-    base_threshold: float = 0.0  # floor of the variance premium, before costs
-    min_prob_edge: float = 0.0  # required |prob_up - 0.5| (0 = off)
-    tier_cuts: tuple[float, float, float] = (0.5, 1.0, 2.0)  # enhanced_info_ratio cuts for tiers D/C/B/A
-    allow_short: bool = False  # spot DEX: no borrowing modelled -> short signals become "hold" unless True
-
-    def __post_init__(self) -> None:
-        for name in ("swap_fee", "variance_multiplier", "base_threshold", "min_prob_edge"):
-            value = getattr(self, name)
-            if not np.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if not np.isfinite(self.capital_usd) or self.capital_usd <= 0:
-            raise ValueError(f"capital_usd must be a finite number > 0, got {self.capital_usd!r}")
-        if self.min_prob_edge > 0.5:
-            raise ValueError(f"min_prob_edge must be <= 0.5, got {self.min_prob_edge!r}")
-        cuts = tuple(self.tier_cuts)
-        if len(cuts) != 3 or not all(np.isfinite(c) for c in cuts) or not cuts[0] <= cuts[1] <= cuts[2]:
-            raise ValueError(f"tier_cuts must be three finite ascending numbers, got {self.tier_cuts!r}")
+    @model_validator(mode="after")
+    def _valid_sizing(self):
         self.sizing_params()  # validates the sizing parameters, one error per bad value
+        return self
+
+    @classmethod
+    def of(cls, settings: Settings) -> "SignalConfig":
+        nt = settings.nautilus_trader
+        return cls(**settings.signals.model_dump(),
+                   **nt.backtest.model_dump(include=set(CapitalSettings.model_fields) | set(KellySettings.model_fields)),
+                   **nt.risk_management.model_dump(include=set(PositionLimits.model_fields)))
 
     def sizing_params(self) -> SizingParams:
         return SizingParams(fee_rate=self.swap_fee, max_reserve_fraction=self.max_reserve_fraction,
@@ -287,7 +272,7 @@ def compute_signals(predictions: pd.DataFrame, vol_risk: pd.Series, config: Sign
     for i in range(n):
         y = None if math.isnan(reserve[i]) else float(reserve[i])
         budget = risk_budget(float(kelly[i]), 1.0, params)
-        e = size_entry(float(expected_value[i]), float(abs_q50[i]), float(total_var[i]), config.capital_usd,
+        e = size_entry(float(expected_value[i]), float(abs_q50[i]), float(total_var[i]), config.starting_capital_usd,
                        budget, y, params)
         notional[i], cost_usd[i], cost_fraction[i] = e.notional_usd, e.cost_usd, e.cost_fraction
         net[i], threshold[i], entry_ok[i] = e.net_edge, e.threshold, e.ok

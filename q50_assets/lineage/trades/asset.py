@@ -10,18 +10,19 @@ removed from the store, so its flow features are missing (NaN, counted by qlib_f
 
 import math
 
-from dagster import AssetExecutionContext, MetadataValue, Output, asset
+from dagster import ResourceParam, AssetExecutionContext, MetadataValue, Output, asset
 
 from q50_assets.lineage.common.batch import PoolChecks, add_pool_metadata, blocked_metadata, pool_check_spec, progress_callback
 from q50_assets.lineage.common.partitions import pool_partitions
 from q50_assets.lineage.ohlcv.rules import ValidatedBars
 from q50_assets.lineage.trades.rules import TRADE_CHECKS, TRADE_FIELDS, TradeAnalysis
 from q50_assets.storage.database import CollectorDatabase
-from q50_assets.storage.lineage_config import LineageConfig
 from q50_assets.storage.qlib_store import QlibStore
 from q50_assets.lineage.common.gate import Blocked
 from q50_assets.lineage.ohlcv.step import bars_or_blocked
 from q50_assets.lineage.trades.step import STAGE, analyse_pools, clock_table_markdown, summary
+from q50_assets.lineage.trades.rules import TradeRules
+from q50_assets.settings import Settings
 
 TRADES_ASSET = STAGE
 
@@ -41,14 +42,14 @@ def _meta(value):
 
 
 def trades_step(validated: dict[str, ValidatedBars], store: QlibStore, db: CollectorDatabase,
-                lineage: LineageConfig, progress=None) -> dict[str, TradeAnalysis | Blocked]:
+                settings: Settings, progress=None) -> dict[str, TradeAnalysis | Blocked]:
     """A batch of pools: the safe pools' trades read in one query and analysed; each pool's trade
     fields written to the store when every check passes, else removed from it. A pool blocked
     upstream stays blocked (the features stage takes it out of the store)."""
     bars = {p: bars_or_blocked(v) for p, v in validated.items()}
     safe = [p for p, b in bars.items() if not isinstance(b, Blocked)]
     raw = db.read_trades_many(safe) if safe else {}
-    analyses = analyse_pools(raw, bars, lineage.trade_rules())
+    analyses = analyse_pools(raw, bars, TradeRules.of(settings))
     for pool_id, analysis in analyses.items():
         if isinstance(analysis, Blocked):
             continue
@@ -74,9 +75,9 @@ def trades_step(validated: dict[str, ValidatedBars], store: QlibStore, db: Colle
     "skipped.",
 )
 def pool_trades(context: AssetExecutionContext, ohlcv_bars: dict, collector_db: CollectorDatabase,
-                qlib_store: QlibStore, lineage: LineageConfig):
+                qlib_store: QlibStore, settings: ResourceParam[Settings]):
     pool_ids = list(context.partition_keys)
-    analyses = trades_step(ohlcv_bars, qlib_store, collector_db, lineage,
+    analyses = trades_step(ohlcv_bars, qlib_store, collector_db, settings,
                            progress_callback(context, TRADES_ASSET, len(pool_ids)))
     checks = PoolChecks(context)
     for pool_id in pool_ids:

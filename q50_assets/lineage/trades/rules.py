@@ -29,6 +29,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from q50_assets.lineage.ohlcv.rules import BarRules
+from q50_assets.settings import Settings, TradeSettings
+
 # Columns read from the collector's ``trades`` table (its names).
 RAW_TRADE_COLUMNS = ("id", "block_number", "tx_hash", "tx_from_address", "from_token_amount", "to_token_amount",
                      "price_usd", "volume_usd", "side", "block_timestamp")
@@ -56,15 +59,13 @@ TRADE_CHECKS = ("trade_rows_valid", "prices_within_bar_range", "volume_within_ba
                 "trade_coverage")
 
 
-@dataclass(frozen=True)
-class TradeRules:
-    """What :func:`analyse_trades` needs to know (the stage's own small config)."""
+class TradeRules(TradeSettings, BarRules):
+    """What :func:`analyse_trades` needs to know: the settings' ``trades`` section, and the bars'
+    rules for their length and price scale."""
 
-    bar_seconds: int
-    stored_price_decimals: int = 8
-    min_volume_coverage: float = 0.5
-    min_covered_bars: int = 24
-    flow_features: bool = True
+    @classmethod
+    def of(cls, settings: Settings) -> "TradeRules":
+        return cls(**settings.trades.model_dump(), **BarRules.of(settings).model_dump())
 
 
 @dataclass(frozen=True)

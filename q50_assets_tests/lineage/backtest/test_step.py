@@ -42,8 +42,8 @@ def _pool(n=240, seed=2, bar=H4):
 
 
 def _config(**kw):
-    spec = BacktestSpec(bar_length=H4, fill_latency_bars=1, max_volume_share=0.1)
-    return BacktestStageConfig(spec=spec, permutations=1000, timeframe="4h", **kw)
+    return BacktestStageConfig(bar_seconds=int(H4.total_seconds()), fill_latency_bars=1, max_volume_share=0.1,
+                               permutations=1000, **kw)
 
 
 def test_every_variant_on_the_full_grid_annualised_from_the_timeframe():

@@ -31,7 +31,7 @@ from q50_assets_tests.lineage.real_sample import real_backtest_frames
 
 T0 = pd.Timestamp("2025-06-01", tz="UTC")
 H = pd.Timedelta(hours=1)
-FAST = BootstrapConfig(samples=300, seed=1)
+FAST = BootstrapConfig(bootstrap_samples=300, bootstrap_seed=1)
 
 
 def _ar1(rng, n, phi, sd):
@@ -70,7 +70,7 @@ def test_time_bins_follow_calendar_time_and_refuse_bad_times():
     with pytest.raises(ValueError, match="NaT"):
         time_bins(pd.DatetimeIndex([T0, pd.NaT]), 3600)
     with pytest.raises(ValueError, match="one day"):
-        BootstrapConfig(block=pd.Timedelta(hours=6))
+        BootstrapConfig(bootstrap_block_days=0.25)
 
 
 def test_bin_sums_by_group():

@@ -17,7 +17,7 @@ from q50_assets.db.engine import get_engine
 from q50_assets.definitions import build_resources
 from q50_assets.lineage.features.formulas import COLLECTOR_VECTOR_TARGETS
 from q50_assets.storage.database import CollectorDatabase
-from q50_assets.lineage.model.step import load_training_panel
+from q50_assets.lineage.model.step import ModelConfig, load_training_panel
 from q50_assets_tests.collector_schema import create_collector_vectors_table
 from q50_assets_tests.conftest import settings_for
 
@@ -78,7 +78,7 @@ def test_collector_vectors_enter_as_of_created_at_and_their_targets_never(settin
     again = _features(settings)
     pd.testing.assert_frame_equal(frame.drop(columns="feature_vector_id"), again.drop(columns="feature_vector_id"))
     resources = build_resources(settings)
-    panel, _, _ = load_training_panel(resources["qlib_store"], resources["lineage"].training_config())
+    panel, _, _ = load_training_panel(resources["qlib_store"], ModelConfig.of(settings))
     assert "cfv_rsi_14" in panel.columns and panel["cfv_rsi_14"].notna().any()
     assert not [c for c in panel.columns if any(t in c for t in COLLECTOR_VECTOR_TARGETS)]
 

@@ -45,7 +45,7 @@ def _narrow_predictions(n_pools=10, n_bars=24 * 30, fold_bars=24, shrink=0.7, se
 def test_offsets_are_the_conformal_order_statistics():
     ev = pd.DataFrame({"q10": np.zeros(9), "q50": np.zeros(9), "q90": np.zeros(9),
                        "label": np.arange(1.0, 10.0)})
-    cfg = CalibrationConfig(min_rows=10)
+    cfg = CalibrationConfig(calibration_min_rows=10)
     assert fit_offsets(ev, T0, cfg) is None  # 9 < min_rows
     ev20 = pd.DataFrame({"q10": np.zeros(19), "q50": np.zeros(19), "q90": np.zeros(19),
                          "label": np.arange(1.0, 20.0)})
@@ -90,7 +90,7 @@ def test_too_narrow_intervals_are_recalibrated_to_nominal_coverage():
 
 def test_evidence_is_past_only_and_within_the_window():
     predictions, known_at, boundaries = _narrow_predictions(seed=1)
-    cfg = CalibrationConfig(window_bars=48)
+    cfg = CalibrationConfig(calibration_window_bars=48)
     at = boundaries[10]
     ev = calibration_evidence(predictions, known_at, at, cfg)
     assert (known_at.loc[ev.index] <= at).all() and (known_at.loc[ev.index] > at - 48 * H).all()
@@ -114,7 +114,7 @@ def test_a_thin_window_reaches_back_to_the_most_recent_min_rows_labels():
     """One pool gives 24 labels a day: a 1-day window is too thin, so the evidence is the 50 most
     recently known labels (still none known after the boundary)."""
     predictions, known_at, boundaries = _narrow_predictions(n_pools=1, n_bars=24 * 10)
-    cfg = CalibrationConfig(window_bars=24, min_rows=50)
+    cfg = CalibrationConfig(calibration_window_bars=24, calibration_min_rows=50)
     at = boundaries[5]
     ev = calibration_evidence(predictions, known_at, at, cfg)
     eligible = known_at[(known_at <= at) & predictions["label"].notna()]
@@ -135,7 +135,7 @@ def test_bad_inputs_are_named():
     with pytest.raises(KeyError, match="fold 3"):
         calibrate_folds(predictions, known_at, boundaries.iloc[:3], CalibrationConfig())
     with pytest.raises(ValueError, match="min_rows"):
-        CalibrationConfig(min_rows=5)
+        CalibrationConfig(calibration_min_rows=5)
 
 
 def test_real_sample_coverage_is_nominal_after_recalibration():

@@ -29,7 +29,7 @@ from q50_assets_tests.lineage.real_sample import real_panel, real_walk_forward
 
 T0 = pd.Timestamp("2025-07-01", tz="UTC")
 H = pd.Timedelta(hours=1)
-FAST = BootstrapConfig(samples=300, seed=3)
+FAST = BootstrapConfig(bootstrap_samples=300, bootstrap_seed=3)
 Z90 = 1.2815515655446004
 
 
@@ -58,7 +58,7 @@ def _predictions(labels, start_bar=30):
 def test_naive_quantiles_match_a_brute_force_reference(window):
     labels = _labels({"a": 200, "b": 120, "young": 60}, seed=1)
     preds = _predictions(labels, start_bar=5)
-    cfg = NaiveConfig(min_pool_labels=20, window_bars=window)
+    cfg = NaiveConfig(naive_min_pool_labels=20, naive_window_bars=window)
     naive = naive_quantiles(preds, labels, cfg)
     known = labels.dropna(subset=["label"])
     for (pool, open_time), row in preds.sample(80, random_state=2).iterrows():

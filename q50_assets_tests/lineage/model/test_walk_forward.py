@@ -383,7 +383,7 @@ def test_live_model_needs_min_train_rows():
 
 # ---------------------------------------------------------------- calibration hooks
 
-CAL = CalibrationConfig(window_bars=96, min_rows=100)
+CAL = CalibrationConfig(calibration_window_bars=96, calibration_min_rows=100)
 
 
 def test_calibrated_walk_forward_accounts_for_every_row():
@@ -431,4 +431,4 @@ def test_live_model_carries_offsets_fitted_on_labels_known_at_trained_until():
     assert calibrate_live_model(fit_live_model(features, labels, FAST), tampered, labels, CAL).calibration != live.calibration
 
     # Too little evidence: no live model is published rather than an uncalibrated one.
-    assert calibrate_live_model(live, raw.predictions, labels, CalibrationConfig(min_rows=10**6)) is None
+    assert calibrate_live_model(live, raw.predictions, labels, CalibrationConfig(calibration_min_rows=10**6)) is None

@@ -168,14 +168,14 @@ def test_definitions_list_the_ohlcv_asset_and_every_check(settings):
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
-def test_a_run_overrides_a_stage_setting_through_the_lineage_resource(settings, instance):
-    """The stages' knobs are the lineage resource's fields (what the launchpad shows): a run's
-    config reaches the stage's own config object."""
+def test_a_stage_setting_reaches_the_stage_from_the_settings(settings, instance):
+    """A stage's knobs are its section of the one settings model (config.yaml or Q50__ variables):
+    the value reaches the stage's own config object."""
     instance.add_dynamic_partitions(POOLS_PARTITION_NAME, [MAIN_POOL])
-    job = build_definitions(settings).resolve_job_def("refresh_pools")
+    strict = settings.model_copy(update={"ohlcv": settings.ohlcv.model_copy(update={"min_bars": 1000})})
+    job = build_definitions(strict).resolve_job_def("refresh_pools")
     result = job.execute_in_process(
-        instance=instance, partition_key=MAIN_POOL, asset_selection=[AssetKey("ohlcv_bars")],
-        run_config={"resources": {"lineage": {"config": {"ohlcv": {"min_bars": 1000}}}}})
+        instance=instance, partition_key=MAIN_POOL, asset_selection=[AssetKey("ohlcv_bars")])
     (check,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "enough_bars"]
     assert not check.passed and check.metadata["min_bars"].value == 1000
     assert not result.output_for_node("ohlcv_bars")[MAIN_POOL].safe

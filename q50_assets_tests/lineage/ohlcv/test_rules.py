@@ -9,7 +9,7 @@ from q50_assets.lineage.ohlcv.rules import BAR_RULES, BarRules, UnsafeBarsError,
 
 POOL = "solana_2Zya4XnGCrzAXBXw8ZpfNAifwH3xsCoLo1RB3FFdaRMj"
 NOW = pd.Timestamp("2025-10-06T00:00:00Z")
-RULES = BarRules(timeframe="1h", min_bars=48)
+RULES = BarRules(bar_seconds=3600, min_bars=48)
 
 
 @pytest.fixture(scope="module")

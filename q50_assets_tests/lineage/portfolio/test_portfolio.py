@@ -124,7 +124,7 @@ def test_research_report_covers_the_traded_pools_and_counts_the_trials():
 
     results = _with_evidence(_results(), ["A", "B", "C"])
     report, facts = research_report(results, trials=6, bar_seconds=3600,
-                                    bootstrap=BootstrapConfig(samples=200, seed=0))
+                                    bootstrap=BootstrapConfig(bootstrap_samples=200, bootstrap_seed=0))
     assert facts["pools_in_report"] == 2 and facts["pools_never_traded"] == 1  # C never traded: apart
     headline = report.tables["headline"]
     assert (headline["trials"] == 6).all() and (headline.xs("all pools", level="sample")["pools"] == 2).all()
@@ -139,10 +139,10 @@ def test_research_report_covers_the_traded_pools_and_counts_the_trials():
 
     # One pool: "without the top 5 %" leaves nothing, said so (NaN), not an error.
     one, _ = research_report(results[results["pool_id"] == "A"], trials=6, bar_seconds=3600,
-                             bootstrap=BootstrapConfig(samples=200, seed=0))
+                             bootstrap=BootstrapConfig(bootstrap_samples=200, bootstrap_seed=0))
     trimmed = one.tables["headline"].xs("without top 5 %", level="sample")
     assert (trimmed["pools"] == 0).all() and trimmed["mean_bar_return"].isna().all()
 
     none, facts = research_report(results[results["pool_id"] == "C"], trials=6, bar_seconds=3600,
-                                  bootstrap=BootstrapConfig(samples=200, seed=0))
+                                  bootstrap=BootstrapConfig(bootstrap_samples=200, bootstrap_seed=0))
     assert none is None and facts["pools_in_report"] == 0

@@ -24,7 +24,7 @@ from q50_assets.lineage.common.uncertainty import BootstrapConfig
 from q50_assets_tests.lineage.real_sample import real_backtest_frames, real_walk_forward
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-FAST = BootstrapConfig(samples=200, seed=5)
+FAST = BootstrapConfig(bootstrap_samples=200, bootstrap_seed=5)
 
 
 def test_pooled_permutation_known_answer():

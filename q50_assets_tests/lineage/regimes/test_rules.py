@@ -180,10 +180,10 @@ def test_trend_macd_min_and_rsi_period():
     got = detect_regimes(frame, RegimeConfig(min_history_bars=1, trend_macd_min=0.001))
     assert list(got["momentum_regime"]) == ["ranging", "trending_up", "trending_down"]
     frame7 = frame.rename(columns={"rsi_14": "rsi_7"})
-    config7 = RegimeConfig(min_history_bars=1, trend_macd_min=0.001, rsi_period=7)
+    config7 = RegimeConfig(min_history_bars=1, trend_macd_min=0.001, rsi_periods=7)
     pd.testing.assert_frame_equal(detect_regimes(frame7, config7), got)
     with pytest.raises(ValueError, match="rsi_7"):
-        detect_regimes(frame, RegimeConfig(rsi_period=7))
+        detect_regimes(frame, RegimeConfig(rsi_periods=7))
 
 
 def test_rsi_extreme_bounds_from_config():
@@ -330,7 +330,7 @@ def test_input_validation_names_the_problem():
     ({"min_history_bars": 2.5}, "min_history_bars"),
     ({"window_bars": 10}, "window_bars"),  # < min_history_bars (48)
     ({"window_bars": 0, "min_history_bars": 1}, "window_bars"),
-    ({"rsi_period": 0}, "rsi_period"),
+    ({"rsi_periods": 0}, "rsi_periods"),
     ({"rsi_overbought": 40.0}, "rsi_overbought"),
     ({"rsi_oversold": 55.0}, "rsi_oversold"),
     ({"rsi_overbought": float("inf")}, "rsi_overbought"),

@@ -208,7 +208,7 @@ def test_compute_signals_rejects_bad_input(kind):
         compute_signals(*_bad(kind), SignalConfig(), reserves=None)
 
 
-@pytest.mark.parametrize("kwargs", [dict(swap_fee=-0.001), dict(capital_usd=0.0), dict(max_position_size=0.05), dict(min_prob_edge=0.51),
+@pytest.mark.parametrize("kwargs", [dict(swap_fee=-0.001), dict(starting_capital_usd=0.0), dict(max_position_size=0.05), dict(min_prob_edge=0.51),
                                     dict(tier_cuts=(1.0, 0.5, 2.0)), dict(variance_multiplier=np.nan)])
 def test_signal_config_rejects_bad_parameters(kwargs):
     with pytest.raises(ValueError):
