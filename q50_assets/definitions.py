@@ -6,7 +6,8 @@ import os
 
 from dagster import BackfillPolicy, Definitions, EnvVar, in_process_executor
 
-from q50_assets.lineage.backtest.asset import backtest_portfolio, backtest_results
+from q50_assets.lineage.backtest.asset import backtest_results
+from q50_assets.lineage.portfolio.asset import backtest_portfolio
 from q50_assets.lineage.features.asset import qlib_features
 from q50_assets.lineage.model.asset import q50_model
 from q50_assets.lineage.ohlcv.asset import ohlcv_bars

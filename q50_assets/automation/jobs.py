@@ -7,7 +7,8 @@ pools at once (unpartitioned) between the two per-pool phases.
 
 from dagster import AssetSelection, define_asset_job
 
-from q50_assets.lineage.backtest.asset import BACKTEST_ASSET, PORTFOLIO_ASSET
+from q50_assets.lineage.backtest.asset import BACKTEST_ASSET
+from q50_assets.lineage.portfolio.asset import PORTFOLIO_ASSET
 from q50_assets.lineage.features.asset import FEATURES_ASSET
 from q50_assets.lineage.model.asset import MODEL_ASSET
 from q50_assets.lineage.ohlcv.asset import OHLCV_ASSET
