@@ -23,6 +23,7 @@ from dagster import (
 
 from q50_assets.lineage.common.batch import PoolChecks, add_pool_metadata, blocked_metadata, each, pool_check_spec, progress_callback
 from q50_assets.lineage.ohlcv.asset import OHLCV_ASSET
+from q50_assets.lineage.common.conditions import eager_after
 from q50_assets.lineage.common.partitions import pool_partitions
 from q50_assets.lineage.regimes.asset import REGIMES_ASSET
 from q50_assets.lineage.signals.asset import SIGNALS_ASSET
@@ -168,6 +169,7 @@ def _backtest_metadata(result: PoolBacktest, lineage: LineageConfig, rows_ignore
     outs={
         BACKTEST_ASSET: AssetOut(
             io_manager_key="q50_tables", group_name="backtest", kinds={"nautilustrader"},
+            automation_condition=eager_after(SIGNALS_ASSET, BACKTEST_ASSET),
             description="Per pool: the Q50 strategy in NautilusTrader BacktestEngines (decisions bar by bar from "
             "the signal and regime known at each close, sized and charged by one cost model: fee + "
             "constant-product impact at the pool's liquidity at the time; fills one or more bars later), beside "
@@ -177,6 +179,7 @@ def _backtest_metadata(result: PoolBacktest, lineage: LineageConfig, rows_ignore
             "null's draws on the q50 row); equity picture and table in metadata."),
         TRADING_HISTORY_ASSET: AssetOut(
             io_manager_key="q50_tables", group_name="backtest", kinds={"sql"},
+            automation_condition=eager_after(SIGNALS_ASSET, BACKTEST_ASSET),
             description="Every fill of the Q50 strategy's Nautilus backtest (side, quantity, price, fee, impact), "
             "when its order was decided, what the cost model expected it to cost and at which liquidity, the "
             "signal, regime and target that decided it and the feature vector behind it (the collector's or the "

@@ -24,6 +24,7 @@ from dagster import (
     asset,
 )
 
+from q50_assets.lineage.common.conditions import after_nightly_refresh
 from q50_assets.lineage.features.asset import FEATURES_ASSET
 from q50_assets.lineage.model.evaluation import ModelEvidence
 from q50_assets.lineage.portfolio.report import reliability_png, skill_display
@@ -119,6 +120,7 @@ def model_step(store: QlibStore, lineage: LineageConfig, run_id: str) -> Trained
     deps=[AssetKey(FEATURES_ASSET)],
     group_name="model",
     kinds={"lightgbm"},
+    automation_condition=after_nightly_refresh(),
     check_specs=[
         AssetCheckSpec(
             "quantiles_ordered",

@@ -20,6 +20,7 @@ from dagster import (
 from q50_assets.db.q50_models import q50_signals
 from q50_assets.lineage.backtest.asset import BACKTEST_ASSET
 from q50_assets.lineage.backtest.step import Q50
+from q50_assets.lineage.common.conditions import once_settled_after
 from q50_assets.lineage.model.asset import MODEL_ASSET
 from q50_assets.lineage.model.evaluation import net_hit_rate
 from q50_assets.lineage.model.step import TrainedQ50Model
@@ -103,6 +104,7 @@ def _report_metadata(report, facts: dict, path) -> dict:
          "q50_model": AssetIn(MODEL_ASSET)},
     group_name="backtest",
     kinds={"pandas"},
+    automation_condition=once_settled_after(BACKTEST_ASSET),
     check_specs=[
         AssetCheckSpec("comparable_baselines", asset=PORTFOLIO_ASSET, blocking=True,
                        description="Every pool in the table has every variant from one backtest run on the same "
