@@ -247,7 +247,7 @@ def cmd_demo(settings: Settings, args) -> int:
     at_once = max(1, args.runs_at_once if args.runs_at_once is not None else settings.batches.runs_at_once)
     # With several runs at once, the pools are split into two batches per process: pools differ
     # in cost (bars, trades, fills), and a process done early takes the next batch from the queue
-    # instead of waiting for the slowest half (P1: the backtest phase 20-23 s -> 16-19 s).
+    # instead of waiting for the slowest half (on the bundled sample: the backtest phase 20-23 s -> 16-19 s).
     per_run = min(per_run, -(-len(pool_ids) // (2 * at_once))) if at_once > 1 else per_run
     with ProgressPrinter() as progress:
         run = materialize_lineage(defs, instance, pool_ids, per_run, progress=progress.phase, runs_at_once=at_once)
