@@ -131,10 +131,24 @@ class ProgressPrinter:
         progress_log.removeHandler(self._handler)
 
 
+def recorded_events(instance, run_ids) -> tuple[list, list]:
+    """(materializations, check evaluations) the runs recorded, as Dagster events."""
+    from dagster import DagsterEventType
+
+    materializations, checks = [], []
+    of_type = {DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.ASSET_CHECK_EVALUATION}
+    for run_id in run_ids:
+        for entry in instance.all_logs(run_id, of_type=of_type):
+            event = entry.dagster_event
+            if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+                materializations.append(event)
+            else:
+                checks.append(event.asset_check_evaluation_data)
+    return materializations, checks
+
+
 def summarize(run, settings: Settings, instance) -> tuple[list[str], list[str]]:
     """The demo's summary lines from what the runs recorded in the instance, and the runs that failed outright."""
-    from q50_assets.automation.lineage_run import recorded_events
-
     lines: list[str] = []
     checks: dict[str, Counter] = {}
     blocked: dict[str, list[str]] = {}

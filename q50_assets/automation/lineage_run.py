@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from dagster import AssetKey, DagsterEventType, DagsterInstance, Definitions, EnvVar
+from dagster import AssetKey, DagsterInstance, Definitions, EnvVar
 
 from q50_assets.automation.jobs import PHASE_JOBS
 from q50_assets.automation.runs import pool_batches, range_tags, registered_pools
@@ -116,7 +116,7 @@ def materialize_lineage(defs: Definitions, instance: DagsterInstance, pools: Seq
             if progress:
                 progress(name, done, len(pools))
 
-        if forked and name != Phase.PORTFOLIO.value:  # one run: nothing to run at once
+        if forked and name != Phase.PORTFOLIO.value:  # the model too, in a child (see the module doc)
             _in_children(defs, instance, job_name, batches, selection, run_config, tags, runs_at_once, on_batch)
         else:
             job = defs.resolve_job_def(job_name)
@@ -208,17 +208,3 @@ def _child(defs, instance_ref, job_name, batches, selection, run_config, tags, t
         results.put(("error", f"{type(exc).__name__}: {exc}"))
     finally:
         os._exit(0)  # no interpreter teardown in a forked child: the parent owns the shared state
-
-
-def recorded_events(instance: DagsterInstance, run_ids: Sequence[str]) -> tuple[list, list]:
-    """(materializations, check evaluations) the runs recorded, as Dagster events."""
-    materializations, checks = [], []
-    of_type = {DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.ASSET_CHECK_EVALUATION}
-    for run_id in run_ids:
-        for entry in instance.all_logs(run_id, of_type=of_type):
-            event = entry.dagster_event
-            if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
-                materializations.append(event)
-            else:
-                checks.append(event.asset_check_evaluation_data)
-    return materializations, checks
