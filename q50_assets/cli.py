@@ -131,10 +131,24 @@ class ProgressPrinter:
         progress_log.removeHandler(self._handler)
 
 
+def recorded_events(instance, run_ids) -> tuple[list, list]:
+    """(materializations, check evaluations) the runs recorded, as Dagster events."""
+    from dagster import DagsterEventType
+
+    materializations, checks = [], []
+    of_type = {DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.ASSET_CHECK_EVALUATION}
+    for run_id in run_ids:
+        for entry in instance.all_logs(run_id, of_type=of_type):
+            event = entry.dagster_event
+            if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+                materializations.append(event)
+            else:
+                checks.append(event.asset_check_evaluation_data)
+    return materializations, checks
+
+
 def summarize(run, settings: Settings, instance) -> tuple[list[str], list[str]]:
     """The demo's summary lines from what the runs recorded in the instance, and the runs that failed outright."""
-    from q50_assets.automation.lineage_run import recorded_events
-
     lines: list[str] = []
     checks: dict[str, Counter] = {}
     blocked: dict[str, list[str]] = {}
@@ -247,7 +261,7 @@ def cmd_demo(settings: Settings, args) -> int:
     at_once = max(1, args.runs_at_once if args.runs_at_once is not None else settings.batches.runs_at_once)
     # With several runs at once, the pools are split into two batches per process: pools differ
     # in cost (bars, trades, fills), and a process done early takes the next batch from the queue
-    # instead of waiting for the slowest half (P1: the backtest phase 20-23 s -> 16-19 s).
+    # instead of waiting for the slowest half (on the bundled sample: the backtest phase 20-23 s -> 16-19 s).
     per_run = min(per_run, -(-len(pool_ids) // (2 * at_once))) if at_once > 1 else per_run
     with ProgressPrinter() as progress:
         run = materialize_lineage(defs, instance, pool_ids, per_run, progress=progress.phase, runs_at_once=at_once)

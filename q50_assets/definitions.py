@@ -6,14 +6,7 @@ import os
 
 from dagster import BackfillPolicy, Definitions, EnvVar, in_process_executor
 
-from q50_assets.lineage.backtest.asset import backtest_portfolio, backtest_results
-from q50_assets.lineage.features.asset import qlib_features
-from q50_assets.lineage.model.asset import q50_model
-from q50_assets.lineage.ohlcv.asset import ohlcv_bars
-from q50_assets.lineage.regimes.asset import regime_labels
-from q50_assets.lineage.signals.asset import q50_signals
-from q50_assets.lineage.trades.asset import pool_trades
-from q50_assets.automation.conditions import lineage_conditions
+from q50_assets.lineage import assets_definitions
 from q50_assets.automation.jobs import JOBS
 from q50_assets.automation.sensors import build_automation
 from q50_assets.storage.database import CollectorDatabase
@@ -63,20 +56,15 @@ def signal_database(settings: Settings, database: CollectorDatabase) -> Collecto
 
 
 def lineage_assets(settings: Settings) -> list:
-    """The assets with the batch size and automation conditions of ``settings``."""
+    """The lineage's assets (:data:`q50_assets.lineage.STEPS`, in order), the per-pool ones with the
+    batch size of ``settings``.
+
+    Automation conditions are declared on the assets themselves. The backfill policy is applied
+    here because it is a setting (``batches.pools_per_run``): an asset module does not read the
+    settings at import, and the Definitions are built per settings (tests, benchmarks)."""
     policy = BackfillPolicy.multi_run(settings.batches.pools_per_run)
-    conditions = lineage_conditions()
-    out = []
-    for assets_def in (ohlcv_bars, pool_trades, qlib_features, regime_labels, q50_model, q50_signals, backtest_results,
-                       backtest_portfolio):
-        keys = {k.to_user_string() for k in assets_def.keys}
-        own = {k: c for k, c in conditions.items() if k in keys}
-        attributes = {"backfill_policy": policy} if assets_def.partitions_def is not None else {}
-        if own:
-            attributes["automation_condition"] = {k: own[k.to_user_string()] for k in assets_def.keys
-                                                  if k.to_user_string() in own}
-        out.append(assets_def.with_attributes(**attributes) if attributes else assets_def)
-    return out
+    return [d.with_attributes(backfill_policy=policy) if d.partitions_def is not None else d
+            for d in assets_definitions()]
 
 
 def executor_for(settings: Settings):

@@ -53,7 +53,9 @@ class PostgresServer:
 
     def __init__(self, bindir: Path):
         self.bindir = bindir
-        self.base = Path(tempfile.mkdtemp(prefix="q50-pg-", dir="/tmp"))
+        # The system's temporary directory (TMPDIR), not the test's tmp_path: the server's socket
+        # path must stay short, and as root the `postgres` user must be able to reach the data dir.
+        self.base = Path(tempfile.mkdtemp(prefix="q50-pg-"))
         self.port = _free_port()
         self.as_postgres = os.geteuid() == 0
         if self.as_postgres:

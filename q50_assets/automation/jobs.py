@@ -2,24 +2,18 @@
 batch are sequential anyway, and a subprocess per step costs more than most steps.
 
 ``refresh_pools`` runs over a range of pool partitions (a batch); the model is trained on all
-pools at once (unpartitioned) between the two per-pool phases.
+pools at once (unpartitioned) between the two per-pool phases. Which asset belongs where comes
+from the lineage's table of stages (:data:`q50_assets.lineage.STEPS`).
 """
 
 from dagster import AssetSelection, define_asset_job
 
-from q50_assets.lineage.backtest.asset import BACKTEST_ASSET, PORTFOLIO_ASSET
-from q50_assets.lineage.features.asset import FEATURES_ASSET
-from q50_assets.lineage.model.asset import MODEL_ASSET
-from q50_assets.lineage.ohlcv.asset import OHLCV_ASSET
-from q50_assets.lineage.regimes.asset import REGIMES_ASSET
-from q50_assets.lineage.signals.asset import SIGNALS_ASSET
-from q50_assets.lineage.trades.asset import TRADES_ASSET
-from q50_assets.lineage.trading_history.asset import TRADING_HISTORY_ASSET
+from q50_assets.lineage import Phase, assets_of, pool_assets
 
-# Per pool, in lineage order. The first four need no model; the rest read the latest q50_model.
-NEEDS_NO_MODEL_ASSETS = (OHLCV_ASSET, TRADES_ASSET, FEATURES_ASSET, REGIMES_ASSET)
-MODEL_DEPENDENT_ASSETS = (SIGNALS_ASSET, BACKTEST_ASSET, TRADING_HISTORY_ASSET)
-POOL_ASSETS = (*NEEDS_NO_MODEL_ASSETS, *MODEL_DEPENDENT_ASSETS)
+# Per pool, in lineage order. The first need no model; the rest read the latest q50_model.
+NEEDS_NO_MODEL_ASSETS = assets_of(Phase.BEFORE_MODEL)
+MODEL_DEPENDENT_ASSETS = assets_of(Phase.AFTER_MODEL)
+POOL_ASSETS = pool_assets()
 
 refresh_pools_job = define_asset_job(
     "refresh_pools",
@@ -31,15 +25,23 @@ refresh_pools_job = define_asset_job(
 
 train_q50_model_job = define_asset_job(
     "train_q50_model",
-    selection=AssetSelection.assets(MODEL_ASSET),
+    selection=AssetSelection.assets(*assets_of(Phase.MODEL)),
     description="Walk-forward Q50 model over every pool in the QLib store (launch by hand; nightly it "
     "follows the pools' refresh by its automation condition).",
 )
 
 portfolio_summary_job = define_asset_job(
     "portfolio_summary",  # not the asset's name: job and op names share one namespace
-    selection=AssetSelection.assets(PORTFOLIO_ASSET),
+    selection=AssetSelection.assets(*assets_of(Phase.PORTFOLIO)),
     description="The portfolio table across pools from the latest backtest of each.",
 )
 
 JOBS = [refresh_pools_job, train_q50_model_job, portfolio_summary_job]
+
+# The job that runs each phase of the lineage (the demo's and the benchmarks' run queue).
+PHASE_JOBS = {
+    Phase.BEFORE_MODEL: refresh_pools_job.name,
+    Phase.MODEL: train_q50_model_job.name,
+    Phase.AFTER_MODEL: refresh_pools_job.name,
+    Phase.PORTFOLIO: portfolio_summary_job.name,
+}

@@ -1,10 +1,10 @@
 """Materialize the whole asset graph for a set of pools, through Dagster, from one process.
 
-What ``q50 demo``, the benchmarks (P1, P5) and tests run: the graph's own assets in its
-dependency order, in batch runs of the graph's jobs - bars, trades, features and regimes per batch of
-pools; the pooled model; signals, backtests and trading history per batch; the portfolio. Every
-run, materialization and check is recorded in the instance, as if the daemon had launched them.
-No stage is computed here.
+What ``q50 demo``, the benchmarks and tests run: the phases of the lineage's table of stages
+(:data:`q50_assets.lineage.STEPS`) in order, each in batch runs of its job - bars, trades,
+features and regimes per batch of pools; the pooled model; signals, backtests and trading history
+per batch; the portfolio. Every run, materialization and check is recorded in the instance, as if
+the daemon had launched them. No stage is computed here, and no other module loops over runs.
 
 ``runs_at_once > 1`` executes a phase's batch runs in that many forked processes at once, as the
 daemon's run queue would (``max_concurrent_runs``); the model runs in a child too, so the parent
@@ -19,20 +19,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from dagster import AssetKey, DagsterEventType, DagsterInstance, Definitions, EnvVar
+from dagster import AssetKey, DagsterInstance, Definitions, EnvVar
 
-from q50_assets.automation.jobs import MODEL_DEPENDENT_ASSETS, NEEDS_NO_MODEL_ASSETS
+from q50_assets.automation.jobs import PHASE_JOBS
 from q50_assets.automation.runs import pool_batches, range_tags, registered_pools
+from q50_assets.lineage import STEPS, Phase, assets_of
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
-# (phase name, job, what it covers) in the order the graph needs them.
-PHASES = (
-    ("bars, trades, features, regimes", "refresh_pools", NEEDS_NO_MODEL_ASSETS),
-    ("model", "train_q50_model", ("q50_model",)),
-    ("signals, backtests, trading history", "refresh_pools", MODEL_DEPENDENT_ASSETS),
-    ("portfolio", "portfolio_summary", ("backtest_portfolio",)),
-)
+# (phase name, job, its assets, per pool) in the order the graph needs them.
+PHASES = tuple((phase.value, PHASE_JOBS[phase], assets_of(phase),
+                all(s.per_pool for s in STEPS if s.phase == phase)) for phase in Phase)
 
 
 @dataclass(frozen=True)
@@ -102,16 +99,14 @@ def materialize_lineage(defs: Definitions, instance: DagsterInstance, pools: Seq
     """
     run = LineageRun(list(pools))
     forked = runs_at_once > 1
-    for name, job_name, assets in PHASES:
+    for name, job_name, assets, per_pool in PHASES:
         if phases is not None and name not in phases:
             continue
         phase = run.phases[name] = PhaseRun(name)
         started = time.perf_counter()
         selection = [AssetKey(a) for a in assets]
-        if job_name == "refresh_pools":
-            batches = pool_batches(registered_pools(instance), pools, pools_per_run)
-        else:
-            batches = [None]  # one unpartitioned run
+        # A per-pool phase in batch runs; a pooled one in one unpartitioned run.
+        batches = pool_batches(registered_pools(instance), pools, pools_per_run) if per_pool else [None]
         done = 0
 
         def on_batch(batch, run_id, ok, name=name):
@@ -121,21 +116,27 @@ def materialize_lineage(defs: Definitions, instance: DagsterInstance, pools: Seq
             if progress:
                 progress(name, done, len(pools))
 
-        if forked and job_name != "portfolio_summary":
+        if forked and name != Phase.PORTFOLIO.value:  # the model too, in a child (see the module doc)
             _in_children(defs, instance, job_name, batches, selection, run_config, tags, runs_at_once, on_batch)
         else:
             job = defs.resolve_job_def(job_name)
             for batch in batches:
-                result = job.execute_in_process(
-                    instance=instance, asset_selection=selection if batch else None, run_config=run_config,
-                    tags={**(tags or {}), **(range_tags(batch) if batch else {})}, raise_on_error=False)
+                result = _execute(job, instance, batch, selection, run_config, tags)
                 phase.results.append(RunRecord.of(result))
                 del result  # its outputs go with it
                 on_batch(batch, phase.results[-1].run_id, phase.results[-1].success)
         phase.seconds = time.perf_counter() - started
-        if name == "model" and not phase.succeeded:
+        if name == Phase.MODEL.value and not phase.succeeded:
             break  # nothing downstream can run without a model
     return run
+
+
+def _execute(job, instance, batch, selection, run_config, tags):
+    """One run of ``job``: the ``selection`` for a batch of pools (a partition range), or the
+    whole job unpartitioned (``batch`` None)."""
+    return job.execute_in_process(
+        instance=instance, asset_selection=selection if batch else None, run_config=run_config,
+        tags={**(tags or {}), **(range_tags(batch) if batch else {})}, raise_on_error=False)
 
 
 # What every run process imports on its first pool (QLib's init pulls in mlflow, the pictures
@@ -201,26 +202,9 @@ def _child(defs, instance_ref, job_name, batches, selection, run_config, tags, t
         with DagsterInstance.from_ref(instance_ref) as instance:
             job = defs.resolve_job_def(job_name)
             while (index := todo.get()) is not None:
-                batch = batches[index]
-                result = job.execute_in_process(
-                    instance=instance, asset_selection=selection if batch else None, run_config=run_config,
-                    tags={**(tags or {}), **(range_tags(batch) if batch else {})}, raise_on_error=False)
+                result = _execute(job, instance, batches[index], selection, run_config, tags)
                 results.put((index, result.run_id, result.success))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which stops
         results.put(("error", f"{type(exc).__name__}: {exc}"))
     finally:
         os._exit(0)  # no interpreter teardown in a forked child: the parent owns the shared state
-
-
-def recorded_events(instance: DagsterInstance, run_ids: Sequence[str]) -> tuple[list, list]:
-    """(materializations, check evaluations) the runs recorded, as Dagster events."""
-    materializations, checks = [], []
-    of_type = {DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.ASSET_CHECK_EVALUATION}
-    for run_id in run_ids:
-        for entry in instance.all_logs(run_id, of_type=of_type):
-            event = entry.dagster_event
-            if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
-                materializations.append(event)
-            else:
-                checks.append(event.asset_check_evaluation_data)
-    return materializations, checks

@@ -65,22 +65,6 @@ def registered_pools(instance: DagsterInstance) -> list[str]:
     return list(instance.get_dynamic_partitions(POOLS_PARTITION_NAME))
 
 
-def execute_batches(job, instance: DagsterInstance, pools: Sequence[str], pools_per_run: int,
-                    selection: Sequence[AssetKey], run_config: dict | None = None, tags: dict | None = None,
-                    on_batch: Callable | None = None) -> list:
-    """Materialize ``selection`` for ``pools`` in this process, one run per batch, through the job
-    (Dagster records every run, materialization and check). Returns the runs' results;
-    ``on_batch(batch, result)`` after each."""
-    results = []
-    for batch in pool_batches(registered_pools(instance), pools, pools_per_run):
-        result = job.execute_in_process(instance=instance, asset_selection=list(selection), run_config=run_config,
-                                        tags={**(tags or {}), **range_tags(batch)}, raise_on_error=False)
-        results.append(result)
-        if on_batch is not None:
-            on_batch(batch, result)
-    return results
-
-
 def request_pools(tags: dict[str, str], ordered: Sequence[str]) -> list[str]:
     """The pools a batch run covers: its partition range in ``ordered`` (partition order)."""
     start = ordered.index(tags[ASSET_PARTITION_RANGE_START_TAG])

@@ -3,8 +3,9 @@
 * ``new_collector_bars`` polls the collector database (through the database resource) and asks
   for a ``refresh_pools`` run per batch of pools with new bars or with recent bars revised in place.
 * ``nightly_q50`` refreshes every pool's bars, trades, features and regimes at
-  ``automation.nightly.hour_utc`` (in batches); the model then retrains, and every pool's signals, backtests and trading history
-  follow, by the assets' automation conditions (``conditions.py``, evaluated by ``q50_automation``).
+  ``automation.nightly.hour_utc`` (in batches); the model then retrains, and every pool's signals,
+  backtests and trading history follow, by the automation conditions declared on the assets
+  (built in ``lineage/common/conditions.py``, evaluated by ``q50_automation``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from q50_assets.lineage.model.asset import MODEL_ASSET
 from q50_assets.lineage.ohlcv.asset import OHLCV_ASSET
 from q50_assets.lineage.common.partitions import POOLS_PARTITION_NAME, pool_partitions
 from q50_assets.lineage.ohlcv.bar_changes import BarsCursor, diff, pool_states
-from q50_assets.automation.conditions import NIGHTLY, TRIGGER_TAG
+from q50_assets.lineage.common.conditions import NIGHTLY, TRIGGER_TAG
 from q50_assets.automation.jobs import MODEL_DEPENDENT_ASSETS, NEEDS_NO_MODEL_ASSETS, refresh_pools_job
 from q50_assets.automation.runs import batch_run_requests, digest, registered_pools
 from q50_assets.lineage.ohlcv.rules import TIMEFRAME_SECONDS

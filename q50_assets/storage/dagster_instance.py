@@ -1,45 +1,94 @@
-"""The Dagster instance ``q50`` sets up for the embedded default (its ``dagster.yaml``) and the
-event log storages both instance configurations use.
+"""The ``dagster.yaml`` ``q50`` writes for the embedded default, and two OPTIONAL event log storages
+that change private internals of Dagster's own. Only this module touches Dagster's internals.
 
-Runs, events and checks go to SQLite files under ``$DAGSTER_HOME`` (for PostgreSQL use
-``deploy/dagster.postgres.yaml``). Dagster writes every event in its own transactions through a
-new engine and connection, and SQLite syncs the disk at every commit by default: with one event
-per pool and check that dominated ``q50 demo``. The event log here keeps its connections open and
-commits at ``synchronous=NORMAL``, which SQLite documents as safe from corruption in WAL mode (a
-power cut may lose the last transactions, never the file). Telemetry is off.
+Upstream issues these storages work around (remove them once both are fixed):
 
-On PostgreSQL, Dagster's event log opens a new server connection for every statement group (three
-per check result: the event, the "has the checks table" question, the check row); with a result per
-pool and check that was a third of Dagster's time in a nightly. :class:`PooledPostgresEventLogStorage`
-keeps one connection per process, as Dagster's own webserver does.
+* https://github.com/dagster-io/dagster/issues/33935 - the PostgreSQL storages' connection pool is
+  not configurable: outside the webserver the event log opens a new server connection for every
+  statement group (three per check result: the event, the "has the checks table" question, the
+  check row); with a result per pool and check that was a third of Dagster's time in a nightly.
+* https://github.com/dagster-io/dagster/issues/34058 - ``has_table`` runs on the per-event path
+  (``supports_asset_checks`` before every check event), uncached, through a connection of its own
+  (on SQLite an engine per call too).
+
+Both are opt-in: by default the instance uses Dagster's own storages. To use them, name them in
+the instance's ``dagster.yaml`` (``event_log_storage: module: q50_assets.storage.dagster_instance``
+with ``class: NormalSyncSqliteEventLogStorage`` or ``PooledPostgresEventLogStorage``): the file
+``q50`` writes and ``deploy/dagster.postgres.yaml`` carry the block, commented out.
+
+* :class:`NormalSyncSqliteEventLogStorage`: Dagster writes every event in its own transactions
+  through a new engine and connection, and SQLite syncs the disk at every commit by default: with
+  one event per pool and check that dominated ``q50 demo``. This one keeps its connections open
+  and commits at ``synchronous=NORMAL``, which SQLite documents as safe from corruption in WAL mode
+  (a power cut may lose the last transactions, never the file).
+* :class:`PooledPostgresEventLogStorage` keeps one connection per process, as Dagster's own
+  webserver does.
+
+What they rely on of Dagster's internals is :data:`PRIVATE_INTERNALS`;
+``q50_assets_tests/storage/test_dagster_instance.py`` checks it against the installed Dagster and
+fails, naming the attribute, when an upgrade removes or changes one.
 """
 
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from collections import OrderedDict
-
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
-from dagster_postgres.event_log.event_log import PostgresEventLogStorage
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
+from dagster_postgres.event_log.event_log import PostgresEventLogStorage
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.pool import NullPool
 
-DAGSTER_YAML = """\
-# Written by `q50` for the embedded default: runs and events in SQLite under this folder.
-# For PostgreSQL run storage use deploy/dagster.postgres.yaml (README, "Dagster on PostgreSQL").
-event_log_storage:
+from q50_assets.machine import usable_cores
+
+# Dagster's private names the storages below use, per class they come from: attribute -> the
+# parameters of a method (None: an instance attribute set in the parent's __init__).
+PRIVATE_INTERNALS: dict[type, dict[str, tuple[str, ...] | None]] = {
+    SqliteEventLogStorage: {
+        "__init__": ("self", "base_dir", "inst_data"),
+        "_connect": ("self", "shard"),  # replaced (its body is Dagster's, with a kept engine)
+        "_initdb": ("self", "engine", "for_index_shard"),
+        "conn_string_for_shard": ("self", "shard_name"),
+        "has_table": ("self", "table_name"),
+        "wipe": ("self",),
+        "dispose": ("self",),
+        "_db_lock": None,
+        "_initialized_dbs": None,
+    },
+    PostgresEventLogStorage: {
+        "__init__": ("self", "postgres_url", "should_autocreate_tables", "inst_data", "token_provider"),
+        "has_table": ("self", "table_name"),
+        "wipe": ("self",),
+        "_engine": None,  # replaced after the parent's __init__
+        "_token_provider": None,
+        "postgres_url": None,
+    },
+}
+
+EVENT_LOG_OPT_IN = """# Event log: Dagster's own SQLite storage under this folder. Opt-in: a faster one that keeps its
+# connections open and commits at synchronous=NORMAL (no disk sync per event; safe from corruption
+# in WAL mode) - q50_assets/storage/dagster_instance.py says why and which Dagster internals it
+# relies on. To use it, uncomment the block (same folder: the history is kept).
+"""
+
+SQLITE_EVENT_LOG = """event_log_storage:
   module: q50_assets.storage.dagster_instance
-  class: NormalSyncSqliteEventLogStorage   # SQLite's WAL mode with synchronous=NORMAL (see its doc)
+  class: NormalSyncSqliteEventLogStorage
   config:
     base_dir: {event_log_dir}
-concurrency:
+"""
+
+DAGSTER_YAML = """# Written by `q50` for the embedded default: runs and events in SQLite under this folder.
+# For PostgreSQL run storage use deploy/dagster.postgres.yaml (README, "Dagster on PostgreSQL").
+{event_log}concurrency:
   runs:
-    max_concurrent_runs: 2          # sensor, nightly and backfill runs: at most two batches at once (2 cores)
+    # Sensor, nightly and backfill runs at once: one per core of the machine that wrote this file
+    # (each batch run keeps about one core busy).
+    max_concurrent_runs: {max_concurrent_runs}
     tag_concurrency_limits:
       - key: dagster/partition      # never two single-pool runs of the same pool at once
         value:
@@ -53,7 +102,8 @@ telemetry:
 class RememberedTables:
     """Event log mixin: Dagster asks whether a table exists before many event writes (the asset
     check and concurrency tables), each time through a connection of its own; a table that exists
-    stays, so a "yes" is remembered (a wipe forgets)."""
+    stays, so a "yes" is remembered (a wipe forgets). Works around
+    https://github.com/dagster-io/dagster/issues/34058."""
 
     _tables: set[str]
 
@@ -152,6 +202,7 @@ class PooledPostgresEventLogStorage(RememberedTables, PostgresEventLogStorage):
     The engine is the one Dagster builds for its webserver (``optimize_for_webserver``: one pooled
     connection, recycled hourly) plus a liveness ping at checkout, so a restarted server costs a
     reconnect, not a failed event write. Same configuration as ``PostgresEventLogStorage``.
+    Works around https://github.com/dagster-io/dagster/issues/33935 (and, by the mixin, #34058).
     """
 
     POOL_RECYCLE_SECONDS = 3600
@@ -185,11 +236,30 @@ class PooledPostgresEventLogStorage(RememberedTables, PostgresEventLogStorage):
         super().wipe()
 
 
-def write_dagster_yaml(home: Path) -> Path:
+def with_kept_connections(config: dict) -> dict:
+    """A PostgreSQL instance configuration (``deploy/dagster.postgres.yaml`` read as a dict) opted
+    in: Dagster's own event log storage replaced by :class:`PooledPostgresEventLogStorage`, as its
+    comments tell a user to do by hand."""
+    storage = config["event_log_storage"]
+    if (storage["module"], storage["class"]) != ("dagster_postgres.event_log", "PostgresEventLogStorage"):
+        raise ValueError(f"not Dagster's PostgreSQL event log: {storage['module']}.{storage['class']}")
+    return {**config, "event_log_storage": {**storage, "module": __name__, "class": "PooledPostgresEventLogStorage"}}
+
+
+def dagster_yaml(home: Path, kept_connections: bool = False) -> str:
+    """The ``dagster.yaml`` for the embedded default; ``kept_connections`` opts in to
+    :class:`NormalSyncSqliteEventLogStorage` (else its block is there, commented out)."""
+    block = SQLITE_EVENT_LOG.format(event_log_dir=home / "history" / "runs")  # where Dagster's own writes
+    if not kept_connections:
+        block = "".join(f"# {line}" for line in block.splitlines(keepends=True))
+    return DAGSTER_YAML.format(event_log=EVENT_LOG_OPT_IN + block, max_concurrent_runs=usable_cores())
+
+
+def write_dagster_yaml(home: Path, kept_connections: bool = False) -> Path:
     """``home/dagster.yaml`` for the embedded default, unless one exists (a user's own is kept)."""
     path = home / "dagster.yaml"
     if not path.exists():
-        path.write_text(DAGSTER_YAML.format(event_log_dir=home / "history" / "runs"))
+        path.write_text(dagster_yaml(home, kept_connections))
     return path
 
 

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import pytest
 from dagster import AssetKey, build_schedule_context, evaluate_automation_conditions, instance_for_test
 
-from q50_assets.automation.conditions import TRIGGER_TAG
+from q50_assets.lineage.common.conditions import TRIGGER_TAG
 from q50_assets.automation.runs import range_tags, registered_pools, request_pools
 from q50_assets.definitions import build_definitions
 from q50_assets_tests.lineage.signals.test_model_and_signals_assets import LIGHT_MODEL, QUIET

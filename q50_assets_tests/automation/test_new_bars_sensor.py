@@ -7,7 +7,7 @@ import pytest
 from dagster import AssetKey, SensorResult, SkipReason, build_sensor_context, instance_for_test
 
 from q50_assets.lineage.common.partitions import POOLS_PARTITION_NAME
-from q50_assets.automation.conditions import TRIGGER_TAG
+from q50_assets.lineage.common.conditions import TRIGGER_TAG
 from q50_assets.automation.runs import registered_pools, request_pools
 from q50_assets.db.engine import get_engine
 from q50_assets.definitions import build_definitions

@@ -15,8 +15,8 @@ import pytest
 from dagster import AssetKey, SensorResult, SkipReason, build_sensor_context, evaluate_automation_conditions, instance_for_test
 from sqlalchemy import delete, select
 
-from q50_assets.automation.conditions import TRIGGER_TAG
-from q50_assets.automation.runs import execute_batches, registered_pools, request_pools
+from q50_assets.lineage.common.conditions import TRIGGER_TAG
+from q50_assets.automation.runs import pool_batches, range_tags, registered_pools, request_pools
 from q50_assets.db.collector_models import ohlcv_data
 from q50_assets.db.engine import get_engine
 from q50_assets.db.q50_models import q50_signals, q50_trading_history
@@ -114,10 +114,12 @@ def test_sensor_loop_on_a_postgresql_collector(collector_url, tmp_path, backend)
         for name in ("q50_signals", "backtest_results", "q50_trading_history"):
             assert automation.get_requested_partitions(AssetKey(name)) == set(POOLS), name
         assert automation.get_num_requested(AssetKey("backtest_portfolio")) == 0  # not before the backtests ran
-        fan_out = execute_batches(defs.resolve_job_def("refresh_pools"), instance, POOLS, 100,
-                                  [AssetKey("q50_signals"), AssetKey("backtest_results"),
-                                   AssetKey("q50_trading_history")], run_config=QUIET)
-        assert all(r.success for r in fan_out)
+        (batch,) = pool_batches(registered_pools(instance), POOLS, 100)  # as the backfill would run it
+        fan_out = defs.resolve_job_def("refresh_pools").execute_in_process(
+            instance=instance, asset_selection=[AssetKey("q50_signals"), AssetKey("backtest_results"),
+                                                AssetKey("q50_trading_history")],
+            tags=range_tags(batch), run_config=QUIET)
+        assert fan_out.success
         automation = evaluate_automation_conditions(defs, instance, cursor=automation.cursor)
         assert automation.total_requested == 1 and automation.get_num_requested(AssetKey("backtest_portfolio")) == 1
         defs.resolve_job_def("portfolio_summary").execute_in_process(instance=instance, run_config=QUIET)

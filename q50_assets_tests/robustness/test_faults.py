@@ -44,7 +44,7 @@ from dagster import AssetKey, DagsterEventType, DagsterInstance, SensorResult, S
 from sqlalchemy import event, select, text
 
 from q50_assets.lineage.common.partitions import POOLS_PARTITION_NAME
-from q50_assets.automation.conditions import TRIGGER_TAG
+from q50_assets.lineage.common.conditions import TRIGGER_TAG
 from q50_assets.db.engine import get_engine
 from q50_assets.db.q50_models import Q50_TABLE_NAMES, q50_metadata
 from q50_assets.db.sample_loader import load_sample

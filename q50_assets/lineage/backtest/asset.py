@@ -1,11 +1,10 @@
 """Lineage stage 5 - backtest results: per pool, the Q50 strategy in real NautilusTrader engines
 beside its yardsticks on the same bars and costs, on the out-of-sample span only; the trading
-history of its fills (the same step); plus a portfolio summary across pools with the pooled
-permutation p-value.
+history of its fills (the same step). The portfolio across pools is
+:mod:`q50_assets.lineage.portfolio.asset`.
 
 Glue only: the stage is :func:`q50_assets.lineage.backtest.step.run_pool_stage`, the trading
-history rows :func:`q50_assets.lineage.backtest.step.history_rows`, the portfolio table
-:mod:`q50_assets.lineage.portfolio.portfolio`.
+history rows :func:`q50_assets.lineage.backtest.step.history_rows`.
 """
 
 import base64
@@ -14,29 +13,23 @@ from dataclasses import dataclass, replace
 import pandas as pd
 from dagster import (
     ResourceParam,
-    AssetCheckResult,
-    AssetCheckSeverity,
-    AssetCheckSpec,
     AssetExecutionContext,
     AssetIn,
     AssetKey,
     AssetOut,
     MetadataValue,
     Output,
-    asset,
     multi_asset,
 )
 
 from q50_assets.lineage.common.batch import PoolChecks, add_pool_metadata, blocked_metadata, each, pool_check_spec, progress_callback
 from q50_assets.lineage.ohlcv.asset import OHLCV_ASSET
+from q50_assets.lineage.common.conditions import eager_after
 from q50_assets.lineage.common.partitions import pool_partitions
 from q50_assets.lineage.regimes.asset import REGIMES_ASSET
 from q50_assets.lineage.signals.asset import SIGNALS_ASSET
 from q50_assets.lineage.trading_history.asset import TRADING_HISTORY_ASSET, history_step, reconcile
-from q50_assets.lineage.model.asset import MODEL_ASSET
-from q50_assets.db.q50_models import q50_signals
 from q50_assets.lineage.backtest.step import (
-    Q50,
     PoolBacktest,
     bars_match_pipeline,
     equity_png,
@@ -44,19 +37,6 @@ from q50_assets.lineage.backtest.step import (
     nautilus_status,
     run_pool_stage,
 )
-from q50_assets.lineage.portfolio.portfolio import (
-    comparable_baselines,
-    no_trade_summary,
-    permutation_summary,
-    portfolio_markdown,
-    portfolio_table,
-    labelled_signals,
-    research_report,
-)
-from q50_assets.lineage.model.evaluation import net_hit_rate
-from q50_assets.lineage.portfolio.report import headline_markdown, markdown_with_pictures
-from q50_assets.storage.reports import ReportFiles
-from q50_assets.lineage.model.step import TrainedQ50Model
 from q50_assets.storage.database import CollectorDatabase
 from q50_assets.lineage.common.gate import Blocked
 from q50_assets.lineage.ohlcv.step import bars_or_blocked
@@ -66,7 +46,6 @@ from q50_assets.lineage.portfolio.portfolio import dsr_trials
 from q50_assets.settings import Settings
 
 BACKTEST_ASSET = "backtest_results"
-PORTFOLIO_ASSET = "backtest_portfolio"
 VERIFIED = ("ok", "failed_checks")  # statuses of a pool whose engines ran (metrics and a picture exist)
 
 
@@ -193,6 +172,7 @@ def _backtest_metadata(result: PoolBacktest, settings: Settings, rows_ignored: i
     outs={
         BACKTEST_ASSET: AssetOut(
             io_manager_key="q50_tables", group_name="backtest", kinds={"nautilustrader"},
+            automation_condition=eager_after(SIGNALS_ASSET, BACKTEST_ASSET),
             description="Per pool: the Q50 strategy in NautilusTrader BacktestEngines (decisions bar by bar from "
             "the signal and regime known at each close, sized and charged by one cost model: fee + "
             "constant-product impact at the pool's liquidity at the time; fills one or more bars later), beside "
@@ -202,6 +182,7 @@ def _backtest_metadata(result: PoolBacktest, settings: Settings, rows_ignored: i
             "null's draws on the q50 row); equity picture and table in metadata."),
         TRADING_HISTORY_ASSET: AssetOut(
             io_manager_key="q50_tables", group_name="backtest", kinds={"sql"},
+            automation_condition=eager_after(SIGNALS_ASSET, BACKTEST_ASSET),
             description="Every fill of the Q50 strategy's Nautilus backtest (side, quantity, price, fee, impact), "
             "when its order was decided, what the cost model expected it to cost and at which liquidity, the "
             "signal, regime and target that decided it and the feature vector behind it (the collector's or the "
@@ -277,103 +258,3 @@ def backtest_results(context: AssetExecutionContext, ohlcv_bars: dict, q50_signa
         checks.add(TRADING_HISTORY_ASSET, "reconciles_with_fills", pool_id, ok,
                    {"stored": MetadataValue.json(got), "nautilus_fills": MetadataValue.json(expected)})
     yield from checks.events()
-
-
-def portfolio_summary(results: pd.DataFrame, variants: tuple[str, ...]) -> dict:
-    """The portfolio across pools from the latest backtest rows of each (q50_backtest_results): the
-    table, the comparability problems, the permutation null and the pools where q50 never traded."""
-    problems, checked = comparable_baselines(results, variants)
-    table = portfolio_table(results, variants)
-    permutation = permutation_summary(results) if len(results) else {}
-    no_trade = no_trade_summary(results) if len(results) else {"pools": 0}
-    return {"table": table, "problems": problems, "pools_checked": checked, "permutation": permutation,
-            "no_trade": no_trade, "markdown": portfolio_markdown(table, permutation, no_trade)}
-
-
-def report_step(results: pd.DataFrame, model: TrainedQ50Model | None, db: CollectorDatabase, settings: Settings,
-                files: ReportFiles):
-    """The research report over the latest backtests (research/portfolio.py research_report): the
-    model's evidence from the model that made the signals, the hit rate of the stored signals net
-    of their expected cost (this run's signals only: signals made elsewhere carry no label), and
-    the deflated Sharpe counting the configurations tried. Writes the HTML page; returns
-    (report or None, facts, path or None)."""
-    trials = dsr_trials(settings)
-    bootstrap = BootstrapConfig.of(settings)
-    hit_rate = None
-    if model is not None and settings.nautilus_trader.strategy_config.signal_source == "qlib" and len(results):
-        signals = db.pool_rows(q50_signals, settings.timeframe, sorted(set(results["pool_id"])))
-        labelled = labelled_signals(signals, model.result.predictions)
-        if len(labelled) and labelled["label"].notna().any():
-            hit_rate = net_hit_rate(labelled, cost_column="expected_cost_fraction", time_column="known_at",
-                                    bar_seconds=settings.bar_seconds, config=bootstrap)
-    report, facts = research_report(results, trials=trials["trials"], bar_seconds=settings.bar_seconds,
-                                    bootstrap=bootstrap, model=model.evidence if model is not None else None,
-                                    hit_rate=hit_rate)
-    facts["trials_detail"] = trials
-    path = files.write(report) if report is not None else None
-    return report, facts, path
-
-
-def _report_metadata(report, facts: dict, path) -> dict:
-    """The report in the asset's metadata: the whole page (markdown with its pictures), where its
-    HTML file is, the trial count, and q50's headline numbers as floats (plotted across runs)."""
-    meta = {"dsr_trials": int(facts["trials"]), "dsr_trials_detail": MetadataValue.json(facts["trials_detail"]),
-            "pools_in_report": int(facts["pools_in_report"]),
-            "pools_without_stored_evidence": MetadataValue.json(facts["pools_without_stored_evidence"])}
-    if report is None:
-        meta["report"] = MetadataValue.md("No pool where q50 traded: nothing to report.")
-        return meta
-    meta["report"] = MetadataValue.md(markdown_with_pictures(report))
-    meta["headline"] = MetadataValue.md(headline_markdown(report))
-    meta["report_html"] = MetadataValue.path(str(path))
-    headline = report.tables["headline"]
-    for (sample, variant), row in headline.iterrows():
-        if variant not in (Q50, "buy_and_hold_matched") or sample != "all pools":
-            continue
-        for column in ("mean_bar_return", "mean_bar_return_low", "mean_bar_return_high", "sharpe", "sharpe_low",
-                       "sharpe_high", "hit_rate", "psr", "dsr"):
-            meta[f"{variant}_{column}"] = MetadataValue.float(float(row[column]))
-    return meta
-
-
-@asset(
-    name=PORTFOLIO_ASSET,
-    ins={"backtest_results": AssetIn(BACKTEST_ASSET, input_manager_key="q50_tables"),
-         "q50_model": AssetIn(MODEL_ASSET)},
-    group_name="backtest",
-    kinds={"pandas"},
-    check_specs=[
-        AssetCheckSpec("comparable_baselines", asset=PORTFOLIO_ASSET, blocking=True,
-                       description="Every pool in the table has every variant from one backtest run on the same "
-                       "out-of-sample span, finite returns >= -100 %, and a permutation null of >= 1,000 draws."),
-    ],
-    description="Across pools: the latest backtest of each pool, per variant (q50 with latency fills and with "
-    "close fills, the reserve sensitivity, buy & hold at full and matched exposure, cash), out of sample, equal "
-    "weight per pool, over the pools where q50 traded (the others reported apart), with the pooled permutation "
-    "p-value. Read from q50_backtest_results, so pools blocked upstream simply have no row. Metadata: the research "
-    "report (headline with block-bootstrap intervals, PSR and deflated Sharpe, equity curves, the permutation null, "
-    "the model's skill and reliability, the hit rate net of cost, where the edge lives), also written as an HTML "
-    "page under the data dir.",
-)
-def backtest_portfolio(context: AssetExecutionContext, backtest_results: dict, q50_model: TrainedQ50Model,
-                       settings: ResourceParam[Settings], collector_db: CollectorDatabase, report_files: ReportFiles):
-    frames = [frame.reset_index() for frame in backtest_results.values() if len(frame)]
-    results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        columns=["pool_id", "variant", "total_return", "oos_start", "oos_end", "bars", "trades"])
-    summary = portfolio_summary(results, BacktestStageConfig.of(settings).variants)
-    table, permutation, no_trade = summary["table"], summary["permutation"], summary["no_trade"]
-    report, facts, path = report_step(results, q50_model, collector_db, settings, report_files)
-    if path is not None:
-        context.log.info(f"research report: {path}")
-    yield Output(table, metadata={
-        "pools": summary["pools_checked"],
-        "pools_q50_traded": int(table["pools"].max()) if len(table) else 0,
-        "pools_q50_never_traded": int(no_trade["pools"]),
-        "pooled_permutation_p_value": MetadataValue.float(float(permutation.get("pooled_p_value", float("nan")))),
-        "summary": MetadataValue.md(summary["markdown"]),
-        **_report_metadata(report, facts, path),
-    })
-    yield AssetCheckResult(check_name="comparable_baselines", passed=not summary["problems"],
-                           severity=AssetCheckSeverity.ERROR,
-                           metadata={"pools_checked": summary["pools_checked"],
-                                     "problems": MetadataValue.json(summary["problems"][:50])})

@@ -25,6 +25,7 @@ from dagster import (
     asset,
 )
 
+from q50_assets.lineage.common.conditions import after_nightly_refresh
 from q50_assets.lineage.features.asset import FEATURES_ASSET
 from q50_assets.lineage.model.evaluation import ModelEvidence
 from q50_assets.lineage.portfolio.report import reliability_png, skill_display
@@ -121,6 +122,7 @@ def model_step(store: QlibStore, settings: Settings, run_id: str) -> TrainedQ50M
     deps=[AssetKey(FEATURES_ASSET)],
     group_name="model",
     kinds={"lightgbm"},
+    automation_condition=after_nightly_refresh(),
     check_specs=[
         AssetCheckSpec(
             "quantiles_ordered",

@@ -16,7 +16,9 @@ from q50_assets.lineage.common.batch import (
     pool_check_spec,
     progress_callback,
 )
+from q50_assets.lineage.common.conditions import eager_after
 from q50_assets.lineage.common.partitions import pool_partitions
+from q50_assets.lineage.model.asset import MODEL_ASSET
 from q50_assets.storage.database import CollectorDatabase
 from q50_assets.lineage.common.gate import Blocked
 from q50_assets.lineage.model.step import TrainedQ50Model
@@ -57,6 +59,7 @@ def signals_step(model: TrainedQ50Model, features: dict, db: CollectorDatabase, 
     io_manager_key="q50_tables",
     group_name="signals",
     kinds={"pandas", "sql"},
+    automation_condition=eager_after(MODEL_ASSET),  # every pool's signals from a new model
     check_specs=[
         pool_check_spec(SIGNALS_ASSET, "known_at_after_bar_close",
                         "Every signal becomes known at or after its bar's close (open + timeframe).", True),

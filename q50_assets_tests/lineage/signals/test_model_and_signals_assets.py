@@ -11,7 +11,7 @@ from dagster import AssetKey, DagsterInstance
 from sqlalchemy import delete, func, select
 
 from q50_assets.lineage.common.partitions import POOLS_PARTITION_NAME
-from q50_assets.automation.runs import execute_batches
+from q50_assets.automation.runs import pool_batches, range_tags, registered_pools
 from q50_assets.db.collector_models import ohlcv_data
 from q50_assets.db.engine import get_engine
 from q50_assets.db.q50_models import q50_regime_labels, q50_signals
@@ -49,6 +49,14 @@ def merged(results, node: str, output: str = "result") -> dict:
     return out
 
 
+def batch_runs(job, instance, pools, pools_per_run: int, selection: list) -> list:
+    """``selection`` for ``pools`` through ``job``, one in-process run per batch of pools (a
+    partition range), as the demo's run queue runs them; the results keep each run's outputs."""
+    return [job.execute_in_process(instance=instance, asset_selection=selection, run_config=QUIET,
+                                   tags=range_tags(batch), raise_on_error=False)
+            for batch in pool_batches(registered_pools(instance), pools, pools_per_run)]
+
+
 def run_lineage(settings, instance, backtest: bool = False, pools=POOLS) -> dict:
     """Materialize every stage for ``pools`` the way the demo, the sensor and the nightly do:
     batch runs over ranges of pool partitions (``batches.pools_per_run`` pools each) and one model
@@ -57,10 +65,9 @@ def run_lineage(settings, instance, backtest: bool = False, pools=POOLS) -> dict
     defs = build_definitions(settings)
     refresh = defs.resolve_job_def("refresh_pools")
     per_run = settings.batches.pools_per_run
-    first = execute_batches(refresh, instance, pools, per_run,
-                            [AssetKey("ohlcv_bars"), AssetKey("pool_trades"), AssetKey("qlib_features"),
-                             AssetKey("regime_labels")],
-                            run_config=QUIET)
+    first = batch_runs(refresh, instance, pools, per_run,
+                       [AssetKey("ohlcv_bars"), AssetKey("pool_trades"), AssetKey("qlib_features"),
+                        AssetKey("regime_labels")])
     assert all(r.success for r in first)
     out = {"first_runs": first, "features": merged(first, "qlib_features"), "regimes": merged(first, "regime_labels"),
            "regime_checks": [e for r in first for e in r.get_asset_check_evaluations()
@@ -72,7 +79,7 @@ def run_lineage(settings, instance, backtest: bool = False, pools=POOLS) -> dict
     later = [AssetKey("q50_signals")]
     if backtest:
         later += [AssetKey("backtest_results"), AssetKey("q50_trading_history")]
-    second = execute_batches(refresh, instance, pools, per_run, later, run_config=QUIET)
+    second = batch_runs(refresh, instance, pools, per_run, later)
     assert all(r.success for r in second)
     out["second_runs"] = second
     out["signals"] = merged(second, "q50_signals")
@@ -274,8 +281,7 @@ def test_a_failed_coverage_check_blocks_signals(collector_url, tmp_path):
         inst.add_dynamic_partitions(POOLS_PARTITION_NAME, pools)
         defs = build_definitions(settings)
         refresh = defs.resolve_job_def("refresh_pools")
-        first = execute_batches(refresh, inst, pools, len(pools), [AssetKey("ohlcv_bars"), AssetKey("qlib_features")],
-                                run_config=QUIET)
+        first = batch_runs(refresh, inst, pools, len(pools), [AssetKey("ohlcv_bars"), AssetKey("qlib_features")])
         assert all(r.success for r in first)
         model_run = defs.resolve_job_def("train_q50_model").execute_in_process(
             instance=inst, run_config=QUIET, raise_on_error=False)
@@ -289,8 +295,7 @@ def test_a_failed_coverage_check_blocks_signals(collector_url, tmp_path):
 
         # A later batch run of both pools' signals (as the sensor would request) loads the stored
         # model and refuses it: no pool of the batch gets a signal from it.
-        (signals_run,) = execute_batches(refresh, inst, pools, len(pools), [AssetKey("q50_signals")],
-                                         run_config=QUIET)
+        (signals_run,) = batch_runs(refresh, inst, pools, len(pools), [AssetKey("q50_signals")])
         assert not signals_run.success
         failures = [e for e in signals_run.all_events if e.event_type_value == "STEP_FAILURE"]
         error, messages = failures[0].step_failure_data.error, []

@@ -1,4 +1,5 @@
-"""Declarative automation: what re-runs by itself once something upstream changed.
+"""Declarative automation: what re-runs by itself once something upstream changed. Each asset
+declares its condition in its decorator (``automation_condition=``); the builders are here.
 
 * ``q50_model`` retrains once the nightly refresh of the pools has written new features (and no
   pool's refresh is still queued or running);
@@ -9,15 +10,14 @@
 
 Evaluated by the ``q50_automation`` sensor (an AutomationConditionSensorDefinition): requests for
 many pools become one backfill, which runs them in batches by the assets' backfill policy.
+
+The builders take the asset names they react to from their caller (the asset module that knows
+them), so this module imports no stage.
 """
 
 from __future__ import annotations
 
 from dagster import AssetSelection, AutomationCondition
-
-from q50_assets.lineage.backtest.asset import BACKTEST_ASSET
-from q50_assets.lineage.model.asset import MODEL_ASSET
-from q50_assets.lineage.signals.asset import SIGNALS_ASSET
 
 TRIGGER_TAG = "q50/trigger"  # why a run was requested: new_pool, new_bars, revised, nightly (comma-joined)
 NIGHTLY = "nightly"
@@ -42,24 +42,13 @@ def eager_after(*assets: str) -> AutomationCondition:
         "any_deps_updated", AutomationCondition.any_deps_updated().allow(AssetSelection.assets(*assets)))
 
 
-def after_backtests() -> AutomationCondition:
-    """Once any pool's backtest changed and no backtest is in progress (a pool that never had one
-    does not hold the table back, unlike ``eager()``). A new model alone does not rewrite it (its
-    signals and backtests follow, and then the portfolio)."""
+def once_settled_after(asset: str) -> AutomationCondition:
+    """Once any partition of ``asset`` changed and none of the parents is in progress (a pool that
+    never had one does not hold the asset back, unlike ``eager()``). The portfolio after the
+    backtests: a new model alone does not rewrite it (its signals and backtests follow, and then
+    the portfolio)."""
     return (
-        AutomationCondition.any_deps_updated().allow(AssetSelection.assets(BACKTEST_ASSET)).since_last_handled()
+        AutomationCondition.any_deps_updated().allow(AssetSelection.assets(asset)).since_last_handled()
         & ~AutomationCondition.any_deps_in_progress()
         & ~AutomationCondition.in_progress()
-    ).with_label("after the pools' backtests")
-
-
-def lineage_conditions() -> dict[str, AutomationCondition]:
-    """Asset name -> its automation condition."""
-    after_signals = eager_after(SIGNALS_ASSET, BACKTEST_ASSET)
-    return {
-        MODEL_ASSET: after_nightly_refresh(),
-        SIGNALS_ASSET: eager_after(MODEL_ASSET),
-        BACKTEST_ASSET: after_signals,
-        "q50_trading_history": after_signals,
-        "backtest_portfolio": after_backtests(),
-    }
+    ).with_label(f"after updates of {asset}, none in progress")
