@@ -7,7 +7,6 @@ import os
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 from q50_assets.settings import ENV_DATABASE_URL, Settings, SettingsError, get_settings
 

@@ -9,7 +9,7 @@ import pytest
 from dagster import DagsterInstance
 
 from q50_assets.lineage.common.partitions import POOLS_PARTITION_NAME
-from q50_assets.lineage.ohlcv.rules import TIMEFRAME_SECONDS
+from q50_assets.settings import TIMEFRAME_SECONDS
 from q50_assets.lineage.features.formulas import to_bar_grid
 from q50_assets.storage.qlib_store import QlibStore
 from q50_assets.settings import Timeframe, load_settings

@@ -31,12 +31,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from q50_assets.lineage.model.asset import MODEL_ASSET
 from q50_assets.lineage.ohlcv.asset import OHLCV_ASSET
-from q50_assets.lineage.common.partitions import POOLS_PARTITION_NAME, pool_partitions
+from q50_assets.lineage.common.partitions import pool_partitions
 from q50_assets.lineage.ohlcv.bar_changes import BarsCursor, diff, pool_states
 from q50_assets.lineage.common.conditions import NIGHTLY, TRIGGER_TAG
 from q50_assets.automation.jobs import MODEL_DEPENDENT_ASSETS, NEEDS_NO_MODEL_ASSETS, refresh_pools_job
 from q50_assets.automation.runs import batch_run_requests, digest, registered_pools
-from q50_assets.lineage.ohlcv.rules import TIMEFRAME_SECONDS
+from q50_assets.settings import TIMEFRAME_SECONDS
 from q50_assets.storage.database import CollectorDatabase
 from q50_assets.settings import Settings
 

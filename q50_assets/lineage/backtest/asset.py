@@ -41,8 +41,6 @@ from q50_assets.storage.database import CollectorDatabase
 from q50_assets.lineage.common.gate import Blocked
 from q50_assets.lineage.ohlcv.step import bars_or_blocked
 from q50_assets.lineage.backtest.step import BacktestStageConfig
-from q50_assets.lineage.common.uncertainty import BootstrapConfig
-from q50_assets.lineage.portfolio.portfolio import dsr_trials
 from q50_assets.settings import Settings
 
 BACKTEST_ASSET = "backtest_results"

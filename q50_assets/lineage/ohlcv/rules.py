@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from q50_assets.lineage.common.bar_length import BarLength
-from q50_assets.settings import TIMEFRAME_SECONDS, OhlcvSettings, Settings  # noqa: F401  (TIMEFRAME_SECONDS re-exported)
+from q50_assets.settings import OhlcvSettings, Settings
 
 
 # Columns as read from ohlcv_data (collector names).

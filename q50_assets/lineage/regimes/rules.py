@@ -41,7 +41,6 @@ import bisect
 import math
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import numpy as np

@@ -113,7 +113,7 @@ def test_naive_index_is_utc():
 
 
 def test_bars_per_year_from_the_timeframe():
-    from q50_assets.lineage.ohlcv.rules import TIMEFRAME_SECONDS
+    from q50_assets.settings import TIMEFRAME_SECONDS
     from q50_assets.lineage.backtest.metrics import bars_per_year
 
     assert bars_per_year(TIMEFRAME_SECONDS["1h"]) == 24 * 365

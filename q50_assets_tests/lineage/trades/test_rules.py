@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from q50_assets.db.sample_loader import EXPORT_DIR
-from q50_assets.lineage.ohlcv.rules import TIMEFRAME_SECONDS
+from q50_assets.settings import TIMEFRAME_SECONDS
 from q50_assets.lineage.trades.rules import (
     RAW_TRADE_COLUMNS,
     TRADE_FIELDS,
