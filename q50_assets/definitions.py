@@ -16,9 +16,10 @@ from q50_assets.lineage.trades.asset import pool_trades
 from q50_assets.automation.conditions import lineage_conditions
 from q50_assets.automation.jobs import JOBS
 from q50_assets.automation.sensors import build_automation
-from q50_assets.storage.database import CollectorDatabase
+from q50_assets.storage.collector import CollectorReader
 from q50_assets.storage.io_managers import PoolPickleIOManager, Q50TableIOManager
 from q50_assets.storage.lineage_config import stage_resources
+from q50_assets.storage.project_tables import ProjectTables
 from q50_assets.storage.qlib_store import QlibStore
 from q50_assets.storage.reports import ReportFiles
 from q50_assets.settings import ENV_DATABASE_URL, Settings, get_settings
@@ -33,16 +34,18 @@ def build_resources(settings: Settings) -> dict:
     # benchmarks) must never be redirected to whatever the shell exports.
     from_env = os.environ.get(ENV_DATABASE_URL) and os.environ[ENV_DATABASE_URL] == settings.database.url
     url = EnvVar(ENV_DATABASE_URL) if from_env else settings.database_url
-    database = CollectorDatabase(url=url)
+    # One database, two doors: the collector's tables read only, the project's q50_* tables.
+    tables = ProjectTables(url=url)
     return {
-        "collector_db": database,
+        "collector": CollectorReader(url=url),
+        "project_tables": tables,
         "report_files": ReportFiles(directory=str(settings.data_dir / "reports")),
         "qlib_store": QlibStore(provider_dir=str(settings.data_dir / "qlib"), timeframe=settings.timeframe),
-        **stage_resources(settings, database),
+        **stage_resources(settings, tables),
         # Each stage's output stored once: pickles per pool for what only the lineage reads, the
         # project's tables for signals, regimes, backtest results and trading history.
         "io_manager": PoolPickleIOManager(base_dir=str(settings.data_dir / "asset_values")),
-        "q50_tables": Q50TableIOManager(database=database, timeframe=settings.timeframe),
+        "q50_tables": Q50TableIOManager(tables=tables, timeframe=settings.timeframe),
     }
 
 

@@ -25,7 +25,7 @@ from pydantic import Field
 
 from q50_assets.db.q50_models import q50_regime_labels, q50_signals
 from q50_assets.lineage.backtest.step import results_rows
-from q50_assets.storage.database import CollectorDatabase
+from q50_assets.storage.project_tables import ProjectTables
 from q50_assets.lineage.common.gate import Blocked
 
 
@@ -98,7 +98,7 @@ class PoolPickleIOManager(ConfigurableIOManager):
 POOL_ROW_TABLES = {"regime_labels": q50_regime_labels, "q50_signals": q50_signals}
 
 
-def write_table_outputs(db: CollectorDatabase, timeframe: str, asset: str, values: dict) -> dict[str, int]:
+def write_table_outputs(db: ProjectTables, timeframe: str, asset: str, values: dict) -> dict[str, int]:
     """A batch's output of a table-shaped stage written in one transaction; rows written per pool."""
     if asset in POOL_ROW_TABLES:
         return db.replace_pool_rows_many(POOL_ROW_TABLES[asset], timeframe,
@@ -117,11 +117,11 @@ def write_table_outputs(db: CollectorDatabase, timeframe: str, asset: str, value
 class Q50TableIOManager(ConfigurableIOManager):
     """Stores the table-shaped stages in the project's tables, a batch per transaction."""
 
-    database: CollectorDatabase
+    tables: ProjectTables
     timeframe: str = "1h"
 
     def handle_output(self, context: OutputContext, obj) -> None:
-        written = write_table_outputs(self.database, self.timeframe, context.asset_key.to_user_string(),
+        written = write_table_outputs(self.tables, self.timeframe, context.asset_key.to_user_string(),
                                       _pool_values(context, obj))
         context.add_output_metadata({"table_rows_written": int(sum(written.values())),
                                      "pools_written": len(written)})
@@ -129,7 +129,7 @@ class Q50TableIOManager(ConfigurableIOManager):
     def load_input(self, context: InputContext):
         name = context.asset_key.to_user_string()
         pool_ids = list(context.asset_partition_keys)
-        db = self.database
+        db = self.tables
         if name in POOL_ROW_TABLES:
             return db.pool_rows(POOL_ROW_TABLES[name], self.timeframe, pool_ids)
         if name == "backtest_results":

@@ -123,6 +123,10 @@ class QlibStore(ConfigurableResource):
             return {}
         return json.loads(self._mapping_file.read_text())
 
+    def instrument_for(self, pool_id: str) -> str:
+        """The QLib instrument name ``pool_id`` is stored under (:func:`instrument_name`)."""
+        return instrument_name(pool_id)
+
     def pool_for(self, instrument: str) -> str:
         entry = self.mapping().get(instrument)
         if entry is None:

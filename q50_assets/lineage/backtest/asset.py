@@ -22,6 +22,7 @@ from dagster import (
     AssetOut,
     MetadataValue,
     Output,
+    ResourceParam,
     asset,
     multi_asset,
 )
@@ -29,11 +30,11 @@ from dagster import (
 from q50_assets.lineage.common.batch import PoolChecks, add_pool_metadata, blocked_metadata, each, pool_check_spec, progress_callback
 from q50_assets.lineage.ohlcv.asset import OHLCV_ASSET
 from q50_assets.lineage.common.partitions import pool_partitions
+from q50_assets.lineage.common.ports import CollectorSource, ProjectTableStore, ReportSink
 from q50_assets.lineage.regimes.asset import REGIMES_ASSET
 from q50_assets.lineage.signals.asset import SIGNALS_ASSET
 from q50_assets.lineage.trading_history.asset import TRADING_HISTORY_ASSET, history_step, reconcile
 from q50_assets.lineage.model.asset import MODEL_ASSET
-from q50_assets.db.q50_models import q50_signals
 from q50_assets.lineage.backtest.step import (
     Q50,
     PoolBacktest,
@@ -54,9 +55,7 @@ from q50_assets.lineage.portfolio.portfolio import (
 )
 from q50_assets.lineage.model.evaluation import net_hit_rate
 from q50_assets.lineage.portfolio.report import headline_markdown, markdown_with_pictures
-from q50_assets.storage.reports import ReportFiles
 from q50_assets.lineage.model.step import TrainedQ50Model
-from q50_assets.storage.database import CollectorDatabase
 from q50_assets.storage.lineage_config import LineageConfig
 from q50_assets.lineage.backtest.nautilus import NautilusBacktester
 from q50_assets.lineage.common.gate import Blocked
@@ -106,17 +105,19 @@ class BacktestBatch:
     pictures: dict  # pool -> equity picture (PNG bytes) for pools with metrics
 
 
-def backtest_step(ohlcv: dict, signals: dict, regimes: dict, nautilus: NautilusBacktester, db: CollectorDatabase,
-                  lineage: LineageConfig, run_id: str, signal_db: CollectorDatabase | None = None,
+def backtest_step(ohlcv: dict, signals: dict, regimes: dict, nautilus: NautilusBacktester, db: CollectorSource,
+                  lineage: LineageConfig, run_id: str, signal_tables: ProjectTableStore | None = None,
                   progress=None) -> BacktestBatch:
     """A batch of pools: per usable pool, the backtest stage (:func:`run_pool_stage`: every variant's
     Nautilus engines, metrics, round trips, the permutation null) at the pool's liquidity as the
     collector observed it, then the stage's rules; a pool failing one keeps its result out of the
     table (status ``failed_checks``); the equity picture of every pool with metrics.
 
-    ``signal_db``: where ``backtest.signal_source: database`` reads the stored signals (default: ``db``).
+    ``signal_tables``: where ``backtest.signal_source: database`` reads the stored signals.
     """
     source = lineage.backtest.signal_source
+    if source == "database" and signal_tables is None:
+        raise ValueError("backtest.signal_source: database needs the tables holding the stored signals")
     available, why = nautilus_status() if nautilus.enabled else (True, "")
     # The engines' spec imports NautilusTrader: only built when it can run.
     config = lineage.backtest_config(nautilus) if nautilus.enabled and available else None
@@ -140,7 +141,7 @@ def backtest_step(ohlcv: dict, signals: dict, regimes: dict, nautilus: NautilusB
         series, ignored[pool_id] = reserves[pool_id]
         loader = None
         if source == "database":  # signals made elsewhere, stored in q50_signals of the signal database
-            loader = (signal_db or db).signal_loader(pool_id, lineage.timeframe)
+            loader = signal_tables.signal_loader(pool_id, lineage.timeframe)
         result = run_pool_stage(pool_id, bars, signals[pool_id], regimes[pool_id], series, config, run_id,
                                 signal_loader=loader)
         if result.status == "ok":
@@ -228,14 +229,15 @@ def _backtest_metadata(result: PoolBacktest, lineage: LineageConfig, rows_ignore
     name="backtest_and_trading_history",
 )
 def backtest_results(context: AssetExecutionContext, ohlcv_bars: dict, q50_signals: dict, regime_labels: dict,
-                     nautilus: NautilusBacktester, collector_db: CollectorDatabase, signal_db: CollectorDatabase,
+                     nautilus: NautilusBacktester, collector: ResourceParam[CollectorSource],
+                     project_tables: ResourceParam[ProjectTableStore], signal_db: ResourceParam[ProjectTableStore],
                      lineage: LineageConfig):
     pool_ids = list(context.partition_keys)
     run_id = context.run.run_id
-    batch = backtest_step(ohlcv_bars, q50_signals, regime_labels, nautilus, collector_db, lineage, run_id,
-                          signal_db=signal_db, progress=progress_callback(context, BACKTEST_ASSET, len(pool_ids)))
+    batch = backtest_step(ohlcv_bars, q50_signals, regime_labels, nautilus, collector, lineage, run_id,
+                          signal_tables=signal_db, progress=progress_callback(context, BACKTEST_ASSET, len(pool_ids)))
     results = batch.results
-    histories = history_step(results, collector_db, lineage.backtest.use_existing_feature_vectors)
+    histories = history_step(results, collector, lineage.backtest.use_existing_feature_vectors)
     checks = PoolChecks(context)
     for pool_id in pool_ids:
         result = results[pool_id]
@@ -256,7 +258,7 @@ def backtest_results(context: AssetExecutionContext, ohlcv_bars: dict, q50_signa
     # The history is in the table now (the IO manager wrote it when the output was yielded):
     # reconcile what the database holds with Nautilus' own fills report.
     written = {p: h for p, h in histories.items() if not isinstance(h, Blocked)}
-    stored = collector_db.trading_history_many({p: h.backtest_run_id for p, h in written.items()}) if written else {}
+    stored = project_tables.trading_history_many({p: h.backtest_run_id for p, h in written.items()}) if written else {}
     for pool_id in pool_ids:
         history = histories[pool_id]
         if isinstance(history, Blocked):
@@ -287,8 +289,8 @@ def portfolio_summary(results: pd.DataFrame, variants: tuple[str, ...]) -> dict:
             "no_trade": no_trade, "markdown": portfolio_markdown(table, permutation, no_trade)}
 
 
-def report_step(results: pd.DataFrame, model: TrainedQ50Model | None, db: CollectorDatabase, lineage: LineageConfig,
-                files: ReportFiles):
+def report_step(results: pd.DataFrame, model: TrainedQ50Model | None, tables: ProjectTableStore,
+                lineage: LineageConfig, files: ReportSink):
     """The research report over the latest backtests (research/portfolio.py research_report): the
     model's evidence from the model that made the signals, the hit rate of the stored signals net
     of their expected cost (this run's signals only: signals made elsewhere carry no label), and
@@ -298,7 +300,7 @@ def report_step(results: pd.DataFrame, model: TrainedQ50Model | None, db: Collec
     bootstrap = lineage.bootstrap_config()
     hit_rate = None
     if model is not None and lineage.backtest.signal_source == "qlib" and len(results):
-        signals = db.pool_rows(q50_signals, lineage.timeframe, sorted(set(results["pool_id"])))
+        signals = tables.signal_rows_many(lineage.timeframe, sorted(set(results["pool_id"])))
         labelled = labelled_signals(signals, model.result.predictions)
         if len(labelled) and labelled["label"].notna().any():
             hit_rate = net_hit_rate(labelled, cost_column="expected_cost_fraction", time_column="known_at",
@@ -353,13 +355,14 @@ def _report_metadata(report, facts: dict, path) -> dict:
     "page under the data dir.",
 )
 def backtest_portfolio(context: AssetExecutionContext, backtest_results: dict, q50_model: TrainedQ50Model,
-                       lineage: LineageConfig, collector_db: CollectorDatabase, report_files: ReportFiles):
+                       lineage: LineageConfig, project_tables: ResourceParam[ProjectTableStore],
+                       report_files: ResourceParam[ReportSink]):
     frames = [frame.reset_index() for frame in backtest_results.values() if len(frame)]
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["pool_id", "variant", "total_return", "oos_start", "oos_end", "bars", "trades"])
     summary = portfolio_summary(results, lineage.variants)
     table, permutation, no_trade = summary["table"], summary["permutation"], summary["no_trade"]
-    report, facts, path = report_step(results, q50_model, collector_db, lineage, report_files)
+    report, facts, path = report_step(results, q50_model, project_tables, lineage, report_files)
     if path is not None:
         context.log.info(f"research report: {path}")
     yield Output(table, metadata={

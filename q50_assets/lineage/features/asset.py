@@ -8,7 +8,7 @@ store first (flow features read them).
 """
 
 import pandas as pd
-from dagster import AssetExecutionContext, AssetKey, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, AssetKey, MetadataValue, Output, ResourceParam, asset
 
 from q50_assets.lineage.common.batch import (
     PoolChecks,
@@ -18,12 +18,11 @@ from q50_assets.lineage.common.batch import (
     progress_callback,
 )
 from q50_assets.lineage.common.partitions import pool_partitions
+from q50_assets.lineage.common.ports import CollectorSource, FeatureStore, ProjectTableStore
 from q50_assets.lineage.trades.asset import TRADES_ASSET
 from q50_assets.lineage.ohlcv.rules import ValidatedBars
 from q50_assets.lineage.features.formulas import collector_feature_fields
-from q50_assets.storage.database import CollectorDatabase
 from q50_assets.storage.lineage_config import LineageConfig
-from q50_assets.storage.qlib_store import QlibStore, instrument_name
 from q50_assets.lineage.features.step import (
     STAGE,
     FeatureChecks,
@@ -39,8 +38,8 @@ from q50_assets.lineage.ohlcv.step import bars_or_blocked
 FEATURES_ASSET = STAGE
 
 
-def features_step(validated: dict[str, ValidatedBars], store: QlibStore, db: CollectorDatabase,
-                  lineage: LineageConfig, progress=None
+def features_step(validated: dict[str, ValidatedBars], store: FeatureStore, db: CollectorSource,
+                  tables: ProjectTableStore, lineage: LineageConfig, progress=None
                   ) -> tuple[dict[str, pd.DataFrame | Blocked], dict[str, FeatureChecks], dict[str, int],
                              dict[str, int]]:
     """A batch of pools: safe pools' grids written to the store (with the collector's own vectors
@@ -73,14 +72,14 @@ def features_step(validated: dict[str, ValidatedBars], store: QlibStore, db: Col
         raw = store.features(sorted(safe), config.expressions)
         frames = feature_frames(raw, grids, safe, config)
         mapping = store.mapping()
-        checks = {p: check_frame(p, f, config, instrument_name(p), mapping) for p, f in frames.items()}
+        checks = {p: check_frame(p, f, config, store.instrument_for(p), mapping) for p, f in frames.items()}
         passed = {p: f for p, f in frames.items() if not checks[p].failures()}
         failed = [p for p in frames if p not in passed]
         for p in failed:
             out[p] = Blocked(p, STAGE, f"checks failed: {', '.join(checks[p].failures())}")
         store.remove_pools(failed)
         real = {p: f[~f["is_filled"]] for p, f in passed.items()}
-        written = db.upsert_feature_vectors_many(lineage.timeframe, config.version, real, config.columns)
+        written = tables.upsert_feature_vectors_many(lineage.timeframe, config.version, real, config.columns)
         for p, frame in passed.items():
             frame["feature_vector_id"], stale[p] = written[p]
             out[p] = frame
@@ -111,11 +110,12 @@ def features_step(validated: dict[str, ValidatedBars], store: QlibStore, db: Col
     "rows are marked, missing bars flagged as flat filled bars. Pools blocked upstream are skipped (and taken "
     "out of the store).",
 )
-def qlib_features(context: AssetExecutionContext, ohlcv_bars: dict, collector_db: CollectorDatabase,
-                  qlib_store: QlibStore, lineage: LineageConfig):
+def qlib_features(context: AssetExecutionContext, ohlcv_bars: dict, collector: ResourceParam[CollectorSource],
+                  project_tables: ResourceParam[ProjectTableStore], qlib_store: ResourceParam[FeatureStore],
+                  lineage: LineageConfig):
     pool_ids = list(context.partition_keys)
     frames, outcomes, stale, vectors_read = features_step(
-        ohlcv_bars, qlib_store, collector_db, lineage, progress_callback(context, FEATURES_ASSET, len(pool_ids)))
+        ohlcv_bars, qlib_store, collector, project_tables, lineage, progress_callback(context, FEATURES_ASSET, len(pool_ids)))
     config = lineage.feature_config()
     checks = PoolChecks(context)
     for pool_id in pool_ids:

@@ -5,7 +5,7 @@ read them); the collector's own feature vectors are stored here as of each bar's
 ``collector_features`` is on.
 
 Formulas live in :mod:`q50_assets.lineage.features.formulas`; the store is passed in (the QLib door,
-:class:`q50_assets.storage.qlib_store.QlibStore`).
+:class:`q50_assets.lineage.common.ports.FeatureStore`).
 """
 
 from __future__ import annotations

@@ -21,14 +21,15 @@ from dagster import (
     AssetKey,
     MetadataValue,
     Output,
+    ResourceParam,
     asset,
 )
 
+from q50_assets.lineage.common.ports import FeatureStore
 from q50_assets.lineage.features.asset import FEATURES_ASSET
 from q50_assets.lineage.model.evaluation import ModelEvidence
 from q50_assets.lineage.portfolio.report import reliability_png, skill_display
 from q50_assets.storage.lineage_config import LineageConfig
-from q50_assets.storage.qlib_store import QlibStore
 from q50_assets.lineage.model.step import (
     STAGE,
     ModelBlockedError,
@@ -103,7 +104,7 @@ def evidence_metadata(evidence: ModelEvidence) -> dict:
     return meta
 
 
-def model_step(store: QlibStore, lineage: LineageConfig, run_id: str) -> TrainedQ50Model:
+def model_step(store: FeatureStore, lineage: LineageConfig, run_id: str) -> TrainedQ50Model:
     """Train on every pool in the store (the pools the feature stage let through), recalibration
     included, and weigh the out-of-sample evidence (``trained.evidence``, None without labels)."""
     config = lineage.training_config()
@@ -142,7 +143,7 @@ def model_step(store: QlibStore, lineage: LineageConfig, run_id: str) -> Trained
     "predictions per pool and bar. Metadata: pinball skill over a naive forecaster with intervals, rank IC, "
     "coverage before/after recalibration, reliability picture, per-fold table.",
 )
-def q50_model(context: AssetExecutionContext, qlib_store: QlibStore, lineage: LineageConfig):
+def q50_model(context: AssetExecutionContext, qlib_store: ResourceParam[FeatureStore], lineage: LineageConfig):
     trained = model_step(qlib_store, lineage, context.run.run_id)
     result, live = trained.result, trained.live
     preds = result.predictions

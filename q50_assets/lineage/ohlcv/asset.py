@@ -6,19 +6,19 @@ failing a blocking rule is marked unsafe in the output (``ValidatedBars.safe``):
 skip it and say so; the other pools of the batch go on.
 """
 
-from dagster import AssetExecutionContext, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, MetadataValue, Output, ResourceParam, asset
 
 from q50_assets.lineage.common.batch import PoolChecks, add_pool_metadata, pool_check_spec, progress_callback
 from q50_assets.lineage.common.partitions import pool_partitions
+from q50_assets.lineage.common.ports import CollectorSource
 from q50_assets.lineage.ohlcv.rules import BAR_RULES, RuleOutcome, ValidatedBars
-from q50_assets.storage.database import CollectorDatabase
 from q50_assets.storage.lineage_config import LineageConfig
 from q50_assets.lineage.ohlcv.step import collector_state, summary, validate_pools
 
 OHLCV_ASSET = "ohlcv_bars"
 
 
-def ohlcv_step(pool_ids: list[str], db: CollectorDatabase, lineage: LineageConfig,
+def ohlcv_step(pool_ids: list[str], db: CollectorSource, lineage: LineageConfig,
                progress=None) -> tuple[dict[str, ValidatedBars], dict[str, str]]:
     """A batch of pools: rows read in one query, validated per pool. Returns (validated bars,
     the collector state each pool's rows represent)."""
@@ -48,9 +48,9 @@ def _check_metadata(outcome: RuleOutcome) -> dict:
     "opens, float prices, sorted; the newest (still revisable) bar held back; every rule an asset check "
     "per pool. A pool failing a blocking rule is marked unsafe and skipped downstream.",
 )
-def ohlcv_bars(context: AssetExecutionContext, collector_db: CollectorDatabase, lineage: LineageConfig):
+def ohlcv_bars(context: AssetExecutionContext, collector: ResourceParam[CollectorSource], lineage: LineageConfig):
     pool_ids = list(context.partition_keys)
-    validated, states = ohlcv_step(pool_ids, collector_db, lineage,
+    validated, states = ohlcv_step(pool_ids, collector, lineage,
                                    progress_callback(context, OHLCV_ASSET, len(pool_ids)))
     checks = PoolChecks(context)
     for pool_id, v in validated.items():

@@ -7,7 +7,7 @@ Glue only: the stage is :mod:`q50_assets.lineage.signals.step`, every formula
 """
 
 import pandas as pd
-from dagster import AssetExecutionContext, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, MetadataValue, Output, ResourceParam, asset
 
 from q50_assets.lineage.common.batch import (
     PoolChecks,
@@ -17,7 +17,7 @@ from q50_assets.lineage.common.batch import (
     progress_callback,
 )
 from q50_assets.lineage.common.partitions import pool_partitions
-from q50_assets.storage.database import CollectorDatabase
+from q50_assets.lineage.common.ports import CollectorSource
 from q50_assets.storage.lineage_config import LineageConfig
 from q50_assets.lineage.common.gate import Blocked
 from q50_assets.lineage.model.step import TrainedQ50Model
@@ -26,7 +26,7 @@ from q50_assets.lineage.signals.step import LIVE_FOLD, STAGE, check_signals, sig
 SIGNALS_ASSET = STAGE
 
 
-def signals_step(model: TrainedQ50Model, features: dict, db: CollectorDatabase, lineage: LineageConfig,
+def signals_step(model: TrainedQ50Model, features: dict, db: CollectorSource, lineage: LineageConfig,
                  progress=None) -> tuple[dict[str, pd.DataFrame | Blocked], dict[str, tuple]]:
     """A batch of pools against one model (live-model inference in one call), costs priced at each
     pool's liquidity as the collector observed it (one read per batch). A pool failing a rule is
@@ -68,9 +68,9 @@ def signals_step(model: TrainedQ50Model, features: dict, db: CollectorDatabase, 
     "upstream, has no rows).",
 )
 def q50_signals(context: AssetExecutionContext, q50_model: TrainedQ50Model, qlib_features: dict,
-                collector_db: CollectorDatabase, lineage: LineageConfig):
+                collector: ResourceParam[CollectorSource], lineage: LineageConfig):
     pool_ids = list(context.partition_keys)
-    signals, outcomes = signals_step(q50_model, qlib_features, collector_db, lineage,
+    signals, outcomes = signals_step(q50_model, qlib_features, collector, lineage,
                                      progress_callback(context, SIGNALS_ASSET, len(pool_ids)))
     checks = PoolChecks(context)
     for pool_id in pool_ids:
