@@ -17,7 +17,7 @@ from q50_assets.automation.conditions import lineage_conditions
 from q50_assets.automation.jobs import JOBS
 from q50_assets.automation.sensors import build_automation
 from q50_assets.storage.collector import CollectorReader
-from q50_assets.storage.io_managers import PoolPickleIOManager, Q50TableIOManager
+from q50_assets.storage.io_managers import PoolPickleIOManager, Q50TableIOManager, QlibStoreInput
 from q50_assets.storage.lineage_config import stage_resources
 from q50_assets.storage.project_tables import ProjectTables
 from q50_assets.storage.qlib_store import QlibStore
@@ -36,16 +36,19 @@ def build_resources(settings: Settings) -> dict:
     url = EnvVar(ENV_DATABASE_URL) if from_env else settings.database_url
     # One database, two doors: the collector's tables read only, the project's q50_* tables.
     tables = ProjectTables(url=url)
+    store = QlibStore(provider_dir=str(settings.data_dir / "qlib"), timeframe=settings.timeframe)
     return {
         "collector": CollectorReader(url=url),
         "project_tables": tables,
         "report_files": ReportFiles(directory=str(settings.data_dir / "reports")),
-        "qlib_store": QlibStore(provider_dir=str(settings.data_dir / "qlib"), timeframe=settings.timeframe),
+        "qlib_store": store,
         **stage_resources(settings, tables),
         # Each stage's output stored once: pickles per pool for what only the lineage reads, the
-        # project's tables for signals, regimes, backtest results and trading history.
+        # project's tables for signals, regimes, backtest results and trading history; the model
+        # reads every pool's features from the QLib store the feature stage writes.
         "io_manager": PoolPickleIOManager(base_dir=str(settings.data_dir / "asset_values")),
         "q50_tables": Q50TableIOManager(tables=tables, timeframe=settings.timeframe),
+        "qlib_store_input": QlibStoreInput(store=store),
     }
 
 

@@ -3,6 +3,8 @@
 * :class:`PoolPickleIOManager` - values that only the lineage reads (validated bars, feature
   frames, the model): one pickle per pool and asset (one file for an unpartitioned asset) under
   the data dir. A run over a batch of pools hands it ``dict[pool_id, value]`` and gets one back.
+* :class:`QlibStoreInput` - the model's view of the features: every pool's series and QLib's
+  expression engine over them, i.e. the QLib store the feature stage writes (nothing is copied).
 * :class:`Q50TableIOManager` - stages whose output is a project table (``q50_regime_labels``,
   ``q50_signals``, ``q50_backtest_results``, ``q50_trading_history``): a batch is written in one
   transaction keyed by pool (and backtest run); loading reads the rows back per pool.
@@ -26,6 +28,7 @@ from pydantic import Field
 from q50_assets.db.q50_models import q50_regime_labels, q50_signals
 from q50_assets.lineage.backtest.step import results_rows
 from q50_assets.storage.project_tables import ProjectTables
+from q50_assets.storage.qlib_store import QlibStore
 from q50_assets.lineage.common.gate import Blocked
 
 
@@ -92,6 +95,21 @@ class PoolPickleIOManager(ConfigurableIOManager):
             where = f"pool {partition}" if partition else "it"
             raise MissingStoredValue(f"{asset_key.to_user_string()} has no stored value for {where} ({path}): "
                                      "materialize it first") from None
+
+
+class QlibStoreInput(ConfigurableIOManager):
+    """Loads ``qlib_features`` for an asset over every pool (the model) as the QLib store itself:
+    the feature stage keeps each pool's series there and QLib evaluates the features from it, so the
+    reader gets the store rather than a copy of every pool's frame."""
+
+    store: QlibStore
+
+    def handle_output(self, context: OutputContext, obj) -> None:
+        raise TypeError(f"{context.asset_key.to_user_string()}: the QLib store is written by the feature stage, "
+                        "not through this input manager")
+
+    def load_input(self, context: InputContext) -> QlibStore:
+        return self.store
 
 
 # Asset name -> the project table its rows go to (per pool and timeframe).

@@ -14,14 +14,14 @@ import time
 
 import pandas as pd
 from dagster import (
+    AllPartitionMapping,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    AssetKey,
+    AssetIn,
     MetadataValue,
     Output,
-    ResourceParam,
     asset,
 )
 
@@ -117,7 +117,10 @@ def model_step(store: FeatureStore, lineage: LineageConfig, run_id: str) -> Trai
 
 @asset(
     name=MODEL_ASSET,
-    deps=[AssetKey(FEATURES_ASSET)],
+    # Every pool's features, as the feature stage left them in the QLib store: the input is the store
+    # itself (it holds every pool the stage let through), loaded by the qlib_store_input manager.
+    ins={"qlib_features": AssetIn(FEATURES_ASSET, partition_mapping=AllPartitionMapping(),
+                                  input_manager_key="qlib_store_input")},
     group_name="model",
     kinds={"lightgbm"},
     check_specs=[
@@ -143,8 +146,9 @@ def model_step(store: FeatureStore, lineage: LineageConfig, run_id: str) -> Trai
     "predictions per pool and bar. Metadata: pinball skill over a naive forecaster with intervals, rank IC, "
     "coverage before/after recalibration, reliability picture, per-fold table.",
 )
-def q50_model(context: AssetExecutionContext, qlib_store: ResourceParam[FeatureStore], lineage: LineageConfig):
-    trained = model_step(qlib_store, lineage, context.run.run_id)
+def q50_model(context: AssetExecutionContext, qlib_features, lineage: LineageConfig):
+    store: FeatureStore = qlib_features
+    trained = model_step(store, lineage, context.run.run_id)
     result, live = trained.result, trained.live
     preds = result.predictions
     bad_rows = unordered_predictions(preds)
