@@ -135,8 +135,8 @@ def core_stages(settings, p1: Path, scratch: Path, timer: _Timer) -> dict:
     from q50_assets.lineage.model.step import load_training_panel, train_q50_model
 
     resources = _p1_resources(settings, p1)
-    db, tables, lineage, nautilus, stored = (resources[k] for k in ("collector", "project_tables", "lineage", "nautilus",
-                                                                     "io_manager"))
+    db, tables, lineage, nautilus, feature_frames = (
+        resources[k] for k in ("collector", "project_tables", "lineage", "nautilus", "qlib_feature_frames"))
     tf = settings.timeframe
     pool_ids = db.pools_with_bars(tf)
 
@@ -177,7 +177,7 @@ def core_stages(settings, p1: Path, scratch: Path, timer: _Timer) -> dict:
         rec.update(folds=len(fitted), predictions=len(result.predictions), usable_rows=counts["usable_rows"],
                    rows_uncalibrated=result.rows_uncalibrated)
 
-    frames = {p: f for p, f in stored.load("qlib_features", sorted(safe)).items() if not isinstance(f, Blocked)}
+    frames = {p: f for p, f in feature_frames.load(sorted(safe)).items() if not isinstance(f, Blocked)}
     fallback = lineage.backtest.fallback_reserve_usd
     reserve_series = {p: r for p, (r, _) in db.pool_reserves_many(sorted(frames), fallback).items()}
     with timer.stage("signals") as rec:

@@ -17,7 +17,12 @@ from q50_assets.automation.conditions import lineage_conditions
 from q50_assets.automation.jobs import JOBS
 from q50_assets.automation.sensors import build_automation
 from q50_assets.storage.collector import CollectorReader
-from q50_assets.storage.io_managers import PoolPickleIOManager, Q50TableIOManager, QlibStoreInput
+from q50_assets.storage.io_managers import (
+    FeatureFramesIOManager,
+    PoolPickleIOManager,
+    Q50TableIOManager,
+    QlibStoreInput,
+)
 from q50_assets.storage.lineage_config import stage_resources
 from q50_assets.storage.project_tables import ProjectTables
 from q50_assets.storage.qlib_store import QlibStore
@@ -44,10 +49,11 @@ def build_resources(settings: Settings) -> dict:
         "qlib_store": store,
         **stage_resources(settings, tables),
         # Each stage's output stored once: pickles per pool for what only the lineage reads, the
-        # project's tables for signals, regimes, backtest results and trading history; the model
-        # reads every pool's features from the QLib store the feature stage writes.
+        # QLib store for the feature frames (the model reads every pool's features from it), the
+        # project's tables for signals, regimes, backtest results and trading history.
         "io_manager": PoolPickleIOManager(base_dir=str(settings.data_dir / "asset_values")),
         "q50_tables": Q50TableIOManager(tables=tables, timeframe=settings.timeframe),
+        "qlib_feature_frames": FeatureFramesIOManager(store=store, tables=tables, timeframe=settings.timeframe),
         "qlib_store_input": QlibStoreInput(store=store),
     }
 

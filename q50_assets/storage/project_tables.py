@@ -46,6 +46,18 @@ def _lock_key(*parts: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+def _vector_ids(conn, timeframe: str, version: str, pool_ids: list[str]) -> dict[str, pd.Series]:
+    t = q50_feature_vectors
+    rows = []
+    for chunk in _chunks(pool_ids):
+        scope = (t.c.pool_id.in_(chunk), t.c.timeframe == timeframe, t.c.feature_set_version == version)
+        rows.extend(conn.execute(select(t.c.pool_id, t.c.timestamp, t.c.id).where(*scope)).all())
+    by_pool: dict[str, dict] = {p: {} for p in pool_ids}
+    for pid, ts, vid in rows:
+        by_pool[pid][_utc(ts)] = vid
+    return {p: pd.Series(by_pool[p], dtype="int64") for p in pool_ids}
+
+
 def _runs_text(keys: list[tuple[str, str]]) -> str:
     return f"backtest run {keys[0][0]}, pool {keys[0][1]}" if len(keys) == 1 else f"{len(keys)} pools' backtest runs"
 
@@ -155,19 +167,19 @@ class ProjectTables(ConfigurableResource):
             # instead of compiling a 1000-row VALUES clause per chunk.
             if records:
                 conn.execute(stmt, records)
-            rows = []
-            for chunk in _chunks(pool_ids):
-                scope = (t.c.pool_id.in_(chunk), t.c.timeframe == timeframe, t.c.feature_set_version == version)
-                rows.extend(conn.execute(select(t.c.pool_id, t.c.timestamp, t.c.id).where(*scope)).all())
-        by_pool: dict[str, dict] = {p: {} for p in pool_ids}
-        for pid, ts, vid in rows:
-            by_pool[pid][_utc(ts)] = vid
+            by_pool = _vector_ids(conn, timeframe, version, pool_ids)
         out = {}
         for pool_id, frame in frames.items():
-            ids = pd.Series(by_pool[pool_id], dtype="int64")
+            ids = by_pool[pool_id]
             stale = int((~ids.index.isin(frame.index)).sum())
             out[pool_id] = (ids.reindex(frame.index), stale)
         return out
+
+    def feature_vector_ids_many(self, timeframe: str, version: str, pool_ids: list[str]) -> dict[str, pd.Series]:
+        """Per pool of a batch, the ids of its ``q50_feature_vectors`` rows of one feature-set version,
+        by bar open (UTC)."""
+        with self.engine.connect() as conn:
+            return _vector_ids(conn, timeframe, version, sorted(pool_ids))
 
 
     def replace_pool_rows_many(self, table, timeframe: str, frames: dict[str, pd.DataFrame | None]) -> dict[str, int]:

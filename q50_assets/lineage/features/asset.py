@@ -26,6 +26,7 @@ from q50_assets.storage.lineage_config import LineageConfig
 from q50_assets.lineage.features.step import (
     STAGE,
     FeatureChecks,
+    FeatureFrames,
     check_frame,
     collector_fields,
     feature_frames,
@@ -91,6 +92,8 @@ def features_step(validated: dict[str, ValidatedBars], store: FeatureStore, db: 
 @asset(
     name=FEATURES_ASSET,
     partitions_def=pool_partitions,
+    # The frames are kept in the QLib store (the stage writes each pool's series there) and read back from it.
+    io_manager_key="qlib_feature_frames",
     # The trades stage writes the pools' trade fields into the store: run after it when both run.
     deps=[AssetKey(TRADES_ASSET)],
     group_name="features",
@@ -140,6 +143,7 @@ def qlib_features(context: AssetExecutionContext, ohlcv_bars: dict, collector: R
                    {"instrument": outcome.instrument, "maps_to": outcome.instrument_owner,
                     "instruments_shared": outcome.instruments_shared})
     computed = sum(not isinstance(f, Blocked) for f in frames.values())
-    yield Output(frames, metadata={"pools": len(pool_ids), "pools_computed": computed,
-                                   "pools_blocked": len(pool_ids) - computed, "feature_set_version": config.version})
+    yield Output(FeatureFrames(frames, config),
+                 metadata={"pools": len(pool_ids), "pools_computed": computed, "pools_blocked": len(pool_ids) - computed,
+                           "feature_set_version": config.version})
     yield from checks.events()
