@@ -135,7 +135,8 @@ def core_stages(settings, p1: Path, scratch: Path, timer: _Timer) -> dict:
     from q50_assets.lineage.model.step import load_training_panel, train_q50_model
 
     resources = _p1_resources(settings, p1)
-    db, lineage, nautilus, stored = (resources[k] for k in ("collector_db", "lineage", "nautilus", "io_manager"))
+    db, tables, lineage, nautilus, feature_frames = (
+        resources[k] for k in ("collector", "project_tables", "lineage", "nautilus", "qlib_feature_frames"))
     tf = settings.timeframe
     pool_ids = db.pools_with_bars(tf)
 
@@ -176,7 +177,7 @@ def core_stages(settings, p1: Path, scratch: Path, timer: _Timer) -> dict:
         rec.update(folds=len(fitted), predictions=len(result.predictions), usable_rows=counts["usable_rows"],
                    rows_uncalibrated=result.rows_uncalibrated)
 
-    frames = {p: f for p, f in stored.load("qlib_features", sorted(safe)).items() if not isinstance(f, Blocked)}
+    frames = {p: f for p, f in feature_frames.load(sorted(safe)).items() if not isinstance(f, Blocked)}
     fallback = lineage.backtest.fallback_reserve_usd
     reserve_series = {p: r for p, (r, _) in db.pool_reserves_many(sorted(frames), fallback).items()}
     with timer.stage("signals") as rec:
@@ -196,8 +197,8 @@ def core_stages(settings, p1: Path, scratch: Path, timer: _Timer) -> dict:
         rec["rows"] = sum(len(detect_regimes(f[columns], regime_config)) for f in frames.values())
 
     # The backtest on what P1 stored: its bars, signals and regime labels.
-    signals = {p: s for p, s in db.pool_rows(q50_signals, tf, sorted(frames)).items() if len(s)}
-    regimes = db.pool_rows(q50_regime_labels, tf, sorted(signals))
+    signals = {p: s for p, s in tables.pool_rows(q50_signals, tf, sorted(frames)).items() if len(s)}
+    regimes = tables.pool_rows(q50_regime_labels, tf, sorted(signals))
     stage_config = lineage.backtest_config(nautilus)
     results = {}
     with timer.stage("backtest") as rec:
@@ -272,12 +273,14 @@ def p3_new_bar_to_trading_history(settings, scratch: Path, q50_fills: dict, time
     from q50_assets.db.collector_models import ohlcv_data as o
     from q50_assets.db.sample_loader import load_sample, record_collector_run
     from q50_assets.definitions import build_definitions
-    from q50_assets.storage.database import CollectorDatabase
+    from q50_assets.storage.collector import CollectorReader
+    from q50_assets.storage.project_tables import ProjectTables
 
     print("P3: one new bar through the sensor ...", flush=True)
     scratch.mkdir(parents=True)
     settings = settings.model_copy(update={"data_dir": scratch, "database": settings.database.model_copy(update={"url": None})})
-    db = CollectorDatabase(url=settings.database_url)
+    collector = CollectorReader(url=settings.database_url)
+    db = ProjectTables(url=settings.database_url)
     load_sample(db.engine)
     db.migrate()
     tf = settings.timeframe
@@ -298,7 +301,7 @@ def p3_new_bar_to_trading_history(settings, scratch: Path, q50_fills: dict, time
 
     def tick():
         nonlocal cursor
-        result = sensor(build_sensor_context(instance=instance, cursor=cursor, resources={"collector_db": db}))
+        result = sensor(build_sensor_context(instance=instance, cursor=cursor, resources={"collector": collector}))
         if isinstance(result, SensorResult):
             cursor = result.cursor
             for req in result.dynamic_partitions_requests or []:
@@ -325,7 +328,7 @@ def p3_new_bar_to_trading_history(settings, scratch: Path, q50_fills: dict, time
                                              instance=instance, run_config=quiet, raise_on_error=False).success
         after = db.latest_backtest_results(tf)
         after_run = after.loc[after["pool_id"] == pool_id, "backtest_run_id"].iloc[0]
-        history = db.trading_history(after_run, pool_id)
+        history = db.trading_history_many({pool_id: after_run})[pool_id]
     rec.update(requested_pools=requested, run_succeeded=bool(ok), backtest_updated=bool(after_run != before_run),
                trading_history_rows=len(history), bystander_pool=bystander,
                bystander_untouched=_pool_outputs(instance, db, after, bystander) == bystander_outputs)
@@ -342,7 +345,7 @@ def _pool_outputs(instance, db, latest, pool_id: str) -> tuple:
         records = instance.fetch_materializations(AssetKey(key), limit=1000).records
         storage_ids.append(tuple(r.storage_id for r in records if r.partition_key == pool_id))
     run_id = latest.loc[latest["pool_id"] == pool_id, "backtest_run_id"].iloc[0]
-    history = db.trading_history(run_id, pool_id)
+    history = db.trading_history_many({pool_id: run_id})[pool_id]
     return tuple(storage_ids), run_id, len(history)
 
 

@@ -58,15 +58,17 @@ def _source_bars(settings, scratch: Path) -> list[pd.DataFrame]:
     """The bundled sample's safe pools (validated bars), the material the synthetic pools resample."""
     from q50_assets.db.sample_loader import load_sample
     from q50_assets.lineage.ohlcv.rules import validate_bars
-    from q50_assets.storage.database import CollectorDatabase
+    from q50_assets.storage.collector import CollectorReader
     from q50_assets.storage.lineage_config import stage_resources
 
-    db = CollectorDatabase(url=f"sqlite:///{scratch / 'sample.db'}")
+    db = CollectorReader(url=f"sqlite:///{scratch / 'sample.db'}")
     load_sample(db.engine)
     rules = stage_resources(settings)["lineage"].bar_rules()
     sources = []
-    for pool_id in db.pools_with_bars(settings.timeframe):
-        validated = validate_bars(pool_id, db.read_bars(pool_id, settings.timeframe), rules)
+    pool_ids = db.pools_with_bars(settings.timeframe)
+    raw = db.read_bars_many(pool_ids, settings.timeframe)
+    for pool_id in pool_ids:
+        validated = validate_bars(pool_id, raw[pool_id], rules)
         # Not the pools with a rug or a pump (the extreme_moves warning): drawn ~6 times into
         # 2,160 bars, one -99 % bar takes the price below what 8 decimals can store.
         calm = all(o.passed for o in validated.outcomes if o.name == "extreme_moves")
@@ -183,7 +185,7 @@ def write_collector(engine, pools: dict[str, pd.DataFrame], reserves: dict[str, 
 def generate(settings, n_pools: int, scratch: Path) -> tuple[dict, float]:
     """A fresh scratch dir with N synthetic pools written into its embedded collector database.
     Returns (counts, seconds)."""
-    from q50_assets.storage.database import CollectorDatabase
+    from q50_assets.storage.project_tables import ProjectTables
 
     if scratch.exists():
         shutil.rmtree(scratch)
@@ -205,7 +207,7 @@ def generate(settings, n_pools: int, scratch: Path) -> tuple[dict, float]:
             redrawn += 1
         pools[pool_id] = bars
         reserves[pool_id] = float(rng.choice([2e4, 1e5, 5e5, 2e6]))
-    db = CollectorDatabase(url=settings.database_url)
+    db = ProjectTables(url=settings.database_url)
     collector_rows = write_collector(db.engine, pools, reserves, settings.timeframe)
     trade_rows = sum(write_trades(db.engine, synthesize_trades(p, bars, rng)) for p, bars in pools.items())
     db.migrate()
@@ -243,7 +245,8 @@ def run_scale(settings, n_pools: int, scratch: Path) -> dict:
     settings = _scratch_settings(settings, scratch)
     generated, setup_seconds = generate(settings, n_pools, scratch)
     resources = build_resources(settings)
-    db, store, nautilus, lineage = (resources[k] for k in ("collector_db", "qlib_store", "nautilus", "lineage"))
+    db, tables, store, nautilus, lineage = (resources[k] for k in ("collector", "project_tables", "qlib_store", "nautilus",
+                                                                   "lineage"))
     tf = settings.timeframe
     seconds = dict.fromkeys(STAGES, 0.0)
     counts: dict[str, int] = {}
@@ -265,10 +268,10 @@ def run_scale(settings, n_pools: int, scratch: Path) -> dict:
         counts["pools_with_flow_features"] = counts.get("pools_with_flow_features", 0) + sum(a.usable for a in analyses)
         counts["block_timestamp_shift_named"] = counts.get("block_timestamp_shift_named", 0) + sum(
             a.check("clock_shift").metadata["block_timestamp_shift"] == "+6 h" for a in analyses)
-        f, _checks, _stale, _vectors = timed("features", features_step, v, store, db, lineage)
+        f, _checks, _stale, _vectors = timed("features", features_step, v, store, db, tables, lineage)
         frames.update(f)
         regimes, _ = timed("regimes", regimes_step, f, lineage)
-        timed("regimes", write_table_outputs, db, tf, "regime_labels", regimes)
+        timed("regimes", write_table_outputs, tables, tf, "regime_labels", regimes)
     for v in validated.values():
         for rule in v.blocking_failures:  # counted by the blocking checks that failed
             unsafe[rule] = unsafe.get(rule, 0) + 1
@@ -280,21 +283,21 @@ def run_scale(settings, n_pools: int, scratch: Path) -> dict:
     fills = history = 0
     for batch in batches:  # signals, backtests, trading history, batch by batch
         signals, _ = timed("signals", signals_step, trained, {p: frames[p] for p in batch}, db, lineage)
-        timed("signals", write_table_outputs, db, tf, "q50_signals", signals)
+        timed("signals", write_table_outputs, tables, tf, "q50_signals", signals)
 
         def backtest(batch=batch):
             # Signals and regimes read back from their tables, as the backtest step's IO manager does.
-            stored_signals = db.pool_rows(POOL_ROW_TABLES["q50_signals"], tf, batch)
-            stored_regimes = db.pool_rows(POOL_ROW_TABLES["regime_labels"], tf, batch)
+            stored_signals = tables.pool_rows(POOL_ROW_TABLES["q50_signals"], tf, batch)
+            stored_regimes = tables.pool_rows(POOL_ROW_TABLES["regime_labels"], tf, batch)
             # The step draws each pool's equity picture too, as it does for the asset's metadata.
             results = backtest_step({p: validated[p] for p in batch}, stored_signals, stored_regimes, nautilus,
                                     db, lineage, f"scale-{batch[0]}").results
-            write_table_outputs(db, tf, "backtest_results", results)
+            write_table_outputs(tables, tf, "backtest_results", results)
             return results
 
         results = timed("backtest", backtest)
         histories = timed("trading_history", history_step, results, db, lineage.backtest.use_existing_feature_vectors)
-        history += sum(timed("trading_history", write_table_outputs, db, tf, "q50_trading_history",
+        history += sum(timed("trading_history", write_table_outputs, tables, tf, "q50_trading_history",
                              histories).values())
         fills += sum(len(r.outcomes["q50"].fills) for r in results.values()
                      if not isinstance(r, Blocked) and r.status == "ok")
@@ -347,9 +350,9 @@ def run_nightly_dagster(settings, n_pools: int, scratch: Path) -> dict:
     config = with_kept_connections(yaml.safe_load(DAGSTER_PG_YAML.read_text()))
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
     os.environ["DAGSTER_HOME"] = str(home)
-    from q50_assets.storage.database import CollectorDatabase
+    from q50_assets.storage.collector import CollectorReader
 
-    pool_ids = CollectorDatabase(url=settings.database_url).pools_with_bars(settings.timeframe)
+    pool_ids = CollectorReader(url=settings.database_url).pools_with_bars(settings.timeframe)
     with DagsterInstance.get() as instance:
         instance.add_dynamic_partitions("pools", pool_ids)
         defs = build_definitions(settings)

@@ -8,7 +8,8 @@ import pandas as pd
 from q50_assets.lineage.backtest.step import variants_for
 from q50_assets.lineage.ohlcv.rules import validate_bars
 from q50_assets.lineage.trades.rules import analyse_trades
-from q50_assets.storage.database import CollectorDatabase
+from q50_assets.storage.collector import CollectorReader
+from q50_assets.storage.project_tables import ProjectTables
 from q50_assets.storage.lineage_config import stage_resources
 from benchmarks.scale import (
     BARS_PER_POOL,
@@ -49,11 +50,11 @@ def test_synthetic_pools_are_resampled_real_bars(tmp_path):
     assert set(np.round(bars["volume"], 6)) <= set(np.round(source["volume"], 6))
 
     # Written as the collector would, read back and validated like any pool.
-    db = CollectorDatabase(url=f"sqlite:///{tmp_path / 'collector.sqlite'}")
+    db = CollectorReader(url=f"sqlite:///{tmp_path / 'collector.sqlite'}")
     kept = bars[(bars["low"].cummin() >= 0.01).cummin()]  # whatever the path, a storable stretch
     assert write_collector(db.engine, {"synthetic_poolA": kept}, {"synthetic_poolA": 1e5}, "1h") == len(kept)
     lineage = stage_resources(settings)["lineage"]
-    validated = validate_bars("synthetic_poolA", db.read_bars("synthetic_poolA", "1h"), lineage.bar_rules())
+    validated = validate_bars("synthetic_poolA", db.read_bars_many(["synthetic_poolA"], "1h")["synthetic_poolA"], lineage.bar_rules())
     assert validated.rows_read == len(kept)
     assert validated.outcome("ohlc_consistent").passed and validated.outcome("timestamps_aligned_unique").passed
 
@@ -63,7 +64,7 @@ def test_synthetic_pools_are_resampled_real_bars(tmp_path):
     pd.testing.assert_frame_equal(trades, synthesize_trades("synthetic_poolA", kept, np.random.default_rng(3)))
     assert (trades["volume_usd"] >= 100).all() and set(trades["side"]) == {"buy", "sell"}
     assert write_trades(db.engine, trades) == len(trades) > 0
-    analysis = analyse_trades("synthetic_poolA", db.read_trades("synthetic_poolA"), validated.bars, lineage.trade_rules())
+    analysis = analyse_trades("synthetic_poolA", db.read_trades_many(["synthetic_poolA"])["synthetic_poolA"], validated.bars, lineage.trade_rules())
     assert all(c.passed for c in analysis.checks), [(c.name, c.metadata) for c in analysis.checks if not c.passed]
     assert analysis.check("clock_shift").metadata["block_timestamp_shift"] == "+6 h"
     assert analysis.usable and len(analysis.grid) <= TRADE_DAYS * 24
@@ -95,8 +96,8 @@ def test_scale_run_takes_every_pool_through_every_stage_and_dagster_stores_the_s
     assert nightly["phases"] == {name: {"seconds": nightly["phases"][name]["seconds"], "runs": runs} for name, runs in
                                  (("bars, trades, features, regimes", 2), ("model", 1),
                                   ("signals, backtests, trading history", 2), ("portfolio", 1))}
-    functions_db = CollectorDatabase(url=f"sqlite:///{tmp_path / 'scale' / 'collector.sqlite'}")
-    dagster_db = CollectorDatabase(url=f"sqlite:///{tmp_path / 'nightly' / 'collector.sqlite'}")
+    functions_db = ProjectTables(url=f"sqlite:///{tmp_path / 'scale' / 'collector.sqlite'}")
+    dagster_db = ProjectTables(url=f"sqlite:///{tmp_path / 'nightly' / 'collector.sqlite'}")
     ignore = ["id", "created_at", "backtest_run_id"]
     a = functions_db.latest_backtest_results("1h").drop(columns=ignore).sort_values(["pool_id", "variant"])
     b = dagster_db.latest_backtest_results("1h").drop(columns=ignore).sort_values(["pool_id", "variant"])

@@ -10,11 +10,19 @@ from collections import Counter
 
 from q50_assets.settings import ENV_DATABASE_URL, Settings, SettingsError, get_settings
 
-def _database(settings: Settings):
-    from q50_assets.storage.database import CollectorDatabase
+def _collector(settings: Settings):
+    """The collector's tables (read only; the sample loader, playing the collector, writes through its engine)."""
+    from q50_assets.storage.collector import CollectorReader
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return CollectorDatabase(url=settings.database_url)
+    return CollectorReader(url=settings.database_url)
+
+
+def _project_tables(settings: Settings):
+    from q50_assets.storage.project_tables import ProjectTables
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return ProjectTables(url=settings.database_url)
 
 
 def _dagster_instance(settings: Settings):
@@ -28,14 +36,14 @@ def _dagster_instance(settings: Settings):
 
 
 def cmd_migrate(settings: Settings, _args) -> int:
-    db = _database(settings)
-    print(f"{db.display_url}: project tables at revision {db.migrate()}")
+    tables = _project_tables(settings)
+    print(f"{tables.display_url}: project tables at revision {tables.migrate()}")
     return 0
 
 
 def _refuse_foreign_collector(settings: Settings, args, what: str) -> bool:
     if settings.database.url and not args.force:
-        print(f"q50: refusing to {what} into {_database(settings).display_url}: {ENV_DATABASE_URL} points at a "
+        print(f"q50: refusing to {what} into {_collector(settings).display_url}: {ENV_DATABASE_URL} points at a "
               "collector database (pass --force if it is a scratch copy)", file=sys.stderr)
         return True
     return False
@@ -46,7 +54,7 @@ def cmd_load_sample(settings: Settings, args) -> int:
 
     if args.hold_back_bars and _refuse_foreign_collector(settings, args, "load a partial sample"):
         return 2
-    db = _database(settings)
+    db = _collector(settings)
     report = load_sample(db.engine, hold_back_bars=args.hold_back_bars)
     print(f"Loaded the bundled sample into {db.display_url}:")
     print("\n".join(report.lines()))
@@ -59,7 +67,7 @@ def cmd_replay_collector(settings: Settings, args) -> int:
 
     if _refuse_foreign_collector(settings, args, "write sample bars"):
         return 2
-    db = _database(settings)
+    db = _collector(settings)
     inserted = replay_held_back_bars(db.engine, bars=args.bars, timeframe=settings.timeframe)
     if not inserted:
         print("No held-back sample bars left (load with `q50 load-sample --hold-back-bars N` first).")
@@ -74,7 +82,7 @@ def register_pools(settings: Settings, instance) -> list[str]:
     """Add a dynamic partition for every pool that has bars of the configured timeframe."""
     from q50_assets.lineage.common.partitions import POOLS_PARTITION_NAME
 
-    pool_ids = _database(settings).pools_with_bars(settings.timeframe)
+    pool_ids = _collector(settings).pools_with_bars(settings.timeframe)
     known = set(instance.get_dynamic_partitions(POOLS_PARTITION_NAME))
     new = [p for p in pool_ids if p not in known]
     if new:
@@ -242,7 +250,7 @@ def cmd_demo(settings: Settings, args) -> int:
     from q50_assets.definitions import build_definitions
 
     started = time.perf_counter()
-    db = _database(settings)
+    db = _collector(settings)
     embedded = not settings.database.url
     print(f"q50 demo: collector database {db.display_url} (timeframe {settings.timeframe})", flush=True)
     if embedded or args.load_sample:
@@ -250,7 +258,7 @@ def cmd_demo(settings: Settings, args) -> int:
         print(f"Sample: {report.inserted} rows inserted" + (" (already loaded)" if not report.inserted else ""))
     else:
         print(f"Sample: not loaded ({ENV_DATABASE_URL} points at your collector; pass --load-sample to force)")
-    print(f"Project tables: revision {db.migrate()}")
+    print(f"Project tables: revision {_project_tables(settings).migrate()}")
 
     instance = _dagster_instance(settings)
     pool_ids = register_pools(settings, instance)

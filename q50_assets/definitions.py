@@ -9,8 +9,14 @@ from dagster import BackfillPolicy, Definitions, EnvVar, in_process_executor
 from q50_assets.lineage import assets_definitions
 from q50_assets.automation.jobs import JOBS
 from q50_assets.automation.sensors import build_automation
-from q50_assets.storage.database import CollectorDatabase
-from q50_assets.storage.io_managers import PoolPickleIOManager, Q50TableIOManager
+from q50_assets.storage.collector import CollectorReader
+from q50_assets.storage.io_managers import (
+    FeatureFramesIOManager,
+    PoolPickleIOManager,
+    Q50TableIOManager,
+    QlibStoreInput,
+)
+from q50_assets.storage.project_tables import ProjectTables
 from q50_assets.storage.qlib_store import QlibStore
 from q50_assets.storage.reports import ReportFiles
 from q50_assets.settings import ENV_DATABASE_URL, Settings, get_settings
@@ -25,18 +31,24 @@ def build_resources(settings: Settings) -> dict:
     # benchmarks) must never be redirected to whatever the shell exports.
     from_env = os.environ.get(ENV_DATABASE_URL) and os.environ[ENV_DATABASE_URL] == settings.database.url
     url = EnvVar(ENV_DATABASE_URL) if from_env else settings.database_url
-    database = CollectorDatabase(url=url)
+    # One database, two doors: the collector's tables read only, the project's q50_* tables.
+    tables = ProjectTables(url=url)
+    store = QlibStore(provider_dir=str(settings.data_dir / "qlib"), timeframe=settings.timeframe)
     return {
-        "collector_db": database,
+        "collector": CollectorReader(url=url),
+        "project_tables": tables,
         "report_files": ReportFiles(directory=str(settings.data_dir / "reports")),
-        "qlib_store": QlibStore(provider_dir=str(settings.data_dir / "qlib"), timeframe=settings.timeframe),
+        "qlib_store": store,
         # The one settings model: each asset hands its stages their own sections (lineage/<stage>).
         "settings": settings,
-        "signal_db": signal_database(settings, database),
+        "signal_db": signal_database(settings, tables),
         # Each stage's output stored once: pickles per pool for what only the lineage reads, the
+        # QLib store for the feature frames (the model reads every pool's features from it), the
         # project's tables for signals, regimes, backtest results and trading history.
         "io_manager": PoolPickleIOManager(base_dir=str(settings.data_dir / "asset_values")),
-        "q50_tables": Q50TableIOManager(database=database, timeframe=settings.timeframe),
+        "q50_tables": Q50TableIOManager(tables=tables, timeframe=settings.timeframe),
+        "qlib_feature_frames": FeatureFramesIOManager(store=store, tables=tables, timeframe=settings.timeframe),
+        "qlib_store_input": QlibStoreInput(store=store),
     }
 
 
@@ -44,14 +56,14 @@ def build_resources(settings: Settings) -> dict:
 ENV_SIGNAL_DATABASE_URI = "Q50__NAUTILUS_TRADER__STRATEGY_CONFIG__DATABASE_URI"
 
 
-def signal_database(settings: Settings, database: CollectorDatabase) -> CollectorDatabase:
+def signal_database(settings: Settings, tables: ProjectTables) -> ProjectTables:
     """Where signal_source: database reads q50_signals: strategy_config.database_uri, else the
     project database. A URL from the environment stays an EnvVar, so the UI shows the variable's
     name, never the credentials in it."""
     uri = settings.nautilus_trader.strategy_config.database_uri
     if not uri:
-        return database
-    return CollectorDatabase(url=EnvVar(ENV_SIGNAL_DATABASE_URI) if os.environ.get(ENV_SIGNAL_DATABASE_URI) == uri
+        return tables
+    return ProjectTables(url=EnvVar(ENV_SIGNAL_DATABASE_URI) if os.environ.get(ENV_SIGNAL_DATABASE_URI) == uri
                              else uri)
 
 

@@ -18,7 +18,7 @@ from q50_assets.db.collector_models import collector_feature_vectors
 from q50_assets.db.engine import get_engine
 from q50_assets.db.q50_models import q50_trading_history
 from q50_assets.db.sample_loader import load_sample, replay_held_back_bars
-from q50_assets.storage.database import CollectorDatabase
+from q50_assets.storage.collector import CollectorReader
 from q50_assets_tests.collector_schema import create_collector_own_schema
 from q50_assets_tests.conftest import create_pg_database, drop_pg_database
 
@@ -115,10 +115,10 @@ def test_the_sample_loads_into_the_collectors_own_tables_and_its_progress_reads(
     create_collector_own_schema(engine, enhanced=engine.dialect.name == "postgresql")
     report = load_sample(engine, hold_back_bars=1)
     assert report.tables["ohlcv_data"].inserted > 19_000 and report.tables["trades"].inserted == 371
-    db = CollectorDatabase(url=empty_db_url)
+    db = CollectorReader(url=empty_db_url)
     before = db.collector_progress()
     assert before["run_count"] is not None and before["updated_at"] is None  # the export has no last_updated
     assert sum(replay_held_back_bars(engine, bars=1, timeframe="1h").values()) > 0
     after = db.collector_progress()
     assert after["run_count"] == before["run_count"] + 1 and after["updated_at"] is not None
-    assert len(db.read_trades(POOL)) == 201
+    assert len(db.read_trades_many([POOL])[POOL]) == 201

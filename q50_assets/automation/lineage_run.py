@@ -191,8 +191,8 @@ def _release_connections(instance, defs) -> None:
     dispose = getattr(instance.event_log_storage, "dispose_connections", None)
     if dispose:
         dispose()
-    database = defs.resources.get("collector_db") if hasattr(defs, "resources") else None
-    if database is not None:
+    database = defs.resources.get("project_tables") if hasattr(defs, "resources") else None
+    if database is not None:  # the collector reader shares its URL, so its engine
         url = database.url.get_value() if isinstance(database.url, EnvVar) else database.url  # as the resource resolves it
         get_engine(url).dispose()
 

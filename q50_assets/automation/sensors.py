@@ -37,7 +37,7 @@ from q50_assets.lineage.common.conditions import NIGHTLY, TRIGGER_TAG
 from q50_assets.automation.jobs import MODEL_DEPENDENT_ASSETS, NEEDS_NO_MODEL_ASSETS, refresh_pools_job
 from q50_assets.automation.runs import batch_run_requests, digest, registered_pools
 from q50_assets.settings import TIMEFRAME_SECONDS
-from q50_assets.storage.database import CollectorDatabase
+from q50_assets.storage.collector import CollectorReader
 from q50_assets.settings import Settings
 
 
@@ -45,7 +45,7 @@ def _status(running: bool) -> DefaultSensorStatus:
     return DefaultSensorStatus.RUNNING if running else DefaultSensorStatus.STOPPED
 
 
-def _unreachable(db: CollectorDatabase, exc: Exception) -> SkipReason:
+def _unreachable(db: CollectorReader, exc: Exception) -> SkipReason:
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     # Driver messages name host and port, never the password; redact the URL anyway if it appears.
     message = first_line.replace(db.url, db.display_url)
@@ -72,20 +72,20 @@ def materialized_states(instance, pool_ids: list[str]) -> dict[str, str]:
     return out
 
 
-def evaluate_new_bars(context: SensorEvaluationContext, collector_db: CollectorDatabase, settings: Settings):
+def evaluate_new_bars(context: SensorEvaluationContext, collector: CollectorReader, settings: Settings):
     """The sensor's body (a plain function so tests and the benchmark can call it)."""
     config = settings.automation.new_bars_sensor
     timeframe = settings.timeframe
     cursor = BarsCursor.from_json(context.cursor, timeframe)
     try:
-        progress = collector_db.collector_progress()
+        progress = collector.collector_progress()
         if progress is not None and progress == cursor.progress and cursor.pools:
             return SkipReason(
                 f"the collector's ohlcv_collector has not run since the last tick "
                 f"(run_count {progress['run_count']}, updated_at {progress['updated_at']})")
-        summaries = collector_db.bar_summaries(timeframe, config.revision_window_bars, TIMEFRAME_SECONDS[timeframe])
+        summaries = collector.bar_summaries(timeframe, config.revision_window_bars, TIMEFRAME_SECONDS[timeframe])
     except (SQLAlchemyError, OSError) as exc:
-        return _unreachable(collector_db, exc)
+        return _unreachable(collector, exc)
 
     current = pool_states(summaries)
     changes = diff(cursor.pools, current)
@@ -153,13 +153,13 @@ def build_automation(settings: Settings) -> tuple[list, list]:
         job=refresh_pools_job,
         minimum_interval_seconds=auto.new_bars_sensor.interval_seconds,
         default_status=_status(auto.new_bars_sensor.running_by_default),
-        description="Polls ohlcv_data through the collector_db resource; refresh_pools runs (batches of at most "
+        description="Polls ohlcv_data through the collector resource; refresh_pools runs (batches of at most "
         f"{settings.batches.pools_per_run} pools) for pools with new bars or with their newest "
         f"{auto.new_bars_sensor.revision_window_bars} bars revised in place; adds a partition for every new pool. "
         "Skips (with the reason) when nothing changed or the database is unreachable.",
     )
-    def new_collector_bars(context: SensorEvaluationContext, collector_db: CollectorDatabase):
-        return evaluate_new_bars(context, collector_db, settings)
+    def new_collector_bars(context: SensorEvaluationContext, collector: CollectorReader):
+        return evaluate_new_bars(context, collector, settings)
 
     @schedule(
         name="nightly_q50",

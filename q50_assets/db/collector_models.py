@@ -152,7 +152,7 @@ COLLECTOR_TABLE_NAMES = tuple(t.name for t in COLLECTOR_TABLES)
 # Liquidity history the collector keeps where it has it: its base ``new_pools_history`` (one row
 # per pool and collection) and, after its enhanced-history migration, ``new_pools_history_enhanced``.
 # Many collector databases have neither, so they live in their own MetaData: nothing here ever
-# creates them, and readers look them up first (``CollectorDatabase.reserve_observations``).
+# creates them, and readers look them up first (``CollectorReader.reserve_observations_many``).
 # Only the columns this project reads are declared; the collector's tables have more.
 collector_history_metadata = MetaData()
 

@@ -1,8 +1,14 @@
 """Where each stage's output is stored, once, and read back by the next stage.
 
-* :class:`PoolPickleIOManager` - values that only the lineage reads (validated bars, feature
-  frames, the model): one pickle per pool and asset (one file for an unpartitioned asset) under
+* :class:`PoolPickleIOManager` - values that only the lineage reads (validated bars, trade
+  analyses, the model): one pickle per pool and asset (one file for an unpartitioned asset) under
   the data dir. A run over a batch of pools hands it ``dict[pool_id, value]`` and gets one back.
+* :class:`FeatureFramesIOManager` - the feature frames: each pool's series is in the QLib store
+  (the feature stage writes it there, QLib evaluates the features from it), its vectors' ids in
+  ``q50_feature_vectors``; the store records each pool's feature set (or why it is blocked), and
+  loading evaluates the frames again from the store. No copy of the frames is kept.
+* :class:`QlibStoreInput` - the model's view of the features: every pool's series and QLib's
+  expression engine over them, i.e. the QLib store the feature stage writes (nothing is copied).
 * :class:`Q50TableIOManager` - stages whose output is a project table (``q50_regime_labels``,
   ``q50_signals``, ``q50_backtest_results``, ``q50_trading_history``): a batch is written in one
   transaction keyed by pool (and backtest run); loading reads the rows back per pool.
@@ -14,6 +20,7 @@ became unsafe stops feeding strategies; backtest runs are history and stay).
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import tempfile
@@ -25,8 +32,10 @@ from pydantic import Field
 
 from q50_assets.db.q50_models import q50_regime_labels, q50_signals
 from q50_assets.lineage.backtest.step import results_rows
-from q50_assets.storage.database import CollectorDatabase
+from q50_assets.storage.project_tables import ProjectTables
+from q50_assets.storage.qlib_store import QlibStore
 from q50_assets.lineage.common.gate import Blocked
+from q50_assets.lineage.features.step import READ_BACK_FIELDS, FeatureConfig, frames_from_store
 
 
 class MissingStoredValue(LookupError):
@@ -94,11 +103,70 @@ class PoolPickleIOManager(ConfigurableIOManager):
                                      "materialize it first") from None
 
 
+class FeatureFramesIOManager(ConfigurableIOManager):
+    """The feature frames, kept once: in the QLib store (module docstring)."""
+
+    store: QlibStore
+    tables: ProjectTables
+    timeframe: str  # the settings' timeframe
+
+    def handle_output(self, context: OutputContext, obj) -> None:
+        frames = _pool_values(context, obj)
+        config = getattr(obj, "config", None)
+        if config is None and not all(isinstance(v, Blocked) for v in frames.values()):
+            raise TypeError(f"{context.asset_key.to_user_string()}: feature frames must come with their feature set "
+                            "(FeatureFrames): it is what reads them back from the store")
+        feature_set = config.model_dump(mode="json") if config is not None else None
+        self.store.record_frames({
+            p: ({"blocked": {"stage": v.stage, "reason": v.reason}} if isinstance(v, Blocked)
+                else {"feature_set": feature_set, "feature_set_version": config.version})
+            for p, v in frames.items()})
+
+    def load_input(self, context: InputContext):
+        return self.load(list(context.asset_partition_keys))
+
+    def load(self, pool_ids: list[str]) -> dict:
+        """Per pool, its feature frame evaluated from the store, or the Blocked it was stored as."""
+        recorded = self.store.recorded_frames(pool_ids)
+        missing = [p for p, entry in recorded.items() if entry is None]
+        if missing:
+            raise MissingStoredValue(f"qlib_features has no stored value for pools {missing[:5]} "
+                                     f"({len(missing)} in all): materialize it first")
+        out: dict = {}
+        by_feature_set: dict[str, list[str]] = {}
+        for pool_id, entry in recorded.items():
+            if "blocked" in entry:
+                out[pool_id] = Blocked(pool_id, entry["blocked"]["stage"], entry["blocked"]["reason"])
+            else:
+                by_feature_set.setdefault(json.dumps(entry["feature_set"], sort_keys=True), []).append(pool_id)
+        for feature_set, pools in by_feature_set.items():
+            config = FeatureConfig(**json.loads(feature_set))
+            raw = self.store.features(pools, {**config.expressions, **READ_BACK_FIELDS})
+            ids = self.tables.feature_vector_ids_many(self.timeframe, config.version, pools)
+            out.update(frames_from_store(raw, ids, config))
+        return {p: out[p] for p in pool_ids}
+
+
+class QlibStoreInput(ConfigurableIOManager):
+    """Loads ``qlib_features`` for an asset over every pool (the model) as the QLib store itself:
+    the feature stage keeps each pool's series there and QLib evaluates the features from it, so the
+    reader gets the store rather than a copy of every pool's frame."""
+
+    store: QlibStore
+
+    def handle_output(self, context: OutputContext, obj) -> None:
+        raise TypeError(f"{context.asset_key.to_user_string()}: the QLib store is written by the feature stage, "
+                        "not through this input manager")
+
+    def load_input(self, context: InputContext) -> QlibStore:
+        return self.store
+
+
 # Asset name -> the project table its rows go to (per pool and timeframe).
 POOL_ROW_TABLES = {"regime_labels": q50_regime_labels, "q50_signals": q50_signals}
 
 
-def write_table_outputs(db: CollectorDatabase, timeframe: str, asset: str, values: dict) -> dict[str, int]:
+def write_table_outputs(db: ProjectTables, timeframe: str, asset: str, values: dict) -> dict[str, int]:
     """A batch's output of a table-shaped stage written in one transaction; rows written per pool."""
     if asset in POOL_ROW_TABLES:
         return db.replace_pool_rows_many(POOL_ROW_TABLES[asset], timeframe,
@@ -117,11 +185,11 @@ def write_table_outputs(db: CollectorDatabase, timeframe: str, asset: str, value
 class Q50TableIOManager(ConfigurableIOManager):
     """Stores the table-shaped stages in the project's tables, a batch per transaction."""
 
-    database: CollectorDatabase
+    tables: ProjectTables
     timeframe: str  # the settings' timeframe
 
     def handle_output(self, context: OutputContext, obj) -> None:
-        written = write_table_outputs(self.database, self.timeframe, context.asset_key.to_user_string(),
+        written = write_table_outputs(self.tables, self.timeframe, context.asset_key.to_user_string(),
                                       _pool_values(context, obj))
         context.add_output_metadata({"table_rows_written": int(sum(written.values())),
                                      "pools_written": len(written)})
@@ -129,7 +197,7 @@ class Q50TableIOManager(ConfigurableIOManager):
     def load_input(self, context: InputContext):
         name = context.asset_key.to_user_string()
         pool_ids = list(context.asset_partition_keys)
-        db = self.database
+        db = self.tables
         if name in POOL_ROW_TABLES:
             return db.pool_rows(POOL_ROW_TABLES[name], self.timeframe, pool_ids)
         if name == "backtest_results":

@@ -106,6 +106,10 @@ class QlibStore(ConfigurableResource):
     def _mapping_file(self) -> Path:
         return self.root / "pool_instruments.json"
 
+    @property
+    def _frames_file(self) -> Path:
+        return self.root / "pool_feature_frames.json"
+
     @contextlib.contextmanager
     def _lock(self, shared: bool = False):
         """Writers exclusive, readers shared (Dagster runs pools in parallel processes, and the
@@ -125,6 +129,10 @@ class QlibStore(ConfigurableResource):
         if not self._mapping_file.exists():
             return {}
         return json.loads(self._mapping_file.read_text())
+
+    def instrument_for(self, pool_id: str) -> str:
+        """The QLib instrument name ``pool_id`` is stored under (:func:`instrument_name`)."""
+        return instrument_name(pool_id)
 
     def pool_for(self, instrument: str) -> str:
         entry = self.mapping().get(instrument)
@@ -263,6 +271,26 @@ class QlibStore(ConfigurableResource):
         tmp_map = self._mapping_file.with_suffix(".tmp")
         tmp_map.write_text(json.dumps(mapping, indent=1, sort_keys=True))
         tmp_map.replace(self._mapping_file)
+
+    def record_frames(self, entries: dict[str, dict]) -> None:
+        """Record, per pool, how its feature frame is read back from the store (its feature set)
+        or why it has none (the stage that blocked it): ``pool_feature_frames.json``, one entry per
+        pool replaced, written aside and renamed under the writers' lock."""
+        with self._lock():
+            recorded = self._read_frames_file()
+            recorded.update(entries)
+            tmp = self._frames_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(recorded, indent=1, sort_keys=True))
+            tmp.replace(self._frames_file)
+
+    def recorded_frames(self, pool_ids: list[str]) -> dict[str, dict | None]:
+        """Per pool, what :meth:`record_frames` recorded last (None: never recorded)."""
+        with self._lock(shared=True):
+            recorded = self._read_frames_file()
+        return {p: recorded.get(p) for p in pool_ids}
+
+    def _read_frames_file(self) -> dict[str, dict]:
+        return json.loads(self._frames_file.read_text()) if self._frames_file.exists() else {}
 
     # --- reading -----------------------------------------------------------------------
     def features(self, pool_ids: list[str], expressions: dict[str, str]) -> pd.DataFrame:

@@ -11,7 +11,7 @@ from q50_assets.lineage.common.conditions import TRIGGER_TAG
 from q50_assets.automation.runs import registered_pools, request_pools
 from q50_assets.db.engine import get_engine
 from q50_assets.definitions import build_definitions
-from q50_assets.storage.database import CollectorDatabase
+from q50_assets.storage.collector import CollectorReader
 from q50_assets_tests.collector_sim import bars_of, record_collector_run, revise_bar
 from q50_assets_tests.conftest import settings_for
 
@@ -24,12 +24,12 @@ class Ticker:
     def __init__(self, url: str, data_dir, instance, **env):
         self.settings = settings_for(url, data_dir, **env)
         self.sensor = build_definitions(self.settings).resolve_sensor_def("new_collector_bars")
-        self.db = CollectorDatabase(url=url)
+        self.db = CollectorReader(url=url)
         self.instance = instance
         self.cursor = None
 
     def tick(self):
-        ctx = build_sensor_context(instance=self.instance, cursor=self.cursor, resources={"collector_db": self.db})
+        ctx = build_sensor_context(instance=self.instance, cursor=self.cursor, resources={"collector": self.db})
         result = self.sensor(ctx)
         if isinstance(result, SensorResult):
             self.cursor = result.cursor
@@ -59,7 +59,7 @@ def ticker(collector_url, tmp_path):
 
 def test_first_tick_registers_every_pool_and_requests_runs_without_a_model(ticker):
     result = ticker.tick()
-    pools = CollectorDatabase(url=ticker.db.url).pools_with_bars("1h")
+    pools = CollectorReader(url=ticker.db.url).pools_with_bars("1h")
     assert len(pools) == 62
     assert sorted(ticker.instance.get_dynamic_partitions(POOLS_PARTITION_NAME)) == pools
     # Every pool, in batch runs of at most batches.pools_per_run (100): one run here.

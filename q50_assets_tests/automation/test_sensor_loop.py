@@ -22,7 +22,8 @@ from q50_assets.db.engine import get_engine
 from q50_assets.db.q50_models import q50_signals, q50_trading_history
 from q50_assets.definitions import build_definitions
 from q50_assets.lineage.backtest.step import variants_for
-from q50_assets.storage.database import CollectorDatabase
+from q50_assets.storage.collector import CollectorReader
+from q50_assets.storage.project_tables import ProjectTables
 from q50_assets.lineage.signals.step import LIVE_FOLD
 from q50_assets_tests.collector_sim import append_bars, bars_of, record_collector_run, revise_bar, take_bars_from
 from q50_assets_tests.conftest import settings_for
@@ -53,7 +54,7 @@ def _execute(defs, instance, request):
     return result
 
 
-def _outputs(db: CollectorDatabase) -> dict[str, dict]:
+def _outputs(db: ProjectTables) -> dict[str, dict]:
     """Per pool, everything downstream stages wrote: signals, latest backtest rows, trading history."""
     with db.engine.connect() as conn:
         signals = pd.DataFrame([dict(r) for r in conn.execute(select(q50_signals)).mappings()])
@@ -82,14 +83,15 @@ def test_sensor_loop_on_a_postgresql_collector(collector_url, tmp_path, backend)
     settings = settings_for(collector_url, tmp_path / "data")
     defs = build_definitions(settings)
     sensor = defs.resolve_sensor_def("new_collector_bars")
-    db = CollectorDatabase(url=collector_url)
+    db = ProjectTables(url=collector_url)
+    collector = CollectorReader(url=collector_url)
 
     with instance_for_test() as instance:
         cursor = None
 
         def tick():
             nonlocal cursor
-            result = sensor(build_sensor_context(instance=instance, cursor=cursor, resources={"collector_db": db}))
+            result = sensor(build_sensor_context(instance=instance, cursor=cursor, resources={"collector": collector}))
             if isinstance(result, SensorResult):
                 cursor = result.cursor
                 for req in result.dynamic_partitions_requests or []:

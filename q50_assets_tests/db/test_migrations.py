@@ -21,7 +21,8 @@ from q50_assets.db.collector_models import (
 )
 from q50_assets.db.engine import get_engine
 from q50_assets.db.q50_models import Q50_TABLE_NAMES, q50_trading_history
-from q50_assets.storage.database import CollectorDatabase
+from q50_assets.storage.collector import CollectorReader
+from q50_assets.storage.project_tables import ProjectTables
 from q50_assets_tests.collector_schema import create_collector_vectors_table
 
 
@@ -190,10 +191,10 @@ def test_upgrade_of_an_existing_install_keeps_every_id(collector_url):
                                                          feature_vector_table="pool_feature_vectors"))
 
     # New vectors continue the same id sequence (PostgreSQL: the renamed sequence).
-    db = CollectorDatabase(url=collector_url)
+    db = ProjectTables(url=collector_url)
     frame = pd.DataFrame({"known_at": [T0 + timedelta(hours=11)], "is_warmup": [False], "ret_1": [0.5]},
                          index=pd.DatetimeIndex([T0 + timedelta(hours=10)], name="open_time"))
-    new_ids, _ = db.upsert_feature_vectors(POOL, "1h", "v1", frame, ["ret_1"])
+    new_ids, _ = db.upsert_feature_vectors_many("1h", "v1", {POOL: frame}, ["ret_1"])[POOL]
     assert int(new_ids.iloc[0]) > max(vector_ids)
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
@@ -230,7 +231,7 @@ def test_a_collector_database_with_its_own_pool_feature_vectors_migrates_cleanly
     assert _rows(engine, "pool_feature_vectors") == rows_before      # same rows
     assert set(Q50_TABLE_NAMES) <= set(inspect(engine).get_table_names())
     assert all(name.startswith("q50_") for name in Q50_TABLE_NAMES)
-    assert CollectorDatabase(url=collector_url).has_collector_feature_vectors()
+    assert CollectorReader(url=collector_url).has_collector_feature_vectors()
 
 
 def test_tables_created_lists_what_each_revision_creates(empty_db_url):

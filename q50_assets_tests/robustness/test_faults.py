@@ -6,7 +6,7 @@
     byte for byte); the next run after the restart writes what a clean run writes.
 (b) Two ``refresh_pools`` runs of the same pool at once (this process and a child process, like
     two run workers), their transactions made to overlap at every shared write: no duplicate
-    rows anywhere, both runs succeed (``CollectorDatabase._write`` serialises writers of the same
+    rows anywhere, both runs succeed (``ProjectTables._write_many`` serialises writers of the same
     rows with a PostgreSQL advisory lock; before it, the later run failed with a UniqueViolation,
     and two writers of one backtest run's history stored every fill twice). Batch runs cover pool
     ranges and carry no ``dagster/partition`` tag, so the run queue's per-pool limit does not keep
@@ -49,7 +49,7 @@ from q50_assets.db.engine import get_engine
 from q50_assets.db.q50_models import Q50_TABLE_NAMES, q50_metadata
 from q50_assets.db.sample_loader import load_sample
 from q50_assets.definitions import build_definitions
-from q50_assets.storage.database import CollectorDatabase
+from q50_assets.storage.project_tables import ProjectTables
 from q50_assets.storage.qlib_store import QlibStore
 from q50_assets.lineage.backtest.step import variants_for
 from q50_assets.lineage.features.formulas import STORE_FIELDS
@@ -573,7 +573,7 @@ def refresh_at_once(args: dict, abort=lambda: False) -> dict:
 def test_two_refreshes_of_one_pool_at_once_write_no_duplicates(prepared, tmp_path):
     """Run A in this process, run B in a child process (a second run worker), same pool, at once.
 
-    Without the advisory lock in CollectorDatabase._write the later replacement failed: its
+    Without the advisory lock in ProjectTables._write_many the later replacement failed: its
     DELETE ran on a snapshot without the other run's uncommitted rows, then its INSERT hit them
     (UniqueViolation on uq_q50_regime_labels_pool_bar / uq_q50_signals_pool_bar).
     """
@@ -636,7 +636,7 @@ def test_two_writers_of_one_backtest_runs_history_at_once_leave_one_copy(prepare
     (same backtest run id) at once. The table has no unique key: without the advisory lock both
     DELETEs ran before either INSERT and the run's 6 fills were stored twice (12 rows)."""
     url = prepared.url
-    db = CollectorDatabase(url=url)
+    db = ProjectTables(url=url)
     run_id = prepared.out["backtests"][POOL].backtest_run_id
     rows = prepared.out["history"][POOL]
     before = comparable(history_of(url, run_id), "q50_trading_history")
@@ -653,7 +653,7 @@ def test_two_writers_of_one_backtest_runs_history_at_once_leave_one_copy(prepare
 
     def write():
         try:
-            assert db.replace_trading_history(run_id, POOL, rows) == len(rows)
+            assert db.replace_trading_history_many({POOL: (run_id, rows)}) == {POOL: len(rows)}
         except BaseException as exc:  # noqa: BLE001 - asserted below
             errors.append(exc)
         finally:

@@ -35,7 +35,7 @@ from q50_assets.db.q50_models import (
     q50_trading_history,
 )
 from q50_assets.definitions import build_resources
-from q50_assets.storage.database import CollectorDatabase
+from q50_assets.storage.project_tables import ProjectTables
 from q50_assets_tests.conftest import create_pg_database, drop_pg_database, settings_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,21 +133,21 @@ def test_the_project_runs_as_a_role_that_may_only_select_the_collector_tables(re
                               .where(q50_regime_labels.c.pool_id == MAIN_POOL)).scalar()
     assert vectors == 240 and labels > 0
 
-    # Every other write method of CollectorDatabase works as the role (on the project's tables).
-    db = CollectorDatabase(url=role_url)
+    # Every other write method of ProjectTables works as the role (on the project's tables).
+    db = ProjectTables(url=role_url)
     real = features[~features["is_filled"]]
     open_time, vector_id = real.index[-1], int(real["feature_vector_id"].iloc[-1])
     signal = pd.DataFrame([_one_row(q50_signals, open_time, vector_id)], index=[open_time])
-    assert db.replace_signals(MAIN_POOL, "1h", signal) == 1
+    assert db.replace_pool_rows_many(q50_signals, "1h", {MAIN_POOL: signal}) == {MAIN_POOL: 1}
     assert db.signal_for_timestamp(MAIN_POOL, "1h", open_time + pd.Timedelta(hours=2))["feature_vector_id"] == vector_id
-    assert db.replace_regime_labels(MAIN_POOL, "1h", pd.DataFrame([_one_row(q50_regime_labels, open_time, 0)],
-                                                                   index=[open_time])) == 1
+    labels = pd.DataFrame([_one_row(q50_regime_labels, open_time, 0)], index=[open_time])
+    assert db.replace_pool_rows_many(q50_regime_labels, "1h", {MAIN_POOL: labels}) == {MAIN_POOL: 1}
     result_row = _one_row(q50_backtest_results, open_time, vector_id) | {"variant": "q50"}
-    assert db.replace_backtest_results("run-1", MAIN_POOL, "1h", pd.DataFrame([result_row])) == 1
+    assert db.replace_backtest_results_many("1h", {MAIN_POOL: ("run-1", pd.DataFrame([result_row]))}) == {MAIN_POOL: 1}
     assert len(db.latest_backtest_results("1h")) == 1
     fill = _one_row(q50_trading_history, open_time, vector_id) | {"timestamp": open_time}
-    assert db.replace_trading_history("run-1", MAIN_POOL, pd.DataFrame([fill])) == 1
-    assert db.trading_history("run-1", MAIN_POOL)["feature_vector_id"].tolist() == [vector_id]
+    assert db.replace_trading_history_many({MAIN_POOL: ("run-1", pd.DataFrame([fill]))}) == {MAIN_POOL: 1}
+    assert db.trading_history_many({MAIN_POOL: "run-1"})[MAIN_POOL]["feature_vector_id"].tolist() == [vector_id]
 
     # ...and the grant is real: every write to a collector table is refused.
     with role_engine.connect() as conn:

@@ -24,11 +24,11 @@ def main(pools: list[str]) -> int:
     from q50_assets.automation.lineage_run import materialize_lineage
     from q50_assets.cli import register_pools
     from q50_assets.definitions import build_definitions
-    from q50_assets.storage.database import CollectorDatabase
     from q50_assets.settings import get_settings
+    from q50_assets.storage.project_tables import ProjectTables
 
     settings = get_settings()
-    CollectorDatabase(url=settings.database_url).migrate()
+    ProjectTables(url=settings.database_url).migrate()
     instance = DagsterInstance.get()  # DAGSTER_HOME from the environment
     registered = register_pools(settings, instance)
     unknown = sorted(set(pools) - set(registered))

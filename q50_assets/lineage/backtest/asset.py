@@ -12,24 +12,18 @@ from dataclasses import dataclass, replace
 
 import pandas as pd
 from dagster import (
-    ResourceParam,
     AssetExecutionContext,
     AssetIn,
     AssetKey,
     AssetOut,
     MetadataValue,
     Output,
+    ResourceParam,
     multi_asset,
 )
 
-from q50_assets.lineage.common.batch import PoolChecks, add_pool_metadata, blocked_metadata, each, pool_check_spec, progress_callback
-from q50_assets.lineage.ohlcv.asset import OHLCV_ASSET
-from q50_assets.lineage.common.conditions import eager_after
-from q50_assets.lineage.common.partitions import pool_partitions
-from q50_assets.lineage.regimes.asset import REGIMES_ASSET
-from q50_assets.lineage.signals.asset import SIGNALS_ASSET
-from q50_assets.lineage.trading_history.asset import TRADING_HISTORY_ASSET, history_step, reconcile
 from q50_assets.lineage.backtest.step import (
+    BacktestStageConfig,
     PoolBacktest,
     bars_match_pipeline,
     equity_png,
@@ -37,10 +31,16 @@ from q50_assets.lineage.backtest.step import (
     nautilus_status,
     run_pool_stage,
 )
-from q50_assets.storage.database import CollectorDatabase
+from q50_assets.lineage.common.batch import PoolChecks, add_pool_metadata, blocked_metadata, each, pool_check_spec, progress_callback
+from q50_assets.lineage.common.conditions import eager_after
 from q50_assets.lineage.common.gate import Blocked
+from q50_assets.lineage.common.partitions import pool_partitions
+from q50_assets.lineage.common.ports import CollectorSource, ProjectTableStore
+from q50_assets.lineage.ohlcv.asset import OHLCV_ASSET
 from q50_assets.lineage.ohlcv.step import bars_or_blocked
-from q50_assets.lineage.backtest.step import BacktestStageConfig
+from q50_assets.lineage.regimes.asset import REGIMES_ASSET
+from q50_assets.lineage.signals.asset import SIGNALS_ASSET
+from q50_assets.lineage.trading_history.asset import TRADING_HISTORY_ASSET, history_step, reconcile
 from q50_assets.settings import Settings
 
 BACKTEST_ASSET = "backtest_results"
@@ -86,17 +86,19 @@ class BacktestBatch:
     pictures: dict  # pool -> equity picture (PNG bytes) for pools with metrics
 
 
-def backtest_step(ohlcv: dict, signals: dict, regimes: dict, db: CollectorDatabase,
-                  settings: Settings, run_id: str, signal_db: CollectorDatabase | None = None,
+def backtest_step(ohlcv: dict, signals: dict, regimes: dict, db: CollectorSource,
+                  settings: Settings, run_id: str, signal_tables: ProjectTableStore | None = None,
                   progress=None) -> BacktestBatch:
     """A batch of pools: per usable pool, the backtest stage (:func:`run_pool_stage`: every variant's
     Nautilus engines, metrics, round trips, the permutation null) at the pool's liquidity as the
     collector observed it, then the stage's rules; a pool failing one keeps its result out of the
     table (status ``failed_checks``); the equity picture of every pool with metrics.
 
-    ``signal_db``: where ``backtest.signal_source: database`` reads the stored signals (default: ``db``).
+    ``signal_tables``: where ``backtest.signal_source: database`` reads the stored signals.
     """
     source = settings.nautilus_trader.strategy_config.signal_source
+    if source == "database" and signal_tables is None:
+        raise ValueError("backtest.signal_source: database needs the tables holding the stored signals")
     available, why = nautilus_status() if settings.nautilus_trader.enabled else (True, "")
     # The engines' spec imports NautilusTrader: only built when it can run.
     config = BacktestStageConfig.of(settings) if settings.nautilus_trader.enabled and available else None
@@ -120,7 +122,7 @@ def backtest_step(ohlcv: dict, signals: dict, regimes: dict, db: CollectorDataba
         series, ignored[pool_id] = reserves[pool_id]
         loader = None
         if source == "database":  # signals made elsewhere, stored in q50_signals of the signal database
-            loader = (signal_db or db).signal_loader(pool_id, settings.timeframe)
+            loader = signal_tables.signal_loader(pool_id, settings.timeframe)
         result = run_pool_stage(pool_id, bars, signals[pool_id], regimes[pool_id], series, config, run_id,
                                 signal_loader=loader)
         if result.status == "ok":
@@ -210,14 +212,15 @@ def _backtest_metadata(result: PoolBacktest, settings: Settings, rows_ignored: i
     name="backtest_and_trading_history",
 )
 def backtest_results(context: AssetExecutionContext, ohlcv_bars: dict, q50_signals: dict, regime_labels: dict,
-                     collector_db: CollectorDatabase, signal_db: CollectorDatabase,
+                     collector: ResourceParam[CollectorSource],
+                     project_tables: ResourceParam[ProjectTableStore], signal_db: ResourceParam[ProjectTableStore],
                      settings: ResourceParam[Settings]):
     pool_ids = list(context.partition_keys)
     run_id = context.run.run_id
-    batch = backtest_step(ohlcv_bars, q50_signals, regime_labels, collector_db, settings, run_id,
-                          signal_db=signal_db, progress=progress_callback(context, BACKTEST_ASSET, len(pool_ids)))
+    batch = backtest_step(ohlcv_bars, q50_signals, regime_labels, collector, settings, run_id,
+                          signal_tables=signal_db, progress=progress_callback(context, BACKTEST_ASSET, len(pool_ids)))
     results = batch.results
-    histories = history_step(results, collector_db, settings.nautilus_trader.risk_management.use_existing_feature_vectors)
+    histories = history_step(results, collector, settings.nautilus_trader.risk_management.use_existing_feature_vectors)
     checks = PoolChecks(context)
     for pool_id in pool_ids:
         result = results[pool_id]
@@ -238,7 +241,7 @@ def backtest_results(context: AssetExecutionContext, ohlcv_bars: dict, q50_signa
     # The history is in the table now (the IO manager wrote it when the output was yielded):
     # reconcile what the database holds with Nautilus' own fills report.
     written = {p: h for p, h in histories.items() if not isinstance(h, Blocked)}
-    stored = collector_db.trading_history_many({p: h.backtest_run_id for p, h in written.items()}) if written else {}
+    stored = project_tables.trading_history_many({p: h.backtest_run_id for p, h in written.items()}) if written else {}
     for pool_id in pool_ids:
         history = histories[pool_id]
         if isinstance(history, Blocked):
@@ -256,3 +259,4 @@ def backtest_results(context: AssetExecutionContext, ohlcv_bars: dict, q50_signa
         checks.add(TRADING_HISTORY_ASSET, "reconciles_with_fills", pool_id, ok,
                    {"stored": MetadataValue.json(got), "nautilus_fills": MetadataValue.json(expected)})
     yield from checks.events()
+

@@ -8,7 +8,7 @@ store first (flow features read them).
 """
 
 import pandas as pd
-from dagster import ResourceParam, AssetExecutionContext, AssetKey, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, AssetKey, MetadataValue, Output, ResourceParam, asset
 
 from q50_assets.lineage.common.batch import (
     PoolChecks,
@@ -18,14 +18,14 @@ from q50_assets.lineage.common.batch import (
     progress_callback,
 )
 from q50_assets.lineage.common.partitions import pool_partitions
+from q50_assets.lineage.common.ports import CollectorSource, FeatureStore, ProjectTableStore
 from q50_assets.lineage.trades.asset import TRADES_ASSET
 from q50_assets.lineage.ohlcv.rules import ValidatedBars
 from q50_assets.lineage.features.formulas import collector_feature_fields
-from q50_assets.storage.database import CollectorDatabase
-from q50_assets.storage.qlib_store import QlibStore, instrument_name
 from q50_assets.lineage.features.step import (
     STAGE,
     FeatureChecks,
+    FeatureFrames,
     check_frame,
     collector_fields,
     feature_frames,
@@ -40,8 +40,8 @@ from q50_assets.settings import Settings
 FEATURES_ASSET = STAGE
 
 
-def features_step(validated: dict[str, ValidatedBars], store: QlibStore, db: CollectorDatabase,
-                  settings: Settings, progress=None
+def features_step(validated: dict[str, ValidatedBars], store: FeatureStore, db: CollectorSource,
+                  tables: ProjectTableStore, settings: Settings, progress=None
                   ) -> tuple[dict[str, pd.DataFrame | Blocked], dict[str, FeatureChecks], dict[str, int],
                              dict[str, int]]:
     """A batch of pools: safe pools' grids written to the store (with the collector's own vectors
@@ -74,14 +74,14 @@ def features_step(validated: dict[str, ValidatedBars], store: QlibStore, db: Col
         raw = store.features(sorted(safe), config.expressions)
         frames = feature_frames(raw, grids, safe, config)
         mapping = store.mapping()
-        checks = {p: check_frame(p, f, config, instrument_name(p), mapping) for p, f in frames.items()}
+        checks = {p: check_frame(p, f, config, store.instrument_for(p), mapping) for p, f in frames.items()}
         passed = {p: f for p, f in frames.items() if not checks[p].failures()}
         failed = [p for p in frames if p not in passed]
         for p in failed:
             out[p] = Blocked(p, STAGE, f"checks failed: {', '.join(checks[p].failures())}")
         store.remove_pools(failed)
         real = {p: f[~f["is_filled"]] for p, f in passed.items()}
-        written = db.upsert_feature_vectors_many(settings.timeframe, config.version, real, config.columns)
+        written = tables.upsert_feature_vectors_many(settings.timeframe, config.version, real, config.columns)
         for p, frame in passed.items():
             frame["feature_vector_id"], stale[p] = written[p]
             out[p] = frame
@@ -93,6 +93,8 @@ def features_step(validated: dict[str, ValidatedBars], store: QlibStore, db: Col
 @asset(
     name=FEATURES_ASSET,
     partitions_def=pool_partitions,
+    # The frames are kept in the QLib store (the stage writes each pool's series there) and read back from it.
+    io_manager_key="qlib_feature_frames",
     # The trades stage writes the pools' trade fields into the store: run after it when both run.
     deps=[AssetKey(TRADES_ASSET)],
     group_name="features",
@@ -112,11 +114,12 @@ def features_step(validated: dict[str, ValidatedBars], store: QlibStore, db: Col
     "rows are marked, missing bars flagged as flat filled bars. Pools blocked upstream are skipped (and taken "
     "out of the store).",
 )
-def qlib_features(context: AssetExecutionContext, ohlcv_bars: dict, collector_db: CollectorDatabase,
-                  qlib_store: QlibStore, settings: ResourceParam[Settings]):
+def qlib_features(context: AssetExecutionContext, ohlcv_bars: dict, collector: ResourceParam[CollectorSource],
+                  project_tables: ResourceParam[ProjectTableStore], qlib_store: ResourceParam[FeatureStore],
+                  settings: ResourceParam[Settings]):
     pool_ids = list(context.partition_keys)
     frames, outcomes, stale, vectors_read = features_step(
-        ohlcv_bars, qlib_store, collector_db, settings, progress_callback(context, FEATURES_ASSET, len(pool_ids)))
+        ohlcv_bars, qlib_store, collector, project_tables, settings, progress_callback(context, FEATURES_ASSET, len(pool_ids)))
     config = FeatureConfig.of(settings)
     checks = PoolChecks(context)
     for pool_id in pool_ids:
@@ -141,6 +144,7 @@ def qlib_features(context: AssetExecutionContext, ohlcv_bars: dict, collector_db
                    {"instrument": outcome.instrument, "maps_to": outcome.instrument_owner,
                     "instruments_shared": outcome.instruments_shared})
     computed = sum(not isinstance(f, Blocked) for f in frames.values())
-    yield Output(frames, metadata={"pools": len(pool_ids), "pools_computed": computed,
-                                   "pools_blocked": len(pool_ids) - computed, "feature_set_version": config.version})
+    yield Output(FeatureFrames(frames, config),
+                 metadata={"pools": len(pool_ids), "pools_computed": computed, "pools_blocked": len(pool_ids) - computed,
+                           "feature_set_version": config.version})
     yield from checks.events()

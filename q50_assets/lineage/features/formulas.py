@@ -1,7 +1,7 @@
 """The feature set, written as QLib expressions, and the bar grid they are evaluated on.
 
 Pure definitions: evaluation happens in QLib's expression engine (``D.features``), reached
-through :class:`q50_assets.storage.qlib_store.QlibStore`.
+through the feature store (:class:`q50_assets.lineage.common.ports.FeatureStore`).
 
 Every expression looks only backwards (``Ref`` with positive offsets, rolling windows,
 EMAs), so the value at bar t depends on bars <= t only; the look-ahead test checks it.

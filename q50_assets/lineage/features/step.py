@@ -5,7 +5,7 @@ read them); the collector's own feature vectors are stored here as of each bar's
 ``collector_feature_vectors`` is on.
 
 Formulas live in :mod:`q50_assets.lineage.features.formulas`; the store is passed in (the QLib door,
-:class:`q50_assets.storage.qlib_store.QlibStore`).
+:class:`q50_assets.lineage.common.ports.FeatureStore`).
 """
 
 from __future__ import annotations
@@ -72,6 +72,15 @@ class FeatureConfig(IndicatorSettings, CollectorVectorSettings, TradeSettings, B
         return [c for c in self.expressions if may_be_missing(c)]
 
 
+class FeatureFrames(dict):
+    """The stage's output for a batch: pool -> feature frame (or Blocked), with the feature set
+    (``config``) the frames were evaluated with, which is what reads them back from the store."""
+
+    def __init__(self, frames: Mapping, config: FeatureConfig):
+        super().__init__(frames)
+        self.config = config
+
+
 def pool_grids(bars_by_pool: Mapping[str, pd.DataFrame], config: FeatureConfig) -> dict[str, pd.DataFrame]:
     """Each pool's validated bars on the full grid the store holds (missing bars flat and flagged)."""
     return {pool_id: to_bar_grid(bars, config.bar_seconds) for pool_id, bars in bars_by_pool.items()}
@@ -100,6 +109,33 @@ def feature_frames(raw: pd.DataFrame, grids: Mapping[str, pd.DataFrame], bars_by
         frame["is_warmup"] = mark_warmup(frame.index, bars_by_pool[pool_id].index[0], config.bar_seconds,
                                          config.warmup)
         frame["known_at"] = frame.index + bar
+        out[pool_id] = frame
+    return out
+
+
+# Store fields evaluated with the features when a frame is read back from the store.
+READ_BACK_FIELDS = {"close": "$close", "filled": "$filled"}
+
+
+def frames_from_store(raw: pd.DataFrame, vector_ids: Mapping[str, pd.Series],
+                      config: FeatureConfig) -> dict[str, pd.DataFrame]:
+    """Per pool, its feature frame as the stage made it, evaluated again from the QLib store:
+    ``raw`` = the store's evaluation of ``config.expressions`` and READ_BACK_FIELDS (index
+    (pool_id, open_time)); ``vector_ids`` = per pool, the ids of its ``q50_feature_vectors`` rows
+    by bar open. Every feature value is the one the stage computed (same store, same expressions);
+    ``close`` is the store's (float32) close."""
+    bar = pd.Timedelta(seconds=config.bar_seconds)
+    out = {}
+    for pool_id, ids in vector_ids.items():
+        evaluated = raw.loc[pool_id]
+        frame = evaluated[config.columns].copy()
+        frame["close"] = evaluated["close"]
+        frame["is_filled"] = evaluated["filled"].astype(bool)
+        # The store's series starts at the pool's first bar.
+        frame["is_warmup"] = mark_warmup(frame.index, frame.index[0], config.bar_seconds, config.warmup)
+        frame["known_at"] = frame.index + bar
+        # Only real bars have vectors (as the stage assigns them: filled bars get none).
+        frame["feature_vector_id"] = ids.reindex(frame.index[~frame["is_filled"].to_numpy()])
         out[pool_id] = frame
     return out
 

@@ -14,22 +14,23 @@ import time
 
 import pandas as pd
 from dagster import (
-    ResourceParam,
+    AllPartitionMapping,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    AssetKey,
+    AssetIn,
+    ResourceParam,
     MetadataValue,
     Output,
     asset,
 )
 
 from q50_assets.lineage.common.conditions import after_nightly_refresh
+from q50_assets.lineage.common.ports import FeatureStore
 from q50_assets.lineage.features.asset import FEATURES_ASSET
 from q50_assets.lineage.model.evaluation import ModelEvidence
 from q50_assets.lineage.portfolio.report import reliability_png, skill_display
-from q50_assets.storage.qlib_store import QlibStore
 from q50_assets.lineage.model.step import (
     STAGE,
     ModelBlockedError,
@@ -106,7 +107,7 @@ def evidence_metadata(evidence: ModelEvidence) -> dict:
     return meta
 
 
-def model_step(store: QlibStore, settings: Settings, run_id: str) -> TrainedQ50Model:
+def model_step(store: FeatureStore, settings: Settings, run_id: str) -> TrainedQ50Model:
     """Train on every pool in the store (the pools the feature stage let through), recalibration
     included, and weigh the out-of-sample evidence (``trained.evidence``, None without labels)."""
     config = ModelConfig.of(settings)
@@ -119,7 +120,10 @@ def model_step(store: QlibStore, settings: Settings, run_id: str) -> TrainedQ50M
 
 @asset(
     name=MODEL_ASSET,
-    deps=[AssetKey(FEATURES_ASSET)],
+    # Every pool's features, as the feature stage left them in the QLib store: the input is the store
+    # itself (it holds every pool the stage let through), loaded by the qlib_store_input manager.
+    ins={"qlib_features": AssetIn(FEATURES_ASSET, partition_mapping=AllPartitionMapping(),
+                                  input_manager_key="qlib_store_input")},
     group_name="model",
     kinds={"lightgbm"},
     automation_condition=after_nightly_refresh(),
@@ -146,8 +150,9 @@ def model_step(store: QlibStore, settings: Settings, run_id: str) -> TrainedQ50M
     "predictions per pool and bar. Metadata: pinball skill over a naive forecaster with intervals, rank IC, "
     "coverage before/after recalibration, reliability picture, per-fold table.",
 )
-def q50_model(context: AssetExecutionContext, qlib_store: QlibStore, settings: ResourceParam[Settings]):
-    trained = model_step(qlib_store, settings, context.run.run_id)
+def q50_model(context: AssetExecutionContext, qlib_features, settings: ResourceParam[Settings]):
+    store: FeatureStore = qlib_features
+    trained = model_step(store, settings, context.run.run_id)
     result, live = trained.result, trained.live
     preds = result.predictions
     bad_rows = unordered_predictions(preds)

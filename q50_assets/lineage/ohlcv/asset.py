@@ -6,12 +6,12 @@ failing a blocking rule is marked unsafe in the output (``ValidatedBars.safe``):
 skip it and say so; the other pools of the batch go on.
 """
 
-from dagster import ResourceParam, AssetExecutionContext, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, MetadataValue, Output, ResourceParam, asset
 
 from q50_assets.lineage.common.batch import PoolChecks, add_pool_metadata, pool_check_spec, progress_callback
 from q50_assets.lineage.common.partitions import pool_partitions
+from q50_assets.lineage.common.ports import CollectorSource
 from q50_assets.lineage.ohlcv.rules import BAR_RULES, RuleOutcome, ValidatedBars
-from q50_assets.storage.database import CollectorDatabase
 from q50_assets.lineage.ohlcv.step import collector_state, summary, validate_pools
 from q50_assets.lineage.ohlcv.rules import BarRules
 from q50_assets.settings import Settings
@@ -19,7 +19,7 @@ from q50_assets.settings import Settings
 OHLCV_ASSET = "ohlcv_bars"
 
 
-def ohlcv_step(pool_ids: list[str], db: CollectorDatabase, settings: Settings,
+def ohlcv_step(pool_ids: list[str], db: CollectorSource, settings: Settings,
                progress=None) -> tuple[dict[str, ValidatedBars], dict[str, str]]:
     """A batch of pools: rows read in one query, validated per pool. Returns (validated bars,
     the collector state each pool's rows represent)."""
@@ -49,9 +49,9 @@ def _check_metadata(outcome: RuleOutcome) -> dict:
     "opens, float prices, sorted; the newest (still revisable) bar held back; every rule an asset check "
     "per pool. A pool failing a blocking rule is marked unsafe and skipped downstream.",
 )
-def ohlcv_bars(context: AssetExecutionContext, collector_db: CollectorDatabase, settings: ResourceParam[Settings]):
+def ohlcv_bars(context: AssetExecutionContext, collector: ResourceParam[CollectorSource], settings: ResourceParam[Settings]):
     pool_ids = list(context.partition_keys)
-    validated, states = ohlcv_step(pool_ids, collector_db, settings,
+    validated, states = ohlcv_step(pool_ids, collector, settings,
                                    progress_callback(context, OHLCV_ASSET, len(pool_ids)))
     checks = PoolChecks(context)
     for pool_id, v in validated.items():

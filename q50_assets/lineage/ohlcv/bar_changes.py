@@ -87,7 +87,7 @@ def state_of_rows(rows, window_bars: int, bar_seconds: int) -> PoolState | None:
 
 
 def pool_states(summaries: dict[str, dict]) -> dict[str, PoolState]:
-    """From CollectorDatabase.bar_summaries to comparable states."""
+    """From CollectorReader.bar_summaries to comparable states."""
     return {p: PoolState(s["newest"], s["rows"], window_digest(s["window"])) for p, s in summaries.items()}
 
 

@@ -18,7 +18,6 @@ from dagster import (
     asset,
 )
 
-from q50_assets.db.q50_models import q50_signals
 from q50_assets.lineage.backtest.asset import BACKTEST_ASSET
 from q50_assets.lineage.backtest.step import Q50
 from q50_assets.lineage.common.conditions import once_settled_after
@@ -35,8 +34,7 @@ from q50_assets.lineage.portfolio.portfolio import (
     research_report,
 )
 from q50_assets.lineage.portfolio.report import headline_markdown, markdown_with_pictures
-from q50_assets.storage.database import CollectorDatabase
-from q50_assets.storage.reports import ReportFiles
+from q50_assets.lineage.common.ports import ProjectTableStore, ReportSink
 from q50_assets.lineage.backtest.step import BacktestStageConfig
 from q50_assets.lineage.common.uncertainty import BootstrapConfig
 from q50_assets.lineage.portfolio.portfolio import dsr_trials
@@ -56,8 +54,8 @@ def portfolio_summary(results: pd.DataFrame, variants: tuple[str, ...]) -> dict:
             "no_trade": no_trade, "markdown": portfolio_markdown(table, permutation, no_trade)}
 
 
-def report_step(results: pd.DataFrame, model: TrainedQ50Model | None, db: CollectorDatabase, settings: Settings,
-                files: ReportFiles):
+def report_step(results: pd.DataFrame, model: TrainedQ50Model | None, tables: ProjectTableStore, settings: Settings,
+                files: ReportSink):
     """The research report over the latest backtests (research/portfolio.py research_report): the
     model's evidence from the model that made the signals, the hit rate of the stored signals net
     of their expected cost (this run's signals only: signals made elsewhere carry no label), and
@@ -67,7 +65,7 @@ def report_step(results: pd.DataFrame, model: TrainedQ50Model | None, db: Collec
     bootstrap = BootstrapConfig.of(settings)
     hit_rate = None
     if model is not None and settings.nautilus_trader.strategy_config.signal_source == "qlib" and len(results):
-        signals = db.pool_rows(q50_signals, settings.timeframe, sorted(set(results["pool_id"])))
+        signals = tables.signal_rows_many(settings.timeframe, sorted(set(results["pool_id"])))
         labelled = labelled_signals(signals, model.result.predictions)
         if len(labelled) and labelled["label"].notna().any():
             hit_rate = net_hit_rate(labelled, cost_column="expected_cost_fraction", time_column="known_at",
@@ -123,13 +121,14 @@ def _report_metadata(report, facts: dict, path) -> dict:
     "page under the data dir.",
 )
 def backtest_portfolio(context: AssetExecutionContext, backtest_results: dict, q50_model: TrainedQ50Model,
-                       settings: ResourceParam[Settings], collector_db: CollectorDatabase, report_files: ReportFiles):
+                       settings: ResourceParam[Settings], project_tables: ResourceParam[ProjectTableStore],
+                       report_files: ResourceParam[ReportSink]):
     frames = [frame.reset_index() for frame in backtest_results.values() if len(frame)]
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["pool_id", "variant", "total_return", "oos_start", "oos_end", "bars", "trades"])
     summary = portfolio_summary(results, BacktestStageConfig.of(settings).variants)
     table, permutation, no_trade = summary["table"], summary["permutation"], summary["no_trade"]
-    report, facts, path = report_step(results, q50_model, collector_db, settings, report_files)
+    report, facts, path = report_step(results, q50_model, project_tables, settings, report_files)
     if path is not None:
         context.log.info(f"research report: {path}")
     yield Output(table, metadata={

@@ -7,7 +7,7 @@ Glue only: the stage is :mod:`q50_assets.lineage.signals.step`, every formula
 """
 
 import pandas as pd
-from dagster import ResourceParam, AssetExecutionContext, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, MetadataValue, Output, ResourceParam, asset
 
 from q50_assets.lineage.common.batch import (
     PoolChecks,
@@ -18,8 +18,8 @@ from q50_assets.lineage.common.batch import (
 )
 from q50_assets.lineage.common.conditions import eager_after
 from q50_assets.lineage.common.partitions import pool_partitions
+from q50_assets.lineage.common.ports import CollectorSource
 from q50_assets.lineage.model.asset import MODEL_ASSET
-from q50_assets.storage.database import CollectorDatabase
 from q50_assets.lineage.common.gate import Blocked
 from q50_assets.lineage.model.step import TrainedQ50Model
 from q50_assets.lineage.signals.step import LIVE_FOLD, STAGE, check_signals, signals_for_pools
@@ -29,7 +29,7 @@ from q50_assets.settings import Settings
 SIGNALS_ASSET = STAGE
 
 
-def signals_step(model: TrainedQ50Model, features: dict, db: CollectorDatabase, settings: Settings,
+def signals_step(model: TrainedQ50Model, features: dict, db: CollectorSource, settings: Settings,
                  progress=None) -> tuple[dict[str, pd.DataFrame | Blocked], dict[str, tuple]]:
     """A batch of pools against one model (live-model inference in one call), costs priced at each
     pool's liquidity as the collector observed it (one read per batch). A pool failing a rule is
@@ -72,9 +72,9 @@ def signals_step(model: TrainedQ50Model, features: dict, db: CollectorDatabase, 
     "upstream, has no rows).",
 )
 def q50_signals(context: AssetExecutionContext, q50_model: TrainedQ50Model, qlib_features: dict,
-                collector_db: CollectorDatabase, settings: ResourceParam[Settings]):
+                collector: ResourceParam[CollectorSource], settings: ResourceParam[Settings]):
     pool_ids = list(context.partition_keys)
-    signals, outcomes = signals_step(q50_model, qlib_features, collector_db, settings,
+    signals, outcomes = signals_step(q50_model, qlib_features, collector, settings,
                                      progress_callback(context, SIGNALS_ASSET, len(pool_ids)))
     checks = PoolChecks(context)
     for pool_id in pool_ids:

@@ -339,7 +339,7 @@ class Q50SignalLoader:
     NaT ``known_at`` are never returned.
 
     Built from wherever the signals live: a signals frame (:func:`compute_signals`' output, or
-    the rows of the ``q50_signals`` table read by ``CollectorDatabase.read_signals``). Needs
+    the rows of the ``q50_signals`` table read by ``ProjectTables.signal_rows_many``). Needs
     q10, q50, q90, vol_risk, known_at (others optional: prob_up, signal_tier, ... are recomputed
     or carried). Unsorted input is sorted once; each lookup is a binary search.
 

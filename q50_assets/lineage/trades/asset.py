@@ -10,14 +10,13 @@ removed from the store, so its flow features are missing (NaN, counted by qlib_f
 
 import math
 
-from dagster import ResourceParam, AssetExecutionContext, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, MetadataValue, Output, ResourceParam, asset
 
 from q50_assets.lineage.common.batch import PoolChecks, add_pool_metadata, blocked_metadata, pool_check_spec, progress_callback
 from q50_assets.lineage.common.partitions import pool_partitions
+from q50_assets.lineage.common.ports import CollectorSource, FeatureStore
 from q50_assets.lineage.ohlcv.rules import ValidatedBars
 from q50_assets.lineage.trades.rules import TRADE_CHECKS, TRADE_FIELDS, TradeAnalysis
-from q50_assets.storage.database import CollectorDatabase
-from q50_assets.storage.qlib_store import QlibStore
 from q50_assets.lineage.common.gate import Blocked
 from q50_assets.lineage.ohlcv.step import bars_or_blocked
 from q50_assets.lineage.trades.step import STAGE, analyse_pools, clock_table_markdown, summary
@@ -41,7 +40,7 @@ def _meta(value):
     return value
 
 
-def trades_step(validated: dict[str, ValidatedBars], store: QlibStore, db: CollectorDatabase,
+def trades_step(validated: dict[str, ValidatedBars], store: FeatureStore, db: CollectorSource,
                 settings: Settings, progress=None) -> dict[str, TradeAnalysis | Blocked]:
     """A batch of pools: the safe pools' trades read in one query and analysed; each pool's trade
     fields written to the store when every check passes, else removed from it. A pool blocked
@@ -74,10 +73,10 @@ def trades_step(validated: dict[str, ValidatedBars], store: QlibStore, db: Colle
     "check passes; otherwise removed, so flow features are missing rather than zero. Pools blocked upstream are "
     "skipped.",
 )
-def pool_trades(context: AssetExecutionContext, ohlcv_bars: dict, collector_db: CollectorDatabase,
-                qlib_store: QlibStore, settings: ResourceParam[Settings]):
+def pool_trades(context: AssetExecutionContext, ohlcv_bars: dict, collector: ResourceParam[CollectorSource],
+                qlib_store: ResourceParam[FeatureStore], settings: ResourceParam[Settings]):
     pool_ids = list(context.partition_keys)
-    analyses = trades_step(ohlcv_bars, qlib_store, collector_db, settings,
+    analyses = trades_step(ohlcv_bars, qlib_store, collector, settings,
                            progress_callback(context, TRADES_ASSET, len(pool_ids)))
     checks = PoolChecks(context)
     for pool_id in pool_ids:

@@ -1,6 +1,6 @@
 """Trades: the collector's swaps of one pool, checked against its bars and aggregated per bar.
 
-Pure pandas; the collector read is ``CollectorDatabase.read_trades``, the per-bar fields go to
+Pure pandas; the collector read is ``CollectorReader.read_trades_many``, the per-bar fields go to
 the QLib store, where the flow features are QLib expressions (``research.features``).
 
 The collector's quirks, handled here (all real, all in the bundled sample):

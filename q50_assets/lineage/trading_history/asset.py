@@ -6,7 +6,7 @@ behind it. A re-run of the same backtest run replaces that run's rows in one tra
 The asset is materialized by the backtest step (``assets/backtest.py``): the fills come straight
 from the engines of that step and are stored once, in the table. The rows are
 :func:`q50_assets.lineage.backtest.step.history_rows`; their feature-vector pointers come from the
-collector database (:meth:`CollectorDatabase.with_feature_vector_pointers`).
+collector's tables (:meth:`CollectorSource.with_feature_vector_pointers`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from q50_assets.lineage.common.gate import Blocked
 
 if TYPE_CHECKING:
     from q50_assets.lineage.backtest.engine import BacktestOutcome
-    from q50_assets.storage.database import CollectorDatabase
+    from q50_assets.lineage.common.ports import CollectorSource
 
 TRADING_HISTORY_ASSET = "q50_trading_history"
 
@@ -37,7 +37,7 @@ class PoolTradingHistory:
     pointers: dict = field(default_factory=dict)
 
 
-def history_step(results: dict, db: CollectorDatabase, use_collector_vectors: bool) -> dict[str, PoolTradingHistory | Blocked]:
+def history_step(results: dict, db: CollectorSource, use_collector_vectors: bool) -> dict[str, PoolTradingHistory | Blocked]:
     """Per pool of a batch, the Q50 strategy's fills as history rows, each pointing at the feature
     vector behind its decision (the collector's ``pool_feature_vectors`` row of the deciding bar when
     ``use_collector_vectors`` finds one, else the project's; ``feature_vector_table`` says which).

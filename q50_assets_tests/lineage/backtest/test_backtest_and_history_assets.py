@@ -19,13 +19,13 @@ from sqlalchemy import func, select
 
 from q50_assets.lineage.common.partitions import POOLS_PARTITION_NAME
 from q50_assets.db.engine import get_engine
-from q50_assets.db.q50_models import q50_backtest_results, q50_regime_labels, q50_trading_history
+from q50_assets.db.q50_models import q50_backtest_results, q50_regime_labels, q50_signals, q50_trading_history
 from q50_assets.definitions import build_definitions
 from q50_assets.lineage.backtest.engine import Q50Inputs, run_q50_backtest
 from q50_assets.lineage.backtest.step import variants_for
 from q50_assets.lineage.regimes.rules import REGIME_LABELS, RegimeDetector, detect_regimes
 from q50_assets.lineage.signals.rules import Q50SignalLoader
-from q50_assets.storage.database import CollectorDatabase
+from q50_assets.storage.project_tables import ProjectTables
 from q50_assets.lineage.common.gate import Blocked
 from q50_assets_tests.lineage.signals.test_model_and_signals_assets import DEEP_POOL, LIGHT_MODEL, QUIET, run_lineage
 from q50_assets_tests.conftest import settings_for
@@ -65,7 +65,7 @@ class TestNautilusIntegration:
         out = run_lineage(settings, instance, backtest=True, pools=POOLS[:1])
         pool_id = POOLS[0]
         signals = out["signals"][pool_id]
-        db = build_definitions(settings).resources["collector_db"]
+        db = build_definitions(settings).resources["project_tables"]
         from_frame = Q50SignalLoader(signals)
         from_table = db.signal_loader(pool_id, "1h")
         assert len(from_frame) == len(from_table) == len(signals) > 100
@@ -118,10 +118,10 @@ class TestNautilusIntegration:
         pd.testing.assert_frame_equal(detect_regimes(features[cols].iloc[:half], config), regimes.iloc[:half])
         assert _count(collector_url, q50_regime_labels, pool_id=pool_id) == len(regimes)
         # What the next stage reads back through the table IO manager is what was computed.
-        db = build_definitions(settings).resources["collector_db"]
+        db = build_definitions(settings).resources["project_tables"]
         rows = db.pool_rows(q50_regime_labels, "1h", [pool_id])[pool_id]
         pd.testing.assert_frame_equal(rows, regimes, check_like=True, check_index_type=False, check_names=False)
-        stored = RegimeDetector(config).with_labels(db.read_regime_labels(pool_id, "1h"))
+        stored = RegimeDetector(config).with_labels(rows)
         for open_time in regimes.index[::97]:
             got = stored.get_regime_for_timestamp(open_time + H)
             assert got["open_time"] == open_time and got["regime"] == regimes.loc[open_time, "regime"]
@@ -229,7 +229,7 @@ class TestNautilusIntegration:
         # would) makes exactly the backtest's fills.
         pool_id = next(p for p in POOLS if len(out["backtests"][p].outcomes["q50"].fills))
         result = out["backtests"][pool_id]
-        from q50_assets.storage.database import strategy_inputs_from_database
+        from q50_assets.storage.project_tables import strategy_inputs_from_database
 
         loader, detector = strategy_inputs_from_database(pool_id, "1h", collector_url)
         risk = settings.nautilus_trader.risk_management
@@ -241,10 +241,10 @@ class TestNautilusIntegration:
                                       result.outcomes["q50"].trades.drop(columns="client_order_id"))
 
         # Re-running a backtest run's history replaces its rows: no duplicates.
-        db = build_definitions(settings).resources["collector_db"]
+        db = build_definitions(settings).resources["project_tables"]
         rows = out["history"][pool_id]
         before = _count(collector_url, q50_trading_history)
-        assert db.replace_trading_history(result.backtest_run_id, pool_id, rows) == len(rows)
+        assert db.replace_trading_history_many({pool_id: (result.backtest_run_id, rows)}) == {pool_id: len(rows)}
         assert _count(collector_url, q50_trading_history) == before
 
         # A new backtest run keeps the old run's history (each run has its own id).
@@ -263,10 +263,10 @@ class TestNautilusIntegration:
         # them never enters, while this run's own signals (the project's table, unchanged) trade.
         signal_url = f"sqlite:///{tmp_path / 'signals_elsewhere.sqlite'}"
         shutil.copy(sqlite_sample_file, tmp_path / "signals_elsewhere.sqlite")
-        elsewhere = CollectorDatabase(url=signal_url)
+        elsewhere = ProjectTables(url=signal_url)
         elsewhere.migrate()
-        negative = db.read_signals(pool_id, "1h").assign(q10=-0.2, q50=-0.1, q90=-0.05, feature_vector_id=None)
-        assert elsewhere.replace_signals(pool_id, "1h", negative) == len(out["signals"][pool_id])
+        negative = db.signal_rows_many("1h", [pool_id])[pool_id].assign(q10=-0.2, q50=-0.1, q90=-0.05, feature_vector_id=None)
+        assert elsewhere.replace_pool_rows_many(q50_signals, "1h", {pool_id: negative}) == {pool_id: len(out["signals"][pool_id])}
         from_db = settings_for(collector_url, tmp_path, **deep,
                                Q50__NAUTILUS_TRADER__STRATEGY_CONFIG__SIGNAL_SOURCE="database",
                                Q50__NAUTILUS_TRADER__STRATEGY_CONFIG__DATABASE_URI=signal_url)

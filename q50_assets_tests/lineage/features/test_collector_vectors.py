@@ -16,7 +16,7 @@ from q50_assets.db.collector_models import collector_feature_vectors, ohlcv_data
 from q50_assets.db.engine import get_engine
 from q50_assets.definitions import build_resources
 from q50_assets.lineage.features.formulas import COLLECTOR_VECTOR_TARGETS
-from q50_assets.storage.database import CollectorDatabase
+from q50_assets.storage.collector import CollectorReader
 from q50_assets.lineage.model.step import ModelConfig, load_training_panel
 from q50_assets_tests.collector_schema import create_collector_vectors_table
 from q50_assets_tests.conftest import settings_for
@@ -56,7 +56,7 @@ def test_collector_vectors_enter_as_of_created_at_and_their_targets_never(settin
     with engine.begin() as conn:  # the test plays the collector
         conn.execute(collector_feature_vectors.insert(), rows.astype(object).to_dict("records"))
 
-    reader = CollectorDatabase(url=collector_url).collector_feature_vectors(POOL)
+    reader = CollectorReader(url=collector_url).collector_feature_vectors(POOL)
     assert not set(COLLECTOR_VECTOR_TARGETS) & set(reader.columns)  # the targets are never even read
 
     frame = _features(settings)
@@ -90,7 +90,7 @@ def test_without_the_collectors_table_the_collector_features_are_missing(setting
 
 
 def test_trading_history_pointers_follow_the_setting_and_the_collectors_rows(collector_url):
-    db = CollectorDatabase(url=collector_url)
+    db = CollectorReader(url=collector_url)
     t0 = pd.Timestamp("2025-10-01", tz="UTC")
     opens = pd.date_range(t0, periods=3, freq="h")
     own = [11, None, 13]  # the project's vectors behind three decisions (one bar had none)

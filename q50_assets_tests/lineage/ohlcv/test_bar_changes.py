@@ -60,7 +60,7 @@ def test_state_from_all_rows_equals_the_sensors_state_from_its_window_query():
 
     rows = [(t * 3600, 1.0 + t, 1.5 + t, 0.5, 1.25 + t, None if t == 9 else 10.0 * t) for t in range(10)]
     state = state_of_rows(rows, window_bars=3, bar_seconds=3600)
-    # What CollectorDatabase.bar_summaries gives for the same table: newest, count, the window's rows.
+    # What CollectorReader.bar_summaries gives for the same table: newest, count, the window's rows.
     window = [r for r in rows if r[0] > 9 * 3600 - 3 * 3600]
     assert state == pool_states({"p": {"newest": 9 * 3600, "rows": 10,
                                        "window": window_rows(window, 3, 3600)}})["p"]

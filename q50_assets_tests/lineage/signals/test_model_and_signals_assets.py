@@ -178,7 +178,7 @@ def test_lineage_gives_out_of_sample_signals_persisted_and_looked_up_as_of(setti
         assert conn.execute(select(func.count()).select_from(q50_regime_labels)).scalar() == regime_rows
 
     # The plan's lookup: the latest signal known at t, never a nearer later one.
-    db = build_definitions(settings).resources["collector_db"]
+    db = build_definitions(settings).resources["project_tables"]
     pool_id = POOLS[0]
     signals = out["signals"][pool_id]
     row = signals.iloc[len(signals) // 2]
