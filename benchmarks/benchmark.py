@@ -1,31 +1,27 @@
-"""``q50 benchmark``: the lineage through Dagster on the bundled sample (P1, P3), and the core
-compute it is compared with, timed standalone.
+"""``python -m benchmarks`` (``make benchmark``): the lineage through Dagster on the bundled sample
+(P1, P3), and the same work without Dagster that it is compared with.
 
 Prints a table and writes JSON. Order and what each figure covers:
 
 * ``p1_full_lineage`` - ``q50 demo`` in a fresh process on an empty embedded database and an
   empty Dagster instance: every pool through every asset, batch runs (``batches.pools_per_run``
   pools each), the model run, the portfolio run. Compared with the sum of the core stages below.
-* The core compute, timed standalone on the inputs P1 stored (its validated bars and feature
-  frames, its q50_signals and q50_regime_labels rows), calling the research functions directly:
-  ``ohlcv`` (validate every pool's rows), ``qlib_export`` (every safe pool's grid into a fresh
-  QLib store), ``trades`` (every safe pool's collector trades reconciled with its bars, the trade
-  fields written beside the grid), ``features`` (every expression, every pool, one ``D.features``
-  call), ``model`` (training panel, every walk-forward fold, the past-only recalibration, the live
-  model: ``stages.model.train_q50_model``), ``signals`` (priced by the cost model at each pool's
-  liquidity), ``regimes``, ``backtest`` (the backtest stage per pool,
-  ``research.backtest_stage.run_pool_stage``: the NautilusTrader engines of every variant - q50,
-  q50_close, the reserve sensitivity where the reserve is assumed, buy & hold at full and at
-  q50's exposure - metrics, round trips and the permutation null), ``backtest_q50_only`` (the Q50
-  strategy's engine alone), and ``backtest_vs_bare`` (the strategy's engines against a bare
-  engine replaying the same bars and orders, ``research.bare_replay``). The core sum is
-  qlib_export + trades + features + model + backtest.
+* The core stages: every lineage stage up to the trading history on a copy of P1's collector
+  database, without Dagster (``q50_assets.lineage.without_dagster``: the assets' own batch steps,
+  each value stored and read back by the same IO managers), one figure per asset: ``ohlcv_bars``,
+  ``pool_trades``, ``qlib_features`` (QLib store, expressions, q50_feature_vectors),
+  ``regime_labels``, ``q50_model`` (every walk-forward fold, the past-only recalibration, the live
+  model, its out-of-sample evidence), ``q50_signals``, ``backtest_results`` (every variant's
+  NautilusTrader engines, metrics, round trips, the permutation null), ``q50_trading_history``.
+  Their sum is the core sum. Then ``backtest_q50_only`` (the Q50 strategy's engine alone on the
+  stored signals) and ``backtest_vs_bare`` (those engines against a bare engine replaying the same
+  bars and orders, ``benchmarks/bare_replay.py``).
 * ``p3_new_bar_to_trading_history`` - through Dagster: the collector writes one new bar for one
   pool (the one whose Q50 strategy traded most in P1), the new_collector_bars sensor ticks and the
   run it requests executes in-process; timed from the tick to the pool's new trading history being
   readable. Met only if exactly that pool was requested, its history is non-empty and a bystander
   pool's materializations, backtest run and history are untouched.
-* P4 and P5 (``--scale``, ``--nightly``) are scale_benchmark.py.
+* P4 and P5 (``--scale``, ``--nightly``) are benchmarks/scale.py.
 """
 
 from __future__ import annotations
@@ -39,7 +35,7 @@ from importlib import metadata
 from pathlib import Path
 
 # Targets on the reference machine (2 cores), from the issues that set them.
-TARGETS_SECONDS = {"features": 5.0, "model": 30.0, "backtest_q50_only": 20.0}
+TARGETS_SECONDS = {"qlib_features": 5.0, "q50_model": 30.0, "backtest_q50_only": 20.0}
 
 
 class _Timer:
@@ -106,133 +102,63 @@ def run_benchmark(settings, scratch: Path) -> dict:
     }
 
 
-# The core compute of the lineage, measured standalone: what P1's wall time is compared with.
-CORE_STAGES = ("qlib_export", "trades", "features", "model", "backtest")
-
-
-def _p1_resources(settings, p1: Path) -> dict:
-    """The resources of P1's deployment (its collector database, QLib store, stored values)."""
-    from q50_assets.definitions import build_resources
-
-    p1_settings = settings.model_copy(update={"data_dir": p1, "database": settings.database.model_copy(update={"url": None})})
-    return build_resources(p1_settings)
+# The core compute, timed without Dagster: every stage up to the trading history (what P1's wall time
+# is compared with); the pooled portfolio stage is Dagster's alone.
+CORE_STAGES = ("ohlcv_bars", "pool_trades", "qlib_features", "regime_labels", "q50_model", "q50_signals",
+               "backtest_results", "q50_trading_history")
 
 
 def core_stages(settings, p1: Path, scratch: Path, timer: _Timer) -> dict:
-    """The core compute on P1's inputs, each stage timed alone (see the module doc)."""
-    from dataclasses import replace
+    """The lineage's batch steps on P1's collector database, without Dagster
+    (``q50_assets.lineage.without_dagster``: the same steps and stores as the assets), each stage
+    timed; then the Q50 strategy's engine alone and against a bare engine on the same inputs."""
+    import shutil as _shutil
 
-    from q50_assets.db.q50_models import q50_regime_labels, q50_signals
-    from q50_assets.lineage.backtest.engine import Q50Inputs, run_q50_backtest
-    from q50_assets.lineage.backtest.step import run_pool_stage
-    from q50_assets.lineage.ohlcv.rules import validate_bars
-    from q50_assets.lineage.features.formulas import to_bar_grid
-    from q50_assets.lineage.regimes.rules import RegimeDetector, detect_regimes
-    from q50_assets.lineage.signals.rules import Q50SignalLoader, compute_signals
-    from q50_assets.lineage.trades.rules import TRADE_FIELDS, analyse_trades
-    from q50_assets.storage.qlib_store import QlibStore
-    from q50_assets.lineage.common.gate import Blocked
-    from q50_assets.lineage.model.step import load_training_panel, train_q50_model
+    from q50_assets.definitions import build_resources
+    from q50_assets.lineage.backtest.engine import run_q50_backtest
+    from q50_assets.lineage.backtest.step import BacktestStageConfig, pool_spec, q50_inputs
+    from q50_assets.lineage.signals.rules import Q50SignalLoader
+    from q50_assets.lineage.without_dagster import q50_fills, run_without_dagster
 
-    resources = _p1_resources(settings, p1)
-    db, tables, lineage, nautilus, feature_frames = (
-        resources[k] for k in ("collector", "project_tables", "lineage", "nautilus", "qlib_feature_frames"))
-    tf = settings.timeframe
-    pool_ids = db.pools_with_bars(tf)
+    # A copy of P1's collector database (the sample as the demo loaded it), a fresh store.
+    scratch.mkdir(parents=True, exist_ok=True)
+    _shutil.copy(p1 / "collector.sqlite", scratch / "collector.sqlite")
+    core = settings.model_copy(update={"data_dir": scratch, "database": settings.database.model_copy(update={"url": None})})
+    resources = build_resources(core)
+    tf = core.timeframe
+    pool_ids = resources["collector"].pools_with_bars(tf)
+    run = run_without_dagster(pool_ids, resources, core, run_id="benchmark")
+    safe = {p: v.bars for p, v in run.validated.items() if v.safe}
+    for stage in CORE_STAGES:
+        timer.stages[stage] = {"seconds": run.seconds.get(stage, 0.0)}
+    timer.stages["ohlcv_bars"].update(pools=len(pool_ids), safe_pools=len(safe), bars=sum(len(b) for b in safe.values()))
+    fitted = run.model.result.folds[~run.model.result.folds["skipped"]]
+    timer.stages["q50_model"].update(folds=len(fitted), predictions=len(run.model.result.predictions),
+                                     usable_rows=int(run.model.panel_counts["usable_rows"]))
+    ok = [r for r in run.results.values() if getattr(r, "status", None) == "ok"]
+    engines = [list({id(o): o for o in r.outcomes.values()}.values()) for r in ok]
+    timer.stages["backtest_results"].update(pools=len(ok), engines=sum(len(e) for e in engines),
+                                            fills=sum(len(o.fills) for e in engines for o in e),
+                                            permutation_draws=sum(r.permutation["draws"] for r in ok))
 
-    with timer.stage("ohlcv") as rec:
-        rules = lineage.bar_rules()
-        raw = db.read_bars_many(pool_ids, tf)
-        validated = {p: validate_bars(p, raw[p], rules) for p in pool_ids}
-        safe = {p: v.bars for p, v in validated.items() if v.safe}
-        rec.update(pools=len(pool_ids), safe_pools=len(safe), bars=sum(len(b) for b in safe.values()))
-
-    store = QlibStore(provider_dir=str(scratch / "qlib"), timeframe=tf)
-    with timer.stage("qlib_export") as rec:
-        store.write_pools({p: to_bar_grid(b, lineage.bar_seconds) for p, b in safe.items()})
-        rec["pools"] = len(safe)
-
-    with timer.stage("trades") as rec:
-        trade_rules = lineage.trade_rules()
-        trades = db.read_trades_many(sorted(safe))
-        analyses = {p: analyse_trades(p, trades[p], safe[p], trade_rules) for p in safe}
-        for pool_id, analysis in analyses.items():
-            if analysis.usable:
-                store.write_fields(pool_id, analysis.grid, TRADE_FIELDS)
-        rec.update(pools=len(analyses), trades=sum(len(t) for t in trades.values()),
-                   pools_with_flow_fields=sum(a.usable for a in analyses.values()))
-
-    feature_config = lineage.feature_config()
-    expressions = feature_config.expressions
-    with timer.stage("features") as rec:
-        panel = store.features(sorted(safe), expressions)
-        rec.update(rows=len(panel), expressions=len(expressions), warmup_bars=feature_config.warmup)
-
-    config = lineage.training_config()
-    with timer.stage("model") as rec:
-        features, labels, counts = load_training_panel(store, config)
-        trained = train_q50_model(features, labels, config, "benchmark")  # the asset's own path
-        result = trained.result
-        fitted = result.folds[~result.folds["skipped"]]
-        rec.update(folds=len(fitted), predictions=len(result.predictions), usable_rows=counts["usable_rows"],
-                   rows_uncalibrated=result.rows_uncalibrated)
-
-    frames = {p: f for p, f in feature_frames.load(sorted(safe)).items() if not isinstance(f, Blocked)}
-    fallback = lineage.backtest.fallback_reserve_usd
-    reserve_series = {p: r for p, (r, _) in db.pool_reserves_many(sorted(frames), fallback).items()}
-    with timer.stage("signals") as rec:
-        preds, n = result.predictions, 0
-        for pool_id, frame in frames.items():
-            try:
-                pool_preds = preds.xs(pool_id, level="pool_id")
-            except KeyError:
-                continue
-            n += len(compute_signals(pool_preds[["q10", "q50", "q90", "predicted_at"]], frame["vol_risk"],
-                                     lineage.signal_config(), reserves=reserve_series[pool_id]))
-        rec["signals"] = n
-
-    regime_config = lineage.regime_config()
-    columns = [*regime_config.required_columns(), "is_warmup", "is_filled"]
-    with timer.stage("regimes") as rec:
-        rec["rows"] = sum(len(detect_regimes(f[columns], regime_config)) for f in frames.values())
-
-    # The backtest on what P1 stored: its bars, signals and regime labels.
-    signals = {p: s for p, s in tables.pool_rows(q50_signals, tf, sorted(frames)).items() if len(s)}
-    regimes = tables.pool_rows(q50_regime_labels, tf, sorted(signals))
-    stage_config = lineage.backtest_config(nautilus)
-    results = {}
-    with timer.stage("backtest") as rec:
-        for pool_id, pool_signals in signals.items():
-            results[pool_id] = run_pool_stage(pool_id, safe[pool_id], pool_signals, regimes[pool_id],
-                                              reserve_series[pool_id], stage_config, "benchmark")
-        ok = [r for r in results.values() if r.status == "ok"]
-        # Variants that share a run (the reserve sensitivity where no reserve is assumed) count once.
-        engines = [list({id(o): o for o in r.outcomes.values()}.values()) for r in ok]
-        rec.update(pools=len(results), engines=sum(len(e) for e in engines),
-                   fills=sum(len(o.fills) for e in engines for o in e),
-                   permutation_draws=sum(r.permutation["draws"] for r in ok))
-    b = lineage.backtest
-
-    def q50_inputs(pool_id):
-        return Q50Inputs(signals=Q50SignalLoader(signals[pool_id]),
-                         regimes=RegimeDetector(regime_config).with_labels(regimes[pool_id]),
-                         base_position_size=b.base_position_size, max_position_size=b.max_position_size,
-                         kelly_fraction=b.kelly_fraction, variance_multiplier=lineage.signals.variance_multiplier)
-
-    def pool_spec(pool_id):
-        return replace(stage_config.spec, reserves=reserve_series[pool_id], reserve_usd=None)
-
+    # The Q50 strategy's engine alone, and against a bare engine, on what the run stored.
+    tables = resources["q50_tables"]
+    traded = sorted(p for p, r in run.results.items() if getattr(r, "status", None) == "ok")
+    signals = {p: s for p, s in tables.load_values("q50_signals", traded).items() if len(s)}
+    regimes = tables.load_values("regime_labels", sorted(signals))
+    fallback = core.nautilus_trader.backtest.fallback_reserve_usd
+    reserves = {p: r for p, (r, _) in resources["collector"].pool_reserves_many(sorted(signals), fallback).items()}
+    config = BacktestStageConfig.of(core)
+    cases = [(p, safe[p], q50_inputs(config, Q50SignalLoader(signals[p]), regimes[p]), pool_spec(config, reserves[p]))
+             for p in signals]
     with timer.stage("backtest_q50_only") as rec:
-        fills = 0
-        for pool_id in signals:
-            outcome = run_q50_backtest(pool_id, safe[pool_id], q50_inputs(pool_id), pool_spec(pool_id), timeframe=tf)
-            fills += len(outcome.fills)
-        rec.update(pools=len(signals), bars=sum(len(safe[p]) for p in signals), fills=fills)
+        fills = sum(len(run_q50_backtest(p, bars, inputs, spec, timeframe=tf).fills) for p, bars, inputs, spec in cases)
+        rec.update(pools=len(cases), bars=sum(len(c[1]) for c in cases), fills=fills)
     with timer.stage("backtest_vs_bare") as rec:
         from benchmarks.bare_replay import time_stage_vs_bare
 
-        rec.update(time_stage_vs_bare([(p, safe[p], q50_inputs(p), pool_spec(p)) for p in signals]))
-    return {"q50_fills": {p: len(r.outcomes["q50"].fills) for p, r in results.items() if r.status == "ok"}}
+        rec.update(time_stage_vs_bare(cases))
+    return {"q50_fills": q50_fills(run)}
 
 
 def p1_full_lineage(scratch: Path, timer: _Timer) -> None:

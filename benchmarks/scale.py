@@ -1,13 +1,13 @@
-"""Scale benchmarks of ``q50 benchmark``: the lineage on N synthetic pools of 2,160 hourly bars.
+"""Scale benchmarks of ``python -m benchmarks``: the lineage on N synthetic pools of 2,160 hourly bars.
 
 The pools are generated from the bundled sample's real bars (seeded): each synthetic pool takes
 one real safe pool and resamples its bars in blocks of a day (block bootstrap, so volatility
 clusters survive), keeping each bar's return, high/low excursions and volume together. They
 are written into a fresh embedded collector database as the collector would.
 
-* **P4** (``--scale N,...``, :func:`run_scale`): the same work as the nightly, called as functions -
-  the asset layer's batch steps, ``batches.pools_per_run`` pools at a time, with the same table
-  writes the IO manager makes, no Dagster. Seconds per stage:
+* **P4** (``--scale N,...``, :func:`run_scale`): the same work as the nightly without Dagster -
+  the lineage's batch steps, ``batches.pools_per_run`` pools at a time, each value stored and read
+  back by the same IO managers (``q50_assets.lineage.without_dagster``). Seconds per stage:
 
   ``ohlcv`` read + validate, ``trades`` read + reconcile the collector's trades, trade fields
   into the QLib store, ``features`` QLib store + expressions + q50_feature_vectors, ``regimes``
@@ -45,7 +45,11 @@ SEED = 20261129
 # Fixed, so a rerun generates the same pools; after the QLib store's calendar_start and in the past.
 END = pd.Timestamp("2026-06-01T00:00:00Z")
 START_PRICE = 100.0
-STAGES = ("ohlcv", "trades", "features", "regimes", "model", "signals", "backtest", "trading_history")
+# The curve's columns: each the time of one asset's batch step (input reads and output writes included).
+STAGE_ASSETS = {"ohlcv": "ohlcv_bars", "trades": "pool_trades", "features": "qlib_features", "regimes": "regime_labels",
+                "model": "q50_model", "signals": "q50_signals", "backtest": "backtest_results",
+                "trading_history": "q50_trading_history"}
+STAGES = tuple(STAGE_ASSETS)
 # Synthetic trades: the collector keeps swaps of >= 100 USD, and only since it started watching a
 # pool -- here the last 30 days of the 90.
 TRADE_DAYS = 30
@@ -57,13 +61,12 @@ WALLETS_PER_POOL = 150
 def _source_bars(settings, scratch: Path) -> list[pd.DataFrame]:
     """The bundled sample's safe pools (validated bars), the material the synthetic pools resample."""
     from q50_assets.db.sample_loader import load_sample
-    from q50_assets.lineage.ohlcv.rules import validate_bars
+    from q50_assets.lineage.ohlcv.rules import BarRules, validate_bars
     from q50_assets.storage.collector import CollectorReader
-    from q50_assets.storage.lineage_config import stage_resources
 
     db = CollectorReader(url=f"sqlite:///{scratch / 'sample.db'}")
     load_sample(db.engine)
-    rules = stage_resources(settings)["lineage"].bar_rules()
+    rules = BarRules.of(settings)
     sources = []
     pool_ids = db.pools_with_bars(settings.timeframe)
     raw = db.read_bars_many(pool_ids, settings.timeframe)
@@ -227,97 +230,47 @@ def _peak_rss_mb() -> float:
 
 
 def run_scale(settings, n_pools: int, scratch: Path) -> dict:
-    """P4: generate ``n_pools`` pools and push them through the asset layer's batch steps as plain
-    function calls (no Dagster), with the same table writes; per-stage seconds and counts."""
-    from q50_assets.lineage.backtest.asset import backtest_step
-    from q50_assets.lineage.features.asset import features_step
-    from q50_assets.lineage.model.asset import model_step
-    from q50_assets.lineage.ohlcv.asset import ohlcv_step
-    from q50_assets.lineage.regimes.asset import regimes_step
-    from q50_assets.lineage.signals.asset import signals_step
-    from q50_assets.lineage.trades.asset import trades_step
-    from q50_assets.lineage.trading_history.asset import history_step
-    from q50_assets.automation.runs import pool_batches
+    """P4: generate ``n_pools`` pools and run the lineage's batch steps for them without Dagster
+    (:func:`q50_assets.lineage.without_dagster.run_without_dagster`: the same steps and stores as
+    the assets, no runs or events); per-stage seconds and counts."""
     from q50_assets.definitions import build_resources
-    from q50_assets.storage.io_managers import POOL_ROW_TABLES, write_table_outputs
     from q50_assets.lineage.common.gate import Blocked
+    from q50_assets.lineage.without_dagster import q50_fills, run_without_dagster
 
     settings = _scratch_settings(settings, scratch)
     generated, setup_seconds = generate(settings, n_pools, scratch)
     resources = build_resources(settings)
-    db, tables, store, nautilus, lineage = (resources[k] for k in ("collector", "project_tables", "qlib_store", "nautilus",
-                                                                   "lineage"))
-    tf = settings.timeframe
-    seconds = dict.fromkeys(STAGES, 0.0)
-    counts: dict[str, int] = {}
+    pool_ids = resources["collector"].pools_with_bars(settings.timeframe)
+    run = run_without_dagster(pool_ids, resources, settings, run_id="scale")
 
-    def timed(stage: str, fn, *args):
-        t0 = time.perf_counter()
-        out = fn(*args)
-        seconds[stage] += time.perf_counter() - t0
-        return out
-
-    pool_ids = db.pools_with_bars(tf)
-    batches = pool_batches(pool_ids, pool_ids, lineage.pools_per_run)
-    validated, frames, unsafe = {}, {}, {}
-    for batch in batches:  # bars, trades, features, regimes, batch by batch (as the first phase's runs do)
-        v, _states = timed("ohlcv", ohlcv_step, batch, db, lineage)
-        validated.update(v)
-        analyses = [a for a in timed("trades", trades_step, v, store, db, lineage).values()
-                    if not isinstance(a, Blocked)]
-        counts["pools_with_flow_features"] = counts.get("pools_with_flow_features", 0) + sum(a.usable for a in analyses)
-        counts["block_timestamp_shift_named"] = counts.get("block_timestamp_shift_named", 0) + sum(
-            a.check("clock_shift").metadata["block_timestamp_shift"] == "+6 h" for a in analyses)
-        f, _checks, _stale, _vectors = timed("features", features_step, v, store, db, tables, lineage)
-        frames.update(f)
-        regimes, _ = timed("regimes", regimes_step, f, lineage)
-        timed("regimes", write_table_outputs, tables, tf, "regime_labels", regimes)
-    for v in validated.values():
+    analyses = [a for a in run.analyses.values() if not isinstance(a, Blocked)]
+    unsafe: dict[str, int] = {}
+    for v in run.validated.values():
         for rule in v.blocking_failures:  # counted by the blocking checks that failed
             unsafe[rule] = unsafe.get(rule, 0) + 1
-
-    trained = timed("model", model_step, store, lineage, "scale")
-    counts.update(model_rows=int(trained.panel_counts["usable_rows"]),
-                  folds=int((~trained.result.folds["skipped"]).sum()), predictions=len(trained.result.predictions))
-
-    fills = history = 0
-    for batch in batches:  # signals, backtests, trading history, batch by batch
-        signals, _ = timed("signals", signals_step, trained, {p: frames[p] for p in batch}, db, lineage)
-        timed("signals", write_table_outputs, tables, tf, "q50_signals", signals)
-
-        def backtest(batch=batch):
-            # Signals and regimes read back from their tables, as the backtest step's IO manager does.
-            stored_signals = tables.pool_rows(POOL_ROW_TABLES["q50_signals"], tf, batch)
-            stored_regimes = tables.pool_rows(POOL_ROW_TABLES["regime_labels"], tf, batch)
-            # The step draws each pool's equity picture too, as it does for the asset's metadata.
-            results = backtest_step({p: validated[p] for p in batch}, stored_signals, stored_regimes, nautilus,
-                                    db, lineage, f"scale-{batch[0]}").results
-            write_table_outputs(tables, tf, "backtest_results", results)
-            return results
-
-        results = timed("backtest", backtest)
-        histories = timed("trading_history", history_step, results, db, lineage.backtest.use_existing_feature_vectors)
-        history += sum(timed("trading_history", write_table_outputs, tables, tf, "q50_trading_history",
-                             histories).values())
-        fills += sum(len(r.outcomes["q50"].fills) for r in results.values()
-                     if not isinstance(r, Blocked) and r.status == "ok")
-
-    safe = {p: v.bars for p, v in validated.items() if v.safe}
+    seconds = {stage: run.seconds.get(asset, 0.0) for stage, asset in STAGE_ASSETS.items()}
+    safe = {p: v.bars for p, v in run.validated.items() if v.safe}
     total_bars = sum(len(b) for b in safe.values())
+    folds = run.model.result.folds
     return {
         **generated,
         "safe_pools": len(safe),
         "unsafe_pools_by_check": unsafe,
         "bars": total_bars,
-        "pools_per_run": lineage.pools_per_run,
+        "pools_per_run": settings.batches.pools_per_run,
         "setup_seconds": round(setup_seconds, 2),
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
         "total_seconds": round(sum(seconds.values()), 2),
         "seconds_per_1000_bars": {k: round(1000 * v / max(total_bars, 1), 4) for k, v in seconds.items()},
         "peak_rss_mb": _peak_rss_mb(),
-        "fills_q50": fills,
-        "trading_history_rows": history,
-        **counts,
+        "fills_q50": sum(q50_fills(run).values()),
+        "trading_history_rows": run.trading_history_rows,
+        "pools_with_flow_features": sum(a.usable for a in analyses),
+        "block_timestamp_shift_named": sum(a.check("clock_shift").metadata["block_timestamp_shift"] == "+6 h"
+                                           for a in analyses),
+        "model_rows": int(run.model.panel_counts["usable_rows"]),
+        "folds": int((~folds["skipped"]).sum()),
+        "predictions": len(run.model.result.predictions),
     }
 
 

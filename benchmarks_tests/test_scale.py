@@ -1,16 +1,15 @@
 """The scale benchmarks' generator and drivers (correctness only; their speed is the benchmark's):
-P4 calls the asset layer's batch steps as functions, P5 materializes the same pools through
+P4 runs the lineage's batch steps without Dagster, P5 materializes the same pools through
 Dagster on PostgreSQL run storage, and both store the same results."""
 
 import numpy as np
 import pandas as pd
 
 from q50_assets.lineage.backtest.step import variants_for
-from q50_assets.lineage.ohlcv.rules import validate_bars
-from q50_assets.lineage.trades.rules import analyse_trades
+from q50_assets.lineage.ohlcv.rules import BarRules, validate_bars
+from q50_assets.lineage.trades.rules import TradeRules, analyse_trades
 from q50_assets.storage.collector import CollectorReader
 from q50_assets.storage.project_tables import ProjectTables
-from q50_assets.storage.lineage_config import stage_resources
 from benchmarks.scale import (
     BARS_PER_POOL,
     END,
@@ -53,8 +52,7 @@ def test_synthetic_pools_are_resampled_real_bars(tmp_path):
     db = CollectorReader(url=f"sqlite:///{tmp_path / 'collector.sqlite'}")
     kept = bars[(bars["low"].cummin() >= 0.01).cummin()]  # whatever the path, a storable stretch
     assert write_collector(db.engine, {"synthetic_poolA": kept}, {"synthetic_poolA": 1e5}, "1h") == len(kept)
-    lineage = stage_resources(settings)["lineage"]
-    validated = validate_bars("synthetic_poolA", db.read_bars_many(["synthetic_poolA"], "1h")["synthetic_poolA"], lineage.bar_rules())
+    validated = validate_bars("synthetic_poolA", db.read_bars_many(["synthetic_poolA"], "1h")["synthetic_poolA"], BarRules.of(settings))
     assert validated.rows_read == len(kept)
     assert validated.outcome("ohlc_consistent").passed and validated.outcome("timestamps_aligned_unique").passed
 
@@ -64,7 +62,7 @@ def test_synthetic_pools_are_resampled_real_bars(tmp_path):
     pd.testing.assert_frame_equal(trades, synthesize_trades("synthetic_poolA", kept, np.random.default_rng(3)))
     assert (trades["volume_usd"] >= 100).all() and set(trades["side"]) == {"buy", "sell"}
     assert write_trades(db.engine, trades) == len(trades) > 0
-    analysis = analyse_trades("synthetic_poolA", db.read_trades_many(["synthetic_poolA"])["synthetic_poolA"], validated.bars, lineage.trade_rules())
+    analysis = analyse_trades("synthetic_poolA", db.read_trades_many(["synthetic_poolA"])["synthetic_poolA"], validated.bars, TradeRules.of(settings))
     assert all(c.passed for c in analysis.checks), [(c.name, c.metadata) for c in analysis.checks if not c.passed]
     assert analysis.check("clock_shift").metadata["block_timestamp_shift"] == "+6 h"
     assert analysis.usable and len(analysis.grid) <= TRADE_DAYS * 24

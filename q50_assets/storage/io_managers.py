@@ -76,8 +76,15 @@ class PoolPickleIOManager(ConfigurableIOManager):
         if not context.has_asset_partitions:
             self._dump(self._path(context.asset_key, None), obj)
             return
-        for pool_id, value in _pool_values(context, obj).items():
-            self._dump(self._path(context.asset_key, pool_id), value)
+        self.store_values(context.asset_key.to_user_string(), _pool_values(context, obj))
+
+    def store_values(self, asset: str, values: dict) -> None:
+        """A batch's values, per pool (what a run stores; the lineage run without Dagster too)."""
+        for pool_id, value in values.items():
+            self._dump(self._path(AssetKey(asset), pool_id), value)
+
+    def load_values(self, asset: str, pool_ids: list[str]) -> dict:
+        return self.load(asset, pool_ids)
 
     def load_input(self, context: InputContext):
         if not context.has_asset_partitions:
@@ -111,10 +118,12 @@ class FeatureFramesIOManager(ConfigurableIOManager):
     timeframe: str  # the settings' timeframe
 
     def handle_output(self, context: OutputContext, obj) -> None:
-        frames = _pool_values(context, obj)
-        config = getattr(obj, "config", None)
+        self.store_values(context.asset_key.to_user_string(), _pool_values(context, obj), getattr(obj, "config", None))
+
+    def store_values(self, asset: str, frames: dict, config=None) -> None:
+        config = config if config is not None else getattr(frames, "config", None)
         if config is None and not all(isinstance(v, Blocked) for v in frames.values()):
-            raise TypeError(f"{context.asset_key.to_user_string()}: feature frames must come with their feature set "
+            raise TypeError(f"{asset}: feature frames must come with their feature set "
                             "(FeatureFrames): it is what reads them back from the store")
         feature_set = config.model_dump(mode="json") if config is not None else None
         self.store.record_frames({
@@ -124,6 +133,9 @@ class FeatureFramesIOManager(ConfigurableIOManager):
 
     def load_input(self, context: InputContext):
         return self.load(list(context.asset_partition_keys))
+
+    def load_values(self, asset: str, pool_ids: list[str]) -> dict:
+        return self.load(pool_ids)
 
     def load(self, pool_ids: list[str]) -> dict:
         """Per pool, its feature frame evaluated from the store, or the Blocked it was stored as."""
@@ -189,14 +201,18 @@ class Q50TableIOManager(ConfigurableIOManager):
     timeframe: str  # the settings' timeframe
 
     def handle_output(self, context: OutputContext, obj) -> None:
-        written = write_table_outputs(self.tables, self.timeframe, context.asset_key.to_user_string(),
-                                      _pool_values(context, obj))
+        written = self.store_values(context.asset_key.to_user_string(), _pool_values(context, obj))
         context.add_output_metadata({"table_rows_written": int(sum(written.values())),
                                      "pools_written": len(written)})
 
+    def store_values(self, asset: str, values: dict) -> dict[str, int]:
+        return write_table_outputs(self.tables, self.timeframe, asset, values)
+
     def load_input(self, context: InputContext):
-        name = context.asset_key.to_user_string()
-        pool_ids = list(context.asset_partition_keys)
+        return self.load_values(context.asset_key.to_user_string(), list(context.asset_partition_keys))
+
+    def load_values(self, name: str, pool_ids: list[str]):
+        """A batch's stored values, as a run's input gets them (the lineage run without Dagster too)."""
         db = self.tables
         if name in POOL_ROW_TABLES:
             return db.pool_rows(POOL_ROW_TABLES[name], self.timeframe, pool_ids)

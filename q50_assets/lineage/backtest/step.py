@@ -125,6 +125,23 @@ class PoolBacktest:
     reserve: dict = field(default_factory=dict)  # fallback share of the span, sources, observations
 
 
+def q50_inputs(config: BacktestStageConfig, signals, regimes: pd.DataFrame):
+    """What the Q50 strategy decides with for one pool: its signal loader (``Q50SignalLoader``),
+    its stored regime labels as of each time, and the stage's sizing."""
+    from q50_assets.lineage.backtest.engine import Q50Inputs
+    from q50_assets.lineage.regimes.rules import RegimeDetector
+
+    return Q50Inputs(signals=signals, regimes=RegimeDetector().with_labels(regimes),
+                     base_position_size=config.base_position_size, max_position_size=config.max_position_size,
+                     kelly_fraction=config.kelly_fraction, variance_multiplier=config.variance_multiplier,
+                     base_threshold=config.base_threshold)
+
+
+def pool_spec(config: BacktestStageConfig, reserves):
+    """The engines' spec for one pool: the stage's, at the pool's liquidity over time."""
+    return replace(config.spec(), reserves=reserves, reserve_usd=None)
+
+
 def nautilus_status() -> tuple[bool, str]:
     """(True, "") when NautilusTrader imports; else (False, the reason)."""
     try:
@@ -255,10 +272,9 @@ def run_pool_stage(pool_id: str, bars: pd.DataFrame, signals: pd.DataFrame, regi
     ok, reason = nautilus_status()
     if not ok:
         return _unavailable(pool_id, backtest_run_id, reason, bars, signals)
-    from q50_assets.lineage.backtest.engine import (NautilusUnavailable, Q50Inputs, buy_and_hold_targets,
+    from q50_assets.lineage.backtest.engine import (NautilusUnavailable, buy_and_hold_targets,
                                               run_pool_backtest, run_q50_backtest)
     from q50_assets.lineage.backtest.permutation import ReplayMarket, ReplayParams, permutation_null
-    from q50_assets.lineage.regimes.rules import RegimeDetector
     from q50_assets.lineage.signals.rules import Q50SignalLoader
 
     loader = signal_loader if signal_loader is not None else Q50SignalLoader(signals)
@@ -266,11 +282,8 @@ def run_pool_stage(pool_id: str, bars: pd.DataFrame, signals: pd.DataFrame, regi
         return PoolBacktest(pool_id, backtest_run_id, "no_oos_signals",
                             "the model made no out-of-sample prediction for this pool", bars=bars, signals=signals)
     bar = config.bar
-    detector = RegimeDetector().with_labels(regimes)
-    inputs = Q50Inputs(signals=loader, regimes=detector, base_position_size=config.base_position_size,
-                       max_position_size=config.max_position_size, kelly_fraction=config.kelly_fraction,
-                       variance_multiplier=config.variance_multiplier, base_threshold=config.base_threshold)
-    spec = replace(config.spec(), reserves=reserves, reserve_usd=None)
+    inputs = q50_inputs(config, loader, regimes)
+    spec = pool_spec(config, reserves)
     bar_index = pd.DatetimeIndex(bars.index)
     bar_index = bar_index.tz_localize("UTC") if bar_index.tz is None else bar_index.tz_convert("UTC")
     oos_open = pd.Timestamp(min(loader.open_ns), tz="UTC")

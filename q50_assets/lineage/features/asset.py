@@ -87,7 +87,7 @@ def features_step(validated: dict[str, ValidatedBars], store: FeatureStore, db: 
             out[p] = frame
     if progress:
         progress(len(validated))
-    return {p: out[p] for p in validated}, checks, stale, vectors_read
+    return FeatureFrames({p: out[p] for p in validated}, config), checks, stale, vectors_read
 
 
 @asset(
