@@ -32,7 +32,6 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from q50_assets.lineage.features.formulas import STORE_FIELDS
-from q50_assets.machine import usable_cores
 
 # Collector timeframe -> QLib frequency name. QLib parses "<n>min" for any n (its own "1h" and
 # "1d" mean other things: hours are refused, "day" reads a date-only calendar), so every bar size is
@@ -65,9 +64,10 @@ def _init_qlib(provider_dir: Path, freq: str) -> None:
             provider_uri={freq: uri, "day": uri},
             expression_cache=None,
             dataset_cache=None,
-            # QLib reads a batch's pools in worker processes: one per core this process may use,
-            # read from the machine (on one core, none: the read stays in this process).
-            kernels=usable_cores(),
+            # No worker processes: the pools' parallelism is Dagster's (batches, runs at once), and
+            # QLib's joblib pool can hang at its termination in a process that already runs threads
+            # (a run's process: seen in the automation test, stuck in Pool.terminate).
+            kernels=1,
             logging_level="WARNING",
             clear_mem_cache=True,
         )
