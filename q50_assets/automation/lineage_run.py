@@ -207,4 +207,8 @@ def _child(defs, instance_ref, job_name, batches, selection, run_config, tags, t
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which stops
         results.put(("error", f"{type(exc).__name__}: {exc}"))
     finally:
+        # A queue's put only hands the message to a feeder thread: flush it before leaving, or
+        # the parent waits for a result that died with this process.
+        results.close()
+        results.join_thread()
         os._exit(0)  # no interpreter teardown in a forked child: the parent owns the shared state

@@ -69,7 +69,10 @@ def test_the_upstream_code_ours_copies_is_unchanged(cls, name):
         "code against it (q50_assets/storage/dagster_instance.py), then update the digest here")
 
 
-def test_the_local_instance_uses_dagsters_own_event_log_unless_opted_in(tmp_path):
+def test_the_local_instance_keeps_connections_and_can_use_dagsters_own_event_log(tmp_path):
+    # The embedded default keeps connections (the demo's measured speed); commented out, Dagster's own.
+    assert "class: NormalSyncSqliteEventLogStorage\n" in dagster_yaml(tmp_path)
+    assert "# event_log_storage:" not in dagster_yaml(tmp_path)
     for kept, storage_class in ((False, SqliteEventLogStorage), (True, NormalSyncSqliteEventLogStorage)):
         home = tmp_path / ("kept" if kept else "default")
         home.mkdir()
