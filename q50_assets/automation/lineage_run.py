@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import queue
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -173,7 +174,16 @@ def _in_children(defs, instance, job_name, batches, selection, run_config, tags,
         child.start()
     received = 0
     while received < len(batches):
-        message = results.get()
+        try:
+            message = results.get(timeout=5)
+        except queue.Empty:
+            # A process that died without reporting (killed, out of memory) must not leave the
+            # parent waiting forever: once every run process is gone, say so.
+            if all(not child.is_alive() for child in children) and results.empty():
+                codes = [child.exitcode for child in children]
+                raise RuntimeError(f"{job_name}: every run process exited with {len(batches) - received} of "
+                                   f"{len(batches)} batches unreported (exit codes {codes})") from None
+            continue
         if message[0] == "error":
             for child in children:
                 child.kill()
