@@ -8,6 +8,7 @@ import sys
 import time
 from collections import Counter
 
+from q50_assets.machine import usable_cores
 from q50_assets.settings import ENV_DATABASE_URL, Settings, SettingsError, get_settings
 
 def _collector(settings: Settings):
@@ -265,7 +266,7 @@ def cmd_demo(settings: Settings, args) -> int:
     defs = build_definitions(settings)
     per_run = settings.batches.pools_per_run
     print(f"Materializing {len(pool_ids)} pools (Dagster home {os.environ['DAGSTER_HOME']}) ...", flush=True)
-    at_once = max(1, args.runs_at_once if args.runs_at_once is not None else settings.batches.runs_at_once)
+    at_once = max(1, args.runs_at_once or settings.batches.runs_at_once or usable_cores())
     # With several runs at once, the pools are split into two batches per process: pools differ
     # in cost (bars, trades, fills), and a process done early takes the next batch from the queue
     # instead of waiting for the slowest half (on the bundled sample: the backtest phase 20-23 s -> 16-19 s).

@@ -423,9 +423,10 @@ class AutomationSettings(Section):
 class BatchSettings(Section):
     pools_per_run: int = Field(default=100, ge=1, le=10_000, description="Pools per run: the per-pool assets' "
                                "backfill policy, the sensor's and the nightly's run requests, q50 demo.")
-    runs_at_once: int = Field(default=2, ge=1, le=64, description="Batch runs q50 demo executes at once, each in "
-                              "its own process (the daemon's run queue allows max_concurrent_runs); it splits the pools "
-                              "into two batches per process (at most pools_per_run each).")
+    runs_at_once: int | None = Field(default=None, ge=1, le=256, description="Batch runs q50 demo executes at once, "
+                                     "each in its own process (the daemon's run queue allows max_concurrent_runs); null "
+                                     "= the cores this process may use. It splits the pools into two batches per "
+                                     "process (at most pools_per_run each).")
 
 
 class ExecutionSettings(Section):

@@ -23,7 +23,7 @@ from q50_assets.db.q50_models import q50_backtest_results, q50_regime_labels, q5
 from q50_assets.definitions import build_definitions
 from q50_assets.lineage.backtest.engine import Q50Inputs, run_q50_backtest
 from q50_assets.lineage.backtest.step import variants_for
-from q50_assets.lineage.regimes.rules import REGIME_LABELS, RegimeDetector, detect_regimes
+from q50_assets.lineage.regimes.rules import REGIME_LABELS, RegimeConfig, RegimeDetector, detect_regimes
 from q50_assets.lineage.signals.rules import Q50SignalLoader
 from q50_assets.storage.project_tables import ProjectTables
 from q50_assets.lineage.common.gate import Blocked
@@ -108,7 +108,7 @@ class TestNautilusIntegration:
         assert all(e.passed for e in r.get_asset_check_evaluations())
         assert {"low", "medium", "high", "extreme"} <= set(regimes["vol_regime"])
         assert regimes.loc[features["is_warmup"], "vol_regime"].eq("unknown").all()
-        config = settings.nautilus_trader.strategy_config.regime_detection.regime_config()
+        config = RegimeConfig.of(settings)
         detector = RegimeDetector(config)
         online = [detector.classify_volatility_regime(v, raw, warmup=w) for v, raw, w in
                   zip(features["vol_risk"], features["vol_raw"], features["is_warmup"])]
