@@ -19,16 +19,16 @@ from dataclasses import dataclass, field
 from dagster import AssetKey
 
 from q50_assets.lineage import STEPS, Phase, assets_definitions
-from q50_assets.lineage.backtest.asset import backtest_step
+from q50_assets.lineage.backtest.step import backtest_step
 from q50_assets.lineage.common.gate import Blocked
 from q50_assets.lineage.common.partitions import pool_batches
-from q50_assets.lineage.features.asset import features_step
-from q50_assets.lineage.model.asset import model_step
-from q50_assets.lineage.ohlcv.asset import ohlcv_step
-from q50_assets.lineage.regimes.asset import regimes_step
-from q50_assets.lineage.signals.asset import signals_step
-from q50_assets.lineage.trades.asset import trades_step
-from q50_assets.lineage.trading_history.asset import history_step
+from q50_assets.lineage.features.step import features_step
+from q50_assets.lineage.model.step import model_step
+from q50_assets.lineage.ohlcv.step import ohlcv_step
+from q50_assets.lineage.regimes.step import regimes_step
+from q50_assets.lineage.signals.step import signals_step
+from q50_assets.lineage.trades.step import trades_step
+from q50_assets.lineage.trading_history.step import history_step
 from q50_assets.settings import Settings
 
 @dataclass

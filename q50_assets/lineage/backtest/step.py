@@ -43,6 +43,10 @@ from q50_assets.lineage.common.costs import SOURCE_FALLBACK, ReserveSeries
 from q50_assets.lineage.backtest.execution import DUST_USD
 from q50_assets.lineage.backtest.metrics import bars_per_year, grid_equity, grid_returns, returns_metrics
 from q50_assets.settings import BacktestSettings, PositionLimits, Settings, SignalSettings
+from q50_assets.lineage.common.batch import each
+from q50_assets.lineage.common.gate import Blocked
+from q50_assets.lineage.common.ports import CollectorSource, ProjectTableStore
+from q50_assets.lineage.ohlcv.step import bars_or_blocked
 
 Q50 = "q50"
 Q50_CLOSE = "q50_close"
@@ -578,3 +582,93 @@ __all__ = [
     "trade_metrics",
     "variants_for",
 ]
+
+
+VERIFIED = ("ok", "failed_checks")  # statuses of a pool whose engines ran (metrics and a picture exist)
+
+
+def backtest_checks(result: PoolBacktest) -> dict[str, tuple[bool, dict]]:
+    """The stage's three rules for one computed pool: (passed, metadata) per check name."""
+    bars = result.bars
+    bar = pd.Timedelta(result.outcomes["q50"].spec.bar_length)
+    bars_ok, bars_details = bars_match_pipeline(result)
+    processed_ok = all(o.iterations >= len(bars) and o.backtest_end is not None
+                       and o.backtest_end >= bars.index[-1] + bar for o in result.outcomes.values())
+    min_cash = {name: float(o.equity["cash"].min()) for name, o in result.outcomes.items()}
+    return {
+        "bars_match_pipeline": (bars_ok, {"bars": bars_details}),
+        "engine_processed_every_bar": (processed_ok, {
+            "bars_given": len(bars), "iterations": {n: o.iterations for n, o in result.outcomes.items()}}),
+        "cash_never_negative": (all(v >= 0 for v in min_cash.values()), {"min_cash_usd": min_cash}),
+    }
+
+
+def _pool_inputs_gate(pool_id: str, validated, signals: pd.DataFrame | None, regimes: pd.DataFrame | None):
+    """The bars a pool's backtest may use, or why it is skipped (the gate of the stages before)."""
+    bars = bars_or_blocked(validated)
+    if isinstance(bars, Blocked):
+        return bars
+    if regimes is None or regimes.empty:
+        return Blocked(pool_id, "regime_labels", "no regime_labels rows for this pool (blocked upstream or by a "
+                       "regime_labels check)")
+    if signals is None or signals.empty:
+        return Blocked(pool_id, "q50_signals", "no q50_signals rows for this pool (no out-of-sample prediction, "
+                       "or blocked upstream or by a q50_signals check)")
+    return bars
+
+
+@dataclass
+class BacktestBatch:
+    results: dict  # pool -> PoolBacktest or Blocked
+    outcomes: dict  # pool -> {check name: (passed, metadata)} for computed pools
+    reserve_rows_ignored: dict  # pool -> collector reserve rows that observed nothing
+    pictures: dict  # pool -> equity picture (PNG bytes) for pools with metrics
+
+
+def backtest_step(ohlcv: dict, signals: dict, regimes: dict, db: CollectorSource,
+                  settings: Settings, run_id: str, signal_tables: ProjectTableStore | None = None,
+                  progress=None) -> BacktestBatch:
+    """A batch of pools: per usable pool, the backtest stage (:func:`run_pool_stage`: every variant's
+    Nautilus engines, metrics, round trips, the permutation null) at the pool's liquidity as the
+    collector observed it, then the stage's rules; a pool failing one keeps its result out of the
+    table (status ``failed_checks``); the equity picture of every pool with metrics.
+
+    ``signal_tables``: where ``backtest.signal_source: database`` reads the stored signals.
+    """
+    source = settings.nautilus_trader.strategy_config.signal_source
+    if source == "database" and signal_tables is None:
+        raise ValueError("backtest.signal_source: database needs the tables holding the stored signals")
+    available, why = nautilus_status() if settings.nautilus_trader.enabled else (True, "")
+    # The engines' spec imports NautilusTrader: only built when it can run.
+    config = BacktestStageConfig.of(settings) if settings.nautilus_trader.enabled and available else None
+    gates = {p: _pool_inputs_gate(p, ohlcv[p], signals.get(p), regimes.get(p)) for p in ohlcv}
+    usable = [p for p, b in gates.items() if not isinstance(b, Blocked)]
+    reserves = (db.pool_reserves_many(usable, settings.nautilus_trader.backtest.fallback_reserve_usd)
+                if usable and settings.nautilus_trader.enabled and available else {})
+    out, outcomes, ignored = {}, {}, {}
+    for pool_id in each(list(ohlcv), progress):
+        bars = gates[pool_id]
+        if isinstance(bars, Blocked):
+            out[pool_id] = bars
+            continue
+        if not settings.nautilus_trader.enabled:
+            out[pool_id] = PoolBacktest(pool_id, run_id, "disabled", "nautilus_trader.enabled is false: no backtest "
+                                        "ran (signals and regimes are unaffected)")
+            continue
+        if not available:
+            out[pool_id] = PoolBacktest(pool_id, run_id, "unavailable", f"{why} (signals and regimes are unaffected)")
+            continue
+        series, ignored[pool_id] = reserves[pool_id]
+        loader = None
+        if source == "database":  # signals made elsewhere, stored in q50_signals of the signal database
+            loader = signal_tables.signal_loader(pool_id, settings.timeframe)
+        result = run_pool_stage(pool_id, bars, signals[pool_id], regimes[pool_id], series, config, run_id,
+                                signal_loader=loader)
+        if result.status == "ok":
+            outcomes[pool_id] = backtest_checks(result)
+            failed = [name for name, (ok, _) in outcomes[pool_id].items() if not ok]
+            if failed:  # only verified results reach the table
+                result = replace(result, status="failed_checks", reason=f"checks failed: {', '.join(failed)}")
+        out[pool_id] = result
+    drawn = {p: equity_png(r) for p, r in out.items() if not isinstance(r, Blocked) and r.status in VERIFIED}
+    return BacktestBatch(out, outcomes, ignored, drawn)

@@ -7,7 +7,6 @@ Glue only: formulas live in :mod:`q50_assets.lineage.features.formulas`, the bat
 store first (flow features read them).
 """
 
-import pandas as pd
 from dagster import AssetExecutionContext, AssetKey, MetadataValue, Output, ResourceParam, asset
 
 from q50_assets.lineage.common.batch import (
@@ -20,74 +19,17 @@ from q50_assets.lineage.common.batch import (
 from q50_assets.lineage.common.partitions import pool_partitions
 from q50_assets.lineage.common.ports import CollectorSource, FeatureStore, ProjectTableStore
 from q50_assets.lineage.trades.asset import TRADES_ASSET
-from q50_assets.lineage.ohlcv.rules import ValidatedBars
-from q50_assets.lineage.features.formulas import collector_feature_fields
 from q50_assets.lineage.features.step import (
     STAGE,
-    FeatureChecks,
     FeatureFrames,
-    check_frame,
-    collector_fields,
-    feature_frames,
     frame_summary,
-    pool_grids,
 )
 from q50_assets.lineage.common.gate import Blocked
-from q50_assets.lineage.ohlcv.step import bars_or_blocked
 from q50_assets.lineage.features.step import FeatureConfig
 from q50_assets.settings import Settings
+from q50_assets.lineage.features.step import features_step
 
 FEATURES_ASSET = STAGE
-
-
-def features_step(validated: dict[str, ValidatedBars], store: FeatureStore, db: CollectorSource,
-                  tables: ProjectTableStore, settings: Settings, progress=None
-                  ) -> tuple[dict[str, pd.DataFrame | Blocked], dict[str, FeatureChecks], dict[str, int],
-                             dict[str, int]]:
-    """A batch of pools: safe pools' grids written to the store (with the collector's own vectors
-    as of each bar's close, when ``features.collector_feature_vectors``), blocked pools taken out of
-    it, one ``D.features`` call, per-pool frames checked; the vectors of pools passing both checks
-    written in one transaction. Returns (frame or Blocked per pool, check outcomes, stale vectors
-    per pool, collector vectors read per pool: -1 when the setting is off)."""
-    config = FeatureConfig.of(settings)
-    bars = {p: bars_or_blocked(v) for p, v in validated.items()}
-    safe = {p: b for p, b in bars.items() if not isinstance(b, Blocked)}
-    out: dict[str, pd.DataFrame | Blocked] = {p: b for p, b in bars.items() if isinstance(b, Blocked)}
-    # A pool blocked now must not keep feeding its old series to the pooled model.
-    store.remove_pools(sorted(out))
-    checks: dict[str, FeatureChecks] = {}
-    stale: dict[str, int] = {}
-    vectors_read = dict.fromkeys(safe, -1)
-    if safe:
-        grids = pool_grids(safe, config)
-        store.write_pools(grids)
-        if config.collector_feature_vectors:
-            fields = collector_feature_fields()
-            for pool_id, grid in grids.items():
-                vectors = db.collector_feature_vectors(pool_id)
-                vectors_read[pool_id] = len(vectors)
-                stored = collector_fields(grid, vectors, config)
-                if stored is None:
-                    store.clear_fields(pool_id, fields)
-                else:
-                    store.write_fields(pool_id, stored, fields)
-        raw = store.features(sorted(safe), config.expressions)
-        frames = feature_frames(raw, grids, safe, config)
-        mapping = store.mapping()
-        checks = {p: check_frame(p, f, config, store.instrument_for(p), mapping) for p, f in frames.items()}
-        passed = {p: f for p, f in frames.items() if not checks[p].failures()}
-        failed = [p for p in frames if p not in passed]
-        for p in failed:
-            out[p] = Blocked(p, STAGE, f"checks failed: {', '.join(checks[p].failures())}")
-        store.remove_pools(failed)
-        real = {p: f[~f["is_filled"]] for p, f in passed.items()}
-        written = tables.upsert_feature_vectors_many(settings.timeframe, config.version, real, config.columns)
-        for p, frame in passed.items():
-            frame["feature_vector_id"], stale[p] = written[p]
-            out[p] = frame
-    if progress:
-        progress(len(validated))
-    return FeatureFrames({p: out[p] for p in validated}, config), checks, stale, vectors_read
 
 
 @asset(

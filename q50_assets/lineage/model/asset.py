@@ -10,7 +10,6 @@ labels fully known before the prediction time.
 """
 
 import base64
-import time
 
 import pandas as pd
 from dagster import (
@@ -36,13 +35,11 @@ from q50_assets.lineage.model.step import (
     ModelBlockedError,
     TrainedQ50Model,
     coverage_check,
-    evidence,
     oos_summary,
-    train,
     unordered_predictions,
 )
-from q50_assets.lineage.model.step import ModelConfig
 from q50_assets.settings import Settings
+from q50_assets.lineage.model.step import model_step
 
 MODEL_ASSET = STAGE
 
@@ -105,17 +102,6 @@ def evidence_metadata(evidence: ModelEvidence) -> dict:
     meta["coverage_table"] = MetadataValue.md(_table_markdown(evidence.coverage))
     meta["naive_sources"] = MetadataValue.json(evidence.naive_sources)
     return meta
-
-
-def model_step(store: FeatureStore, settings: Settings, run_id: str) -> TrainedQ50Model:
-    """Train on every pool in the store (the pools the feature stage let through), recalibration
-    included, and weigh the out-of-sample evidence (``trained.evidence``, None without labels)."""
-    config = ModelConfig.of(settings)
-    trained, labels = train(store, config, run_id)
-    started = time.perf_counter()
-    trained.evidence = evidence(trained, labels, config)
-    trained.evidence_seconds = round(time.perf_counter() - started, 2)
-    return trained
 
 
 @asset(

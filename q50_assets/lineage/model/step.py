@@ -38,6 +38,7 @@ from q50_assets.lineage.model.walk_forward import (
 )
 from q50_assets.lineage.common.uncertainty import BootstrapConfig
 from q50_assets.lineage.features.step import FeatureConfig
+from q50_assets.lineage.common.ports import FeatureStore
 
 STAGE = "q50_model"
 
@@ -214,3 +215,14 @@ def coverage_check(summary: dict[str, float], tolerance: float, nothing_predicte
                          (lo90, hi90), n, nothing_predicted,
                          float(summary.get("coverage_q10_raw", float("nan"))),
                          float(summary.get("coverage_q90_raw", float("nan"))))
+
+
+def model_step(store: FeatureStore, settings: Settings, run_id: str) -> TrainedQ50Model:
+    """Train on every pool in the store (the pools the feature stage let through), recalibration
+    included, and weigh the out-of-sample evidence (``trained.evidence``, None without labels)."""
+    config = ModelConfig.of(settings)
+    trained, labels = train(store, config, run_id)
+    started = time.perf_counter()
+    trained.evidence = evidence(trained, labels, config)
+    trained.evidence_seconds = round(time.perf_counter() - started, 2)
+    return trained

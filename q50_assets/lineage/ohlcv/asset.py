@@ -11,25 +11,12 @@ from dagster import AssetExecutionContext, MetadataValue, Output, ResourceParam,
 from q50_assets.lineage.common.batch import PoolChecks, add_pool_metadata, pool_check_spec, progress_callback
 from q50_assets.lineage.common.partitions import pool_partitions
 from q50_assets.lineage.common.ports import CollectorSource
-from q50_assets.lineage.ohlcv.rules import BAR_RULES, RuleOutcome, ValidatedBars
-from q50_assets.lineage.ohlcv.step import collector_state, summary, validate_pools
-from q50_assets.lineage.ohlcv.rules import BarRules
+from q50_assets.lineage.ohlcv.rules import BAR_RULES, RuleOutcome
+from q50_assets.lineage.ohlcv.step import summary
 from q50_assets.settings import Settings
+from q50_assets.lineage.ohlcv.step import ohlcv_step
 
 OHLCV_ASSET = "ohlcv_bars"
-
-
-def ohlcv_step(pool_ids: list[str], db: CollectorSource, settings: Settings,
-               progress=None) -> tuple[dict[str, ValidatedBars], dict[str, str]]:
-    """A batch of pools: rows read in one query, validated per pool. Returns (validated bars,
-    the collector state each pool's rows represent)."""
-    raw = db.read_bars_many(pool_ids, settings.timeframe)
-    validated = validate_pools(raw, BarRules.of(settings), db.lowercase_collisions_many(pool_ids),
-                               db.registered_pools(pool_ids))
-    states = {p: collector_state(raw[p], settings.automation.new_bars_sensor.revision_window_bars, settings.bar_seconds) for p in pool_ids}
-    if progress:
-        progress(len(pool_ids))
-    return validated, states
 
 
 def _check_metadata(outcome: RuleOutcome) -> dict:

@@ -14,6 +14,8 @@ import pandas as pd
 from q50_assets.lineage.ohlcv.bar_changes import state_of_rows
 from q50_assets.lineage.ohlcv.rules import VALUE_COLUMNS, BarRules, ValidatedBars, validate_bars
 from q50_assets.lineage.common.gate import Blocked
+from q50_assets.lineage.common.ports import CollectorSource
+from q50_assets.settings import Settings
 
 STAGE = "ohlcv_bars"
 
@@ -65,3 +67,16 @@ def summary(validated: ValidatedBars) -> dict:
         "safe_for_downstream": s["safe"],
         "failing_checks": [o.name for o in validated.outcomes if not o.passed],
     }
+
+
+def ohlcv_step(pool_ids: list[str], db: CollectorSource, settings: Settings,
+               progress=None) -> tuple[dict[str, ValidatedBars], dict[str, str]]:
+    """A batch of pools: rows read in one query, validated per pool. Returns (validated bars,
+    the collector state each pool's rows represent)."""
+    raw = db.read_bars_many(pool_ids, settings.timeframe)
+    validated = validate_pools(raw, BarRules.of(settings), db.lowercase_collisions_many(pool_ids),
+                               db.registered_pools(pool_ids))
+    states = {p: collector_state(raw[p], settings.automation.new_bars_sensor.revision_window_bars, settings.bar_seconds) for p in pool_ids}
+    if progress:
+        progress(len(pool_ids))
+    return validated, states

@@ -5,44 +5,23 @@ adjustment the backtest applies; stored in ``q50_regime_labels`` with their know
 Glue only: the stage is :mod:`q50_assets.lineage.regimes.step`, the rules :mod:`q50_assets.lineage.regimes.rules`.
 """
 
-import pandas as pd
 from dagster import ResourceParam, AssetExecutionContext, MetadataValue, Output, asset
 
 from q50_assets.lineage.common.batch import (
     PoolChecks,
     add_pool_metadata,
     blocked_metadata,
-    each,
     pool_check_spec,
     progress_callback,
 )
 from q50_assets.lineage.common.partitions import pool_partitions
 from q50_assets.lineage.common.gate import Blocked
-from q50_assets.lineage.regimes.step import STAGE, check_regimes, pool_regimes
-from q50_assets.lineage.regimes.rules import RegimeConfig
+from q50_assets.lineage.regimes.step import STAGE
 from q50_assets.settings import Settings
+from q50_assets.lineage.regimes.step import regimes_step
 
 REGIMES_ASSET = STAGE
 VOL_REGIMES = ("low", "medium", "high", "extreme", "unknown")
-
-
-def regimes_step(features: dict, settings: Settings, progress=None
-                 ) -> tuple[dict[str, pd.DataFrame | Blocked], dict[str, dict]]:
-    """A batch of pools' regimes; a pool failing a rule is blocked (its rows never reach the
-    table). Returns (regimes or Blocked per pool, offending rows per rule per computed pool)."""
-    config = RegimeConfig.of(settings)
-    bar = pd.Timedelta(seconds=settings.bar_seconds)
-    out, outcomes = {}, {}
-    for pool_id, frame in each(features.items(), progress):
-        if isinstance(frame, Blocked):
-            out[pool_id] = frame
-            continue
-        regimes = pool_regimes(frame, config)
-        bad = outcomes[pool_id] = check_regimes(regimes, bar)
-        failed = [name for name, rows in (("labels_allowed", bad["bad_label"].union(bad["bad_number"])),
-                                          ("known_at_after_bar_close", bad["early"])) if len(rows)]
-        out[pool_id] = Blocked(pool_id, STAGE, f"checks failed: {', '.join(failed)}") if failed else regimes
-    return out, outcomes
 
 
 @asset(

@@ -11,6 +11,11 @@ from __future__ import annotations
 import pandas as pd
 
 from q50_assets.lineage.regimes.rules import REGIME_LABELS, RegimeConfig, detect_regimes
+from q50_assets.lineage.common.batch import (
+    each,
+)
+from q50_assets.lineage.common.gate import Blocked
+from q50_assets.settings import Settings
 
 STAGE = "regime_labels"
 
@@ -29,3 +34,22 @@ def check_regimes(regimes: pd.DataFrame, bar: pd.Timedelta) -> dict[str, pd.Date
         "bad_number": regimes.index[~((numbers >= 0) & numbers.notna() & (numbers < float("inf"))).all(axis=1)],
         "early": regimes.index[regimes["known_at"] < regimes.index + bar],
     }
+
+
+def regimes_step(features: dict, settings: Settings, progress=None
+                 ) -> tuple[dict[str, pd.DataFrame | Blocked], dict[str, dict]]:
+    """A batch of pools' regimes; a pool failing a rule is blocked (its rows never reach the
+    table). Returns (regimes or Blocked per pool, offending rows per rule per computed pool)."""
+    config = RegimeConfig.of(settings)
+    bar = pd.Timedelta(seconds=settings.bar_seconds)
+    out, outcomes = {}, {}
+    for pool_id, frame in each(features.items(), progress):
+        if isinstance(frame, Blocked):
+            out[pool_id] = frame
+            continue
+        regimes = pool_regimes(frame, config)
+        bad = outcomes[pool_id] = check_regimes(regimes, bar)
+        failed = [name for name, rows in (("labels_allowed", bad["bad_label"].union(bad["bad_number"])),
+                                          ("known_at_after_bar_close", bad["early"])) if len(rows)]
+        out[pool_id] = Blocked(pool_id, STAGE, f"checks failed: {', '.join(failed)}") if failed else regimes
+    return out, outcomes

@@ -6,7 +6,6 @@ Glue only: the stage is :mod:`q50_assets.lineage.signals.step`, every formula
 :mod:`q50_assets.lineage.signals.rules`, the cost model :mod:`q50_assets.lineage.common.costs`.
 """
 
-import pandas as pd
 from dagster import AssetExecutionContext, MetadataValue, Output, ResourceParam, asset
 
 from q50_assets.lineage.common.batch import (
@@ -22,35 +21,11 @@ from q50_assets.lineage.common.ports import CollectorSource
 from q50_assets.lineage.model.asset import MODEL_ASSET
 from q50_assets.lineage.common.gate import Blocked
 from q50_assets.lineage.model.step import TrainedQ50Model
-from q50_assets.lineage.signals.step import LIVE_FOLD, STAGE, check_signals, signals_for_pools
-from q50_assets.lineage.signals.rules import SignalConfig
+from q50_assets.lineage.signals.step import LIVE_FOLD, STAGE
 from q50_assets.settings import Settings
+from q50_assets.lineage.signals.step import signals_step
 
 SIGNALS_ASSET = STAGE
-
-
-def signals_step(model: TrainedQ50Model, features: dict, db: CollectorSource, settings: Settings,
-                 progress=None) -> tuple[dict[str, pd.DataFrame | Blocked], dict[str, tuple]]:
-    """A batch of pools against one model (live-model inference in one call), costs priced at each
-    pool's liquidity as the collector observed it (one read per batch). A pool failing a rule is
-    blocked, so its rows never reach the table strategies read. Returns (signals or Blocked per
-    pool, (early, crossed) rows per computed pool)."""
-    bar = pd.Timedelta(seconds=settings.bar_seconds)
-    model.require_usable()  # before reading anything: a blocked model gives no pool signals
-    usable = [p for p, f in features.items() if not isinstance(f, Blocked)]
-    reserves = {p: r for p, (r, _) in db.pool_reserves_many(usable, settings.nautilus_trader.backtest.fallback_reserve_usd).items()}
-    computed = signals_for_pools(model, features, SignalConfig.of(settings), bar, reserves)
-    out, outcomes = {}, {}
-    for pool_id, signals in computed.items():
-        if isinstance(signals, Blocked):
-            out[pool_id] = signals
-            continue
-        early, crossed = outcomes[pool_id] = check_signals(signals, bar)
-        failed = [n for n, rows in (("known_at_after_bar_close", early), ("quantiles_ordered", crossed)) if len(rows)]
-        out[pool_id] = Blocked(pool_id, STAGE, f"checks failed: {', '.join(failed)}") if failed else signals
-    if progress:
-        progress(len(features))
-    return out, outcomes
 
 
 @asset(

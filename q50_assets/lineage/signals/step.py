@@ -18,6 +18,8 @@ from q50_assets.lineage.common.costs import ReserveSeries
 from q50_assets.lineage.signals.rules import SignalConfig, compute_signals
 from q50_assets.lineage.common.gate import Blocked, first_blocked
 from q50_assets.lineage.model.step import TrainedQ50Model
+from q50_assets.lineage.common.ports import CollectorSource
+from q50_assets.settings import Settings
 
 STAGE = "q50_signals"
 LIVE_FOLD = -1  # q50_signals.fold of a signal from the live model (bars newer than the training run)
@@ -94,3 +96,27 @@ def check_signals(signals: pd.DataFrame, bar: pd.Timedelta) -> tuple[pd.Datetime
     early = signals.index[signals["known_at"] < signals.index + bar]
     crossed = signals.index[~((signals["q10"] <= signals["q50"]) & (signals["q50"] <= signals["q90"]))]
     return early, crossed
+
+
+def signals_step(model: TrainedQ50Model, features: dict, db: CollectorSource, settings: Settings,
+                 progress=None) -> tuple[dict[str, pd.DataFrame | Blocked], dict[str, tuple]]:
+    """A batch of pools against one model (live-model inference in one call), costs priced at each
+    pool's liquidity as the collector observed it (one read per batch). A pool failing a rule is
+    blocked, so its rows never reach the table strategies read. Returns (signals or Blocked per
+    pool, (early, crossed) rows per computed pool)."""
+    bar = pd.Timedelta(seconds=settings.bar_seconds)
+    model.require_usable()  # before reading anything: a blocked model gives no pool signals
+    usable = [p for p, f in features.items() if not isinstance(f, Blocked)]
+    reserves = {p: r for p, (r, _) in db.pool_reserves_many(usable, settings.nautilus_trader.backtest.fallback_reserve_usd).items()}
+    computed = signals_for_pools(model, features, SignalConfig.of(settings), bar, reserves)
+    out, outcomes = {}, {}
+    for pool_id, signals in computed.items():
+        if isinstance(signals, Blocked):
+            out[pool_id] = signals
+            continue
+        early, crossed = outcomes[pool_id] = check_signals(signals, bar)
+        failed = [n for n, rows in (("known_at_after_bar_close", early), ("quantiles_ordered", crossed)) if len(rows)]
+        out[pool_id] = Blocked(pool_id, STAGE, f"checks failed: {', '.join(failed)}") if failed else signals
+    if progress:
+        progress(len(features))
+    return out, outcomes

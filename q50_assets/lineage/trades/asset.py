@@ -15,13 +15,11 @@ from dagster import AssetExecutionContext, MetadataValue, Output, ResourceParam,
 from q50_assets.lineage.common.batch import PoolChecks, add_pool_metadata, blocked_metadata, pool_check_spec, progress_callback
 from q50_assets.lineage.common.partitions import pool_partitions
 from q50_assets.lineage.common.ports import CollectorSource, FeatureStore
-from q50_assets.lineage.ohlcv.rules import ValidatedBars
-from q50_assets.lineage.trades.rules import TRADE_CHECKS, TRADE_FIELDS, TradeAnalysis
+from q50_assets.lineage.trades.rules import TRADE_CHECKS
 from q50_assets.lineage.common.gate import Blocked
-from q50_assets.lineage.ohlcv.step import bars_or_blocked
-from q50_assets.lineage.trades.step import STAGE, analyse_pools, clock_table_markdown, summary
-from q50_assets.lineage.trades.rules import TradeRules
+from q50_assets.lineage.trades.step import STAGE, clock_table_markdown, summary
 from q50_assets.settings import Settings
+from q50_assets.lineage.trades.step import trades_step
 
 TRADES_ASSET = STAGE
 
@@ -38,27 +36,6 @@ def _meta(value):
     if isinstance(value, float):
         return MetadataValue.float(value) if math.isfinite(value) else MetadataValue.text("n/a")
     return value
-
-
-def trades_step(validated: dict[str, ValidatedBars], store: FeatureStore, db: CollectorSource,
-                settings: Settings, progress=None) -> dict[str, TradeAnalysis | Blocked]:
-    """A batch of pools: the safe pools' trades read in one query and analysed; each pool's trade
-    fields written to the store when every check passes, else removed from it. A pool blocked
-    upstream stays blocked (the features stage takes it out of the store)."""
-    bars = {p: bars_or_blocked(v) for p, v in validated.items()}
-    safe = [p for p, b in bars.items() if not isinstance(b, Blocked)]
-    raw = db.read_trades_many(safe) if safe else {}
-    analyses = analyse_pools(raw, bars, TradeRules.of(settings))
-    for pool_id, analysis in analyses.items():
-        if isinstance(analysis, Blocked):
-            continue
-        if analysis.usable:
-            store.write_fields(pool_id, analysis.grid, TRADE_FIELDS)
-        else:
-            store.clear_fields(pool_id, TRADE_FIELDS)
-    if progress:
-        progress(len(validated))
-    return analyses
 
 
 @asset(

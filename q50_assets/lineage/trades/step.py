@@ -14,6 +14,11 @@ import pandas as pd
 
 from q50_assets.lineage.trades.rules import TradeAnalysis, TradeRules, analyse_trades
 from q50_assets.lineage.common.gate import Blocked
+from q50_assets.lineage.common.ports import CollectorSource, FeatureStore
+from q50_assets.lineage.ohlcv.rules import ValidatedBars
+from q50_assets.lineage.trades.rules import TRADE_FIELDS
+from q50_assets.lineage.ohlcv.step import bars_or_blocked
+from q50_assets.settings import Settings
 
 STAGE = "pool_trades"
 
@@ -50,3 +55,24 @@ def clock_table_markdown(analysis: TradeAnalysis) -> str:
     for (_, a), (_, b) in zip(ids.iterrows(), blocks.iterrows()):
         lines.append(f"| {int(a['lag_hours']):+d} | {a['inside_share']:.2f} | {b['inside_share']:.2f} |")
     return "\n".join(lines)
+
+
+def trades_step(validated: dict[str, ValidatedBars], store: FeatureStore, db: CollectorSource,
+                settings: Settings, progress=None) -> dict[str, TradeAnalysis | Blocked]:
+    """A batch of pools: the safe pools' trades read in one query and analysed; each pool's trade
+    fields written to the store when every check passes, else removed from it. A pool blocked
+    upstream stays blocked (the features stage takes it out of the store)."""
+    bars = {p: bars_or_blocked(v) for p, v in validated.items()}
+    safe = [p for p, b in bars.items() if not isinstance(b, Blocked)]
+    raw = db.read_trades_many(safe) if safe else {}
+    analyses = analyse_pools(raw, bars, TradeRules.of(settings))
+    for pool_id, analysis in analyses.items():
+        if isinstance(analysis, Blocked):
+            continue
+        if analysis.usable:
+            store.write_fields(pool_id, analysis.grid, TRADE_FIELDS)
+        else:
+            store.clear_fields(pool_id, TRADE_FIELDS)
+    if progress:
+        progress(len(validated))
+    return analyses

@@ -1,0 +1,54 @@
+"""."""
+
+from __future__ import annotations
+import pandas as pd
+from q50_assets.lineage.model.evaluation import net_hit_rate
+from q50_assets.lineage.model.step import TrainedQ50Model
+from q50_assets.lineage.portfolio.portfolio import (
+    comparable_baselines,
+    labelled_signals,
+    no_trade_summary,
+    permutation_summary,
+    portfolio_markdown,
+    portfolio_table,
+    research_report,
+)
+from q50_assets.lineage.common.ports import ProjectTableStore, ReportSink
+from q50_assets.lineage.common.uncertainty import BootstrapConfig
+from q50_assets.lineage.portfolio.portfolio import dsr_trials
+from q50_assets.settings import Settings
+
+
+def portfolio_summary(results: pd.DataFrame, variants: tuple[str, ...]) -> dict:
+    """The portfolio across pools from the latest backtest rows of each (q50_backtest_results): the
+    table, the comparability problems, the permutation null and the pools where q50 never traded."""
+    problems, checked = comparable_baselines(results, variants)
+    table = portfolio_table(results, variants)
+    permutation = permutation_summary(results) if len(results) else {}
+    no_trade = no_trade_summary(results) if len(results) else {"pools": 0}
+    return {"table": table, "problems": problems, "pools_checked": checked, "permutation": permutation,
+            "no_trade": no_trade, "markdown": portfolio_markdown(table, permutation, no_trade)}
+
+
+def report_step(results: pd.DataFrame, model: TrainedQ50Model | None, tables: ProjectTableStore, settings: Settings,
+                files: ReportSink):
+    """The research report over the latest backtests (research/portfolio.py research_report): the
+    model's evidence from the model that made the signals, the hit rate of the stored signals net
+    of their expected cost (this run's signals only: signals made elsewhere carry no label), and
+    the deflated Sharpe counting the configurations tried. Writes the HTML page; returns
+    (report or None, facts, path or None)."""
+    trials = dsr_trials(settings)
+    bootstrap = BootstrapConfig.of(settings)
+    hit_rate = None
+    if model is not None and settings.nautilus_trader.strategy_config.signal_source == "qlib" and len(results):
+        signals = tables.signal_rows_many(settings.timeframe, sorted(set(results["pool_id"])))
+        labelled = labelled_signals(signals, model.result.predictions)
+        if len(labelled) and labelled["label"].notna().any():
+            hit_rate = net_hit_rate(labelled, cost_column="expected_cost_fraction", time_column="known_at",
+                                    bar_seconds=settings.bar_seconds, config=bootstrap)
+    report, facts = research_report(results, trials=trials["trials"], bar_seconds=settings.bar_seconds,
+                                    bootstrap=bootstrap, model=model.evidence if model is not None else None,
+                                    hit_rate=hit_rate)
+    facts["trials_detail"] = trials
+    path = files.write(report) if report is not None else None
+    return report, facts, path
