@@ -1,11 +1,18 @@
-"""."""
+"""The portfolio stage's step, no Dagster: across pools, the latest backtest of each as the
+portfolio table (:mod:`q50_assets.lineage.portfolio.portfolio`) and the research report
+(:mod:`q50_assets.lineage.portfolio.report`), written through the report port."""
 
 from __future__ import annotations
+
 import pandas as pd
+
+from q50_assets.lineage.common.ports import ProjectTableStore, ReportSink
+from q50_assets.lineage.common.uncertainty import BootstrapConfig
 from q50_assets.lineage.model.evaluation import net_hit_rate
 from q50_assets.lineage.model.step import TrainedQ50Model
 from q50_assets.lineage.portfolio.portfolio import (
     comparable_baselines,
+    dsr_trials,
     labelled_signals,
     no_trade_summary,
     permutation_summary,
@@ -13,9 +20,6 @@ from q50_assets.lineage.portfolio.portfolio import (
     portfolio_table,
     research_report,
 )
-from q50_assets.lineage.common.ports import ProjectTableStore, ReportSink
-from q50_assets.lineage.common.uncertainty import BootstrapConfig
-from q50_assets.lineage.portfolio.portfolio import dsr_trials
 from q50_assets.settings import Settings
 
 
