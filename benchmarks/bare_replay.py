@@ -39,8 +39,8 @@ from nautilus_trader.model.identifiers import InstrumentId
 from nautilus_trader.model.objects import Quantity
 from nautilus_trader.trading.strategy import Strategy
 
-from q50_assets.lineage.backtest.engine import (VENUE, BacktestEndedEarly, BacktestOutcome, BacktestSpec, _prepare_bars,
-                                          _utc_index, build_engine, build_pool_instrument, run_q50_backtest)
+from q50_assets.lineage.backtest.engine import (VENUE, BacktestEndedEarly, BacktestOutcome, BacktestSpec, prepare_bars,
+                                          utc_index, build_engine, build_pool_instrument, run_q50_backtest)
 
 # The bare account gets this multiple of the strategy's starting capital. Its default fill
 # model fills at the bar close (plus one tick on the slipped remainder), not at the AMM
@@ -99,7 +99,7 @@ def orders_from_fills_report(fills: pd.DataFrame | None) -> pd.DataFrame:
     decimal string, sum of the order's ``last_qty``, instrument units)."""
     if fills is None or fills.empty:
         return _empty_orders()
-    ts = _utc_index(pd.DatetimeIndex(fills["ts_event"])).asi8
+    ts = utc_index(pd.DatetimeIndex(fills["ts_event"])).asi8
     order_ids = fills["client_order_id"] if "client_order_id" in fills.columns else fills.index
     acc: dict[str, list] = {}  # order id -> [ts, side, qty, first row]; dicts keep insertion order
     for pos, (oid, t, side, qty) in enumerate(zip(order_ids, ts, fills["order_side"], fills["last_qty"])):
@@ -151,7 +151,7 @@ def replay_bare(pool_id: str, bars: pd.DataFrame, orders: pd.DataFrame, spec: Ba
     """
     spec = spec or BacktestSpec()
     started = time.perf_counter()
-    frame = _prepare_bars(bars)
+    frame = prepare_bars(bars)
     built = build_pool_instrument(pool_id, frame, spec)
     order_map = _orders_config(orders, built.size_precision)
     unknown = set(order_map) - set(int(t) for t in built.ts_close)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from q50_assets.lineage.backtest.engine import BacktestSpec, _prepare_bars, build_pool_instrument, run_pool_backtest
+from q50_assets.lineage.backtest.engine import BacktestSpec, prepare_bars, build_pool_instrument, run_pool_backtest
 from benchmarks.bare_replay import (BARE_CAPITAL_MULTIPLIER, orders_from_outcome, replay_bare, same_orders,
                                              time_stage_vs_bare)
 from q50_assets_tests.lineage.q50_fixtures import oracle_inputs
@@ -64,7 +64,7 @@ def test_instrument_matches_backtest_for_lot_scaled_pool():
     targets = pd.Series([0.5, 0.0, 0.8, 0.8, 0.3, 0.0, 0.6, 0.0], index=bars.index)
     spec = BacktestSpec()
     out = run_pool_backtest("solana_tinyLots", bars, targets, spec)
-    built = build_pool_instrument("solana_tinyLots", _prepare_bars(bars), spec)
+    built = build_pool_instrument("solana_tinyLots", prepare_bars(bars), spec)
     assert (built.symbol, built.lot_tokens, built.price_precision, built.size_precision) == (
         out.symbol, out.lot_tokens, out.price_precision, out.size_precision)
     assert str(built.instrument_id) == out.instrument_id

@@ -353,7 +353,7 @@ class PoolInstrument:
 
 
 def build_pool_instrument(pool_id: str, frame: pd.DataFrame, spec: BacktestSpec) -> PoolInstrument:
-    """Instrument, bar type and Nautilus bars of one pool (``frame`` from ``_prepare_bars``): the
+    """Instrument, bar type and Nautilus bars of one pool (``frame`` from ``prepare_bars``): the
     ONE place they are made, for the backtest and the bare replay alike."""
     bar_ns = pd.Timedelta(spec.bar_length).value
     symbol = safe_symbol(pool_id)
@@ -422,20 +422,23 @@ def build_engine(built: PoolInstrument, starting_capital_usd: float, fill_model:
     return engine
 
 
-def _utc_index(index) -> pd.DatetimeIndex:
+def utc_index(index) -> pd.DatetimeIndex:
+    """A datetime index in UTC (naive times taken as UTC)."""
     idx = pd.DatetimeIndex(index)
     idx = idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
     return idx.as_unit("ns")
 
 
-def _prepare_bars(bars: pd.DataFrame) -> pd.DataFrame:
+def prepare_bars(bars: pd.DataFrame) -> pd.DataFrame:
+    """A pool's validated bars as the engines take them: OHLCV as float64 on a UTC index (also
+    what the benchmarks' bare engine replays)."""
     missing = [c for c in BAR_COLUMNS if c not in bars.columns]
     if missing:
         raise ValueError(f"bars lack columns {missing}")
     if len(bars) == 0:
         raise ValueError("no bars")
     frame = bars.loc[:, list(BAR_COLUMNS)].astype("float64").copy()
-    frame.index = _utc_index(bars.index)
+    frame.index = utc_index(bars.index)
     if frame.index.has_duplicates:
         raise ValueError("bars index (open_time) has duplicates")
     if not frame.index.is_monotonic_increasing:
@@ -597,11 +600,11 @@ def run_pool_backtest(pool_id: str, bars: pd.DataFrame, targets: pd.Series,
     """
     spec = spec or BacktestSpec()
     started = time.perf_counter()
-    frame = _prepare_bars(bars)
+    frame = prepare_bars(bars)
     built = build_pool_instrument(pool_id, frame, spec)
     bar_ns = pd.Timedelta(spec.bar_length).value
     target_series = pd.Series(targets, dtype="float64").copy()
-    target_series.index = _utc_index(target_series.index)
+    target_series.index = utc_index(target_series.index)
     if target_series.index.has_duplicates:
         raise ValueError("targets index has duplicates")
     target_map = {int(t) + bar_ns: float(v) for t, v in zip(target_series.index.asi8, target_series.to_numpy())
@@ -637,7 +640,7 @@ def run_q50_backtest(pool_id: str, bars: pd.DataFrame, inputs: Q50Inputs,
     """
     spec = spec or BacktestSpec()
     started = time.perf_counter()
-    frame = _prepare_bars(bars)
+    frame = prepare_bars(bars)
     built = build_pool_instrument(pool_id, frame, spec)
     cost_model = spec.cost_model()
     market = built.market(spec, "close" if spec.fill_latency_bars == 0 else spec.fill_price)

@@ -61,7 +61,7 @@ def _utc(ts) -> pd.Timestamp:
     return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
 
 
-def _utc_index(index) -> pd.DatetimeIndex:
+def utc_index(index) -> pd.DatetimeIndex:
     idx = pd.DatetimeIndex(index)
     return idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
 
@@ -121,7 +121,7 @@ def compute_metrics(equity: pd.Series, trades: pd.DataFrame | None = None, posit
     if bars_per_year <= 0:
         raise ValueError(f"bars_per_year must be > 0, got {bars_per_year!r}")
     eq = pd.Series(equity, dtype="float64").copy()
-    eq.index = _utc_index(eq.index)
+    eq.index = utc_index(eq.index)
     eq = eq.sort_index()
     t0 = None if start is None else _utc(start)
     in_span = np.ones(len(eq), dtype=bool) if t0 is None else (eq.index >= t0)
@@ -148,7 +148,7 @@ def compute_metrics(equity: pd.Series, trades: pd.DataFrame | None = None, posit
     n_fills, fees, impact = 0, 0.0, 0.0
     if trades is not None and len(trades):
         tr = trades
-        times = _utc_index(tr["ts_event"]) if "ts_event" in tr.columns else _utc_index(tr.index)
+        times = utc_index(tr["ts_event"]) if "ts_event" in tr.columns else utc_index(tr.index)
         mask = np.ones(len(tr), dtype=bool) if t0 is None else (times >= t0)
         tr = tr[mask]
         n_fills = int(len(tr))
@@ -177,7 +177,7 @@ def compute_metrics(equity: pd.Series, trades: pd.DataFrame | None = None, posit
     exposure = float("nan")
     if position_qty is not None:
         qty = pd.Series(position_qty, dtype="float64").copy()
-        qty.index = _utc_index(qty.index)
+        qty.index = utc_index(qty.index)
         qty = qty.reindex(eq.index).fillna(0.0)
         held_into = qty.shift(1, fill_value=0.0)[in_span]  # held over (t-1, t]; flat before the first bar
         periods = held_into if (len(before) or initial_equity is not None) else held_into.iloc[1:]
@@ -201,7 +201,7 @@ def grid_equity(equity: pd.Series, grid: pd.DatetimeIndex) -> pd.Series:
     """Equity marked at each close of the full time grid: a missing bar (no swaps, no price)
     keeps the last mark, so its return is 0. ``equity``: after each real bar, by bar close."""
     eq = pd.Series(equity, dtype="float64").copy()
-    eq.index = _utc_index(eq.index)
+    eq.index = utc_index(eq.index)
     return eq.reindex(eq.index.union(grid)).ffill().reindex(grid)
 
 

@@ -367,9 +367,9 @@ def run_pool_stage(pool_id: str, bars: pd.DataFrame, signals: pd.DataFrame, regi
     # The permutation null of q50's timing (research/permutation.py).
     q50 = outcomes[Q50]
     market_spec = spec
-    from q50_assets.lineage.backtest.engine import _prepare_bars, build_pool_instrument
+    from q50_assets.lineage.backtest.engine import prepare_bars, build_pool_instrument
 
-    built = build_pool_instrument(pool_id, _prepare_bars(bars), market_spec)
+    built = build_pool_instrument(pool_id, prepare_bars(bars), market_spec)
     market = ReplayMarket(built.market(market_spec, "close" if spec.fill_latency_bars == 0 else spec.fill_price),
                           market_spec.cost_model())
     params = ReplayParams(spec.starting_capital_usd, spec.taker_fee, spec.max_reserve_fraction,

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from q50_assets.lineage.backtest.engine import BacktestSpec, _prepare_bars, build_pool_instrument, run_pool_backtest
+from q50_assets.lineage.backtest.engine import BacktestSpec, prepare_bars, build_pool_instrument, run_pool_backtest
 from q50_assets.lineage.backtest.permutation import (ReplayMarket, ReplayParams, circular_shifts, grid_mean_return, p_value,
                                              permutation_null, pooled_p_value, replay_targets)
 from q50_assets_tests.lineage.q50_fixtures import make_bars
@@ -36,7 +36,7 @@ def test_replay_matches_nautilus_on_shifted_schedules(latency, fill_price):
     bars = _thin_pool()
     spec = BacktestSpec(reserve_usd=80_000.0, fill_latency_bars=latency, fill_price=fill_price,
                         max_volume_share=0.1, min_trade_fraction=0.02)
-    built = build_pool_instrument("solana_replay", _prepare_bars(bars), spec)
+    built = build_pool_instrument("solana_replay", prepare_bars(bars), spec)
     market = ReplayMarket(built.market(spec, "close" if latency == 0 else fill_price), spec.cost_model())
     params = ReplayParams(10_000.0, 0.0025, 0.1, 0.02, latency, 0.1)
     taus = _schedule(len(bars), seed=3)
@@ -88,7 +88,7 @@ def test_grid_mean_return_counts_missing_bars_as_flat():
 def test_permutation_null_of_a_schedule():
     bars = _thin_pool(seed=4)
     spec = BacktestSpec(reserve_usd=80_000.0, fill_latency_bars=1, max_volume_share=0.1)
-    built = build_pool_instrument("solana_null", _prepare_bars(bars), spec)
+    built = build_pool_instrument("solana_null", prepare_bars(bars), spec)
     market = ReplayMarket(built.market(spec), spec.cost_model())
     params = ReplayParams(10_000.0, 0.0025, 0.1, 0.02, 1, 0.1)
     taus = _schedule(len(bars), seed=6)
