@@ -195,6 +195,7 @@ def p3_new_bar_to_trading_history(settings, scratch: Path, q50_fills: dict, time
     from q50_assets.db.sample_loader import load_sample, record_collector_run
     from q50_assets.definitions import build_definitions
     from q50_assets.storage.collector import CollectorReader
+    from q50_assets.storage.dagster_instance import write_dagster_yaml
     from q50_assets.storage.project_tables import ProjectTables
 
     print("P3: one new bar through the sensor ...", flush=True)
@@ -213,8 +214,10 @@ def p3_new_bar_to_trading_history(settings, scratch: Path, q50_fills: dict, time
         newest = dict(conn.execute(select(o).where(o.c.pool_id == pool_id, o.c.timeframe == tf)
                                    .order_by(o.c.timestamp.desc()).limit(1)).mappings().one())
         conn.execute(delete(o).where(o.c.id == newest["id"]))
-    (scratch / "dagster_home").mkdir(parents=True, exist_ok=True)
-    instance = DagsterInstance.local_temp(str(scratch / "dagster_home"), overrides={"telemetry": {"enabled": False}})
+    home = scratch / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    write_dagster_yaml(home)  # the instance q50 writes for the embedded default, as a user's sensor runs
+    instance = DagsterInstance.from_config(str(home))
     defs = build_definitions(settings)
     sensor = defs.resolve_sensor_def("new_collector_bars")
     refresh = defs.resolve_job_def("refresh_pools")
