@@ -289,39 +289,26 @@ class ProjectTables(ConfigurableResource):
             out.append(record)
         return out
 
-
     def replace_backtest_results_many(self, timeframe: str,
                                       results: dict[str, tuple[str, pd.DataFrame]]) -> dict[str, int]:
         """A batch of pools' metrics rows, per pool (backtest run id, one row per variant): each
         (run, pool)'s rows replaced, all in one transaction."""
-        self.ensure_schema()
-        t = q50_backtest_results
-        records, written = [], {}
-        for pool_id, (run_id, frame) in results.items():
-            rows = self._records(frame, t, {"backtest_run_id": run_id, "pool_id": pool_id, "timeframe": timeframe})
-            records.extend(rows)
-            written[pool_id] = len(rows)
-        keys = sorted((run_id, pool_id) for pool_id, (run_id, _) in results.items())
-        with self._write_many(f"replacing {t.name} of {_runs_text(keys)} ({len(records)} rows)",
-                              t, keys) as conn:
-            for run_id, pool_id in keys:
-                conn.execute(delete(t).where(t.c.backtest_run_id == run_id, t.c.pool_id == pool_id))
-            if records:
-                conn.execute(t.insert(), records)
-        return written
-
+        return self._replace_run_rows(q50_backtest_results, results, {"timeframe": timeframe})
 
     def replace_trading_history_many(self, histories: dict[str, tuple[str, pd.DataFrame]]) -> dict[str, int]:
         """A batch of pools' trading history, per pool (backtest run id, rows): each (run, pool)'s
         rows replaced, all in one transaction."""
+        return self._replace_run_rows(q50_trading_history, histories, {})
+
+    def _replace_run_rows(self, t, per_pool: dict[str, tuple[str, pd.DataFrame]], fixed: dict) -> dict[str, int]:
+        """Rows of ``t`` keyed by (backtest run, pool): each pair's rows replaced in one transaction."""
         self.ensure_schema()
-        t = q50_trading_history
         records, written = [], {}
-        for pool_id, (run_id, frame) in histories.items():
-            rows = self._records(frame, t, {"backtest_run_id": run_id, "pool_id": pool_id})
+        for pool_id, (run_id, frame) in per_pool.items():
+            rows = self._records(frame, t, {"backtest_run_id": run_id, "pool_id": pool_id, **fixed})
             records.extend(rows)
             written[pool_id] = len(rows)
-        keys = sorted((run_id, pool_id) for pool_id, (run_id, _) in histories.items())
+        keys = sorted((run_id, pool_id) for pool_id, (run_id, _) in per_pool.items())
         with self._write_many(f"replacing {t.name} of {_runs_text(keys)} ({len(records)} rows)",
                               t, keys) as conn:
             for run_id, pool_id in keys:
