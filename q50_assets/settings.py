@@ -306,6 +306,28 @@ class BacktestSettings(CapitalSettings, KellySettings, FillSettings):
         return self
 
 
+class HorizonRuleSettings(Section):
+    """The q50_horizon rule (lineage/backtest/horizon.py): enter on the forecast's expected return over the
+    intended holding horizon net of the round trip's cost, hold for that horizon."""
+
+    holding_bars: int = Field(
+        default=8, ge=1, le=24 * 14,
+        description="H: bars a q50_horizon position is held after its last qualifying signal, and the horizon "
+        "its expected return is scaled to (H x the 1-bar E[r], assuming the forecast persists over H). 8: the "
+        "mean holding time of q50's round trips on the bundled sample, so the cost a trip really pays is set "
+        "against the return it really holds for.")
+    risk_premium: float = Field(
+        default=0.0, ge=0, lt=1,
+        description="Return over the horizon an entry must clear beyond its round-trip cost (0 = none). A "
+        "constant hurdle: the forecast's width already shapes E[r] and is not counted again.")
+
+
+class RuleSettings(Section):
+    """Trading rules beside the q50 strategy's own (which keeps the signals section's threshold)."""
+
+    horizon: HorizonRuleSettings = HorizonRuleSettings()
+
+
 class RegimeRuleSettings(Section):
     """The RegimeDetector's rules (lineage/regimes/rules.py)."""
 
@@ -451,6 +473,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     signals: SpotSignalSettings = SpotSignalSettings()
+    rules: RuleSettings = RuleSettings()
     trades: TradeSettings = TradeSettings()
     nautilus_trader: NautilusTraderSettings = Field(default_factory=NautilusTraderSettings)
     automation: AutomationSettings = AutomationSettings()

@@ -10,22 +10,34 @@ Variants (columns of ``bar_returns`` / ``positions``, rows of ``metrics``):
 
 * ``q50`` -- the strategy (research/strategy.py), fills ``fill_latency_bars`` after each decision
   at the fill bar's close or typical price;
+* ``q50_gross`` -- q50's own decisions (its schedule of target fractions) replayed by a target
+  strategy at zero cost (fee 0, no impact): what the signal earned before costs, so that
+  ``cost_drag`` = gross - net return is what costs took;
 * ``q50_close`` -- the same decisions filled at the decision bar's own close (no latency): how
   much the delay costs;
 * ``q50_reserve_x<k>`` -- ``q50`` with the ASSUMED reserve (``fallback_reserve_usd``, where the
   collector has no observation) scaled by k: how much the result rests on that assumption
   (identical to ``q50`` when no bar of the span uses it);
+* ``q50_horizon`` -- the horizon rule (lineage/backtest/horizon.py: expected return over the
+  holding horizon net of the round trip's cost, hold ``holding_bars``), its schedule executed by
+  the target strategy with q50's execution and costs; ``q50_horizon_gross`` -- the same schedule
+  at zero cost;
 * ``buy_and_hold`` -- ``buy_and_hold_fraction`` of equity from the first out-of-sample bar, same
   execution and costs;
 * ``buy_and_hold_matched`` -- buy & hold scaled to q50's own mean position (fraction of equity
-  held), so exposure is compared like with like;
+  held), so exposure is compared like with like; ``bh_matched_horizon`` -- the same at
+  q50_horizon's mean position;
 * ``cash`` -- nothing held: every return is 0.
 
 Every variant's per-bar returns run over the same out-of-sample span (the first bar close at or
 after the first signal's, to the last bar close) on the FULL time grid (one row per timeframe
 step; a bar missing from the collector's series is flat). Metrics are computed from them and
-annualised from the timeframe. The permutation null (research/permutation.py) shifts q50's
-schedule of targets in time, keeping its holding runs, and replays it under the same costs.
+annualised from the timeframe. The permutation null (research/permutation.py) shifts each rule's
+schedule of targets (q50's, q50_horizon's) in time, keeping its holding runs, and replays it under
+the same costs.
+
+A run whose result cannot differ from one already made is not repeated: a rule that decided no
+order is flat, and so are its gross replay and a buy & hold matched to no exposure.
 """
 
 from __future__ import annotations
@@ -42,7 +54,7 @@ from q50_assets.lineage.common.bar_length import BarLength
 from q50_assets.lineage.common.costs import SOURCE_FALLBACK, ReserveSeries
 from q50_assets.lineage.backtest.execution import DUST_USD
 from q50_assets.lineage.backtest.metrics import bars_per_year, grid_equity, grid_returns, returns_metrics
-from q50_assets.settings import BacktestSettings, PositionLimits, Settings, SignalSettings
+from q50_assets.settings import BacktestSettings, HorizonRuleSettings, PositionLimits, Settings, SignalSettings
 from q50_assets.lineage.common.batch import each
 from q50_assets.lineage.common.gate import Blocked
 from q50_assets.lineage.common.ports import CollectorSource, ProjectTableStore
@@ -50,10 +62,17 @@ from q50_assets.lineage.ohlcv.step import bars_or_blocked
 
 Q50 = "q50"
 Q50_CLOSE = "q50_close"
+Q50_GROSS = "q50_gross"
+Q50_HORIZON = "q50_horizon"
+Q50_HORIZON_GROSS = "q50_horizon_gross"
 BUY_AND_HOLD = "buy_and_hold"
 BUY_AND_HOLD_MATCHED = "buy_and_hold_matched"
+BH_MATCHED_HORIZON = "bh_matched_horizon"
 CASH = "cash"
-SHOWN_METRICS = ("total_return", "sharpe", "sortino", "max_drawdown", "win_rate", "trades", "fees_paid",
+# Each trading rule: its zero-cost replay and its buy & hold at the same mean exposure.
+RULES = {Q50: (Q50_GROSS, BUY_AND_HOLD_MATCHED), Q50_HORIZON: (Q50_HORIZON_GROSS, BH_MATCHED_HORIZON)}
+GROSS_VARIANTS = tuple(gross for gross, _ in RULES.values())
+SHOWN_METRICS = ("total_return", "cost_drag", "sharpe", "sortino", "max_drawdown", "win_rate", "trades", "fees_paid",
                  "impact_paid", "exposure", "mean_position", "turnover", "mean_holding_bars")
 ROUND_TRIP_COLUMNS = ("entry_decided_at", "entry_filled_at", "exit_filled_at", "open", "bars_held", "notional_usd",
                       "gross_return", "net_return", "cost_usd", "fees_usd", "impact_usd", "expected_net_edge",
@@ -68,16 +87,17 @@ def reserve_variant(factor: float) -> str:
 
 def variants_for(reserve_sensitivity: tuple[float, ...]) -> tuple[str, ...]:
     """Every variant a pool's result has, in display order."""
-    return (Q50, Q50_CLOSE, *(reserve_variant(f) for f in reserve_sensitivity), BUY_AND_HOLD, BUY_AND_HOLD_MATCHED,
-            CASH)
+    return (Q50, Q50_GROSS, Q50_CLOSE, *(reserve_variant(f) for f in reserve_sensitivity), Q50_HORIZON,
+            Q50_HORIZON_GROSS, BUY_AND_HOLD, BUY_AND_HOLD_MATCHED, BH_MATCHED_HORIZON, CASH)
 
 
-class BacktestStageConfig(BacktestSettings, PositionLimits, SignalSettings, BarLength):
+class BacktestStageConfig(BacktestSettings, PositionLimits, SignalSettings, HorizonRuleSettings, BarLength):
     """What one pool's backtest stage needs, each from its settings section: the engines'
     capital, impact cap, rebalance band, fill latency, fill price and volume cap
     (``nautilus_trader.backtest``), the fee and the strategy's threshold (``signals``), its
-    position limits (``risk_management``), the null's draws, the yardsticks and the reserve
-    sensitivity, at the configured bar length."""
+    position limits (``risk_management``), the horizon rule's holding time and premium
+    (``rules.horizon``), the null's draws, the yardsticks and the reserve sensitivity, at the
+    configured bar length."""
 
     @property
     def bar(self) -> pd.Timedelta:
@@ -102,7 +122,16 @@ class BacktestStageConfig(BacktestSettings, PositionLimits, SignalSettings, BarL
         nt = settings.nautilus_trader
         return cls(**nt.backtest.model_dump(), **settings.signals.model_dump(),
                    **nt.risk_management.model_dump(include=set(PositionLimits.model_fields)),
-                   bar_seconds=settings.bar_seconds)
+                   **settings.rules.horizon.model_dump(), bar_seconds=settings.bar_seconds)
+
+    def sizing_params(self):
+        """The sizing parameters the rules size entries with (the signals' and q50's)."""
+        from q50_assets.lineage.signals.sizing import SizingParams
+
+        return SizingParams(fee_rate=self.swap_fee, max_reserve_fraction=self.max_reserve_fraction,
+                            base_position_size=self.base_position_size, max_position_size=self.max_position_size,
+                            kelly_fraction=self.kelly_fraction, variance_multiplier=self.variance_multiplier,
+                            base_threshold=self.base_threshold)
 
 
 @dataclass
@@ -125,7 +154,10 @@ class PoolBacktest:
     positions: pd.DataFrame | None = None  # fraction of equity held after each bar, same shape
     round_trips: pd.DataFrame | None = None  # q50's, ROUND_TRIP_COLUMNS
     metrics: pd.DataFrame | None = None  # index variant
-    permutation: dict = field(default_factory=dict)  # statistic, null (ndarray), p_value, draws, ...
+    permutation: dict = field(default_factory=dict)  # q50's: statistic, null (ndarray), p_value, draws, ...
+    permutations: dict = field(default_factory=dict)  # rule -> its permutation dict (q50's is the one above)
+    rule_round_trips: dict = field(default_factory=dict)  # rule -> its round trips (q50's are round_trips)
+    horizon_schedule: pd.DataFrame | None = None  # q50_horizon's decisions (horizon.SCHEDULE_COLUMNS)
     reserve: dict = field(default_factory=dict)  # fallback share of the span, sources, observations
 
 
@@ -278,6 +310,7 @@ def run_pool_stage(pool_id: str, bars: pd.DataFrame, signals: pd.DataFrame, regi
         return _unavailable(pool_id, backtest_run_id, reason, bars, signals)
     from q50_assets.lineage.backtest.engine import (NautilusUnavailable, buy_and_hold_targets,
                                               run_pool_backtest, run_q50_backtest)
+    from q50_assets.lineage.backtest.horizon import horizon_schedule
     from q50_assets.lineage.backtest.permutation import ReplayMarket, ReplayParams, permutation_null
     from q50_assets.lineage.signals.rules import Q50SignalLoader
 
@@ -304,6 +337,8 @@ def run_pool_stage(pool_id: str, bars: pd.DataFrame, signals: pd.DataFrame, regi
         outcomes = {Q50: run_q50_backtest(pool_id, bars, inputs, spec, timeframe=tf),
                     Q50_CLOSE: run_q50_backtest(pool_id, bars, inputs, replace(spec, fill_latency_bars=0),
                                                 timeframe=tf)}
+        flat = outcomes[Q50] if _is_flat(outcomes[Q50]) else None  # a run that never ordered: reusable
+        outcomes[Q50_GROSS] = outcomes[Q50] if flat is not None else gross_outcome(pool_id, bars, outcomes[Q50], spec)
         fallback_share = 0.0
         sources: dict[str, int] = {}
         if reserves is not None:
@@ -317,12 +352,28 @@ def run_pool_stage(pool_id: str, bars: pd.DataFrame, signals: pd.DataFrame, regi
                     pool_id, bars, inputs, replace(spec, reserves=reserves.scaled_fallback(factor)), timeframe=tf)
             else:
                 outcomes[name] = outcomes[Q50]  # no assumed reserve in the span: the same run
+        schedule = horizon_schedule(loader.frame, bar_index, bar=bar, holding_bars=config.holding_bars,
+                                    risk_premium=config.risk_premium, capital_usd=config.starting_capital_usd,
+                                    sizing=config.sizing_params(), reserves=reserves)
+        targets = schedule["target"]
+        if targets.notna().any() or flat is None:
+            outcomes[Q50_HORIZON] = run_pool_backtest(pool_id, bars, targets, spec)
+            flat = flat if flat is not None or not _is_flat(outcomes[Q50_HORIZON]) else outcomes[Q50_HORIZON]
+        else:
+            outcomes[Q50_HORIZON] = flat  # no order decided: the same flat run
+        outcomes[Q50_HORIZON_GROSS] = (outcomes[Q50_HORIZON] if _is_flat(outcomes[Q50_HORIZON])
+                                       else gross_outcome(pool_id, bars, outcomes[Q50_HORIZON], spec))
         outcomes[BUY_AND_HOLD] = run_pool_backtest(
             pool_id, bars, buy_and_hold_targets(oos_bars, config.buy_and_hold_fraction), spec)
-        q50_positions = _position_fraction(outcomes[Q50], grid)
-        matched = float(np.r_[0.0, q50_positions.to_numpy()[:-1]].mean())  # mean position held into each bar
-        outcomes[BUY_AND_HOLD_MATCHED] = run_pool_backtest(
-            pool_id, bars, buy_and_hold_targets(oos_bars, min(max(matched, 0.0), 1.0)), spec)
+        matched = {}
+        for rule, (_, matched_name) in RULES.items():
+            fraction = _mean_position_held(outcomes[rule], grid)
+            same = next((outcomes[m] for m, f in matched.items() if f == fraction), None)
+            if same is None and fraction <= 0 and flat is not None:
+                same = flat  # buy & hold of nothing is the flat run
+            outcomes[matched_name] = same if same is not None else run_pool_backtest(
+                pool_id, bars, buy_and_hold_targets(oos_bars, fraction), spec)
+            matched[matched_name] = fraction
     except NautilusUnavailable as exc:
         return _unavailable(pool_id, backtest_run_id, str(exc), bars, signals)
 
@@ -340,7 +391,7 @@ def run_pool_stage(pool_id: str, bars: pd.DataFrame, signals: pd.DataFrame, regi
     bar_returns = pd.DataFrame(returns, index=grid)[list(config.variants)]
     position_frame = pd.DataFrame(positions, index=grid)[list(config.variants)]
 
-    trips = round_trips(outcomes[Q50], reserves, bar)
+    trips_by_variant: dict[str, pd.DataFrame] = {}
     for name in config.variants:
         m = returns_metrics(bar_returns[name], position_frame[name], ppy)
         if name == CASH:
@@ -351,7 +402,7 @@ def run_pool_stage(pool_id: str, bars: pd.DataFrame, signals: pd.DataFrame, regi
             outcome = outcomes[name]
             mean_equity = float(grid_equity(outcome.equity["equity"], grid).mean())
             m.update(trade_metrics(outcome, oos_start, mean_equity))
-            t = trips if name == Q50 else round_trips(outcome, reserves, bar)
+            t = trips_by_variant[name] = round_trips(outcome, reserves, bar)
             closed = t[~t["open"]] if len(t) else t
             m["round_trips"] = int(len(closed))
             m["win_rate"] = float((closed["net_return"] > 0).mean()) if len(closed) else float("nan")
@@ -363,36 +414,82 @@ def run_pool_stage(pool_id: str, bars: pd.DataFrame, signals: pd.DataFrame, regi
     metrics.index.name = "variant"
     metrics["oos_start"] = oos_start
     metrics["oos_end"] = oos_end
+    # What costs took from each rule: the same decisions' return at zero cost minus the net one.
+    metrics["cost_drag"] = np.nan
+    for rule, (gross, _) in RULES.items():
+        metrics.loc[rule, "cost_drag"] = metrics.loc[gross, "total_return"] - metrics.loc[rule, "total_return"]
 
-    # The permutation null of q50's timing (research/permutation.py).
-    q50 = outcomes[Q50]
-    market_spec = spec
+    # The permutation null of each rule's timing (research/permutation.py), under the same costs.
     from q50_assets.lineage.backtest.engine import prepare_bars, build_pool_instrument
 
-    built = build_pool_instrument(pool_id, prepare_bars(bars), market_spec)
-    market = ReplayMarket(built.market(market_spec, "close" if spec.fill_latency_bars == 0 else spec.fill_price),
-                          market_spec.cost_model())
+    built = build_pool_instrument(pool_id, prepare_bars(bars), spec)
+    market = ReplayMarket(built.market(spec, "close" if spec.fill_latency_bars == 0 else spec.fill_price),
+                          spec.cost_model())
     params = ReplayParams(spec.starting_capital_usd, spec.taker_fee, spec.max_reserve_fraction,
                           spec.min_trade_fraction, spec.fill_latency_bars, spec.max_volume_share)
-    taus = q50.equity["target"].to_numpy(dtype="float64")
     start = int(np.searchsorted(market.ts, oos_start.value))
-    statistic = float(bar_returns[Q50].mean())
-    null = permutation_null(market, params, taus, start, len(grid), statistic, config.permutations,
-                            config.permutation_seed)
-    permutation = {"statistic": statistic, "null": null.null, "p_value": null.p_value, "draws": null.draws,
-                   "replayed_statistic": null.replayed_statistic, "statistic_name": "mean per-bar net return"}
     metrics["permutation_statistic"] = np.nan
     metrics["permutation_p_value"] = np.nan
-    metrics.loc[Q50, "permutation_statistic"] = statistic
-    metrics.loc[Q50, "permutation_p_value"] = null.p_value
+    permutations = {}
+    for rule in RULES:
+        statistic = float(bar_returns[rule].mean())
+        if _is_flat(outcomes[rule]) and rule != Q50:
+            # No order: every shift of an empty schedule is the same flat book (null all 0, p = 1).
+            draws = np.zeros(config.permutations)
+            permutations[rule] = {"statistic": statistic, "null": draws, "p_value": 1.0, "draws": len(draws),
+                                  "replayed_statistic": 0.0, "statistic_name": "mean per-bar net return"}
+        else:
+            taus = outcomes[rule].equity["target"].to_numpy(dtype="float64")
+            null = permutation_null(market, params, taus, start, len(grid), statistic, config.permutations,
+                                    config.permutation_seed)
+            permutations[rule] = {"statistic": statistic, "null": null.null, "p_value": null.p_value,
+                                  "draws": null.draws, "replayed_statistic": null.replayed_statistic,
+                                  "statistic_name": "mean per-bar net return"}
+        metrics.loc[rule, "permutation_statistic"] = statistic
+        metrics.loc[rule, "permutation_p_value"] = permutations[rule]["p_value"]
 
     reserve = {"fallback_share": fallback_share, "sources": sources,
                "observations": 0 if reserves is None else len(reserves),
                "fallback_usd": None if reserves is None else reserves.fallback_usd}
+    q50 = outcomes[Q50]
     return PoolBacktest(pool_id, backtest_run_id, "ok", oos_start=oos_start, oos_end=oos_end, bars=bars,
                         signals=signals, decisions=q50.decisions, outcomes=outcomes, bar_returns=bar_returns,
-                        positions=position_frame, round_trips=trips, metrics=metrics, permutation=permutation,
-                        reserve=reserve)
+                        positions=position_frame, round_trips=trips_by_variant[Q50], metrics=metrics,
+                        permutation=permutations[Q50], permutations=permutations,
+                        rule_round_trips={rule: trips_by_variant[rule] for rule in RULES},
+                        horizon_schedule=schedule, reserve=reserve)
+
+
+def _is_flat(outcome) -> bool:
+    """No order was ever decided: equity stays the starting cash, whatever the strategy."""
+    return len(outcome.orders) == 0 and len(outcome.trades) == 0
+
+
+def _mean_position_held(outcome, grid: pd.DatetimeIndex) -> float:
+    """Mean fraction of equity held into each bar of the grid, in [0, 1] (buy & hold matched to it)."""
+    positions = _position_fraction(outcome, grid)
+    return min(max(float(np.r_[0.0, positions.to_numpy()[:-1]].mean()), 0.0), 1.0)
+
+
+def decided_targets(outcome, bar: pd.Timedelta) -> pd.Series:
+    """A run's schedule of target fractions (``equity["target"]``, stamped at each decision's bar close)
+    as :func:`run_pool_backtest` takes it: indexed by the decision bar's OPEN, NaN = no order."""
+    target = outcome.equity["target"]
+    return pd.Series(target.to_numpy(dtype="float64"), index=target.index - pd.Timedelta(bar), name="target")
+
+
+def gross_spec(spec):
+    """The same execution without costs: fee 0 and no price impact (no reserve). The volume share
+    cap still binds; the reserve-fraction cap, which needs a reserve, does not."""
+    return replace(spec, taker_fee=0.0, reserves=None, reserve_usd=None)
+
+
+def gross_outcome(pool_id: str, bars: pd.DataFrame, costed, spec):
+    """The costed run's own decisions (its schedule of targets) executed by NautilusTrader's target
+    strategy at zero cost: what the decisions earned before fees and impact."""
+    from q50_assets.lineage.backtest.engine import run_pool_backtest
+
+    return run_pool_backtest(pool_id, bars, decided_targets(costed, spec.bar_length), gross_spec(spec))
 
 
 def metrics_markdown(metrics: pd.DataFrame) -> str:
@@ -407,7 +504,7 @@ def metrics_markdown(metrics: pd.DataFrame) -> str:
                 cells.append(str(int(v)))
             elif c in ("fees_paid", "impact_paid"):
                 cells.append(f"{v:,.2f}")
-            elif c in ("total_return", "max_drawdown", "win_rate"):
+            elif c in ("total_return", "cost_drag", "max_drawdown", "win_rate"):
                 cells.append("n/a" if missing else f"{100 * v:.2f} %")
             elif c in ("exposure", "mean_position"):
                 cells.append("n/a" if missing else f"{100 * v:.3g} %")  # often a few hundredths of a percent
@@ -437,7 +534,8 @@ def equity_png(result: PoolBacktest) -> bytes:
         locator = mdates.AutoDateLocator()
         ax.xaxis.set_major_locator(locator)
         ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
-    ax.set_title(f"Growth of 1 USD, out of sample, after costs - {result.pool_id[:24]}", fontsize=9)
+    ax.set_title(f"Growth of 1 USD, out of sample, after costs (*_gross: before) - {result.pool_id[:24]}",
+                 fontsize=9)
     ax.legend(fontsize=7, loc="upper left", ncol=2)
     ax.tick_params(labelsize=7)
     buffer = io.BytesIO()
@@ -467,14 +565,18 @@ def bars_match_pipeline(result: PoolBacktest) -> tuple[bool, dict]:
 
 
 def results_rows(result: PoolBacktest) -> pd.DataFrame:
-    """The rows ``q50_backtest_results`` stores for one pool: one per variant, the permutation
-    null's draws on the q50 row (for the pooled p-value)."""
+    """The rows ``q50_backtest_results`` stores for one pool: one per variant, each rule's
+    permutation null draws and round trips on its own row (for the pooled p-value and the
+    breakdowns), every variant's per-bar returns on the q50 row."""
     rows = result.metrics.reset_index().copy()
     is_q50 = rows["variant"] == Q50
-    rows["permutation_null"] = [result.permutation["null"].tolist() if q else None for q in is_q50]
+    permutations = result.permutations or {Q50: result.permutation}
+    trips = {Q50: result.round_trips, **{r: t for r, t in result.rule_round_trips.items() if r != Q50}}
+    rows["permutation_null"] = [permutations[v]["null"].tolist() if v in permutations else None
+                                for v in rows["variant"]]
     # What the portfolio report is computed from, stored once with the backtest that made it.
     rows["bar_returns"] = [bar_returns_record(result.bar_returns) if q else None for q in is_q50]
-    rows["round_trip_records"] = [round_trip_records(result.round_trips) if q else None for q in is_q50]
+    rows["round_trip_records"] = [round_trip_records(trips[v]) if v in trips else None for v in rows["variant"]]
     return rows
 
 
@@ -561,8 +663,17 @@ __all__ = [
     "bar_returns_record",
     "round_trip_records",
     "round_trips_from_records",
+    "BH_MATCHED_HORIZON",
     "BUY_AND_HOLD",
     "BUY_AND_HOLD_MATCHED",
+    "GROSS_VARIANTS",
+    "Q50_GROSS",
+    "Q50_HORIZON",
+    "Q50_HORIZON_GROSS",
+    "RULES",
+    "decided_targets",
+    "gross_outcome",
+    "gross_spec",
     "BacktestStageConfig",
     "CASH",
     "PoolBacktest",

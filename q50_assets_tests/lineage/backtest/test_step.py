@@ -91,12 +91,64 @@ def test_every_variant_on_the_full_grid_annualised_from_the_timeframe():
     assert result.permutation["draws"] == 1000 and 0 < result.permutation["p_value"] <= 1
     assert result.permutation["replayed_statistic"] == pytest.approx(result.permutation["statistic"], abs=1e-12)
     rows = results_rows(result)
-    assert len(rows) == 7 and len(rows.loc[rows["variant"] == "q50", "permutation_null"].iloc[0]) == 1000
-    assert rows.loc[rows["variant"] != "q50", "permutation_null"].isna().all()
+    assert len(rows) == 11 and len(rows.loc[rows["variant"] == "q50", "permutation_null"].iloc[0]) == 1000
+    assert len(rows.loc[rows["variant"] == "q50_horizon", "permutation_null"].iloc[0]) == 1000
+    assert rows.loc[~rows["variant"].isin(["q50", "q50_horizon"]), "permutation_null"].isna().all()
+    assert rows.loc[~rows["variant"].isin(["q50", "q50_horizon"]), "round_trip_records"].isna().all()
+    assert len(rows.loc[rows["variant"] == "q50", "round_trip_records"].iloc[0]) == len(trips)
     # Trading history rows: one per fill, decided one bar before it.
     history = history_rows(result)
     assert len(history) == len(result.outcomes["q50"].fills)
     assert (history["filled_at"] - history["decided_at"] == H4).all()
+
+
+def test_each_rule_beside_its_own_decisions_at_zero_cost_and_buy_and_hold_at_its_exposure():
+    bars, signals, regimes = _pool()
+    result = run_pool_stage("solana_stagePool", bars, signals, regimes, ReserveSeries(None, fallback_usd=3_000_000.0),
+                            _config(), "run-1")
+    m, out = result.metrics, result.outcomes
+    for rule, gross, matched in (("q50", "q50_gross", "buy_and_hold_matched"),
+                                 ("q50_horizon", "q50_horizon_gross", "bh_matched_horizon")):
+        assert m.loc[rule, "trades"] > 0 and m.loc[rule, "fees_paid"] > 0 and m.loc[rule, "impact_paid"] > 0
+        # The gross run replays the costed run's own schedule of targets, charged nothing.
+        pd.testing.assert_series_equal(out[gross].equity["target"], out[rule].equity["target"])
+        assert m.loc[gross, "fees_paid"] == 0 and m.loc[gross, "impact_paid"] == 0 and m.loc[gross, "trades"] > 0
+        assert m.loc[rule, "cost_drag"] == pytest.approx(m.loc[gross, "total_return"] - m.loc[rule, "total_return"])
+        assert m.loc[rule, "cost_drag"] > 0
+        assert m.loc[matched, "mean_position"] == pytest.approx(m.loc[rule, "mean_position"], abs=0.02)
+        assert 0 < result.permutations[rule]["p_value"] <= 1 and result.permutations[rule]["draws"] == 1000
+        assert m.loc[rule, "permutation_p_value"] == result.permutations[rule]["p_value"]
+    assert m["cost_drag"].drop(["q50", "q50_horizon"]).isna().all()
+    # q50_horizon is its schedule executed by the engine: each entry or exit decided is an order.
+    schedule = result.horizon_schedule
+    decided = schedule.index[schedule["target"].notna()] + H4
+    assert set(out["q50_horizon"].orders["decided_at"]) <= set(decided)
+    assert (schedule.loc[schedule["action"] == "exit", "target"] == 0).all()
+    assert len(result.rule_round_trips["q50_horizon"]) >= 1
+
+
+def test_at_zero_fee_and_no_impact_the_gross_runs_equal_the_costed_ones_to_the_cent():
+    bars, signals, regimes = _pool(seed=3)
+    result = run_pool_stage("solana_free", bars, signals, regimes, None, _config(swap_fee=0.0), "run-free")
+    m, out = result.metrics, result.outcomes
+    for rule, gross in (("q50", "q50_gross"), ("q50_horizon", "q50_horizon_gross")):
+        assert out[gross] is not out[rule] and m.loc[rule, "trades"] > 2
+        np.testing.assert_allclose(out[gross].equity["equity"].to_numpy(), out[rule].equity["equity"].to_numpy(),
+                                   rtol=0, atol=0.005)
+        assert m.loc[rule, "cost_drag"] == pytest.approx(0.0, abs=1e-6)
+        assert m.loc[rule, "trades"] == m.loc[gross, "trades"]
+
+
+def test_a_rule_that_never_orders_reuses_one_flat_run():
+    bars, signals, regimes = _pool(seed=4)
+    quiet = signals.assign(q10=-0.02, q50=-0.001, q90=0.001)  # E[r] < 0 everywhere: neither rule enters
+    result = run_pool_stage("solana_quiet", bars, quiet, regimes, None, _config(), "run-quiet")
+    out, m = result.outcomes, result.metrics
+    flat = out["q50"]
+    for name in ("q50_gross", "q50_horizon", "q50_horizon_gross", "buy_and_hold_matched", "bh_matched_horizon"):
+        assert out[name] is flat
+    assert (m.loc[["q50", "q50_horizon"], "total_return"] == 0).all()
+    assert result.permutations["q50_horizon"]["p_value"] == 1.0
 
 
 def test_observed_reserves_make_the_sensitivity_variants_identical():
