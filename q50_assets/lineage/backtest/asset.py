@@ -58,6 +58,10 @@ def _backtest_metadata(result: PoolBacktest, settings: Settings, rows_ignored: i
         "q50_turnover": MetadataValue.float(float(m.loc["q50", "turnover"])),
         "q50_mean_holding_bars": MetadataValue.float(float(m.loc["q50", "mean_holding_bars"])),
         "q50_orders_expired": int(m.loc["q50", "orders_expired"]),
+        "q50_cost_drag": MetadataValue.float(float(m.loc["q50", "cost_drag"])),
+        "q50_horizon_trades": int(m.loc["q50_horizon", "trades"]),
+        "q50_horizon_cost_drag": MetadataValue.float(float(m.loc["q50_horizon", "cost_drag"])),
+        "q50_horizon_permutation_p_value": MetadataValue.float(float(m.loc["q50_horizon", "permutation_p_value"])),
         "permutation_p_value": MetadataValue.float(float(perm["p_value"])),
         "permutation_draws": int(perm["draws"]),
         "reserve_fallback_share": MetadataValue.float(float(result.reserve["fallback_share"])),
@@ -80,9 +84,10 @@ def _backtest_metadata(result: PoolBacktest, settings: Settings, rows_ignored: i
             description="Per pool: the Q50 strategy in NautilusTrader BacktestEngines (decisions bar by bar from "
             "the signal and regime known at each close, sized and charged by one cost model: fee + "
             "constant-product impact at the pool's liquidity at the time; fills one or more bars later), beside "
-            "the same decisions filled at the close, the reserve assumption halved and doubled, buy & hold at full "
-            "and at q50's own exposure, and cash; per-bar returns on the full time grid out of sample; a "
-            "permutation null of q50's timing. Stored in q50_backtest_results per backtest run (history kept; the "
+            "the same decisions at zero cost (gross: what costs took), filled at the close, the reserve assumption "
+            "halved and doubled; the horizon rule q50_horizon (expected return over the holding horizon net of the "
+            "round trip) and its zero-cost replay; buy & hold at full and at each rule's own exposure, and cash; "
+            "per-bar returns on the full time grid out of sample; a permutation null of each rule's timing. Stored in q50_backtest_results per backtest run (history kept; the "
             "null's draws on the q50 row); equity picture and table in metadata."),
         TRADING_HISTORY_ASSET: AssetOut(
             io_manager_key="q50_tables", group_name="backtest", kinds={"sql"},

@@ -155,7 +155,7 @@ class PoolBacktest:
     round_trips: pd.DataFrame | None = None  # q50's, ROUND_TRIP_COLUMNS
     metrics: pd.DataFrame | None = None  # index variant
     permutation: dict = field(default_factory=dict)  # q50's: statistic, null (ndarray), p_value, draws, ...
-    permutations: dict = field(default_factory=dict)  # rule -> its permutation dict (q50's is the one above)
+    rule_permutations: dict = field(default_factory=dict)  # rule -> its permutation dict (q50's is the one above)
     rule_round_trips: dict = field(default_factory=dict)  # rule -> its round trips (q50's are round_trips)
     horizon_schedule: pd.DataFrame | None = None  # q50_horizon's decisions (horizon.SCHEDULE_COLUMNS)
     reserve: dict = field(default_factory=dict)  # fallback share of the span, sources, observations
@@ -455,7 +455,7 @@ def run_pool_stage(pool_id: str, bars: pd.DataFrame, signals: pd.DataFrame, regi
     return PoolBacktest(pool_id, backtest_run_id, "ok", oos_start=oos_start, oos_end=oos_end, bars=bars,
                         signals=signals, decisions=q50.decisions, outcomes=outcomes, bar_returns=bar_returns,
                         positions=position_frame, round_trips=trips_by_variant[Q50], metrics=metrics,
-                        permutation=permutations[Q50], permutations=permutations,
+                        permutation=permutations[Q50], rule_permutations=permutations,
                         rule_round_trips={rule: trips_by_variant[rule] for rule in RULES},
                         horizon_schedule=schedule, reserve=reserve)
 
@@ -570,7 +570,7 @@ def results_rows(result: PoolBacktest) -> pd.DataFrame:
     breakdowns), every variant's per-bar returns on the q50 row."""
     rows = result.metrics.reset_index().copy()
     is_q50 = rows["variant"] == Q50
-    permutations = result.permutations or {Q50: result.permutation}
+    permutations = result.rule_permutations or {Q50: result.permutation}
     trips = {Q50: result.round_trips, **{r: t for r, t in result.rule_round_trips.items() if r != Q50}}
     rows["permutation_null"] = [permutations[v]["null"].tolist() if v in permutations else None
                                 for v in rows["variant"]]

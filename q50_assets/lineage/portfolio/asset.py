@@ -19,7 +19,7 @@ from dagster import (
 )
 
 from q50_assets.lineage.backtest.asset import BACKTEST_ASSET
-from q50_assets.lineage.backtest.step import Q50
+from q50_assets.lineage.backtest.step import Q50, RULES
 from q50_assets.lineage.common.conditions import once_settled_after
 from q50_assets.lineage.model.asset import MODEL_ASSET
 from q50_assets.lineage.model.step import TrainedQ50Model
@@ -51,6 +51,23 @@ def _report_metadata(report, facts: dict, path) -> dict:
         for column in ("mean_bar_return", "mean_bar_return_low", "mean_bar_return_high", "sharpe", "sharpe_low",
                        "sharpe_high", "hit_rate", "psr", "dsr"):
             meta[f"{variant}_{column}"] = MetadataValue.float(float(row[column]))
+    return meta
+
+
+def _rule_metadata(rules: dict) -> dict:
+    """Per rule, over the pools where it traded: pools, mean net and gross return, mean cost drag
+    (numbers: plotted across runs)."""
+    meta = {}
+    for rule, table in rules.items():
+        if table.empty:
+            meta[f"{rule}_pools_traded"] = 0
+            continue
+        gross = RULES[rule][0]
+        meta[f"{rule}_pools_traded"] = int(table.loc[rule, "pools"])
+        for name, value in (("mean_return", table.loc[rule, "mean_return"]),
+                            ("gross_mean_return", table.loc[gross, "mean_return"]),
+                            ("mean_cost_drag", table.loc[rule, "mean_cost_drag"])):
+            meta[f"{rule}_{name}"] = MetadataValue.float(float(value))
     return meta
 
 
@@ -90,6 +107,7 @@ def backtest_portfolio(context: AssetExecutionContext, backtest_results: dict, q
         "pools_q50_traded": int(table["pools"].max()) if len(table) else 0,
         "pools_q50_never_traded": int(no_trade["pools"]),
         "pooled_permutation_p_value": MetadataValue.float(float(permutation.get("pooled_p_value", float("nan")))),
+        **_rule_metadata(summary["rules"]),
         "summary": MetadataValue.md(summary["markdown"]),
         **_report_metadata(report, facts, path),
     })

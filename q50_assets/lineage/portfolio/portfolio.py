@@ -6,6 +6,10 @@ Equal weight per pool (each backtest has its own capital). Every mean sits besid
 and the table covers the SAME pools for every variant: the pools where q50 traded at least once.
 Pools where q50 never traded are reported apart (count, and what buy & hold did there), not
 dropped from some means and kept in others.
+
+Each trading rule (q50, q50_horizon) also gets its own table over the pools where IT traded: the
+rule after costs, the same decisions at zero cost (``cost_drag`` = gross - net return: what costs
+took), buy & hold at the rule's own mean exposure and in full, and cash.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import json
 import numpy as np
 import pandas as pd
 
-from q50_assets.lineage.backtest.step import Q50, bar_returns_from_record, round_trips_from_records, variants_for
+from q50_assets.lineage.backtest.step import (BUY_AND_HOLD, CASH, GROSS_VARIANTS, Q50, RULES, bar_returns_from_record,
+                                              round_trips_from_records, variants_for)
 from q50_assets.lineage.backtest.permutation import pooled_p_value
 from q50_assets.lineage.portfolio.report import PermutationNull, Report, ReportInputs, render_report
 
@@ -30,19 +35,29 @@ def _null(value) -> np.ndarray:
     return np.asarray(value, dtype="float64")
 
 
-def traded_pools(results: pd.DataFrame) -> list[str]:
-    q50 = results[results["variant"] == Q50]
-    return sorted(q50.loc[q50["trades"].fillna(0) > 0, "pool_id"])
+def traded_pools(results: pd.DataFrame, rule: str = Q50) -> list[str]:
+    """Pools where ``rule`` (default q50) traded at least once."""
+    rows = results[results["variant"] == rule]
+    return sorted(rows.loc[rows["trades"].fillna(0) > 0, "pool_id"])
 
 
-def portfolio_table(results: pd.DataFrame, variants: tuple[str, ...] | None = None) -> pd.DataFrame:
-    """Per variant over the pools where q50 traded: pools, mean and median total return, mean and
-    median Sharpe, mean max drawdown, trades, fees, impact, mean exposure and position, mean
-    turnover and holding time, and in how many of those pools q50's return beats the variant's."""
+def _cost_drag(wide: pd.DataFrame, rule: str) -> pd.Series:
+    """Per pool, what costs took from ``rule``: its gross variant's total return minus its own."""
+    gross = RULES[rule][0]
+    if rule not in wide.columns or gross not in wide.columns:
+        return pd.Series(dtype="float64")
+    return (wide[gross] - wide[rule]).dropna()
+
+
+def portfolio_table(results: pd.DataFrame, variants: tuple[str, ...] | None = None, rule: str = Q50) -> pd.DataFrame:
+    """Per variant over the pools where ``rule`` (default q50) traded: pools, mean and median total
+    return, mean cost drag (rules' rows), mean and median Sharpe, mean max drawdown, trades, fees,
+    impact, mean exposure and position, mean turnover and holding time, and in how many of those
+    pools the rule's return beats the variant's (``q50_beats_this``)."""
     if results.empty:
         return pd.DataFrame()
     variants = variants or tuple(v for v in variants_for((0.5, 2.0)) if v in set(results["variant"]))
-    pools = traded_pools(results)
+    pools = traded_pools(results, rule)
     rows = results[results["pool_id"].isin(pools)]
     if rows.empty:
         return pd.DataFrame()
@@ -63,16 +78,74 @@ def portfolio_table(results: pd.DataFrame, variants: tuple[str, ...] | None = No
         "mean_holding_bars": by_variant["mean_holding_bars"].mean(),
     })
     wide = rows.pivot_table(index="pool_id", columns="variant", values="total_return")
-    if Q50 in wide.columns:
-        table["q50_beats_this"] = [int((wide[Q50] > wide[v]).sum()) if v != Q50 and v in wide.columns else np.nan
+    table["mean_cost_drag"] = [_cost_drag(wide, v).mean() if v in RULES else np.nan for v in table.index]
+    if rule in wide.columns:
+        table["q50_beats_this"] = [int((wide[rule] > wide[v]).sum()) if v != rule and v in wide.columns else np.nan
                                    for v in table.index]
     return table.reindex([v for v in variants if v in table.index])
 
 
-def permutation_summary(results: pd.DataFrame) -> dict:
-    """Per pool p-values (q50 rows) and the pooled one: the statistic averaged over pools, its null
-    averaged over pools per draw index."""
-    q50 = results[results["variant"] == Q50].sort_values("pool_id")
+def rule_table(results: pd.DataFrame, rule: str) -> pd.DataFrame:
+    """One rule over the pools where it traded: the rule, its decisions at zero cost, buy & hold at
+    its mean exposure and in full, cash (:func:`portfolio_table`'s columns, same pools per row), with
+    the mean and median cost drag on the rule's row."""
+    if results.empty or rule not in RULES:
+        return pd.DataFrame()
+    gross, matched = RULES[rule]
+    table = portfolio_table(results, (rule, gross, matched, BUY_AND_HOLD, CASH), rule=rule)
+    if table.empty:
+        return table
+    table = table.rename(columns={"q50_beats_this": "rule_beats_this"})
+    rows = results[results["pool_id"].isin(traded_pools(results, rule))]
+    drag = _cost_drag(rows.pivot_table(index="pool_id", columns="variant", values="total_return"), rule)
+    table["median_cost_drag"] = np.nan
+    table.loc[rule, "median_cost_drag"] = drag.median() if len(drag) else np.nan
+    return table
+
+
+def rule_tables(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """:func:`rule_table` of every rule present in ``results``."""
+    present = set(results["variant"]) if len(results) else set()
+    return {rule: rule_table(results, rule) for rule in RULES if rule in present}
+
+
+def rules_markdown(tables: dict[str, pd.DataFrame], results: pd.DataFrame | None = None) -> str:
+    """Each rule gross and net beside buy & hold at its exposure, on the pools where it traded."""
+    lines = ["Each rule on the pools where it traded: after costs, the same decisions at zero cost (cost drag = "
+             "gross - net return), buy & hold at the rule's mean exposure and in full, cash."]
+    for rule, table in tables.items():
+        lines.append("")
+        if table.empty:
+            lines.append(f"{rule}: traded in no pool.")
+            continue
+        pools = int(table.loc[rule, "pools"])
+        lines += [f"**{rule}** ({pools} pools)", "",
+                  "| variant | mean return | median return | mean cost drag | median cost drag | mean Sharpe | "
+                  "trades | fees USD | impact USD | mean position | holding bars | rule beats it in |",
+                  "|---|" + "---|" * 11]
+        for variant, r in table.iterrows():
+            beats = r.get("rule_beats_this", np.nan)
+            lines.append(
+                f"| {variant} | {_pct(r['mean_return'], 3)} | {_pct(r['median_return'], 3)} | "
+                f"{'' if pd.isna(r['mean_cost_drag']) else _pct(r['mean_cost_drag'], 3)} | "
+                f"{'' if pd.isna(r['median_cost_drag']) else _pct(r['median_cost_drag'], 3)} | "
+                f"{_num(r['mean_sharpe'])} | {int(r['trades'])} | {r['fees_paid']:,.2f} | {r['impact_paid']:,.2f} | "
+                f"{_pct_small(r['mean_position'])} | {_num(r['mean_holding_bars'], '{:.1f}')} | "
+                f"{'' if pd.isna(beats) else int(beats)} |")
+        if results is not None and rule != Q50:
+            perm = permutation_summary(results, rule)
+            if perm.get("pools"):
+                lines += ["", f"Permutation null of {rule}'s timing ({perm['draws']:,} circular shifts per pool, same "
+                          f"costs), pooled over {perm['pools']} pools: mean per-bar net return "
+                          f"{perm['pooled_statistic']:.3e} vs null mean {perm['pooled_null_mean']:.3e}, "
+                          f"p = {perm['pooled_p_value']:.3f}."]
+    return "\n".join(lines)
+
+
+def permutation_summary(results: pd.DataFrame, rule: str = Q50) -> dict:
+    """Per pool p-values (the rule's rows, default q50) and the pooled one: the statistic averaged
+    over pools, its null averaged over pools per draw index."""
+    q50 = results[results["variant"] == rule].sort_values("pool_id")
     stats, nulls, per_pool = [], [], {}
     for _, row in q50.iterrows():
         null = _null(row.get("permutation_null"))
@@ -119,13 +192,15 @@ def portfolio_markdown(table: pd.DataFrame, permutation: dict | None = None, no_
             f"q50 traded in no pool ({no_trade['pools']} pools with results).")
     lines = ["Pools where q50 traded; every variant on the same pools and out-of-sample bars, after fees and "
              "impact; Sharpe annualised from the timeframe on the full time grid.", "",
-             "| variant | pools | mean return | median return | mean Sharpe | median Sharpe | mean max DD | trades | "
-             "fees USD | impact USD | exposure | mean position | turnover | holding bars | q50 beats it in |",
-             "|---|" + "---|" * 14]
+             "| variant | pools | mean return | median return | mean cost drag | mean Sharpe | median Sharpe | "
+             "mean max DD | trades | fees USD | impact USD | exposure | mean position | turnover | holding bars | "
+             "q50 beats it in |",
+             "|---|" + "---|" * 15]
     for variant, r in table.iterrows():
         beats = r.get("q50_beats_this", np.nan)
         lines.append(
             f"| {variant} | {int(r['pools'])} | {_pct(r['mean_return'], 3)} | {_pct(r['median_return'], 3)} | "
+            f"{'' if pd.isna(r.get('mean_cost_drag', np.nan)) else _pct(r['mean_cost_drag'], 3)} | "
             f"{_num(r['mean_sharpe'])} | {_num(r['median_sharpe'])} | {_pct(r['mean_max_drawdown'], 3)} | "
             f"{int(r['trades'])} | {r['fees_paid']:,.2f} | {r['impact_paid']:,.2f} | {_pct_small(r['mean_exposure'])} | "
             f"{_pct_small(r['mean_position'])} | {_num(r['mean_turnover'], '{:.3g}')} | "
@@ -246,14 +321,17 @@ def research_report(results: pd.DataFrame, *, trials: int, bar_seconds: int, boo
 
 
 __all__ = ["MIN_PERMUTATIONS", "labelled_signals", "research_report", "stored_evidence", "comparable_baselines", "no_trade_summary", "permutation_summary",
-           "portfolio_markdown", "portfolio_table", "traded_pools"]
+           "portfolio_markdown", "portfolio_table", "rule_table", "rule_tables", "rules_markdown", "traded_pools"]
 
 
 def dsr_trials(settings) -> dict[str, int]:
     """Configurations tried, for the deflated Sharpe: this run's q50 variants (latency and close
-    fills, each reserve assumption) plus those tried before (evaluation.prior_configurations)."""
+    fills, each reserve assumption, the horizon rule; not the zero-cost replays) plus those tried
+    before (evaluation.prior_configurations)."""
     from q50_assets.lineage.backtest.step import variants_for
 
-    q50_variants = sum(v.startswith("q50") for v in variants_for(tuple(settings.nautilus_trader.backtest.reserve_sensitivity)))
+    # A gross variant replays a rule's own decisions at zero cost: no configuration of its own.
+    q50_variants = sum(v.startswith("q50") and v not in GROSS_VARIANTS
+                       for v in variants_for(tuple(settings.nautilus_trader.backtest.reserve_sensitivity)))
     prior = settings.evaluation.prior_configurations
     return {"q50_variants_this_run": q50_variants, "prior_configurations": prior, "trials": q50_variants + prior}

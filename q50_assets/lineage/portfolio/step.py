@@ -19,6 +19,8 @@ from q50_assets.lineage.portfolio.portfolio import (
     portfolio_markdown,
     portfolio_table,
     research_report,
+    rule_tables,
+    rules_markdown,
 )
 from q50_assets.settings import Settings
 
@@ -30,8 +32,12 @@ def portfolio_summary(results: pd.DataFrame, variants: tuple[str, ...]) -> dict:
     table = portfolio_table(results, variants)
     permutation = permutation_summary(results) if len(results) else {}
     no_trade = no_trade_summary(results) if len(results) else {"pools": 0}
+    rules = rule_tables(results)
+    markdown = portfolio_markdown(table, permutation, no_trade)
+    if rules:
+        markdown += "\n\n" + rules_markdown(rules, results)
     return {"table": table, "problems": problems, "pools_checked": checked, "permutation": permutation,
-            "no_trade": no_trade, "markdown": portfolio_markdown(table, permutation, no_trade)}
+            "no_trade": no_trade, "rules": rules, "markdown": markdown}
 
 
 def report_step(results: pd.DataFrame, model: TrainedQ50Model | None, tables: ProjectTableStore, settings: Settings,

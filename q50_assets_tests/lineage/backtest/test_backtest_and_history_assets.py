@@ -216,7 +216,7 @@ class TestNautilusIntegration:
         for picture in ("equity_curves", "permutation_null", "reliability", "breakdowns"):
             assert f"![{picture}](data:image/png;base64," in report_md
         assert "Signals net of cost" in report_md and "The model against a naive forecaster" in report_md
-        assert meta["dsr_trials"].value == 4  # q50, q50_close, the reserve halved and doubled
+        assert meta["dsr_trials"].value == 5  # q50, q50_close, the reserve halved and doubled, q50_horizon
         assert meta["pools_in_report"].value == len(traded)
         page = Path(meta["report_html"].value)
         assert page.parent == settings.data_dir / "reports"

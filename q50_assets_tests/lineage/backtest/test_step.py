@@ -116,8 +116,8 @@ def test_each_rule_beside_its_own_decisions_at_zero_cost_and_buy_and_hold_at_its
         assert m.loc[rule, "cost_drag"] == pytest.approx(m.loc[gross, "total_return"] - m.loc[rule, "total_return"])
         assert m.loc[rule, "cost_drag"] > 0
         assert m.loc[matched, "mean_position"] == pytest.approx(m.loc[rule, "mean_position"], abs=0.02)
-        assert 0 < result.permutations[rule]["p_value"] <= 1 and result.permutations[rule]["draws"] == 1000
-        assert m.loc[rule, "permutation_p_value"] == result.permutations[rule]["p_value"]
+        assert 0 < result.rule_permutations[rule]["p_value"] <= 1 and result.rule_permutations[rule]["draws"] == 1000
+        assert m.loc[rule, "permutation_p_value"] == result.rule_permutations[rule]["p_value"]
     assert m["cost_drag"].drop(["q50", "q50_horizon"]).isna().all()
     # q50_horizon is its schedule executed by the engine: each entry or exit decided is an order.
     schedule = result.horizon_schedule
@@ -148,7 +148,7 @@ def test_a_rule_that_never_orders_reuses_one_flat_run():
     for name in ("q50_gross", "q50_horizon", "q50_horizon_gross", "buy_and_hold_matched", "bh_matched_horizon"):
         assert out[name] is flat
     assert (m.loc[["q50", "q50_horizon"], "total_return"] == 0).all()
-    assert result.permutations["q50_horizon"]["p_value"] == 1.0
+    assert result.rule_permutations["q50_horizon"]["p_value"] == 1.0
 
 
 def test_observed_reserves_make_the_sensitivity_variants_identical():
@@ -204,3 +204,13 @@ def test_a_buy_worth_under_a_cent_is_a_position_held_not_a_closed_trip():
     assert len(trips) == 1 and bool(trips["open"].iloc[0]) and pd.isna(trips["exit_filled_at"].iloc[0])
     assert trips["bars_held"].iloc[0] == 2  # to the last bar close
     assert trips["net_return"].iloc[0] == pytest.approx(0.5)  # marked at the last close
+
+
+def test_the_horizon_rule_settings_reach_the_stage():
+    from q50_assets.settings import load_settings
+
+    settings = load_settings(environ={"Q50__RULES__HORIZON__HOLDING_BARS": "12", "Q50__RULES__HORIZON__RISK_PREMIUM": "0.001"})
+    config = BacktestStageConfig.of(settings)
+    assert config.holding_bars == 12 and config.risk_premium == 0.001
+    assert BacktestStageConfig.of(load_settings(environ={})).holding_bars == 8  # config.yaml's default
+    assert "q50_horizon" in config.variants and "bh_matched_horizon" in config.variants

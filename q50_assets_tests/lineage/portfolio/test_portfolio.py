@@ -146,3 +146,51 @@ def test_research_report_covers_the_traded_pools_and_counts_the_trials():
     none, facts = research_report(results[results["pool_id"] == "C"], trials=6, bar_seconds=3600,
                                   bootstrap=BootstrapConfig(bootstrap_samples=200, bootstrap_seed=0))
     assert none is None and facts["pools_in_report"] == 0
+
+
+def test_each_rule_on_its_own_pools_gross_beside_net_and_buy_and_hold_at_its_exposure():
+    from q50_assets.lineage.portfolio.portfolio import rule_table, rule_tables, rules_markdown
+
+    rows = []
+    # q50 traded in A only; q50_horizon in A and B. Gross returns exceed net by a known drag.
+    for pool, q50, q50_trades, horizon, horizon_trades in (("A", 0.02, 4, 0.03, 2), ("B", 0.0, 0, -0.01, 6),
+                                                             ("C", 0.0, 0, 0.0, 0)):
+        for v in VARIANTS:
+            ret = {"q50": q50, "q50_gross": q50 + 0.005, "q50_horizon": horizon,
+                   "q50_horizon_gross": horizon + 0.02, "bh_matched_horizon": -0.002, "cash": 0.0}.get(v, 0.01)
+            trades = {"q50": q50_trades, "q50_gross": q50_trades, "q50_horizon": horizon_trades,
+                      "q50_horizon_gross": horizon_trades}.get(v, 1)
+            rows.append({"pool_id": pool, "variant": v, "total_return": ret, "sharpe": 1.0, "max_drawdown": 0.1,
+                         "trades": trades, "fees_paid": 0.0 if v.endswith("_gross") else 1.0, "impact_paid": 0.5,
+                         "exposure": 0.1, "mean_position": 0.05, "turnover": 0.5, "mean_holding_bars": 8.0,
+                         "oos_start": START, "oos_end": END, "bars": 700,
+                         "permutation_statistic": ret / 700 if v in ("q50", "q50_horizon") else np.nan,
+                         "permutation_p_value": 0.5 if v in ("q50", "q50_horizon") else np.nan,
+                         "permutation_null": list(np.zeros(1000)) if v in ("q50", "q50_horizon") else None})
+    results = pd.DataFrame(rows)
+    q50 = rule_table(results, "q50")
+    assert list(q50.index) == ["q50", "q50_gross", "buy_and_hold_matched", "buy_and_hold", "cash"]
+    assert (q50["pools"] == 1).all() and q50.loc["q50", "mean_cost_drag"] == pytest.approx(0.005)
+    horizon = rule_table(results, "q50_horizon")
+    assert list(horizon.index) == ["q50_horizon", "q50_horizon_gross", "bh_matched_horizon", "buy_and_hold", "cash"]
+    assert (horizon["pools"] == 2).all()  # its own pools: A and B, not q50's
+    assert horizon.loc["q50_horizon", "mean_return"] == pytest.approx(0.01)
+    assert horizon.loc["q50_horizon", "mean_cost_drag"] == pytest.approx(0.02)
+    assert horizon.loc["q50_horizon", "median_cost_drag"] == pytest.approx(0.02)
+    assert horizon.loc["bh_matched_horizon", "rule_beats_this"] == 1  # A: 3 % > -0.2 %; B: -1 % < -0.2 %
+    assert pd.isna(horizon.loc["q50_horizon_gross", "mean_cost_drag"])
+    # The main table carries the cost drag of each rule over q50's pools.
+    main = portfolio_table(results, VARIANTS)
+    assert main.loc["q50_horizon", "mean_cost_drag"] == pytest.approx(0.02)
+    md = rules_markdown(rule_tables(results), results)
+    assert "**q50_horizon** (2 pools)" in md and "| bh_matched_horizon |" in md and "| q50_gross |" in md
+    assert "Permutation null of q50_horizon's timing" in md and "pooled over 3 pools" in md
+
+
+def test_gross_replays_are_not_configurations_tried():
+    from q50_assets.lineage.portfolio.portfolio import dsr_trials
+    from q50_assets.settings import Settings
+
+    trials = dsr_trials(Settings())
+    # q50, q50_close, two reserve assumptions, q50_horizon; q50_gross and q50_horizon_gross are not trials.
+    assert trials["q50_variants_this_run"] == 5
