@@ -327,8 +327,8 @@ class BasketSettings(Section):
         default=1_000.0, gt=0, description="The basket's capital: each member's engine starts with "
         "basket_capital_usd / top_k (its size sets its AMM impact).")
     min_held_bars: int = Field(
-        default=24, ge=1, description="The basket_backtest check: the forecast basket (or its yardstick) held "
-        "a pool on at least this many bars.")
+        default=24, ge=1, description="The basket_backtest check: the forecast basket and its yardstick each "
+        "held a pool on at least this many bars.")
 
 
 class RegimeRuleSettings(Section):

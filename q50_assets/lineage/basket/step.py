@@ -57,6 +57,7 @@ class BasketResult:
 
     run_id: str
     status: str
+    config: BasketConfig  # the rules it ran with
     reason: str = ""
     span_start: pd.Timestamp | None = None  # first bar close of every variant's returns
     span_end: pd.Timestamp | None = None
@@ -68,10 +69,6 @@ class BasketResult:
     exposure: pd.DataFrame | None = None  # value held after each bar / capital, same shape
     metrics: pd.DataFrame | None = None  # index variant (VARIANTS' names), METRIC_COLUMNS
     matched_exposure: float = float("nan")  # buy & hold's target fraction
-    capital_usd: float = float("nan")
-    top_k: int = 0
-    rebalance_bars: int = 0
-    cost_filter: bool = True
     seconds: float = 0.0
 
 
@@ -151,8 +148,7 @@ def basket_step(ohlcv: dict, signals: dict, db: CollectorSource, settings: Setti
 
     started = time.perf_counter()
     config = BasketConfig.of(settings)
-    result = BasketResult(run_id, "ok", capital_usd=config.basket_capital_usd, top_k=config.top_k,
-                          rebalance_bars=config.rebalance_bars, cost_filter=config.cost_filter)
+    result = BasketResult(run_id, "ok", config)
     bars, usable = {}, {}
     for pool_id in sorted(set(ohlcv) | set(signals)):
         b = bars_or_blocked(ohlcv[pool_id]) if pool_id in ohlcv else Blocked(pool_id, "ohlcv_bars", "no bars stored")
