@@ -328,6 +328,31 @@ class RuleSettings(Section):
     horizon: HorizonRuleSettings = HorizonRuleSettings()
 
 
+class BasketSettings(Section):
+    """The cross-sectional top-k basket and its past-volatility yardstick (lineage/basket/)."""
+
+    top_k: int = Field(default=5, ge=1, le=100, description="Pools held at once: the top k by the forecast's "
+                       "E[r] (the yardstick: by past vol_risk) among the pools with a signal known at the bar.")
+    min_candidate_pools: int = Field(
+        default=10, ge=1, description="A rebalance bar with fewer candidate pools forms no basket (flat until the "
+        "next): a top k of barely k pools is no cross-sectional choice.")
+    rebalance_bars: int = Field(
+        default=6, ge=1, le=24 * 7,
+        description="Bars between two rebalances (anchored on the epoch grid). The forecast's excess over the "
+        "candidates fades after its bar, while every change of member pays a round trip: 6 keeps most of the "
+        "edge per round trip paid.")
+    cost_filter: bool = Field(
+        default=True, description="Hold a top-k pool only when its E[r] over the holding horizon (per bar, "
+        "times rebalance_bars) clears the round trip at its size (the one cost model, at the reserve known "
+        "then); the slot left is cash. The yardstick has no forecast and no filter.")
+    basket_capital_usd: float = Field(
+        default=1_000.0, gt=0, description="The basket's capital: each member's engine starts with "
+        "basket_capital_usd / top_k (its size sets its AMM impact).")
+    min_held_bars: int = Field(
+        default=24, ge=1, description="The basket_backtest check: the forecast basket and its yardstick each "
+        "held a pool on at least this many bars.")
+
+
 class RegimeRuleSettings(Section):
     """The RegimeDetector's rules (lineage/regimes/rules.py)."""
 
@@ -476,6 +501,7 @@ class Settings(BaseSettings):
     rules: RuleSettings = RuleSettings()
     trades: TradeSettings = TradeSettings()
     nautilus_trader: NautilusTraderSettings = Field(default_factory=NautilusTraderSettings)
+    basket: BasketSettings = BasketSettings()
     automation: AutomationSettings = AutomationSettings()
     batches: BatchSettings = BatchSettings()
     execution: ExecutionSettings = ExecutionSettings()

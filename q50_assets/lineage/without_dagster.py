@@ -6,8 +6,9 @@ It runs what the assets run, in the order of :data:`q50_assets.lineage.STEPS`: e
 step, a batch of pools at a time (``batches.pools_per_run``), every value written to and read back
 from the store its asset uses (the same IO managers' ``store_values`` / ``load_values``, looked up
 from the Definitions' assets), so both sides do the same work on the same storage. What it does
-not do is Dagster's part: runs, events, per-pool metadata and check results. The portfolio stage
-reads every pool's latest backtest and writes the report; it is left to Dagster.
+not do is Dagster's part: runs, events, per-pool metadata and check results. Of the pooled stages
+after the pools' backtests, the basket runs here too (its value is kept in ``FunctionsRun.basket``);
+the portfolio stage reads every pool's latest backtest and writes the report; it is left to Dagster.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dagster import AssetKey
 
 from q50_assets.lineage import STEPS, Phase, assets_definitions
 from q50_assets.lineage.backtest.step import backtest_step
+from q50_assets.lineage.basket.step import basket_step
 from q50_assets.lineage.common.gate import Blocked
 from q50_assets.lineage.common.partitions import pool_batches
 from q50_assets.lineage.features.step import features_step
@@ -41,6 +43,7 @@ class FunctionsRun:
     model: object = None  # TrainedQ50Model
     results: dict = field(default_factory=dict)  # pool -> PoolBacktest or Blocked
     trading_history_rows: int = 0
+    basket: object = None  # BasketResult of every pool run
 
 
 def stores_of(resources: Mapping[str, object]) -> dict[str, object]:
@@ -106,6 +109,11 @@ def run_without_dagster(pool_ids: list[str], resources: Mapping[str, object], se
                                  settings.nautilus_trader.risk_management.use_existing_feature_vectors)
                 run.trading_history_rows += sum(call("q50_trading_history", stores["q50_trading_history"].store_values,
                                                      "q50_trading_history", histories).values())
+        elif phase == Phase.PORTFOLIO:
+            # The pooled basket over every pool's stored bars and signals, as its asset reads them.
+            ohlcv, signals = load("ohlcv_bars", pool_ids, "basket_backtest"), load("q50_signals", pool_ids,
+                                                                                  "basket_backtest")
+            run.basket = call("basket_backtest", basket_step, ohlcv, signals, collector, settings, run_id)
     run.seconds = {k: round(v, 3) for k, v in run.seconds.items() if v}
     return run
 

@@ -20,6 +20,8 @@ from dagster import (
 
 from q50_assets.lineage.backtest.asset import BACKTEST_ASSET
 from q50_assets.lineage.backtest.step import Q50, RULES
+from q50_assets.lineage.basket.asset import BASKET_ASSET
+from q50_assets.lineage.basket.step import BasketResult
 from q50_assets.lineage.common.conditions import once_settled_after
 from q50_assets.lineage.model.asset import MODEL_ASSET
 from q50_assets.lineage.model.step import TrainedQ50Model
@@ -74,7 +76,7 @@ def _rule_metadata(rules: dict) -> dict:
 @asset(
     name=PORTFOLIO_ASSET,
     ins={"backtest_results": AssetIn(BACKTEST_ASSET, input_manager_key="q50_tables"),
-         "q50_model": AssetIn(MODEL_ASSET)},
+         "q50_model": AssetIn(MODEL_ASSET), "basket_backtest": AssetIn(BASKET_ASSET)},
     group_name="backtest",
     kinds={"pandas"},
     automation_condition=once_settled_after(BACKTEST_ASSET),
@@ -88,18 +90,20 @@ def _rule_metadata(rules: dict) -> dict:
     "weight per pool, over the pools where q50 traded (the others reported apart), with the pooled permutation "
     "p-value. Read from q50_backtest_results, so pools blocked upstream simply have no row. Metadata: the research "
     "report (headline with block-bootstrap intervals, PSR and deflated Sharpe, equity curves, the permutation null, "
-    "the model's skill and reliability, the hit rate net of cost, where the edge lives), also written as an HTML "
+    "the model's skill and reliability, the hit rate net of cost, where the edge lives, the top-k basket "
+    "beside the same basket by past volatility and buy & hold), also written as an HTML "
     "page under the data dir.",
 )
 def backtest_portfolio(context: AssetExecutionContext, backtest_results: dict, q50_model: TrainedQ50Model,
-                       settings: ResourceParam[Settings], project_tables: ResourceParam[ProjectTableStore],
+                       basket_backtest: BasketResult, settings: ResourceParam[Settings], project_tables: ResourceParam[ProjectTableStore],
                        report_files: ResourceParam[ReportSink]):
     frames = [frame.reset_index() for frame in backtest_results.values() if len(frame)]
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["pool_id", "variant", "total_return", "oos_start", "oos_end", "bars", "trades"])
     summary = portfolio_summary(results, BacktestStageConfig.of(settings).variants)
     table, permutation, no_trade = summary["table"], summary["permutation"], summary["no_trade"]
-    report, facts, path = report_step(results, q50_model, project_tables, settings, report_files)
+    report, facts, path = report_step(results, q50_model, project_tables, settings, report_files,
+                                      basket=basket_backtest)
     if path is not None:
         context.log.info(f"research report: {path}")
     yield Output(table, metadata={

@@ -80,6 +80,7 @@ class ReportInputs:
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     title: str = "Q50: out-of-sample evidence"
     intro: str = ""  # a first paragraph (which pools, what was left out)
+    basket: object | None = None  # the basket stage's result (lineage/basket/step.py BasketResult)
 
 
 @dataclass
@@ -347,6 +348,80 @@ def _model_blocks(model: ModelEvidence, pngs: dict[str, bytes]) -> list[_Block]:
     return blocks
 
 
+# ------------------------------------------------------------------ the top-k basket
+
+BASKET_LABELS = {"forecast": "forecast basket (top k by E[r])", "volatility": "volatility basket (top k by vol_risk)",
+                 "buy_and_hold": "buy & hold, every candidate pool"}
+
+
+def basket_display(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The basket's metrics as strings, one row per basket and cost side, intervals in brackets."""
+    rows = []
+    for name, r in metrics.iterrows():
+        basket, costs = str(name).rsplit(" ", 1)
+        rows.append({
+            "basket": BASKET_LABELS.get(basket, basket), "costs": costs,
+            "total return (PnL / capital)": _pct(r["total_return"]),
+            "mean per-bar return": _with_interval(_bp, r["mean_bar_return"], r["mean_bar_return_low"],
+                                                  r["mean_bar_return_high"]),
+            "Sharpe (annualised)": _with_interval(_num, r["sharpe"], r["sharpe_low"], r["sharpe_high"]),
+            "max drawdown": _pct(r["max_drawdown"]), "mean value held / capital": _num(r["mean_exposure"]),
+            "turnover (x capital)": _num(r["turnover"], 1), "fees + impact USD": f"{r['cost_usd']:,.0f}",
+            "round trips": f"{int(r['round_trips']):,}", "pools traded": int(r["pools"]),
+        })
+    return pd.DataFrame(rows).set_index("basket")
+
+
+def basket_png(bar_returns: pd.DataFrame) -> bytes:
+    """Cumulative PnL / capital of each basket, gross and net in two panels (cash is the 0 line)."""
+    fig = _figure(9.6, 3.4)
+    fig.set_dpi(96)
+    panels = (("gross", "before costs (fee 0, no impact)"), ("net", "after fee and AMM impact"))
+    colors = {"forecast": "tab:blue", "volatility": "tab:orange", "buy_and_hold": "tab:gray"}
+    index = bar_returns.index.tz_convert(None) if bar_returns.index.tz is not None else bar_returns.index
+    for i, (costs, title) in enumerate(panels):
+        ax = fig.add_axes((0.07 + 0.48 * i, 0.2, 0.42, 0.68))
+        for column in bar_returns.columns:
+            basket, side = str(column).rsplit(" ", 1)
+            if side != costs and not (basket == "buy_and_hold" and costs == "gross"):
+                continue
+            label = BASKET_LABELS.get(basket, basket) + (" (net)" if side != costs else "")
+            ax.plot(index, 100 * np.cumsum(bar_returns[column].to_numpy(dtype=np.float64)), label=label,
+                    color=colors.get(basket), linewidth=1.2, linestyle=":" if side != costs else "-")
+        ax.axhline(0.0, color="0.5", linewidth=0.7)
+        ax.set_title(f"Cumulative PnL / capital (%), {title}", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
+        ax.tick_params(labelsize=7)
+        for label in ax.get_xticklabels():
+            label.set_rotation(20)
+    return _png(fig)
+
+
+def basket_blocks(basket, pngs: dict[str, bytes]) -> list[_Block]:
+    """The top-k basket beside the same basket chosen by past volatility and buy & hold
+    (lineage/basket/step.py), gross and net, with intervals, and its picture."""
+    blocks = [_Block("h2", "A top-k basket across pools, and the same basket without the forecast")]
+    if basket.status != "ok" or basket.metrics is None:
+        blocks.append(_Block("p", f"No basket was run: {basket.status}: {basket.reason}"))
+        return blocks
+    config = basket.config
+    filt = ("only members whose E[r] x rebalance bars clears their round trip at the member's size are held "
+            "(an empty slot is cash)" if config.cost_filter else "no cost filter")
+    blocks.append(_Block("p", (
+        f"Every {config.rebalance_bars} bars, the top {config.top_k} pools by the forecast's E[r] = 0.3 q10 + 0.4 q50 "
+        f"+ 0.3 q90 among those with a signal known at the bar; {filt}. The yardstick picks the top "
+        f"{config.top_k} by past realised variance (vol_risk) on the same schedule, with no forecast. Each pool runs "
+        f"in its own NautilusTrader engine of {config.basket_capital_usd / config.top_k:,.0f} USD (capital "
+        f"{config.basket_capital_usd:,.0f} USD / {config.top_k}), next-bar fills, fee and AMM impact at the pool's "
+        f"liquidity; a bar's return is the sum of the pools' PnL / capital. Buy & hold: every candidate pool, "
+        f"equal capital, holding {100 * basket.matched_exposure:.0f} % (the forecast basket's share of slots filled). "
+        f"Span {basket.span_start} to {basket.span_end}. Intervals: 95 % block bootstrap in calendar time.")))
+    blocks.append(_Block("table", table=basket_display(basket.metrics)))
+    pngs["basket"] = basket_png(basket.bar_returns)
+    blocks.append(_Block("img", "basket"))
+    return blocks
+
+
 def render_report(inputs: ReportInputs) -> Report:
     """Compute the portfolio tables from ``inputs`` and render them (module docstring)."""
     pngs: dict[str, bytes] = {}
@@ -406,6 +481,11 @@ def render_report(inputs: ReportInputs) -> Report:
             pngs["breakdowns"] = breakdowns_png(breakdowns)
             blocks.append(_Block("img", "breakdowns"))
 
+    if inputs.basket is not None:
+        blocks += basket_blocks(inputs.basket, pngs)
+        if getattr(inputs.basket, "metrics", None) is not None:
+            tables["basket"] = inputs.basket.metrics
+
     markdown, page = _render(inputs.title, blocks, pngs)
     return Report(markdown=markdown, pngs=pngs, html=page, tables=tables)
 
@@ -413,6 +493,9 @@ def render_report(inputs: ReportInputs) -> Report:
 __all__ = [
     "PermutationNull",
     "Report",
+    "basket_blocks",
+    "basket_display",
+    "basket_png",
     "ReportInputs",
     "breakdowns_png",
     "equity_curves_png",
