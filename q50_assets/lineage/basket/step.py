@@ -4,14 +4,14 @@ real NautilusTrader engine (:func:`q50_assets.lineage.backtest.engine.run_pool_b
 fills, fee + AMM impact at the pool's liquidity over time, volume cap), net and gross of costs;
 equal-weight buy & hold of every candidate pool at the forecast basket's exposure beside them.
 
-**Weighting.** Each pool's engine is its own account of basket_capital_usd / top_k, so a member
-holds that much (sized by the cost model at that size) and a slot left empty is cash. The basket's
-return of a bar is the sum over pools of that bar's PnL divided by basket_capital_usd (the capital
-k members need at once): the total return is total PnL / capital, not compounded across pools.
-Buy & hold gives each of its N candidate pools basket_capital_usd / N, holding the forecast
-basket's mean share of its k slots filled, from the first basket's bar on. Each sleeve
-compounds its own PnL: a pool that gained holds more the next time it is chosen, so the value
-held can exceed the capital (``mean_exposure`` > 1).
+**Weighting.** Each slot of the basket weighs 1/top_k, re-weighted every bar: the basket's return
+of a bar is the sum over pools of that bar's return of the pool's own account (PnL / the account's
+equity before the bar) divided by top_k, and it compounds at the basket's level. A member's account
+starts at basket_capital_usd / top_k and holds all of it while a member (sized and charged by the
+cost model at that size), so a slot left empty is cash and a pool that pumped does not weigh more
+the next time it is chosen. The accounts' sizes drift with their own PnL, which moves the AMM
+impact they pay (not their weight). Buy & hold gives each of its N candidate pools 1/N, holding
+the forecast basket's mean share of its k slots filled, from the first basket's bar on.
 
 **Gross** runs are the same targets with fee 0 and no impact (same fills, latency and volume cap),
 for the forecast basket and the yardstick. Intervals: the calendar-time block bootstrap of
@@ -66,7 +66,7 @@ class BasketResult:
     candidate_rows: int = 0
     blocked: dict[str, str] = field(default_factory=dict)  # pool -> why it is not a candidate
     bar_returns: pd.DataFrame | None = None  # index bar close (full grid), column per variant
-    exposure: pd.DataFrame | None = None  # value held after each bar / capital, same shape
+    exposure: pd.DataFrame | None = None  # weighted share of the accounts held after each bar, same shape
     metrics: pd.DataFrame | None = None  # index variant (VARIANTS' names), METRIC_COLUMNS
     matched_exposure: float = float("nan")  # buy & hold's target fraction
     seconds: float = 0.0
@@ -85,8 +85,9 @@ class _Runs:
 
 
 def _run_pools(schedules: dict[str, pd.Series], bars: dict[str, pd.DataFrame], specs: dict, grid: pd.DatetimeIndex,
-               reserves: dict, bar: pd.Timedelta) -> _Runs:
-    """Every pool's schedule in its own engine; PnL and value held on ``grid``, summed over pools."""
+               reserves: dict, bar: pd.Timedelta, weight: float) -> _Runs:
+    """Every pool's schedule in its own engine; on ``grid``, the weighted sum of the accounts' per-bar
+    returns (``pnl``, the basket's return) and of their shares held (``held``)."""
     from q50_assets.lineage.backtest.engine import run_pool_backtest
 
     out = _Runs(pd.Series(0.0, index=grid), pd.Series(0.0, index=grid))
@@ -97,11 +98,12 @@ def _run_pools(schedules: dict[str, pd.Series], bars: dict[str, pd.DataFrame], s
         before = outcome.equity.loc[outcome.equity.index < grid[0], "equity"]
         base = float(before.iloc[-1]) if len(before) else start
         equity = grid_equity(outcome.equity["equity"], grid).fillna(start)
-        pnl = equity.diff()
-        pnl.iloc[0] = equity.iloc[0] - base
+        previous = equity.shift(1)
+        previous.iloc[0] = base
+        account_return = (equity - previous) / previous
         held = grid_equity(outcome.equity["qty"] * outcome.equity["close"], grid).fillna(0.0)
-        out.pnl = out.pnl + pnl.to_numpy()
-        out.held = out.held + held.to_numpy()
+        out.pnl = out.pnl + weight * account_return.to_numpy()  # module docstring: 1/k per slot
+        out.held = out.held + weight * (held / equity).to_numpy()
         trades = outcome.trades[outcome.trades.index >= grid[0]]
         out.notional += float(trades["notional_usd"].sum())
         out.fees += float(trades["commission_usd"].sum())
@@ -114,7 +116,7 @@ def _run_pools(schedules: dict[str, pd.Series], bars: dict[str, pd.DataFrame], s
 
 
 def _max_drawdown(returns: np.ndarray) -> float:
-    path = 1.0 + np.r_[0.0, np.cumsum(returns)]  # PnL / capital adds up (module docstring)
+    path = np.cumprod(np.r_[1.0, 1.0 + returns])  # the basket compounds (module docstring)
     peak = np.maximum.accumulate(path)
     return float(np.max(1.0 - path / peak)) if len(path) else float("nan")
 
@@ -130,7 +132,7 @@ def basket_metrics(bar_returns: pd.DataFrame, exposure: pd.DataFrame, runs: dict
         r = bar_returns[name].to_numpy(dtype="float64")
         h = table.loc[name]
         rows[name] = {
-            "total_return": float(r.sum()), "mean_bar_return": float(h["mean_bar_return"]),
+            "total_return": float(np.prod(1.0 + r) - 1.0), "mean_bar_return": float(h["mean_bar_return"]),
             "mean_bar_return_low": float(h["mean_bar_return_low"]), "mean_bar_return_high": float(h["mean_bar_return_high"]),
             "sharpe": float(h["sharpe"]), "sharpe_low": float(h["sharpe_low"]), "sharpe_high": float(h["sharpe_high"]),
             "max_drawdown": _max_drawdown(r), "mean_exposure": float(exposure[name].mean()),
@@ -206,7 +208,8 @@ def basket_step(ohlcv: dict, signals: dict, db: CollectorSource, settings: Setti
         schedules = {p: target_schedule(members[p], bar, start) for p in ever[basket]}
         for costs in (NET, GROSS):
             runs[variant_name(basket, costs)] = _run_pools(
-                schedules, bars, specs(ever[basket], config.member_capital_usd, costs), grid, reserves, bar)
+                schedules, bars, specs(ever[basket], config.member_capital_usd, costs), grid, reserves, bar,
+                1.0 / config.top_k)
     # Matched to what the forecast basket decided to hold (share of its k slots filled), not to its
     # value held: a sleeve that grew would otherwise ask buy & hold for more than all of its capital.
     slots = result.memberships[FORECAST].members.reindex(grid).fillna(0.0).sum(axis=1) / config.top_k
@@ -215,11 +218,11 @@ def basket_step(ohlcv: dict, signals: dict, db: CollectorSource, settings: Setti
     each = capital / len(candidates)
     runs[variant_name(BUY_AND_HOLD, NET)] = _run_pools(
         {p: target_schedule(hold, bar, start) for p in candidates}, bars, specs(candidates, each, NET), grid,
-        reserves, bar)
+        reserves, bar, 1.0 / len(candidates))
 
     names = [variant_name(b, c) for b, c in VARIANTS]
-    result.bar_returns = pd.DataFrame({n: runs[n].pnl / capital for n in names}, index=grid)
-    result.exposure = pd.DataFrame({n: runs[n].held / capital for n in names}, index=grid)
+    result.bar_returns = pd.DataFrame({n: runs[n].pnl for n in names}, index=grid)
+    result.exposure = pd.DataFrame({n: runs[n].held for n in names}, index=grid)
     result.metrics = basket_metrics(result.bar_returns, result.exposure, runs, capital, settings.bar_seconds,
                                     BootstrapConfig.of(settings))
     result.seconds = time.perf_counter() - started

@@ -71,9 +71,12 @@ def test_costs_make_net_worse_and_the_accounting_adds_up():
         net, gross = m.loc[variant_name(basket, NET)], m.loc[variant_name(basket, GROSS)]
         assert net["cost_usd"] > 0 and net["total_return"] < gross["total_return"]
         assert gross["cost_usd"] == pytest.approx(0.0, abs=1e-6)
-    # Total return = the sum of every bar's PnL / capital; the interval holds its estimate.
+    # The basket compounds its per-bar returns (1/k per slot); the interval holds its estimate; no
+    # slot holds more than its own account, so the basket never holds more than its capital.
     for name, row in m.iterrows():
-        assert row["total_return"] == pytest.approx(result.bar_returns[name].sum(), abs=1e-12)
+        r = result.bar_returns[name].to_numpy()
+        assert row["total_return"] == pytest.approx(float((1 + r).prod() - 1), abs=1e-12)
+        assert result.exposure[name].max() <= 1.0 + 1e-9
         assert row["mean_bar_return_low"] <= row["mean_bar_return"] <= row["mean_bar_return_high"]
     # At most k members at once, each with capital / k: never more slots than k.
     for basket, membership in result.memberships.items():
