@@ -80,7 +80,7 @@ def backtest_portfolio(context: AssetExecutionContext, backtest_results: dict, q
     frames = [frame.reset_index() for frame in backtest_results.values() if len(frame)]
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["pool_id", "variant", "total_return", "oos_start", "oos_end", "bars", "trades"])
-    summary = portfolio_summary(results, BacktestStageConfig.of(settings).variants)
+    summary = portfolio_summary(results, BacktestStageConfig.of(settings).variants, settings.bar_seconds)
     table, permutation, no_trade = summary["table"], summary["permutation"], summary["no_trade"]
     report, facts, path = report_step(results, q50_model, project_tables, settings, report_files)
     if path is not None:

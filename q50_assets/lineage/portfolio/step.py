@@ -19,15 +19,19 @@ from q50_assets.lineage.portfolio.portfolio import (
     portfolio_markdown,
     portfolio_table,
     research_report,
+    stored_evidence,
+    traded_pools,
 )
 from q50_assets.settings import Settings
 
 
-def portfolio_summary(results: pd.DataFrame, variants: tuple[str, ...]) -> dict:
+def portfolio_summary(results: pd.DataFrame, variants: tuple[str, ...], bar_seconds: int = 3600) -> dict:
     """The portfolio across pools from the latest backtest rows of each (q50_backtest_results): the
-    table, the comparability problems, the permutation null and the pools where q50 never traded."""
+    table (its portfolio figures of the same equal-weight series as the report), the comparability
+    problems, the permutation null and the pools where q50 never traded."""
     problems, checked = comparable_baselines(results, variants)
-    table = portfolio_table(results, variants)
+    bar_returns = stored_evidence(results, traded_pools(results))[0] if len(results) else {}
+    table = portfolio_table(results, variants, bar_returns=bar_returns, bar_seconds=bar_seconds)
     permutation = permutation_summary(results) if len(results) else {}
     no_trade = no_trade_summary(results) if len(results) else {"pools": 0}
     return {"table": table, "problems": problems, "pools_checked": checked, "permutation": permutation,
