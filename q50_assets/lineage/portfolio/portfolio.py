@@ -295,11 +295,18 @@ __all__ = ["MIN_PERMUTATIONS", "labelled_signals", "research_report", "stored_ev
            "portfolio_figures", "portfolio_markdown", "portfolio_table", "traded_pools"]
 
 
-def dsr_trials(settings) -> dict[str, int]:
-    """Configurations tried, for the deflated Sharpe: this run's q50 variants (latency and close
-    fills, each reserve assumption) plus those tried before (evaluation.prior_configurations)."""
+def dsr_trials(settings, ledger: pd.DataFrame | None = None) -> dict[str, int]:
+    """Configurations tried, for the deflated Sharpe: the distinct (configuration hash, variant)
+    pairs of the ``q50_trials`` ledger on windows overlapping this one, this run's included
+    (lineage/portfolio/trials.py), plus those declared as tried elsewhere
+    (evaluation.prior_configurations). Without a ledger (nothing to report yet): this run's q50
+    variants (latency and close fills, each reserve assumption) plus the prior ones."""
     from q50_assets.lineage.backtest.step import variants_for
+    from q50_assets.lineage.portfolio.trials import count_trials
 
     q50_variants = sum(v.startswith("q50") for v in variants_for(tuple(settings.nautilus_trader.backtest.reserve_sensitivity)))
     prior = settings.evaluation.prior_configurations
-    return {"q50_variants_this_run": q50_variants, "prior_configurations": prior, "trials": q50_variants + prior}
+    if ledger is None:
+        return {"q50_variants_this_run": q50_variants, "prior_configurations": prior, "ledger_trials": 0,
+                "trials": q50_variants + prior}
+    return {"q50_variants_this_run": q50_variants, **count_trials(ledger, prior)}

@@ -10,6 +10,7 @@ from q50_assets.lineage.common.ports import ProjectTableStore, ReportSink
 from q50_assets.lineage.common.uncertainty import BootstrapConfig
 from q50_assets.lineage.model.evaluation import net_hit_rate
 from q50_assets.lineage.model.step import TrainedQ50Model
+from q50_assets.lineage.portfolio.trials import trial_rows
 from q50_assets.lineage.portfolio.portfolio import (
     comparable_baselines,
     dsr_trials,
@@ -18,6 +19,7 @@ from q50_assets.lineage.portfolio.portfolio import (
     permutation_summary,
     portfolio_markdown,
     portfolio_table,
+    q50_round_trip_counts,
     research_report,
     stored_evidence,
     traded_pools,
@@ -43,9 +45,19 @@ def report_step(results: pd.DataFrame, model: TrainedQ50Model | None, tables: Pr
     """The research report over the latest backtests (research/portfolio.py research_report): the
     model's evidence from the model that made the signals, the hit rate of the stored signals net
     of their expected cost (this run's signals only: signals made elsewhere carry no label), and
-    the deflated Sharpe counting the configurations tried. Writes the HTML page; returns
-    (report or None, facts, path or None)."""
-    trials = dsr_trials(settings)
+    the deflated Sharpe counting the configurations tried. This run's trials (one per q50 variant,
+    lineage/portfolio/trials.py) are recorded in the ledger first; the DSR then counts every trial
+    of the ledger on an overlapping window. Writes the HTML page; returns (report or None, facts,
+    path or None)."""
+    ledger = None
+    if len(results):
+        pools = traded_pools(results)
+        bar_returns, round_trips, _ = stored_evidence(results, pools)
+        rows = trial_rows(bar_returns, settings, round_trips, q50_round_trip_counts(results, list(bar_returns)))
+        if len(rows):
+            tables.record_trials(rows)
+            ledger = tables.trials_overlapping(rows["window_start"].min(), rows["window_end"].max())
+    trials = dsr_trials(settings, ledger)
     bootstrap = BootstrapConfig.of(settings)
     hit_rate = None
     if model is not None and settings.nautilus_trader.strategy_config.signal_source == "qlib" and len(results):
@@ -56,7 +68,7 @@ def report_step(results: pd.DataFrame, model: TrainedQ50Model | None, tables: Pr
                                     bar_seconds=settings.bar_seconds, config=bootstrap)
     report, facts = research_report(results, trials=trials["trials"], bar_seconds=settings.bar_seconds,
                                     bootstrap=bootstrap, model=model.evidence if model is not None else None,
-                                    hit_rate=hit_rate)
+                                    hit_rate=hit_rate, trials_ledger=ledger)
     facts["trials_detail"] = trials
     path = files.write(report) if report is not None else None
     return report, facts, path
