@@ -49,7 +49,7 @@ def _report_metadata(report, facts: dict, path) -> dict:
         if variant not in (Q50, "buy_and_hold_matched") or sample != "all pools":
             continue
         for column in ("mean_bar_return", "mean_bar_return_low", "mean_bar_return_high", "sharpe", "sharpe_low",
-                       "sharpe_high", "hit_rate", "psr", "dsr"):
+                       "sharpe_high", "hit_rate", "psr", "dsr", "round_trips", "psr_n", "psr_n_effective"):
             meta[f"{variant}_{column}"] = MetadataValue.float(float(row[column]))
     return meta
 
