@@ -222,12 +222,12 @@ def summarize(run, settings: Settings, instance) -> tuple[list[str], list[str]]:
     if backtest_status:
         lines.append("Backtests: " + ", ".join(f"{n} pools {status}" for status, n in backtest_status.items()))
     if portfolio_md and settings.nautilus_trader.enabled:
-        lines.append("Out-of-sample portfolio (NautilusTrader, after fees and AMM price impact; equal weight per pool):")
+        lines.append("Out-of-sample portfolio (NautilusTrader, after fees and AMM price impact; the equal-weight portfolio of the pools present at each bar):")
         lines.append(portfolio_md)
         if report_md.get("headline"):
             lines.append("")
             lines.append(f"With 95 % block-bootstrap intervals (per-bar net return in basis points; deflated Sharpe "
-                         f"for {report_md['dsr_trials']} configurations tried):")
+                         f"for {report_md['dsr_trials']} trials in the q50_trials ledger):")
             lines.append(report_md["headline"])
             lines.append(f"Research report (equity curves, permutation null, skill, reliability, where the edge "
                          f"lives): {report_md['report_html']}")

@@ -199,6 +199,13 @@ class BootstrapSettings(Section):
         default=1.0, description="Block length of the calendar-time bootstrap (a day or more)."
     )
     bootstrap_seed: int = 0
+    bootstrap_method: Literal["circular", "stationary"] = Field(
+        default="circular", description="arch's circular block bootstrap (blocks of exactly bootstrap_block_days, "
+        "wrapping at the end, so whole days and their intraday pattern stay together) or its stationary bootstrap "
+        "(geometric block lengths of that mean length, also wrapping). Both draw every bar equally often.")
+    min_round_trips_for_interval: int = Field(
+        default=10, ge=2, description="A group or variant with fewer round trips gets no interval (and no PSR/DSR): "
+        "the table says 'too few (n)' rather than a bootstrap of a handful of trades.")
 
     @field_validator("bootstrap_block_days")
     @classmethod

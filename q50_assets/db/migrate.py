@@ -33,6 +33,7 @@ TABLES_CREATED = {
     "0005": (),
     "0006": (),
     "0007": (),
+    "0008": ("q50_trials",),
 }
 
 LEGACY_FEATURE_VECTORS = "pool_feature_vectors"

@@ -191,4 +191,28 @@ q50_backtest_results = Table(
     Index("idx_q50_backtest_results_pool_created", "pool_id", "created_at"),
 )
 
+# Added by migration 0008: every configuration evaluated on a window of out-of-sample data (the
+# deflated Sharpe's trials, lineage/portfolio/trials.py). Re-running a configuration on the same
+# window touches last_seen_at only.
+q50_trials = Table(
+    "q50_trials",
+    q50_metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("config_hash", String(64), nullable=False),
+    Column("timeframe", String(10), nullable=False),
+    Column("window_start", TimestampTZ, nullable=False),  # first out-of-sample bar close
+    Column("window_end", TimestampTZ, nullable=False),  # last out-of-sample bar close
+    Column("variant", String(40), nullable=False),
+    Column("pools", Integer, nullable=False),
+    Column("round_trips", Integer),
+    Column("mean_round_trip_return", Float),
+    Column("mean_bar_return", Float),
+    Column("sharpe", Float),
+    Column("settings", JsonB, nullable=False),
+    Column("first_seen_at", TimestampTZ, nullable=False, server_default=func.now()),
+    Column("last_seen_at", TimestampTZ, nullable=False, server_default=func.now()),
+    UniqueConstraint("config_hash", "window_start", "window_end", "variant", name="uq_q50_trials_config_window_variant"),
+    Index("idx_q50_trials_window", "window_start", "window_end"),
+)
+
 Q50_TABLE_NAMES = tuple(q50_metadata.tables)

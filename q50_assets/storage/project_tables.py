@@ -1,5 +1,5 @@
 """The project's own tables (``q50_*``: feature vectors, signals, regime labels, backtest results,
-trading history) in the collector's database: their migrations, and every write and read of them
+trading history, the trial ledger) in the collector's database: their migrations, and every write and read of them
 (SQLite or PostgreSQL by URL alone). Each write is one transaction over a batch of pools.
 
 All SQL is built with SQLAlchemy Core and bound parameters.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+from datetime import datetime, timezone
 
 import pandas as pd
 from dagster import ConfigurableResource
@@ -27,6 +28,7 @@ from q50_assets.db.q50_models import (
     q50_regime_labels,
     q50_signals,
     q50_trading_history,
+    q50_trials,
 )
 from q50_assets.storage.batched_queries import as_utc as _utc
 from q50_assets.storage.batched_queries import chunks as _chunks
@@ -60,6 +62,16 @@ def _vector_ids(conn, timeframe: str, version: str, pool_ids: list[str]) -> dict
 
 def _runs_text(keys: list[tuple[str, str]]) -> str:
     return f"backtest run {keys[0][0]}, pool {keys[0][1]}" if len(keys) == 1 else f"{len(keys)} pools' backtest runs"
+
+
+TRIAL_KEY = ("config_hash", "window_start", "window_end", "variant")
+
+
+def _trials_frame(rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=[c.name for c in q50_trials.columns])
+    for column in ("window_start", "window_end", "first_seen_at", "last_seen_at"):
+        frame[column] = pd.to_datetime(frame[column], utc=True)
+    return frame
 
 
 class ProjectTables(ConfigurableResource):
@@ -356,6 +368,55 @@ class ProjectTables(ConfigurableResource):
                 rows.extend(r for r in conn.execute(stmt).mappings().all() if latest[r["pool_id"]] == r["backtest_run_id"])
         frame = pd.DataFrame([dict(r) for r in rows], columns=[c.name for c in t.columns])
         return frame.sort_values("id", kind="stable").reset_index(drop=True) if len(frame) else frame
+
+    def record_trials(self, trials: pd.DataFrame) -> int:
+        """Record configurations evaluated on a window (lineage/portfolio/trials.py ``trial_rows``)
+        in ``q50_trials``, one row per (config hash, window, variant), in one transaction. A trial
+        already in the ledger (the same configuration re-run on the same window) only gets its
+        ``last_seen_at`` moved: re-running adds no trial. Returns the number of trials added."""
+        self.ensure_schema()
+        t = q50_trials
+        missing = [c for c in (*TRIAL_KEY, "timeframe", "pools", "settings") if c not in trials.columns]
+        if missing:
+            raise KeyError(f"trials lack columns {missing}")
+        if trials.empty:
+            return 0
+        frame = trials.copy()
+        for column in ("window_start", "window_end"):
+            times = pd.to_datetime(frame[column], utc=True)
+            if times.isna().any():
+                raise ValueError(f"trial rows {list(frame.index[times.isna()][:5])} have no {column}")
+            frame[column] = times
+        duplicated = frame.duplicated(list(TRIAL_KEY))
+        if duplicated.any():
+            row = frame[duplicated].iloc[0]
+            raise ValueError(f"{int(duplicated.sum())} trial rows repeat a (config hash, window, variant) key, e.g. "
+                             f"{str(row['config_hash'])[:12]} / {row['variant']}")
+        now = datetime.now(timezone.utc)
+        records = self._records(frame, t, {})
+        for record in records:
+            record["first_seen_at"] = record["last_seen_at"] = now
+        stmt = self._insert(t)
+        stmt = stmt.on_conflict_do_update(index_elements=[t.c[c] for c in TRIAL_KEY],
+                                          set_={"last_seen_at": stmt.excluded.last_seen_at})
+        keys = sorted({(str(r["config_hash"]), str(r["variant"])) for r in records})
+        with self._write_many(f"recording {len(records)} trials in {t.name}", t, keys) as conn:
+            before = conn.execute(select(func.count()).select_from(t)).scalar_one()
+            conn.execute(stmt, records)
+            after = conn.execute(select(func.count()).select_from(t)).scalar_one()
+        return int(after - before)
+
+    def trials_overlapping(self, window_start, window_end) -> pd.DataFrame:
+        """Every trial whose window overlaps [window_start, window_end] (they share out-of-sample
+        bars), oldest first."""
+        self.ensure_schema()
+        t = q50_trials
+        start = pd.Timestamp(window_start).tz_convert("UTC").to_pydatetime()
+        end = pd.Timestamp(window_end).tz_convert("UTC").to_pydatetime()
+        stmt = select(t).where(t.c.window_start <= end, t.c.window_end >= start).order_by(t.c.first_seen_at, t.c.id)
+        with self.engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(stmt).mappings()]
+        return _trials_frame(rows)
 
 
 def strategy_inputs_from_database(pool_id: str, timeframe: str, database_uri: str | None):

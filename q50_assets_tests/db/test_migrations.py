@@ -158,7 +158,7 @@ def test_upgrade_of_an_existing_install_keeps_every_id(collector_url):
     vectors_before = _rows(engine, "pool_feature_vectors")
     assert len(vectors_before) == 4 and len(history_before) == 3
 
-    assert migrate.upgrade(engine) == migrate.head_revision() == "0007"
+    assert migrate.upgrade(engine) == migrate.head_revision() == "0008"
 
     tables = set(inspect(engine).get_table_names())
     assert "pool_feature_vectors" not in tables and "q50_feature_vectors" in tables

@@ -97,6 +97,11 @@ PER_RUN_COLUMNS: dict[str, dict[str, str]] = {
         # <strategy>-<count>, deterministic in a backtest. Its random ids (event_id, init_id,
         # trade_id) are never stored.
     },
+    # Upserted on (configuration hash, window, variant): re-running a configuration adds no trial,
+    # only the clock of its latest evaluation moves.
+    "q50_trials": {
+        "last_seen_at": "clock of the latest run that evaluated the configuration on the window",
+    },
 }
 # Rows that make up one materialization: per backtest run in these tables, the whole table elsewhere.
 PER_RUN_TABLES = {"q50_backtest_results", "q50_trading_history"}
@@ -107,6 +112,7 @@ ROW_ORDER = {
     "q50_regime_labels": ["pool_id", "timeframe", "timestamp"],
     "q50_backtest_results": ["pool_id", "variant"],
     "q50_trading_history": ["pool_id", "timestamp", "nautilus_order_id"],
+    "q50_trials": ["config_hash", "window_start", "window_end", "variant"],
 }
 # Columns of Nautilus' own reports that are random per engine run (UUID4s, random trade ids).
 NAUTILUS_RANDOM_COLUMNS = {"event_id", "init_id", "trade_id", "last_trade_id"}

@@ -64,6 +64,13 @@ class ProjectTableStore(Protocol):
     def trading_history_many(self, runs: dict[str, str]) -> dict[str, pd.DataFrame]:
         """Per pool, the stored ``q50_trading_history`` rows of one backtest run (pool -> run id)."""
 
+    def record_trials(self, trials: pd.DataFrame) -> int:
+        """Add configurations evaluated on a window to the ``q50_trials`` ledger (idempotent per
+        config hash, window and variant); returns the trials added."""
+
+    def trials_overlapping(self, window_start: pd.Timestamp, window_end: pd.Timestamp) -> pd.DataFrame:
+        """The ledger's trials whose window overlaps [window_start, window_end], oldest first."""
+
 
 class FeatureStore(Protocol):
     """The pools' series in QLib's binary format, and QLib's expression engine over them."""

@@ -51,7 +51,7 @@ def _report_metadata(report, facts: dict, path) -> dict:
         if variant not in (Q50, "buy_and_hold_matched") or sample != "all pools":
             continue
         for column in ("mean_bar_return", "mean_bar_return_low", "mean_bar_return_high", "sharpe", "sharpe_low",
-                       "sharpe_high", "hit_rate", "psr", "dsr"):
+                       "sharpe_high", "hit_rate", "psr", "dsr", "round_trips", "psr_n", "psr_n_effective"):
             meta[f"{variant}_{column}"] = MetadataValue.float(float(row[column]))
     return meta
 
@@ -100,7 +100,7 @@ def backtest_portfolio(context: AssetExecutionContext, backtest_results: dict, q
     frames = [frame.reset_index() for frame in backtest_results.values() if len(frame)]
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["pool_id", "variant", "total_return", "oos_start", "oos_end", "bars", "trades"])
-    summary = portfolio_summary(results, BacktestStageConfig.of(settings).variants)
+    summary = portfolio_summary(results, BacktestStageConfig.of(settings).variants, settings.bar_seconds)
     table, permutation, no_trade = summary["table"], summary["permutation"], summary["no_trade"]
     report, facts, path = report_step(results, q50_model, project_tables, settings, report_files,
                                       basket=basket_backtest)

@@ -2,8 +2,12 @@
 p-value, and the check that the baselines are comparable. Pure pandas over the rows of
 ``q50_backtest_results`` (one per pool and variant, research/backtest_stage.py).
 
-Equal weight per pool (each backtest has its own capital). Every mean sits beside its median,
-and the table covers the SAME pools for every variant: the pools where q50 traded at least once.
+One weighting across pools, the same as the research report's headline, Sharpe and equity curves:
+the equal-weight portfolio of the pools present at each bar
+(:func:`q50_assets.lineage.common.uncertainty.equal_weight_portfolio`). The table's portfolio
+return, Sharpe and drawdown are of that series; the median pool's return and Sharpe sit beside
+them as a description of the spread across pools (not another portfolio). The table covers the
+SAME pools for every variant: the pools where q50 traded at least once.
 Pools where q50 never traded are reported apart (count, and what buy & hold did there), not
 dropped from some means and kept in others.
 
@@ -22,6 +26,7 @@ import pandas as pd
 from q50_assets.lineage.backtest.step import (BUY_AND_HOLD, CASH, GROSS_VARIANTS, Q50, RULES, bar_returns_from_record,
                                               round_trips_from_records, variants_for)
 from q50_assets.lineage.backtest.permutation import pooled_p_value
+from q50_assets.lineage.common.uncertainty import equal_weight_portfolio
 from q50_assets.lineage.portfolio.report import PermutationNull, Report, ReportInputs, render_report
 
 MIN_PERMUTATIONS = 1000
@@ -49,11 +54,35 @@ def _cost_drag(wide: pd.DataFrame, rule: str) -> pd.Series:
     return (wide[gross] - wide[rule]).dropna()
 
 
-def portfolio_table(results: pd.DataFrame, variants: tuple[str, ...] | None = None, rule: str = Q50) -> pd.DataFrame:
-    """Per variant over the pools where ``rule`` (default q50) traded: pools, mean and median total
-    return, mean cost drag (rules' rows), mean and median Sharpe, mean max drawdown, trades, fees,
-    impact, mean exposure and position, mean turnover and holding time, and in how many of those
-    pools the rule's return beats the variant's (``q50_beats_this``)."""
+def portfolio_figures(bar_returns: dict[str, pd.DataFrame], bar_seconds: int = 3600) -> pd.DataFrame:
+    """Per variant, of the equal-weight portfolio of the pools present at each bar (the report's
+    series): compounded return, annualised Sharpe (mean / std ddof 1 x sqrt(bars per year), as the
+    headline's) and max drawdown; and how many pools it covers."""
+    columns = ["portfolio_pools", "portfolio_return", "portfolio_sharpe", "portfolio_max_drawdown"]
+    if not bar_returns:
+        return pd.DataFrame(columns=columns, dtype="float64")
+    portfolio = equal_weight_portfolio(bar_returns)
+    bars_per_year = 365 * 24 * 3600 / bar_seconds
+    rows = {}
+    for variant in portfolio.columns:
+        p = portfolio[variant].to_numpy(dtype=np.float64)
+        equity = np.cumprod(1.0 + p)
+        sd = p.std(ddof=1) if len(p) > 1 else np.nan
+        rows[variant] = {"portfolio_pools": len(bar_returns), "portfolio_return": float(equity[-1] - 1.0),
+                         "portfolio_sharpe": float(p.mean() / sd * np.sqrt(bars_per_year)) if sd > 0 else np.nan,
+                         "portfolio_max_drawdown": float(np.max(1.0 - equity / np.maximum.accumulate(
+                             np.r_[1.0, equity])[1:]))}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=columns)
+
+
+def portfolio_table(results: pd.DataFrame, variants: tuple[str, ...] | None = None, rule: str = Q50,
+                    bar_returns: dict[str, pd.DataFrame] | None = None, bar_seconds: int = 3600) -> pd.DataFrame:
+    """Per variant over the pools where ``rule`` (default q50) traded: pools; the equal-weight
+    portfolio's return, Sharpe and max drawdown (:func:`portfolio_figures` of ``bar_returns``, the
+    pools' stored per-bar returns: NaN without them); the median pool's total return and Sharpe;
+    the mean cost drag (rules' rows); trades, fees, impact; mean exposure, position, turnover and
+    holding time per pool; and in how many of those pools the rule's return beats the variant's
+    (``q50_beats_this``)."""
     if results.empty:
         return pd.DataFrame()
     variants = variants or tuple(v for v in variants_for((0.5, 2.0)) if v in set(results["variant"]))
@@ -64,11 +93,8 @@ def portfolio_table(results: pd.DataFrame, variants: tuple[str, ...] | None = No
     by_variant = rows.groupby("variant")
     table = pd.DataFrame({
         "pools": by_variant["pool_id"].nunique(),
-        "mean_return": by_variant["total_return"].mean(),
         "median_return": by_variant["total_return"].median(),
-        "mean_sharpe": by_variant["sharpe"].mean(),
         "median_sharpe": by_variant["sharpe"].median(),
-        "mean_max_drawdown": by_variant["max_drawdown"].mean(),
         "trades": by_variant["trades"].sum(),
         "fees_paid": by_variant["fees_paid"].sum(),
         "impact_paid": by_variant["impact_paid"].sum(),
@@ -77,6 +103,9 @@ def portfolio_table(results: pd.DataFrame, variants: tuple[str, ...] | None = No
         "mean_turnover": by_variant["turnover"].mean(),
         "mean_holding_bars": by_variant["mean_holding_bars"].mean(),
     })
+    figures = portfolio_figures({p: f for p, f in (bar_returns or {}).items() if p in set(pools)}, bar_seconds)
+    table = figures.reindex(table.index).join(table)
+    table["portfolio_pools"] = table["portfolio_pools"].fillna(0).astype(int)
     wide = rows.pivot_table(index="pool_id", columns="variant", values="total_return")
     table["mean_cost_drag"] = [_cost_drag(wide, v).mean() if v in RULES else np.nan for v in table.index]
     if rule in wide.columns:
@@ -85,14 +114,17 @@ def portfolio_table(results: pd.DataFrame, variants: tuple[str, ...] | None = No
     return table.reindex([v for v in variants if v in table.index])
 
 
-def rule_table(results: pd.DataFrame, rule: str) -> pd.DataFrame:
+def rule_table(results: pd.DataFrame, rule: str, bar_seconds: int = 3600) -> pd.DataFrame:
     """One rule over the pools where it traded: the rule, its decisions at zero cost, buy & hold at
-    its mean exposure and in full, cash (:func:`portfolio_table`'s columns, same pools per row), with
-    the mean and median cost drag on the rule's row."""
+    its mean exposure and in full, cash (:func:`portfolio_table`'s columns, same pools per row: the
+    equal-weight portfolio of those pools, from their stored per-bar returns), with the mean and
+    median cost drag per pool on the rule's row."""
     if results.empty or rule not in RULES:
         return pd.DataFrame()
     gross, matched = RULES[rule]
-    table = portfolio_table(results, (rule, gross, matched, BUY_AND_HOLD, CASH), rule=rule)
+    bar_returns = stored_evidence(results, traded_pools(results, rule))[0]
+    table = portfolio_table(results, (rule, gross, matched, BUY_AND_HOLD, CASH), rule=rule,
+                            bar_returns=bar_returns, bar_seconds=bar_seconds)
     if table.empty:
         return table
     table = table.rename(columns={"q50_beats_this": "rule_beats_this"})
@@ -103,16 +135,17 @@ def rule_table(results: pd.DataFrame, rule: str) -> pd.DataFrame:
     return table
 
 
-def rule_tables(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def rule_tables(results: pd.DataFrame, bar_seconds: int = 3600) -> dict[str, pd.DataFrame]:
     """:func:`rule_table` of every rule present in ``results``."""
     present = set(results["variant"]) if len(results) else set()
-    return {rule: rule_table(results, rule) for rule in RULES if rule in present}
+    return {rule: rule_table(results, rule, bar_seconds) for rule in RULES if rule in present}
 
 
 def rules_markdown(tables: dict[str, pd.DataFrame], results: pd.DataFrame | None = None) -> str:
     """Each rule gross and net beside buy & hold at its exposure, on the pools where it traded."""
-    lines = ["Each rule on the pools where it traded: after costs, the same decisions at zero cost (cost drag = "
-             "gross - net return), buy & hold at the rule's mean exposure and in full, cash."]
+    lines = ["Each rule on the pools where it traded: after costs, the same decisions at zero cost, buy & hold at "
+             "the rule's mean exposure and in full, cash. Portfolio = the equal-weight portfolio of those pools present "
+             "at each bar; cost drag = gross - net total return per pool (mean and median over the pools)."]
     for rule, table in tables.items():
         lines.append("")
         if table.empty:
@@ -120,16 +153,17 @@ def rules_markdown(tables: dict[str, pd.DataFrame], results: pd.DataFrame | None
             continue
         pools = int(table.loc[rule, "pools"])
         lines += [f"**{rule}** ({pools} pools)", "",
-                  "| variant | mean return | median return | mean cost drag | median cost drag | mean Sharpe | "
-                  "trades | fees USD | impact USD | mean position | holding bars | rule beats it in |",
+                  "| variant | portfolio return | portfolio Sharpe | median pool return | mean cost drag | "
+                  "median cost drag | trades | fees USD | impact USD | mean position | holding bars | rule beats it in |",
                   "|---|" + "---|" * 11]
         for variant, r in table.iterrows():
             beats = r.get("rule_beats_this", np.nan)
             lines.append(
-                f"| {variant} | {_pct(r['mean_return'], 3)} | {_pct(r['median_return'], 3)} | "
+                f"| {variant} | {_pct(r['portfolio_return'], 3)} | {_num(r['portfolio_sharpe'])} | "
+                f"{_pct(r['median_return'], 3)} | "
                 f"{'' if pd.isna(r['mean_cost_drag']) else _pct(r['mean_cost_drag'], 3)} | "
                 f"{'' if pd.isna(r['median_cost_drag']) else _pct(r['median_cost_drag'], 3)} | "
-                f"{_num(r['mean_sharpe'])} | {int(r['trades'])} | {r['fees_paid']:,.2f} | {r['impact_paid']:,.2f} | "
+                f"{int(r['trades'])} | {r['fees_paid']:,.2f} | {r['impact_paid']:,.2f} | "
                 f"{_pct_small(r['mean_position'])} | {_num(r['mean_holding_bars'], '{:.1f}')} | "
                 f"{'' if pd.isna(beats) else int(beats)} |")
         if results is not None and rule != Q50:
@@ -191,17 +225,19 @@ def portfolio_markdown(table: pd.DataFrame, permutation: dict | None = None, no_
         return "No backtest results yet." if not no_trade or not no_trade["pools"] else (
             f"q50 traded in no pool ({no_trade['pools']} pools with results).")
     lines = ["Pools where q50 traded; every variant on the same pools and out-of-sample bars, after fees and "
-             "impact; Sharpe annualised from the timeframe on the full time grid.", "",
-             "| variant | pools | mean return | median return | mean cost drag | mean Sharpe | median Sharpe | "
-             "mean max DD | trades | fees USD | impact USD | exposure | mean position | turnover | holding bars | "
-             "q50 beats it in |",
+             "impact. Portfolio = the equal-weight portfolio of the pools present at each bar (the research "
+             "report's headline series); Sharpe annualised from the timeframe on the full time grid. The median "
+             "pool describes the spread across pools.", "",
+             "| variant | pools | portfolio return | portfolio Sharpe | portfolio max DD | median pool return | "
+             "median pool Sharpe | mean cost drag | trades | fees USD | impact USD | exposure | mean position | turnover | "
+             "holding bars | q50 beats it in |",
              "|---|" + "---|" * 15]
     for variant, r in table.iterrows():
         beats = r.get("q50_beats_this", np.nan)
         lines.append(
-            f"| {variant} | {int(r['pools'])} | {_pct(r['mean_return'], 3)} | {_pct(r['median_return'], 3)} | "
+            f"| {variant} | {int(r['pools'])} | {_pct(r['portfolio_return'], 3)} | {_num(r['portfolio_sharpe'])} | "
+            f"{_pct(r['portfolio_max_drawdown'], 3)} | {_pct(r['median_return'], 3)} | {_num(r['median_sharpe'])} | "
             f"{'' if pd.isna(r.get('mean_cost_drag', np.nan)) else _pct(r['mean_cost_drag'], 3)} | "
-            f"{_num(r['mean_sharpe'])} | {_num(r['median_sharpe'])} | {_pct(r['mean_max_drawdown'], 3)} | "
             f"{int(r['trades'])} | {r['fees_paid']:,.2f} | {r['impact_paid']:,.2f} | {_pct_small(r['mean_exposure'])} | "
             f"{_pct_small(r['mean_position'])} | {_num(r['mean_turnover'], '{:.3g}')} | "
             f"{_num(r['mean_holding_bars'], '{:.1f}')} | "
@@ -291,8 +327,21 @@ def labelled_signals(signals: dict[str, pd.DataFrame], predictions: pd.DataFrame
     return out
 
 
+def q50_round_trip_counts(results: pd.DataFrame, pools: list[str]) -> pd.DataFrame | None:
+    """Round trips per pool (index) and q50 variant (columns) from the results rows (None when the
+    rows carry no ``round_trips``). Only the q50 variants: the minimum of round trips for an
+    interval is about a strategy's trades; buy & hold is exposed on every bar by construction."""
+    if "round_trips" not in results.columns:
+        return None
+    rows = results[results["pool_id"].isin(pools) & results["variant"].astype(str).str.startswith(Q50)]
+    if rows.empty:
+        return None
+    return rows.pivot_table(index="pool_id", columns="variant", values="round_trips", aggfunc="sum")
+
+
 def research_report(results: pd.DataFrame, *, trials: int, bar_seconds: int, bootstrap, model=None,
-                    hit_rate: dict | None = None, basket=None) -> tuple[Report | None, dict]:
+                    hit_rate: dict | None = None, trials_ledger: pd.DataFrame | None = None, basket=None
+                    ) -> tuple[Report | None, dict]:
     """The research report (research/report.py) over the pools where q50 traded -- the same pools
     as the portfolio table -- from what their backtests stored; the pooled permutation null over
     every pool with one. Returns (report or None when no pool traded, facts for the caption)."""
@@ -315,24 +364,33 @@ def research_report(results: pd.DataFrame, *, trials: int, bar_seconds: int, boo
     inputs = ReportInputs(
         intro=intro, bar_returns=bar_returns, trials=trials, permutation=null,
         permutation_statistic=f"mean per-bar net return of q50, averaged over {permutation.get('pools', 0)} pools",
-        round_trips=round_trips, model=model, hit_rate=hit_rate, bar_seconds=bar_seconds, bootstrap=bootstrap,
+        round_trips=round_trips, round_trip_counts=q50_round_trip_counts(results, list(bar_returns)),
+        trials_ledger=trials_ledger, model=model, hit_rate=hit_rate, bar_seconds=bar_seconds, bootstrap=bootstrap,
         basket=basket,
         title="Q50: out-of-sample evidence, after every cost")
     return render_report(inputs), facts
 
 
 __all__ = ["MIN_PERMUTATIONS", "labelled_signals", "research_report", "stored_evidence", "comparable_baselines", "no_trade_summary", "permutation_summary",
-           "portfolio_markdown", "portfolio_table", "rule_table", "rule_tables", "rules_markdown", "traded_pools"]
+           "portfolio_figures", "portfolio_markdown", "portfolio_table", "rule_table", "rule_tables", "rules_markdown",
+           "traded_pools"]
 
 
-def dsr_trials(settings) -> dict[str, int]:
-    """Configurations tried, for the deflated Sharpe: this run's q50 variants (latency and close
-    fills, each reserve assumption, the horizon rule; not the zero-cost replays) plus those tried
-    before (evaluation.prior_configurations)."""
+def dsr_trials(settings, ledger: pd.DataFrame | None = None) -> dict[str, int]:
+    """Configurations tried, for the deflated Sharpe: the distinct (configuration hash, variant)
+    pairs of the ``q50_trials`` ledger on windows overlapping this one, this run's included
+    (lineage/portfolio/trials.py), plus those declared as tried elsewhere
+    (evaluation.prior_configurations). Without a ledger (nothing to report yet): this run's q50
+    variants (latency and close fills, each reserve assumption, the horizon rule; not the zero-cost
+    replays) plus the prior ones."""
     from q50_assets.lineage.backtest.step import variants_for
+    from q50_assets.lineage.portfolio.trials import count_trials
 
     # A gross variant replays a rule's own decisions at zero cost: no configuration of its own.
     q50_variants = sum(v.startswith("q50") and v not in GROSS_VARIANTS
                        for v in variants_for(tuple(settings.nautilus_trader.backtest.reserve_sensitivity)))
     prior = settings.evaluation.prior_configurations
-    return {"q50_variants_this_run": q50_variants, "prior_configurations": prior, "trials": q50_variants + prior}
+    if ledger is None:
+        return {"q50_variants_this_run": q50_variants, "prior_configurations": prior, "ledger_trials": 0,
+                "trials": q50_variants + prior}
+    return {"q50_variants_this_run": q50_variants, **count_trials(ledger, prior)}

@@ -6,7 +6,7 @@ caller decides where the pieces go (asset metadata, a file under the data dir). 
 shown with its yardstick and interval:
 
 * headline table per variant: mean per-bar net return, portfolio Sharpe and hit rate, each with
-  its block-bootstrap 95 % interval, PSR and the deflated Sharpe for the configurations tried,
+  its block-bootstrap 95 % interval, PSR and the deflated Sharpe for the trials of the ledger,
   on all pools and without the top 5 % of pools by return (:mod:`q50_assets.lineage.common.uncertainty`);
 * equity curves of the variants' equal-weight portfolios;
 * the permutation null: the histogram of the pooled null statistic with the strategy's mark;
@@ -74,6 +74,8 @@ class ReportInputs:
     permutation: PermutationNull | None = None  # pooled (see pooled_permutation)
     permutation_statistic: str = "mean per-bar net return of q50"
     round_trips: pd.DataFrame | None = None   # Q50 round trips of every pool
+    round_trip_counts: pd.DataFrame | None = None  # round trips per pool (index) and variant (columns)
+    trials_ledger: pd.DataFrame | None = None  # the q50_trials rows the DSR counted (trials_blocks)
     model: ModelEvidence | None = None
     hit_rate: Mapping[str, float] | None = None  # research.evaluation.net_hit_rate of the signals
     bar_seconds: int = 3600
@@ -111,10 +113,16 @@ def _num(v, digits: int = 2) -> str:
     return "n/a" if _isnan(v) else f"{v:.{digits}f}"
 
 
-def _with_interval(fmt, estimate, low, high) -> str:
+def _with_interval(fmt, estimate, low, high, empty=None) -> str:
     if _isnan(low) or _isnan(high):
         return f"{fmt(estimate)} [no interval]"
-    return f"{fmt(estimate)} [{fmt(low)}, {fmt(high)}]"
+    # Replicates where the statistic was undefined are left out of the percentiles: say how many.
+    note = f"; {100 * empty:.0f} % of replicates empty" if not _isnan(empty) and empty > 0 else ""
+    return f"{fmt(estimate)} [{fmt(low)}, {fmt(high)}{note}]"
+
+
+def _too_few(n) -> str:
+    return f"too few ({0 if _isnan(n) else int(n)})"
 
 
 def _duration(delta) -> str:
@@ -278,17 +286,36 @@ def markdown_with_pictures(report: Report) -> str:
 # ------------------------------------------------------------------ tables shown
 
 
+HEADLINE_CAPTION = ("Every figure is of one series, the equal-weight portfolio of the pools present at each bar "
+                    "(per bar, the mean net return over the pools whose out-of-sample span covers it); the equity "
+                    "curves below are the same series compounded. PSR and DSR are on q50's round-trip net returns, "
+                    "on the other variants' non-zero portfolio bars (flat bars would inflate n), with n and the "
+                    "autocorrelation-adjusted effective n they use. Fewer round trips than the stated minimum: "
+                    "no interval, no PSR/DSR (\"too few (n)\").")
+
+
 def headline_display(headline: pd.DataFrame) -> pd.DataFrame:
-    """The headline table as strings: estimate [low, high]."""
+    """The headline table as strings: estimate [low, high], or "too few (n)" round trips."""
     rows = []
     for (sample, variant), r in headline.iterrows():
+        too_few = bool(r.get("too_few", False)) if not _isnan(r.get("too_few")) else False
+
+        def shown(fmt, name):
+            if too_few:
+                return f"{fmt(r[name])} [{_too_few(r['round_trips'])}]"
+            return _with_interval(fmt, r[name], r[f"{name}_low"], r[f"{name}_high"], r.get(f"{name}_empty"))
+
+        n_eff = r.get("psr_n_effective")
         rows.append({
             "variant": variant, "sample": sample, "pools": int(r["pools"]), "pool-bars": f"{int(r['bars']):,}",
-            "mean per-bar net return": _with_interval(_bp, r["mean_bar_return"], r["mean_bar_return_low"],
-                                                      r["mean_bar_return_high"]),
-            "Sharpe (annualised)": _with_interval(_num, r["sharpe"], r["sharpe_low"], r["sharpe_high"]),
-            "hit rate (bars that moved)": _with_interval(_pct, r["hit_rate"], r["hit_rate_low"], r["hit_rate_high"]),
-            "PSR": _num(r["psr"], 3), f"DSR ({int(r['trials'])} trials)": _num(r["dsr"], 3),
+            "round trips": "" if _isnan(r.get("round_trips")) else f"{int(r['round_trips']):,}",
+            "mean per-bar net return": shown(_bp, "mean_bar_return"),
+            "Sharpe (annualised)": shown(_num, "sharpe"),
+            "hit rate (bars that moved)": shown(_pct, "hit_rate"),
+            "PSR": _too_few(r["round_trips"]) if too_few else _num(r["psr"], 3),
+            f"DSR ({int(r['trials'])} trials)": _too_few(r["round_trips"]) if too_few else _num(r["dsr"], 3),
+            "PSR on (n, effective n)": "" if _isnan(n_eff) else
+            f"{r['psr_basis']} ({int(r['psr_n']):,}, {n_eff:,.0f})",
         })
     return pd.DataFrame(rows).set_index("variant")
 
@@ -306,14 +333,52 @@ def skill_display(skill: pd.DataFrame) -> pd.DataFrame:
 
 
 def breakdown_display(table: pd.DataFrame) -> pd.DataFrame:
+    """Round trips per group: estimate [low, high], or "too few (n)" under the minimum for an interval."""
+    too_few = table["too_few"].fillna(True).astype(bool) if "too_few" in table else pd.Series(False, table.index)
+    empty = table["empty_replicates"] if "empty_replicates" in table else pd.Series(np.nan, table.index)
+
+    def shown(name, fmt):
+        return [_too_few(n) if few else _with_interval(fmt, e, lo, hi, em)
+                for n, few, e, lo, hi, em in zip(table["trades"], too_few, table[name], table[f"{name}_low"],
+                                                 table[f"{name}_high"], empty)]
+
     out = pd.DataFrame({
         "round trips": table["trades"].astype(int),
-        "mean net return": [_with_interval(lambda v: _pct(v, 2), e, lo, hi) for e, lo, hi in
-                            zip(table["mean_net_return"], table["mean_net_return_low"], table["mean_net_return_high"])],
-        "hit rate": [_with_interval(_pct, e, lo, hi) for e, lo, hi in
-                     zip(table["hit_rate"], table["hit_rate_low"], table["hit_rate_high"])],
+        "mean net return": shown("mean_net_return", lambda v: _pct(v, 2)),
+        "hit rate": shown("hit_rate", _pct),
     }, index=table.index)
     return out
+
+
+def trials_display(ledger: pd.DataFrame) -> pd.DataFrame:
+    """The trial ledger's rows as strings: configuration hash, first seen, variant, statistics."""
+    out = pd.DataFrame({
+        "configuration": [str(h)[:12] for h in ledger["config_hash"]],
+        "first seen (UTC)": [pd.Timestamp(t).strftime("%Y-%m-%d %H:%M") for t in ledger["first_seen_at"]],
+        "window": [f"{pd.Timestamp(a):%Y-%m-%d %H:%M} to {pd.Timestamp(b):%Y-%m-%d %H:%M}"
+                   for a, b in zip(ledger["window_start"], ledger["window_end"])],
+        "variant": ledger["variant"].astype(str).to_numpy(),
+        "round trips": ["" if _isnan(n) else f"{int(n):,}" for n in ledger["round_trips"]],
+        "mean net return per round trip": [_pct(v, 2) for v in ledger["mean_round_trip_return"]],
+        "Sharpe (annualised)": [_num(v) for v in ledger["sharpe"]],
+    }, index=pd.RangeIndex(1, len(ledger) + 1, name="trial"))
+    return out
+
+
+def trials_blocks(ledger: pd.DataFrame | None, trials: int) -> list[_Block]:
+    """The trials the deflated Sharpe counted: every (configuration, variant) of the ledger
+    evaluated on a window overlapping this one."""
+    if ledger is None:
+        return []
+    blocks = [_Block("h2", "Trials counted by the deflated Sharpe")]
+    blocks.append(_Block("p", f"The deflated Sharpe counts {trials} trials: the distinct (configuration, variant) "
+                              f"pairs below, each evaluated on an out-of-sample window overlapping this one (a "
+                              f"configuration is the hash of every setting that changes results), plus "
+                              f"configurations declared as tried elsewhere (evaluation.prior_configurations). "
+                              f"Re-running a configuration adds no trial."))
+    if len(ledger):
+        blocks.append(_Block("table", table=trials_display(ledger)))
+    return blocks
 
 
 def _model_blocks(model: ModelEvidence, pngs: dict[str, bytes]) -> list[_Block]:
@@ -428,23 +493,32 @@ def render_report(inputs: ReportInputs) -> Report:
     tables: dict[str, pd.DataFrame] = {}
     blocks: list[_Block] = []
 
+    trip_returns = None
+    if inputs.round_trips is not None and {"pool_id", "entry_filled_at", "net_return"} <= set(inputs.round_trips):
+        trip_returns = {"q50": inputs.round_trips}  # the stored round trips are q50's
     headline = headline_with_and_without_top(inputs.bar_returns, trials=inputs.trials,
-                                             bar_seconds=inputs.bar_seconds, config=inputs.bootstrap)
+                                             bar_seconds=inputs.bar_seconds, config=inputs.bootstrap,
+                                             round_trips=trip_returns, round_trip_counts=inputs.round_trip_counts)
     tables["headline"] = headline
     portfolio = equal_weight_portfolio(inputs.bar_returns)
     pools = len(inputs.bar_returns)
     if inputs.intro:
         blocks.append(_Block("p", inputs.intro))
-    blocks.append(_Block("p", f"{pools} pools, out of sample, after every cost. Intervals: 95 % moving-block "
-                              f"bootstrap in calendar time (blocks of {_duration(inputs.bootstrap.block)}, pools resampled "
+    blocks.append(_Block("p", f"{pools} pools, out of sample, after every cost. Intervals: 95 % "
+                              f"{inputs.bootstrap.bootstrap_method} block bootstrap (arch) in calendar time (blocks of {_duration(inputs.bootstrap.block)}, pools resampled "
                               f"together, {inputs.bootstrap.bootstrap_samples:,} replicates)."))
     blocks.append(_Block("h2", "Headline"))
+    blocks.append(_Block("p", HEADLINE_CAPTION.replace("the stated minimum",
+                                                       f"{inputs.bootstrap.min_round_trips_for_interval}")))
     blocks.append(_Block("table", table=headline_display(headline)))
     excluded = headline.xs(headline.index.get_level_values("sample")[-1], level="sample")["excluded"]
     blocks.append(_Block("p", "Left out of the second sample, per variant (its best pools by compounded "
                               "return): " + "; ".join(f"{v}: {e}" for v, e in excluded.items()) + "."))
     pngs["equity_curves"] = equity_curves_png(portfolio)
     blocks.append(_Block("img", "equity_curves"))
+    blocks += trials_blocks(inputs.trials_ledger, inputs.trials)
+    if inputs.trials_ledger is not None:
+        tables["trials"] = inputs.trials_ledger
 
     if inputs.permutation is not None:
         null = inputs.permutation
@@ -507,4 +581,6 @@ __all__ = [
     "reliability_png",
     "render_report",
     "skill_display",
+    "trials_blocks",
+    "trials_display",
 ]

@@ -18,6 +18,7 @@ from q50_assets.lineage.common.uncertainty import (
     breakdown,
     deflated_sharpe_ratio,
     edge_breakdowns,
+    effective_sample_size,
     equal_weight_portfolio,
     expected_max_sharpe,
     headline_table,
@@ -53,10 +54,28 @@ def test_block_counts_draw_whole_blocks_and_keep_the_sample_size():
     counts = block_counts(100, 24, 50, np.random.default_rng(0))
     assert counts.shape == (50, 100)
     assert (counts.sum(axis=1) == 100).all()
-    # Every replicate draws 5 blocks of 24 consecutive bins, cut to 100: at most 5 runs of drawn bins.
+    # Every replicate draws 5 circular blocks of 24 consecutive bins, cut to 100: a block that wraps
+    # past the end is one run at each end, so at most 5 + 1 runs of drawn bins.
     for row in counts:
         runs = np.flatnonzero(np.diff(np.r_[0, (row > 0).astype(int), 0]) == 1)
-        assert 1 <= len(runs) <= 5
+        assert 1 <= len(runs) <= 6
+    with pytest.raises(ValueError, match="circular"):
+        block_counts(100, 24, 5, np.random.default_rng(0), "moving")
+
+
+@pytest.mark.parametrize("method", ["circular", "stationary"])
+def test_every_bin_first_last_and_middle_is_drawn_equally_often(method):
+    """Over 4,000 replicates of 100 bins in day-long blocks, every bin is drawn once per replicate
+    on average. The per-bin mean has a standard error of about 0.03 here, so a tolerance of 0.1
+    is > 3 s.e.; a moving-block bootstrap that does not wrap draws bin 0 about 0.06 times."""
+    counts = block_counts(100, 24, 4000, np.random.default_rng(11), method)
+    per_bin = counts.mean(axis=0)
+    assert np.abs(per_bin - 1.0).max() < 0.1, per_bin
+    for b in (0, 50, 99):
+        assert per_bin[b] == pytest.approx(1.0, abs=0.1)
+    # Seeded: the same seed draws the same replicates.
+    np.testing.assert_array_equal(block_counts(100, 24, 20, np.random.default_rng(3), method),
+                                  block_counts(100, 24, 20, np.random.default_rng(3), method))
 
 
 def test_time_bins_follow_calendar_time_and_refuse_bad_times():
@@ -166,12 +185,13 @@ def test_headline_figures_are_the_defined_ones():
     b = _frames({"q50": [0.0, 0.02, 0.0], "buy_and_hold": [0.05, 0.05, -0.05]}, start=T0 + 2 * H)
     table = headline_table({"a": a, "b": b}, trials=3, config=FAST)
     q = table.loc["q50"]
-    assert q["pools"] == 2 and q["bars"] == 7
-    assert q["mean_bar_return"] == pytest.approx(0.04 / 7)
-    assert q["hit_rate"] == pytest.approx(3 / 4)  # 0.01, 0.03, 0.02 up; -0.02 down; flat bars ignored
-    # Equal-weight portfolio: bars 1..2 only a; bars 3..4 both; bar 5 only b.
+    assert q["pools"] == 2 and q["bars"] == 7 and q["portfolio_bars"] == 5
+    # Equal-weight portfolio: bars 1..2 only a; bars 3..4 both; bar 5 only b. Every figure is of it.
     port = np.array([0.01, 0.0, (-0.02 + 0.0) / 2, (0.03 + 0.02) / 2, 0.0])
+    assert q["mean_bar_return"] == pytest.approx(port.mean())
+    assert q["hit_rate"] == pytest.approx(2 / 3)  # 0.01, 0.025 up; -0.01 down; flat bars ignored
     assert q["sharpe"] == pytest.approx(port.mean() / port.std(ddof=1) * math.sqrt(24 * 365))
+    assert q["psr_basis"] == "non-zero bars" and q["psr_n"] == 3
     assert q["trials"] == 3
     assert np.isnan(q["sharpe_low"])  # 5 hours cannot be resampled in day-long blocks
     pd.testing.assert_series_equal(equal_weight_portfolio({"a": a, "b": b})["q50"].reset_index(drop=True),
@@ -203,6 +223,52 @@ def test_one_pump_cannot_carry_the_table():
     assert trimmed["mean_bar_return_high"] < 0  # without it, the loss is clear
 
 
+def test_exact_zeros_no_longer_inflate_the_psr():
+    """A strategy flat on 9 bars of 10: the PSR is of its 100 non-zero bars (n = 100), not of all
+    1,000 (which would claim ten times the evidence and a higher PSR)."""
+    rng = np.random.default_rng(8)
+    r = np.zeros(1000)
+    r[::10] = rng.normal(0.002, 0.01, 100)
+    table = headline_table({"a": _frames({"q50": r})}, trials=1, config=FAST)
+    q = table.loc["q50"]
+    nonzero = r[r != 0]
+    assert q["psr_n"] == 100 and q["psr_n_effective"] <= 100
+    assert q["psr"] == pytest.approx(probabilistic_sharpe_ratio(nonzero, n_effective=effective_sample_size(nonzero)))
+    assert q["psr"] < probabilistic_sharpe_ratio(r)  # the old definition, inflated by the zeros
+    assert q["dsr"] == pytest.approx(q["psr"])  # one trial: SR0 = 0
+
+
+def test_psr_on_round_trips_and_too_few_round_trips_get_no_interval():
+    rng = np.random.default_rng(9)
+    n = 24 * 20
+    frames = {"a": _frames({"q50": rng.normal(0.0002, 0.005, n)}), "b": _frames({"q50": rng.normal(0, 0.005, n)})}
+    trips = pd.DataFrame({"pool_id": ["a"] * 8 + ["b"] * 7,
+                          "entry_filled_at": [T0 + i * 30 * H for i in range(15)],
+                          "net_return": rng.normal(0.01, 0.02, 15)})
+    counts = pd.DataFrame({"q50": [8, 7]}, index=["a", "b"])
+    table = headline_table(frames, trials=2, config=FAST, round_trips={"q50": trips}, round_trip_counts=counts)
+    q = table.loc["q50"]
+    assert q["psr_basis"] == "round trips" and q["psr_n"] == 15 and q["round_trips"] == 15 and not q["too_few"]
+    ordered = trips.sort_values("entry_filled_at")["net_return"].to_numpy()
+    assert q["psr"] == pytest.approx(probabilistic_sharpe_ratio(ordered, n_effective=effective_sample_size(ordered)))
+    assert q["sharpe_low"] <= q["sharpe"] <= q["sharpe_high"]
+    # Without pool a only 7 round trips remain: below the minimum of 10, no interval and no PSR/DSR.
+    trimmed = headline_table(frames, trials=2, config=FAST, round_trips={"q50": trips}, round_trip_counts=counts,
+                             exclude_pools={"q50": {"a"}}).loc["q50"]
+    assert trimmed["too_few"] and trimmed["round_trips"] == 7 and trimmed["psr_n"] == 7
+    assert np.isnan(trimmed["sharpe_low"]) and np.isnan(trimmed["mean_bar_return_high"]) and np.isnan(trimmed["psr"])
+    assert np.isfinite(trimmed["mean_bar_return"])  # the estimate stays, only its interval goes
+
+
+def test_effective_sample_size_shrinks_with_serial_correlation():
+    rng = np.random.default_rng(10)
+    iid = rng.normal(0, 1, 2000)
+    assert 0.85 * 2000 <= effective_sample_size(iid) <= 2000
+    assert effective_sample_size(_ar1(rng, 2000, 0.8, 1.0)) < 0.4 * 2000
+    assert effective_sample_size(np.array([1.0, -1.0] * 500)) == 1000  # negative correlation: never more than n
+    assert effective_sample_size([1.0, 2.0]) == 2
+
+
 # ------------------------------------------------------------------ breakdowns
 
 def _trips(groups, nets, days):
@@ -223,12 +289,34 @@ def test_breakdown_known_means_hit_rates_and_an_all_row():
     assert table.loc["A", "mean_net_return_low"] <= 0.01 <= table.loc["A", "mean_net_return_high"]
     assert table.loc["A", "mean_net_return_low"] > table.loc["D", "mean_net_return_high"]  # clearly apart
 
+    assert not table["too_few"].any() and (table["empty_replicates"] == 0).all()  # every day has A and D trips
+
     empty = breakdown(_trips([], [], []), "signal_tier", config=FAST)
     assert list(empty.index) == ["all"] and empty.loc["all", "trades"] == 0
     with pytest.raises(ValueError, match="non-finite net_return"):
         breakdown(_trips(["A", "B"], [0.1, np.inf], [0, 1]), "signal_tier")
     with pytest.raises(KeyError, match="vol_regime"):
         breakdown(_trips(["A"], [0.1], [0]), "vol_regime")
+
+
+def test_breakdown_says_too_few_and_reports_empty_replicates():
+    """Group C: 3 round trips (below the minimum of 10): no interval, the table says "too few (3)".
+    Group B: 12 round trips in one hour of 60 days: a replicate of 60 day-long blocks misses that
+    hour with probability (59/60)^60 = 0.36; those replicates are counted, not dropped silently."""
+    from q50_assets.lineage.portfolio.report import breakdown_display
+
+    rng = np.random.default_rng(12)
+    days = list(np.repeat(np.arange(60), 5)) + [30] * 12 + [10, 20, 40]
+    tier = ["A"] * 300 + ["B"] * 12 + ["C"] * 3
+    table = breakdown(_trips(tier, rng.normal(0.0, 0.01, len(tier)), days), "signal_tier", config=FAST)
+    assert table.loc["C", "too_few"] and table.loc["C", "trades"] == 3
+    assert np.isnan(table.loc["C", "mean_net_return_low"]) and np.isnan(table.loc["C", "hit_rate_high"])
+    assert not table.loc["B", "too_few"] and 0.28 <= table.loc["B", "empty_replicates"] <= 0.44
+    assert table.loc["A", "empty_replicates"] == 0
+    shown = breakdown_display(table)
+    assert shown.loc["C", "mean net return"] == "too few (3)" and shown.loc["C", "hit rate"] == "too few (3)"
+    assert "% of replicates empty" in shown.loc["B", "mean net return"]
+    assert "[" in shown.loc["A", "mean net return"] and "too few" not in shown.loc["A", "mean net return"]
 
 
 def test_liquidity_buckets_and_unmeasured_reserves():

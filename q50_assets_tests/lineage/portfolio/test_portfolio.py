@@ -41,9 +41,10 @@ def test_table_covers_the_pools_where_q50_traded_for_every_variant():
     table = portfolio_table(results, VARIANTS)
     assert list(table.index) == list(VARIANTS)
     assert (table["pools"] == 2).all()  # C (never traded) is left out of every row alike
-    assert table.loc["q50", "mean_return"] == pytest.approx(0.005)
     assert table.loc["q50", "median_return"] == pytest.approx(0.005)
-    assert table.loc["buy_and_hold", "mean_return"] == pytest.approx(0.05)
+    assert table.loc["buy_and_hold", "median_return"] == pytest.approx(0.05)
+    # No stored per-bar returns: no portfolio figure is made up from per-pool totals of other spans.
+    assert table["portfolio_return"].isna().all() and (table["portfolio_pools"] == 0).all()
     assert table.loc["buy_and_hold", "q50_beats_this"] == 1  # B: -1 % beats -40 %
     assert pd.isna(table.loc["q50", "q50_beats_this"])
     apart = no_trade_summary(results)
@@ -133,7 +134,13 @@ def test_research_report_covers_the_traded_pools_and_counts_the_trials():
     expected = pd.concat([stored["A"]["q50"], stored["B"]["q50"]]).mean()
     q50 = headline.loc[("all pools", "q50")]
     assert q50["mean_bar_return"] == pytest.approx(expected)
-    assert q50["mean_bar_return_low"] <= q50["mean_bar_return"] <= q50["mean_bar_return_high"]
+    # q50's PSR is on its 6 stored round trips: fewer than 10, so no interval and no PSR, said so.
+    assert q50["psr_basis"] == "round trips" and q50["round_trips"] == 6 and q50["too_few"]
+    assert np.isnan(q50["mean_bar_return_low"]) and np.isnan(q50["psr"])
+    assert "too few (6)" in report.markdown
+    bh = headline.loc[("all pools", "buy_and_hold")]
+    assert bh["mean_bar_return_low"] <= bh["mean_bar_return"] <= bh["mean_bar_return_high"]
+    assert bh["psr_basis"] == "non-zero bars" and not bh["too_few"]
     assert {"equity_curves", "permutation_null", "breakdowns"} <= set(report.pngs)
     assert "1 where it never traded are reported apart" in report.markdown
 
@@ -174,7 +181,7 @@ def test_each_rule_on_its_own_pools_gross_beside_net_and_buy_and_hold_at_its_exp
     horizon = rule_table(results, "q50_horizon")
     assert list(horizon.index) == ["q50_horizon", "q50_horizon_gross", "bh_matched_horizon", "buy_and_hold", "cash"]
     assert (horizon["pools"] == 2).all()  # its own pools: A and B, not q50's
-    assert horizon.loc["q50_horizon", "mean_return"] == pytest.approx(0.01)
+    assert horizon.loc["q50_horizon", "median_return"] == pytest.approx(0.01)
     assert horizon.loc["q50_horizon", "mean_cost_drag"] == pytest.approx(0.02)
     assert horizon.loc["q50_horizon", "median_cost_drag"] == pytest.approx(0.02)
     assert horizon.loc["bh_matched_horizon", "rule_beats_this"] == 1  # A: 3 % > -0.2 %; B: -1 % < -0.2 %
@@ -194,3 +201,33 @@ def test_gross_replays_are_not_configurations_tried():
     trials = dsr_trials(Settings())
     # q50, q50_close, two reserve assumptions, q50_horizon; q50_gross and q50_horizon_gross are not trials.
     assert trials["q50_variants_this_run"] == 5
+
+
+def test_portfolio_table_headline_and_equity_curve_use_one_weighting():
+    """Pools A and B traded; their stored bar returns cover different spans (B's second half is
+    cut off). The portfolio table's return and Sharpe, the report's headline mean and Sharpe and the
+    equity curve are all of the one equal-weight series of the pools present at each bar: they agree."""
+    from q50_assets.lineage.common.uncertainty import BootstrapConfig, equal_weight_portfolio
+    from q50_assets.lineage.portfolio.portfolio import research_report, stored_evidence, traded_pools
+
+    results = _with_evidence(_results(), ["A", "B"])
+    bar_returns, _, _ = stored_evidence(results, traded_pools(results))
+    bar_returns["B"] = bar_returns["B"].iloc[:40]
+    row = (results["pool_id"] == "B") & (results["variant"] == "q50")
+    from q50_assets.lineage.backtest.step import bar_returns_record
+    results.loc[row, "bar_returns"] = pd.Series([bar_returns_record(bar_returns["B"])], index=results.index[row])
+
+    portfolio = equal_weight_portfolio(bar_returns)["q50"]
+    table = portfolio_table(results, VARIANTS, bar_returns=bar_returns)
+    report, _ = research_report(results, trials=2, bar_seconds=3600,
+                                bootstrap=BootstrapConfig(bootstrap_samples=200, bootstrap_seed=0))
+    headline = report.tables["headline"].loc[("all pools", "q50")]
+    equity = np.prod(1.0 + portfolio.to_numpy())
+    assert table.loc["q50", "portfolio_return"] == pytest.approx(equity - 1.0)
+    assert table.loc["q50", "portfolio_sharpe"] == pytest.approx(headline["sharpe"])
+    assert headline["mean_bar_return"] == pytest.approx(portfolio.mean())
+    # The pool-bar weighted mean (the old headline) differs here: B's 40 bars would weigh as much as A's 96.
+    pooled = pd.concat([bar_returns["A"]["q50"], bar_returns["B"]["q50"]]).mean()
+    assert headline["mean_bar_return"] != pytest.approx(pooled)
+    assert table.loc["q50", "portfolio_pools"] == 2
+    assert "equal-weight portfolio of the pools present at each bar" in report.markdown
