@@ -7,7 +7,8 @@ step, a batch of pools at a time (``batches.pools_per_run``), every value writte
 from the store its asset uses (the same IO managers' ``store_values`` / ``load_values``, looked up
 from the Definitions' assets), so both sides do the same work on the same storage. What it does
 not do is Dagster's part: runs, events, per-pool metadata and check results. The portfolio stage
-reads every pool's latest backtest and writes the report; it is left to Dagster.
+reads every pool's latest backtest and writes the report; it is left to Dagster (the pooled signal
+evidence before it runs here).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from q50_assets.lineage.features.step import features_step
 from q50_assets.lineage.model.step import model_step
 from q50_assets.lineage.ohlcv.step import ohlcv_step
 from q50_assets.lineage.regimes.step import regimes_step
+from q50_assets.lineage.signal_evidence.step import evidence_step
 from q50_assets.lineage.signals.step import signals_step
 from q50_assets.lineage.trades.step import trades_step
 from q50_assets.lineage.trading_history.step import history_step
@@ -41,6 +43,7 @@ class FunctionsRun:
     model: object = None  # TrainedQ50Model
     results: dict = field(default_factory=dict)  # pool -> PoolBacktest or Blocked
     trading_history_rows: int = 0
+    evidence: object = None  # SignalEvidenceResult
 
 
 def stores_of(resources: Mapping[str, object]) -> dict[str, object]:
@@ -106,6 +109,10 @@ def run_without_dagster(pool_ids: list[str], resources: Mapping[str, object], se
                                  settings.nautilus_trader.risk_management.use_existing_feature_vectors)
                 run.trading_history_rows += sum(call("q50_trading_history", stores["q50_trading_history"].store_values,
                                                      "q50_trading_history", histories).values())
+        elif phase == Phase.PORTFOLIO:
+            # The pooled signal evidence over every pool's stored bars and signals, as its asset reads them.
+            run.evidence = call("signal_evidence", evidence_step, load("ohlcv_bars", pool_ids, "signal_evidence"),
+                                load("q50_signals", pool_ids, "signal_evidence"), settings)
     run.seconds = {k: round(v, 3) for k, v in run.seconds.items() if v}
     return run
 

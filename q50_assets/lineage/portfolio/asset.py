@@ -22,6 +22,7 @@ from q50_assets.lineage.backtest.asset import BACKTEST_ASSET
 from q50_assets.lineage.backtest.step import Q50
 from q50_assets.lineage.common.conditions import once_settled_after
 from q50_assets.lineage.model.asset import MODEL_ASSET
+from q50_assets.lineage.signal_evidence.asset import EVIDENCE_ASSET
 from q50_assets.lineage.model.step import TrainedQ50Model
 from q50_assets.lineage.portfolio.report import headline_markdown, markdown_with_pictures
 from q50_assets.lineage.common.ports import ProjectTableStore, ReportSink
@@ -57,7 +58,9 @@ def _report_metadata(report, facts: dict, path) -> dict:
 @asset(
     name=PORTFOLIO_ASSET,
     ins={"backtest_results": AssetIn(BACKTEST_ASSET, input_manager_key="q50_tables"),
-         "q50_model": AssetIn(MODEL_ASSET)},
+         "q50_model": AssetIn(MODEL_ASSET),
+         # What the signal earns before any rule: its own section of the report.
+         "signal_evidence": AssetIn(EVIDENCE_ASSET)},
     group_name="backtest",
     kinds={"pandas"},
     automation_condition=once_settled_after(BACKTEST_ASSET),
@@ -75,14 +78,15 @@ def _report_metadata(report, facts: dict, path) -> dict:
     "page under the data dir.",
 )
 def backtest_portfolio(context: AssetExecutionContext, backtest_results: dict, q50_model: TrainedQ50Model,
-                       settings: ResourceParam[Settings], project_tables: ResourceParam[ProjectTableStore],
+                       signal_evidence, settings: ResourceParam[Settings], project_tables: ResourceParam[ProjectTableStore],
                        report_files: ResourceParam[ReportSink]):
     frames = [frame.reset_index() for frame in backtest_results.values() if len(frame)]
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["pool_id", "variant", "total_return", "oos_start", "oos_end", "bars", "trades"])
     summary = portfolio_summary(results, BacktestStageConfig.of(settings).variants)
     table, permutation, no_trade = summary["table"], summary["permutation"], summary["no_trade"]
-    report, facts, path = report_step(results, q50_model, project_tables, settings, report_files)
+    report, facts, path = report_step(results, q50_model, project_tables, settings, report_files,
+                                      signal_evidence=signal_evidence)
     if path is not None:
         context.log.info(f"research report: {path}")
     yield Output(table, metadata={

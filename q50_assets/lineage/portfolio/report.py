@@ -80,6 +80,7 @@ class ReportInputs:
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     title: str = "Q50: out-of-sample evidence"
     intro: str = ""  # a first paragraph (which pools, what was left out)
+    signal_evidence: object | None = None  # lineage/signal_evidence/step.py SignalEvidenceResult
 
 
 @dataclass
@@ -347,6 +348,23 @@ def _model_blocks(model: ModelEvidence, pngs: dict[str, bytes]) -> list[_Block]:
     return blocks
 
 
+def _signal_evidence_blocks(result, pngs: dict[str, bytes]) -> list[_Block]:
+    """What the signal earns before any rule (lineage/signal_evidence): its tables and pictures."""
+    from q50_assets.lineage.signal_evidence.rules import evidence_sections
+
+    blocks = [_Block("h2", "What the signal earns, before any rule")]
+    for kind, content in evidence_sections(result.evidence, result.config):
+        if kind == "table":
+            blocks.append(_Block("table", table=content))
+        elif kind == "img":
+            if content in result.pngs:
+                pngs[content] = result.pngs[content]
+                blocks.append(_Block("img", content))
+        else:
+            blocks.append(_Block(kind, str(content)))
+    return blocks
+
+
 def render_report(inputs: ReportInputs) -> Report:
     """Compute the portfolio tables from ``inputs`` and render them (module docstring)."""
     pngs: dict[str, bytes] = {}
@@ -370,6 +388,9 @@ def render_report(inputs: ReportInputs) -> Report:
                               "return): " + "; ".join(f"{v}: {e}" for v, e in excluded.items()) + "."))
     pngs["equity_curves"] = equity_curves_png(portfolio)
     blocks.append(_Block("img", "equity_curves"))
+
+    if inputs.signal_evidence is not None:
+        blocks += _signal_evidence_blocks(inputs.signal_evidence, pngs)
 
     if inputs.permutation is not None:
         null = inputs.permutation

@@ -35,12 +35,13 @@ def portfolio_summary(results: pd.DataFrame, variants: tuple[str, ...]) -> dict:
 
 
 def report_step(results: pd.DataFrame, model: TrainedQ50Model | None, tables: ProjectTableStore, settings: Settings,
-                files: ReportSink):
+                files: ReportSink, signal_evidence=None):
     """The research report over the latest backtests (research/portfolio.py research_report): the
     model's evidence from the model that made the signals, the hit rate of the stored signals net
     of their expected cost (this run's signals only: signals made elsewhere carry no label), and
     the deflated Sharpe counting the configurations tried. Writes the HTML page; returns
-    (report or None, facts, path or None)."""
+    (report or None, facts, path or None). ``signal_evidence``: the signal_evidence stage's result
+    (its own section of the report), or None."""
     trials = dsr_trials(settings)
     bootstrap = BootstrapConfig.of(settings)
     hit_rate = None
@@ -52,7 +53,7 @@ def report_step(results: pd.DataFrame, model: TrainedQ50Model | None, tables: Pr
                                     bar_seconds=settings.bar_seconds, config=bootstrap)
     report, facts = research_report(results, trials=trials["trials"], bar_seconds=settings.bar_seconds,
                                     bootstrap=bootstrap, model=model.evidence if model is not None else None,
-                                    hit_rate=hit_rate)
+                                    hit_rate=hit_rate, signal_evidence=signal_evidence)
     facts["trials_detail"] = trials
     path = files.write(report) if report is not None else None
     return report, facts, path

@@ -493,7 +493,7 @@ class SignalEvidence:
     null: pd.DataFrame  # (forecast, statistic): observed, null mean, null 95th percentile, p
     exclusions: pd.DataFrame  # reason x horizon
     summary: dict
-    null_draws: dict = field(default_factory=dict, repr=False)  # forecast -> statistic -> draws
+    null_distribution: dict = field(default_factory=dict, repr=False)  # forecast -> statistic -> draws
 
 
 def signal_evidence(panel: Panel, config: SignalEvidenceConfig, cost_per_side: float) -> SignalEvidence:
