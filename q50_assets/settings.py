@@ -246,6 +246,31 @@ class SignalSettings(Section):
         return self
 
 
+class SignalEvidenceSettings(Section):
+    """What the forecast earns before any rule, across pools per bar (lineage/signal_evidence/rules.py)."""
+
+    min_pools: int = Field(default=10, ge=3, description="A bar counts only with at least this many pools holding a "
+                           "signal and a forward return; fewer pools make a cross-sectional ranking meaningless.")
+    quantiles: int = Field(default=5, ge=2, le=20, description="Quantile groups of the forecast per bar (alphalens' "
+                           "quantiles; the top group is the basket).")
+    horizons: tuple[int, ...] = Field(default=(1, 2, 4, 8, 24), description="Forward-return horizons in bars, each "
+                                      "counted from the fill bar's price.")
+    vol_buckets: int = Field(default=3, ge=2, le=5, description="Buckets (terciles by default) of the forecast width and "
+                             "of past volatility within which the forecast is ranked for the volatility-neutral spreads.")
+    null_draws: int = Field(default=500, ge=100, le=100_000, description="Draws of the signal-level null (forecasts "
+                            "circularly shifted in time against the returns, per pool).")
+    null_seed: int = Field(default=11, description="Seed of the signal-level null.")
+
+    @model_validator(mode="after")
+    def _valid(self):
+        hs = tuple(self.horizons)
+        if not hs or any(h < 1 for h in hs) or list(hs) != sorted(set(hs)):
+            raise ValueError(f"horizons must be distinct ascending bar counts >= 1, got {self.horizons!r}")
+        if self.min_pools < self.quantiles:
+            raise ValueError(f"min_pools ({self.min_pools}) must be at least quantiles ({self.quantiles})")
+        return self
+
+
 class SpotSignalSettings(SignalSettings):
     """The deployed ``signals`` section: the signal rules know shorts, the backtests do not."""
 
@@ -506,6 +531,7 @@ class Settings(BaseSettings):
     evaluation: EvaluationSettings = EvaluationSettings()
     signals: SpotSignalSettings = SpotSignalSettings()
     rules: RuleSettings = RuleSettings()
+    signal_evidence: SignalEvidenceSettings = SignalEvidenceSettings()
     trades: TradeSettings = TradeSettings()
     nautilus_trader: NautilusTraderSettings = Field(default_factory=NautilusTraderSettings)
     basket: BasketSettings = BasketSettings()

@@ -51,7 +51,7 @@ def test_per_pool_assets_run_in_batches_and_record_checks_per_pool(tmp_path):
     # Automation replaces the hand-written run-status and polling sensors.
     conditions = {k.to_user_string(): graph.get(k).automation_condition for k in graph.get_all_asset_keys()}
     assert {k for k, c in conditions.items() if c is not None} == {
-        "q50_model", "q50_signals", "backtest_results", "q50_trading_history", "basket_backtest", "backtest_portfolio"}
+        "q50_model", "q50_signals", "backtest_results", "q50_trading_history", "signal_evidence", "basket_backtest", "backtest_portfolio"}
 
 
 # Keys that do not reach the Definitions' resources, sensors or schedule, and where they are read instead.

@@ -50,6 +50,9 @@ STEPS: tuple[Step, ...] = (
     # The trading history is the fills of the backtest's engines: one step writes both (the fills
     # are never held twice), so its asset is an output of the backtest's multi-asset.
     Step("q50_trading_history", "backtest", per_pool=True, phase=Phase.AFTER_MODEL, definition="backtest_results"),
+    # What the signal earns before any rule, across pools: pooled, after the signals; the portfolio's
+    # report shows it beside what the rule realised.
+    Step("signal_evidence", "signal_evidence", per_pool=False, phase=Phase.PORTFOLIO),
     # Pooled across pools after their signals: with the portfolio (the unpartitioned phase).
     Step("basket_backtest", "basket", per_pool=False, phase=Phase.PORTFOLIO),
     Step("backtest_portfolio", "portfolio", per_pool=False, phase=Phase.PORTFOLIO),

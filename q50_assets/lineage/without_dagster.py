@@ -7,8 +7,9 @@ step, a batch of pools at a time (``batches.pools_per_run``), every value writte
 from the store its asset uses (the same IO managers' ``store_values`` / ``load_values``, looked up
 from the Definitions' assets), so both sides do the same work on the same storage. What it does
 not do is Dagster's part: runs, events, per-pool metadata and check results. Of the pooled stages
-after the pools' backtests, the basket runs here too (its value is kept in ``FunctionsRun.basket``);
-the portfolio stage reads every pool's latest backtest and writes the report; it is left to Dagster.
+after the pools' backtests, the signal evidence and the basket run here too (their values are kept
+in ``FunctionsRun.evidence`` and ``FunctionsRun.basket``); the portfolio stage reads every pool's
+latest backtest and writes the report; it is left to Dagster.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from q50_assets.lineage.features.step import features_step
 from q50_assets.lineage.model.step import model_step
 from q50_assets.lineage.ohlcv.step import ohlcv_step
 from q50_assets.lineage.regimes.step import regimes_step
+from q50_assets.lineage.signal_evidence.step import evidence_step
 from q50_assets.lineage.signals.step import signals_step
 from q50_assets.lineage.trades.step import trades_step
 from q50_assets.lineage.trading_history.step import history_step
@@ -44,6 +46,7 @@ class FunctionsRun:
     results: dict = field(default_factory=dict)  # pool -> PoolBacktest or Blocked
     trading_history_rows: int = 0
     basket: object = None  # BasketResult of every pool run
+    evidence: object = None  # SignalEvidenceResult
 
 
 def stores_of(resources: Mapping[str, object]) -> dict[str, object]:
@@ -110,6 +113,9 @@ def run_without_dagster(pool_ids: list[str], resources: Mapping[str, object], se
                 run.trading_history_rows += sum(call("q50_trading_history", stores["q50_trading_history"].store_values,
                                                      "q50_trading_history", histories).values())
         elif phase == Phase.PORTFOLIO:
+            # The pooled signal evidence over every pool's stored bars and signals, as its asset reads them.
+            run.evidence = call("signal_evidence", evidence_step, load("ohlcv_bars", pool_ids, "signal_evidence"),
+                                load("q50_signals", pool_ids, "signal_evidence"), settings)
             # The pooled basket over every pool's stored bars and signals, as its asset reads them.
             ohlcv, signals = load("ohlcv_bars", pool_ids, "basket_backtest"), load("q50_signals", pool_ids,
                                                                                   "basket_backtest")

@@ -6,6 +6,7 @@ declares its condition in its decorator (``automation_condition=``); the builder
 * ``q50_signals`` re-runs for every pool when the model is updated (feature updates of a pool
   are the sensor's or the nightly's runs, which include or precede what follows);
 * ``backtest_results`` / ``q50_trading_history`` follow an update of the pool's signals;
+* ``signal_evidence`` is rewritten once signals changed and none is in progress;
 * ``backtest_portfolio`` is rewritten once backtests changed and none is in progress.
 
 Evaluated by the ``q50_automation`` sensor (an AutomationConditionSensorDefinition): requests for

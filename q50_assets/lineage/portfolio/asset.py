@@ -24,6 +24,7 @@ from q50_assets.lineage.basket.asset import BASKET_ASSET
 from q50_assets.lineage.basket.step import BasketResult
 from q50_assets.lineage.common.conditions import once_settled_after
 from q50_assets.lineage.model.asset import MODEL_ASSET
+from q50_assets.lineage.signal_evidence.asset import EVIDENCE_ASSET
 from q50_assets.lineage.model.step import TrainedQ50Model
 from q50_assets.lineage.portfolio.report import headline_markdown, markdown_with_pictures
 from q50_assets.lineage.common.ports import ProjectTableStore, ReportSink
@@ -76,7 +77,9 @@ def _rule_metadata(rules: dict) -> dict:
 @asset(
     name=PORTFOLIO_ASSET,
     ins={"backtest_results": AssetIn(BACKTEST_ASSET, input_manager_key="q50_tables"),
-         "q50_model": AssetIn(MODEL_ASSET), "basket_backtest": AssetIn(BASKET_ASSET)},
+         "q50_model": AssetIn(MODEL_ASSET), "basket_backtest": AssetIn(BASKET_ASSET),
+         # What the signal earns before any rule: its own section of the report.
+         "signal_evidence": AssetIn(EVIDENCE_ASSET)},
     group_name="backtest",
     kinds={"pandas"},
     automation_condition=once_settled_after(BACKTEST_ASSET),
@@ -95,7 +98,8 @@ def _rule_metadata(rules: dict) -> dict:
     "page under the data dir.",
 )
 def backtest_portfolio(context: AssetExecutionContext, backtest_results: dict, q50_model: TrainedQ50Model,
-                       basket_backtest: BasketResult, settings: ResourceParam[Settings], project_tables: ResourceParam[ProjectTableStore],
+                       basket_backtest: BasketResult, signal_evidence, settings: ResourceParam[Settings],
+                       project_tables: ResourceParam[ProjectTableStore],
                        report_files: ResourceParam[ReportSink]):
     frames = [frame.reset_index() for frame in backtest_results.values() if len(frame)]
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
@@ -103,7 +107,7 @@ def backtest_portfolio(context: AssetExecutionContext, backtest_results: dict, q
     summary = portfolio_summary(results, BacktestStageConfig.of(settings).variants, settings.bar_seconds)
     table, permutation, no_trade = summary["table"], summary["permutation"], summary["no_trade"]
     report, facts, path = report_step(results, q50_model, project_tables, settings, report_files,
-                                      basket=basket_backtest)
+                                      basket=basket_backtest, signal_evidence=signal_evidence)
     if path is not None:
         context.log.info(f"research report: {path}")
     yield Output(table, metadata={

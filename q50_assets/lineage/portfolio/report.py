@@ -83,6 +83,7 @@ class ReportInputs:
     title: str = "Q50: out-of-sample evidence"
     intro: str = ""  # a first paragraph (which pools, what was left out)
     basket: object | None = None  # the basket stage's result (lineage/basket/step.py BasketResult)
+    signal_evidence: object | None = None  # lineage/signal_evidence/step.py SignalEvidenceResult
 
 
 @dataclass
@@ -426,11 +427,11 @@ def basket_display(metrics: pd.DataFrame) -> pd.DataFrame:
         basket, costs = str(name).rsplit(" ", 1)
         rows.append({
             "basket": BASKET_LABELS.get(basket, basket), "costs": costs,
-            "total return (PnL / capital)": _pct(r["total_return"]),
+            "total return (compounded)": _pct(r["total_return"]),
             "mean per-bar return": _with_interval(_bp, r["mean_bar_return"], r["mean_bar_return_low"],
                                                   r["mean_bar_return_high"]),
             "Sharpe (annualised)": _with_interval(_num, r["sharpe"], r["sharpe_low"], r["sharpe_high"]),
-            "max drawdown": _pct(r["max_drawdown"]), "mean value held / capital": _num(r["mean_exposure"]),
+            "max drawdown": _pct(r["max_drawdown"]), "mean share held": _pct(r["mean_exposure"]),
             "turnover (x capital)": _num(r["turnover"], 1), "fees + impact USD": f"{r['cost_usd']:,.0f}",
             "round trips": f"{int(r['round_trips']):,}", "pools traded": int(r["pools"]),
         })
@@ -438,7 +439,7 @@ def basket_display(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def basket_png(bar_returns: pd.DataFrame) -> bytes:
-    """Cumulative PnL / capital of each basket, gross and net in two panels (cash is the 0 line)."""
+    """Growth of each basket (compounded return, %), gross and net in two panels (cash is the 0 line)."""
     fig = _figure(9.6, 3.4)
     fig.set_dpi(96)
     panels = (("gross", "before costs (fee 0, no impact)"), ("net", "after fee and AMM impact"))
@@ -451,10 +452,10 @@ def basket_png(bar_returns: pd.DataFrame) -> bytes:
             if side != costs and not (basket == "buy_and_hold" and costs == "gross"):
                 continue
             label = BASKET_LABELS.get(basket, basket) + (" (net)" if side != costs else "")
-            ax.plot(index, 100 * np.cumsum(bar_returns[column].to_numpy(dtype=np.float64)), label=label,
+            ax.plot(index, 100 * (np.cumprod(1.0 + bar_returns[column].to_numpy(dtype=np.float64)) - 1.0), label=label,
                     color=colors.get(basket), linewidth=1.2, linestyle=":" if side != costs else "-")
         ax.axhline(0.0, color="0.5", linewidth=0.7)
-        ax.set_title(f"Cumulative PnL / capital (%), {title}", fontsize=9)
+        ax.set_title(f"Compounded return (%), {title}", fontsize=9)
         ax.legend(fontsize=7, loc="upper left")
         ax.tick_params(labelsize=7)
         for label in ax.get_xticklabels():
@@ -478,12 +479,28 @@ def basket_blocks(basket, pngs: dict[str, bytes]) -> list[_Block]:
         f"{config.top_k} by past realised variance (vol_risk) on the same schedule, with no forecast. Each pool runs "
         f"in its own NautilusTrader engine of {config.basket_capital_usd / config.top_k:,.0f} USD (capital "
         f"{config.basket_capital_usd:,.0f} USD / {config.top_k}), next-bar fills, fee and AMM impact at the pool's "
-        f"liquidity; a bar's return is the sum of the pools' PnL / capital. Buy & hold: every candidate pool, "
+        f"liquidity; each slot weighs 1/{config.top_k} and the basket compounds its members' per-bar returns. Buy & hold: every candidate pool, "
         f"equal capital, holding {100 * basket.matched_exposure:.0f} % (the forecast basket's share of slots filled). "
         f"Span {basket.span_start} to {basket.span_end}. Intervals: 95 % block bootstrap in calendar time.")))
     blocks.append(_Block("table", table=basket_display(basket.metrics)))
     pngs["basket"] = basket_png(basket.bar_returns)
     blocks.append(_Block("img", "basket"))
+
+
+def _signal_evidence_blocks(result, pngs: dict[str, bytes]) -> list[_Block]:
+    """What the signal earns before any rule (lineage/signal_evidence): its tables and pictures."""
+    from q50_assets.lineage.signal_evidence.rules import evidence_sections
+
+    blocks = [_Block("h2", "What the signal earns, before any rule")]
+    for kind, content in evidence_sections(result.evidence, result.config):
+        if kind == "table":
+            blocks.append(_Block("table", table=content))
+        elif kind == "img":
+            if content in result.pngs:
+                pngs[content] = result.pngs[content]
+                blocks.append(_Block("img", content))
+        else:
+            blocks.append(_Block(kind, str(content)))
     return blocks
 
 
@@ -519,6 +536,9 @@ def render_report(inputs: ReportInputs) -> Report:
     blocks += trials_blocks(inputs.trials_ledger, inputs.trials)
     if inputs.trials_ledger is not None:
         tables["trials"] = inputs.trials_ledger
+
+    if inputs.signal_evidence is not None:
+        blocks += _signal_evidence_blocks(inputs.signal_evidence, pngs)
 
     if inputs.permutation is not None:
         null = inputs.permutation

@@ -62,7 +62,7 @@ def basket_trials(basket) -> dict:
 
 
 def report_step(results: pd.DataFrame, model: TrainedQ50Model | None, tables: ProjectTableStore, settings: Settings,
-                files: ReportSink, basket=None):
+                files: ReportSink, basket=None, signal_evidence=None):
     """The research report over the latest backtests (research/portfolio.py research_report): the
     model's evidence from the model that made the signals, the hit rate of the stored signals net
     of their expected cost (this run's signals only: signals made elsewhere carry no label), and
@@ -70,7 +70,8 @@ def report_step(results: pd.DataFrame, model: TrainedQ50Model | None, tables: Pr
     basket stage's result) beside its yardsticks. This run's trials (one per q50 variant,
     lineage/portfolio/trials.py) are recorded in the ledger first; the DSR then counts every trial
     of the ledger on an overlapping window. Writes the HTML page; returns (report or None, facts,
-    path or None)."""
+    path or None). ``signal_evidence``: the signal_evidence stage's result (its own section of the
+    report), or None."""
     ledger = None
     if len(results):
         pools = traded_pools(results)
@@ -91,7 +92,8 @@ def report_step(results: pd.DataFrame, model: TrainedQ50Model | None, tables: Pr
                                     bar_seconds=settings.bar_seconds, config=bootstrap)
     report, facts = research_report(results, trials=trials["trials"], bar_seconds=settings.bar_seconds,
                                     bootstrap=bootstrap, model=model.evidence if model is not None else None,
-                                    hit_rate=hit_rate, trials_ledger=ledger, basket=basket)
+                                    hit_rate=hit_rate, trials_ledger=ledger, basket=basket,
+                                    signal_evidence=signal_evidence)
     facts["trials_detail"] = trials
     path = files.write(report) if report is not None else None
     return report, facts, path

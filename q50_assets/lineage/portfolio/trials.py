@@ -35,7 +35,7 @@ RESULT_SECTIONS = ("timeframe", "ohlcv", "model", "signals", "trades", "nautilus
 # Settings that change no trade: where files go, credentials, how runs are batched and automated,
 # and the evaluation's yardsticks and intervals (evaluation.prior_configurations is a count of
 # trials, not part of one).
-EXCLUDED_SECTIONS = ("data_dir", "database", "evaluation", "automation", "batches", "execution")
+EXCLUDED_SECTIONS = ("data_dir", "database", "evaluation", "signal_evidence", "automation", "batches", "execution")
 # Inside the result sections: a URL with credentials, the switch that runs backtests at all, and
 # the permutation test's draws (its null, not the strategy's returns).
 EXCLUDED_KEYS = (
