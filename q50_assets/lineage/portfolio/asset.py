@@ -46,6 +46,16 @@ def _report_metadata(report, facts: dict, path) -> dict:
         return meta
     meta["report"] = MetadataValue.md(markdown_with_pictures(report))
     meta["headline"] = MetadataValue.md(headline_markdown(report))
+    verdict = facts.get("verdict") or {}
+    if verdict:
+        meta["verdict_best_rule"] = str(verdict.get("best_rule"))
+        for key in ("signal_spread_per_bar", "drift_per_bar", "vol_alone_spread", "timing_spread", "breakeven_per_side",
+                    "cost_per_side", "best_mean_bar_net", "best_low", "best_high"):
+            if key in verdict:  # returns per bar and costs per side, in basis points
+                meta[f"verdict_{key}_bp"] = MetadataValue.float(round(float(verdict[key]) * 1e4, 2))
+        for key in ("null_p_spread", "best_p_value", "best_dsr"):
+            if key in verdict:
+                meta[f"verdict_{key}"] = MetadataValue.float(round(float(verdict[key]), 4))
     meta["report_html"] = MetadataValue.path(str(path))
     headline = report.tables["headline"]
     for (sample, variant), row in headline.iterrows():

@@ -361,8 +361,14 @@ def research_report(results: pd.DataFrame, *, trials: int, bar_seconds: int, boo
              f"where it never traded are reported apart. The deflated Sharpe counts {trials} configurations tried.")
     if missing:
         intro += f" Left out, their backtest stored no per-bar returns (run before they were kept): {', '.join(missing)}."
+    from q50_assets.lineage.portfolio.verdict import verdict
+
+    judged = verdict(results, basket=basket, evidence=signal_evidence, trials=trials, bar_seconds=bar_seconds,
+                     bootstrap=bootstrap)
+    facts["verdict"] = judged.facts
     inputs = ReportInputs(
-        intro=intro, bar_returns=bar_returns, trials=trials, permutation=null,
+        intro=intro, bar_returns=bar_returns, trials=trials, permutation=null, verdict=judged,
+        rule_tables=rule_tables(results, bar_seconds),
         permutation_statistic=f"mean per-bar net return of q50, averaged over {permutation.get('pools', 0)} pools",
         round_trips=round_trips, round_trip_counts=q50_round_trip_counts(results, list(bar_returns)),
         trials_ledger=trials_ledger, model=model, hit_rate=hit_rate, bar_seconds=bar_seconds, bootstrap=bootstrap,

@@ -84,6 +84,8 @@ class ReportInputs:
     intro: str = ""  # a first paragraph (which pools, what was left out)
     basket: object | None = None  # the basket stage's result (lineage/basket/step.py BasketResult)
     signal_evidence: object | None = None  # lineage/signal_evidence/step.py SignalEvidenceResult
+    verdict: object | None = None  # lineage/portfolio/verdict.py Verdict: both statements and the rules' table
+    rule_tables: dict | None = None  # rule -> its table gross and net on its own pools (portfolio.rule_table)
 
 
 @dataclass
@@ -504,6 +506,50 @@ def _signal_evidence_blocks(result, pngs: dict[str, bytes]) -> list[_Block]:
     return blocks
 
 
+def verdict_blocks(verdict) -> list[_Block]:
+    """The verdict first: what the signal shows, apart from what the best rule realises after costs."""
+    from q50_assets.lineage.portfolio.verdict import verdict_display
+
+    blocks = [_Block("h2", "Verdict"), _Block("p", "What the signal shows. " + verdict.signal),
+              _Block("p", "What the best rule realises after costs. " + verdict.rule)]
+    table = verdict_display(verdict.rules)
+    if len(table):
+        blocks.append(_Block("table", table=table))
+    return blocks
+
+
+RULE_COLUMNS = {"portfolio_return": "portfolio return", "portfolio_sharpe": "portfolio Sharpe",
+                "median_return": "median pool return", "mean_cost_drag": "mean cost drag (per pool)",
+                "trades": "trades", "mean_position": "mean position", "mean_holding_bars": "holding bars"}
+
+
+def rule_blocks(rule_tables: dict) -> list[_Block]:
+    """Each rule gross and net on the pools where it traded, beside buy & hold at its exposure."""
+    blocks = [_Block("h2", "Each rule, gross and net"),
+              _Block("p", "Each rule on the pools where it traded: after fee and impact, the very same decisions at "
+                          "zero cost (what the signal earned; the difference is what costs took), buy & hold at the "
+                          "rule's own mean exposure and in full, and cash. Portfolio = the equal-weight portfolio of "
+                          "those pools present at each bar.")]
+    for rule, table in rule_tables.items():
+        if table is None or table.empty:
+            blocks.append(_Block("p", f"{rule}: traded in no pool."))
+            continue
+        shown = pd.DataFrame(index=table.index)
+        for column, label in RULE_COLUMNS.items():
+            if column not in table:
+                continue
+            values = table[column]
+            if column in ("portfolio_return", "median_return", "mean_cost_drag", "mean_position"):
+                shown[label] = [_pct(v, 2) if pd.notna(v) else "" for v in values]
+            elif column == "trades":
+                shown[label] = [f"{int(v):,}" for v in values]
+            else:
+                shown[label] = [_num(v) if pd.notna(v) else "" for v in values]
+        blocks.append(_Block("p", f"{rule} ({int(table.loc[rule, 'pools'])} pools):"))
+        blocks.append(_Block("table", table=shown))
+    return blocks
+
+
 def render_report(inputs: ReportInputs) -> Report:
     """Compute the portfolio tables from ``inputs`` and render them (module docstring)."""
     pngs: dict[str, bytes] = {}
@@ -524,7 +570,20 @@ def render_report(inputs: ReportInputs) -> Report:
     blocks.append(_Block("p", f"{pools} pools, out of sample, after every cost. Intervals: 95 % "
                               f"{inputs.bootstrap.bootstrap_method} block bootstrap (arch) in calendar time (blocks of {_duration(inputs.bootstrap.block)}, pools resampled "
                               f"together, {inputs.bootstrap.bootstrap_samples:,} replicates)."))
-    blocks.append(_Block("h2", "Headline"))
+    if inputs.verdict is not None:
+        blocks += verdict_blocks(inputs.verdict)
+        tables["verdict"] = inputs.verdict.rules
+    if inputs.signal_evidence is not None:
+        blocks += _signal_evidence_blocks(inputs.signal_evidence, pngs)
+    if inputs.rule_tables:
+        blocks += rule_blocks(inputs.rule_tables)
+        for rule, table in inputs.rule_tables.items():
+            tables[f"rule_{rule}"] = table
+    if inputs.basket is not None:
+        blocks += basket_blocks(inputs.basket, pngs)
+        if getattr(inputs.basket, "metrics", None) is not None:
+            tables["basket"] = inputs.basket.metrics
+    blocks.append(_Block("h2", "Headline: q50 on the pools where it traded"))
     blocks.append(_Block("p", HEADLINE_CAPTION.replace("the stated minimum",
                                                        f"{inputs.bootstrap.min_round_trips_for_interval}")))
     blocks.append(_Block("table", table=headline_display(headline)))
@@ -536,9 +595,6 @@ def render_report(inputs: ReportInputs) -> Report:
     blocks += trials_blocks(inputs.trials_ledger, inputs.trials)
     if inputs.trials_ledger is not None:
         tables["trials"] = inputs.trials_ledger
-
-    if inputs.signal_evidence is not None:
-        blocks += _signal_evidence_blocks(inputs.signal_evidence, pngs)
 
     if inputs.permutation is not None:
         null = inputs.permutation
@@ -574,11 +630,6 @@ def render_report(inputs: ReportInputs) -> Report:
         if len(inputs.round_trips):
             pngs["breakdowns"] = breakdowns_png(breakdowns)
             blocks.append(_Block("img", "breakdowns"))
-
-    if inputs.basket is not None:
-        blocks += basket_blocks(inputs.basket, pngs)
-        if getattr(inputs.basket, "metrics", None) is not None:
-            tables["basket"] = inputs.basket.metrics
 
     markdown, page = _render(inputs.title, blocks, pngs)
     return Report(markdown=markdown, pngs=pngs, html=page, tables=tables)
