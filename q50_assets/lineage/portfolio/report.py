@@ -487,6 +487,7 @@ def basket_blocks(basket, pngs: dict[str, bytes]) -> list[_Block]:
     blocks.append(_Block("table", table=basket_display(basket.metrics)))
     pngs["basket"] = basket_png(basket.bar_returns)
     blocks.append(_Block("img", "basket"))
+    return blocks
 
 
 def _signal_evidence_blocks(result, pngs: dict[str, bytes]) -> list[_Block]:
