@@ -18,6 +18,7 @@ import pandas as pd
 from q50_assets.lineage.backtest.step import Q50, bar_returns_from_record, round_trips_from_records, variants_for
 from q50_assets.lineage.backtest.permutation import pooled_p_value
 from q50_assets.lineage.portfolio.report import PermutationNull, Report, ReportInputs, render_report
+from q50_assets.settings import BacktestSettings
 
 MIN_PERMUTATIONS = 1000
 
@@ -41,7 +42,8 @@ def portfolio_table(results: pd.DataFrame, variants: tuple[str, ...] | None = No
     turnover and holding time, and in how many of those pools q50's return beats the variant's."""
     if results.empty:
         return pd.DataFrame()
-    variants = variants or tuple(v for v in variants_for((0.5, 2.0)) if v in set(results["variant"]))
+    variants = variants or tuple(v for v in variants_for(BacktestSettings().reserve_sensitivity)
+                                 if v in set(results["variant"]))
     pools = traded_pools(results)
     rows = results[results["pool_id"].isin(pools)]
     if rows.empty:
@@ -151,7 +153,7 @@ def comparable_baselines(results: pd.DataFrame, variants: tuple[str, ...] | None
     more than it holds), or a q50 row without a permutation null of at least 1,000 draws.
     Returns (problems, pools checked)."""
     problems = []
-    expected = set(variants or variants_for((0.5, 2.0)))
+    expected = set(variants or variants_for(BacktestSettings().reserve_sensitivity))
     for pool_id, rows in results.groupby("pool_id"):
         present = set(rows["variant"])
         if present != expected:
