@@ -163,7 +163,7 @@ def capacity_png(curve: CapacityCurve) -> bytes:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(10, 4.2), dpi=96)
-    ax = fig.add_axes((0.08, 0.14, 0.68, 0.74))
+    ax = fig.add_axes((0.08, 0.14, 0.7, 0.76))
     table = curve.table
     sizes = np.asarray(table.index.levels[0], dtype=np.float64)
     factors = list(table.index.levels[1])

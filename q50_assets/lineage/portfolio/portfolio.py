@@ -219,7 +219,7 @@ def labelled_signals(signals: dict[str, pd.DataFrame], predictions: pd.DataFrame
 
 
 def research_report(results: pd.DataFrame, *, trials: int, bar_seconds: int, bootstrap, model=None,
-                    hit_rate: dict | None = None) -> tuple[Report | None, dict]:
+                    hit_rate: dict | None = None, capacity=None, assumed_reserve: str = "") -> tuple[Report | None, dict]:
     """The research report (research/report.py) over the pools where q50 traded -- the same pools
     as the portfolio table -- from what their backtests stored; the pooled permutation null over
     every pool with one. Returns (report or None when no pool traded, facts for the caption)."""
@@ -243,7 +243,7 @@ def research_report(results: pd.DataFrame, *, trials: int, bar_seconds: int, boo
         intro=intro, bar_returns=bar_returns, trials=trials, permutation=null,
         permutation_statistic=f"mean per-bar net return of q50, averaged over {permutation.get('pools', 0)} pools",
         round_trips=round_trips, model=model, hit_rate=hit_rate, bar_seconds=bar_seconds, bootstrap=bootstrap,
-        title="Q50: out-of-sample evidence, after every cost")
+        title="Q50: out-of-sample evidence, after every cost", capacity=capacity, assumed_reserve=assumed_reserve)
     return render_report(inputs), facts
 
 

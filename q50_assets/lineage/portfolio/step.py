@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from q50_assets.lineage.backtest.step import Q50
+from q50_assets.lineage.common.costs import FallbackReserve
 from q50_assets.lineage.common.ports import ProjectTableStore, ReportSink
 from q50_assets.lineage.common.uncertainty import BootstrapConfig
 from q50_assets.lineage.model.evaluation import net_hit_rate
@@ -19,7 +21,10 @@ from q50_assets.lineage.portfolio.portfolio import (
     portfolio_markdown,
     portfolio_table,
     research_report,
+    stored_evidence,
+    traded_pools,
 )
+from q50_assets.lineage.portfolio.capacity import CapacityCurve, capacity_curve
 from q50_assets.settings import Settings
 
 
@@ -34,13 +39,30 @@ def portfolio_summary(results: pd.DataFrame, variants: tuple[str, ...]) -> dict:
             "no_trade": no_trade, "markdown": portfolio_markdown(table, permutation, no_trade)}
 
 
+def capacity_step(results: pd.DataFrame, settings: Settings, variant: str = Q50,
+                  bootstrap: BootstrapConfig | None = None) -> CapacityCurve | None:
+    """The capacity curve (portfolio/capacity.py) of ``variant``'s stored round trips over the pools
+    of the report, at the configured fee and impact cap; None without any stored round trip (the
+    backtest stores q50's)."""
+    if not len(results):
+        return None
+    _, trips, _ = stored_evidence(results, traded_pools(results))
+    if trips is None or not len(trips):
+        return None
+    return capacity_curve(trips, fee_rate=settings.signals.swap_fee,
+                          max_reserve_fraction=settings.nautilus_trader.backtest.max_reserve_fraction, variant=variant,
+                          bar_seconds=settings.bar_seconds, config=bootstrap or BootstrapConfig.of(settings))
+
+
 def report_step(results: pd.DataFrame, model: TrainedQ50Model | None, tables: ProjectTableStore, settings: Settings,
-                files: ReportSink):
+                files: ReportSink, fallback: FallbackReserve | None = None, capacity_variant: str = Q50):
     """The research report over the latest backtests (research/portfolio.py research_report): the
     model's evidence from the model that made the signals, the hit rate of the stored signals net
     of their expected cost (this run's signals only: signals made elsewhere carry no label), and
-    the deflated Sharpe counting the configurations tried. Writes the HTML page; returns
-    (report or None, facts, path or None)."""
+    the deflated Sharpe counting the configurations tried, the capacity curve of
+    ``capacity_variant`` and the reserve assumed where none was observed (``fallback``, as the
+    signal and backtest steps compute it). Writes the HTML page; returns (report or None, facts,
+    path or None)."""
     trials = dsr_trials(settings)
     bootstrap = BootstrapConfig.of(settings)
     hit_rate = None
@@ -50,9 +72,13 @@ def report_step(results: pd.DataFrame, model: TrainedQ50Model | None, tables: Pr
         if len(labelled) and labelled["label"].notna().any():
             hit_rate = net_hit_rate(labelled, cost_column="expected_cost_fraction", time_column="known_at",
                                     bar_seconds=settings.bar_seconds, config=bootstrap)
+    capacity = capacity_step(results, settings, capacity_variant, bootstrap)
     report, facts = research_report(results, trials=trials["trials"], bar_seconds=settings.bar_seconds,
                                     bootstrap=bootstrap, model=model.evidence if model is not None else None,
-                                    hit_rate=hit_rate)
+                                    hit_rate=hit_rate, capacity=capacity,
+                                    assumed_reserve=fallback.describe() if fallback is not None else "")
     facts["trials_detail"] = trials
+    facts["capacity"] = capacity
+    facts["fallback"] = fallback
     path = files.write(report) if report is not None else None
     return report, facts, path
