@@ -62,7 +62,9 @@ class TestNautilusIntegration:
     def test_q50_signal_loading(self, collector_url, tmp_path, instance):
         """Q50SignalLoader, built from the signal frame and from the q50_signals table, returns the
         signal known at each bar close, never a later one; the strategy decided on exactly those."""
-        settings = settings_for(collector_url, tmp_path, **LIGHT_MODEL)
+        # A deep assumed pool: at the sample's median reserve (~5.6k USD) this pool's signals never
+        # pay their impact, and the decisions below need an entry.
+        settings = settings_for(collector_url, tmp_path, **LIGHT_MODEL, **DEEP_POOL)
         out = run_lineage(settings, instance, backtest=True, pools=POOLS[:1])
         pool_id = POOLS[0]
         signals = out["signals"][pool_id]
