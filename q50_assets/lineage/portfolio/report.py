@@ -205,7 +205,10 @@ def breakdowns_png(breakdowns: Mapping[str, pd.DataFrame]) -> bytes:
         est = shown["mean_net_return"].to_numpy(dtype=np.float64)
         low = shown["mean_net_return_low"].to_numpy(dtype=np.float64)
         high = shown["mean_net_return_high"].to_numpy(dtype=np.float64)
-        err = np.vstack([np.where(np.isfinite(low), est - low, 0), np.where(np.isfinite(high), high - est, 0)])
+        # A percentile interval of a few skewed trips need not contain its estimate: draw such a
+        # side as zero (the table beside it shows the numbers); matplotlib refuses negative errors.
+        err = np.vstack([np.where(np.isfinite(low), np.maximum(est - low, 0), 0),
+                         np.where(np.isfinite(high), np.maximum(high - est, 0), 0)])
         ax.errorbar(x, 100 * est, yerr=100 * err, fmt="o", markersize=3, capsize=2)
         ax.axhline(0, color="0.6", linewidth=0.6)
         ax.set_xticks(x, [f"{g}\n({n})" for g, n in zip(shown.index, shown["trades"])], fontsize=6)

@@ -14,6 +14,7 @@ from q50_assets.lineage.model.calibration import CalibrationConfig
 from q50_assets.lineage.model.evaluation import model_evidence
 from q50_assets.lineage.model.walk_forward import calibrate_walk_forward
 from q50_assets.lineage.portfolio.report import (
+    breakdowns_png,
     PermutationNull,
     ReportInputs,
     pooled_permutation,
@@ -138,3 +139,10 @@ def test_report_carries_the_capacity_curve_with_its_yardsticks_and_the_assumed_r
     out = render_report(ReportInputs(bar_returns=dict(list(bar_returns.items())[:3]), trials=1, bootstrap=FAST,
                                      capacity=few))
     assert "too few round trips: 5 < 30" in out.markdown and "capacity" not in out.pngs
+
+
+def test_breakdown_picture_draws_an_interval_that_misses_its_estimate():
+    # Percentile intervals of a few skewed trips can lie wholly on one side of the estimate.
+    table = pd.DataFrame({"trades": [3], "mean_net_return": [-0.05], "mean_net_return_low": [-0.04],
+                          "mean_net_return_high": [0.01]}, index=pd.Index(["all"], name="liquidity"))
+    assert breakdowns_png({"liquidity": table}).startswith(PNG_SIGNATURE)
