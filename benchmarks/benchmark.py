@@ -118,6 +118,7 @@ def core_stages(settings, p1: Path, scratch: Path, timer: _Timer) -> dict:
     from q50_assets.lineage.backtest.engine import run_q50_backtest
     from q50_assets.lineage.backtest.step import BacktestStageConfig, pool_spec, q50_inputs
     from q50_assets.lineage.signals.rules import Q50SignalLoader
+    from q50_assets.lineage.signals.step import reserve_assumption
     from q50_assets.lineage.without_dagster import q50_fills, run_without_dagster
 
     # A copy of P1's collector database (the sample as the demo loaded it), a fresh store.
@@ -146,7 +147,7 @@ def core_stages(settings, p1: Path, scratch: Path, timer: _Timer) -> dict:
     traded = sorted(p for p, r in run.results.items() if getattr(r, "status", None) == "ok")
     signals = {p: s for p, s in tables.load_values("q50_signals", traded).items() if len(s)}
     regimes = tables.load_values("regime_labels", sorted(signals))
-    fallback = core.nautilus_trader.backtest.fallback_reserve_usd
+    fallback = reserve_assumption(resources["collector"], core).usd  # the stage's own assumed reserve
     reserves = {p: r for p, (r, _) in resources["collector"].pool_reserves_many(sorted(signals), fallback).items()}
     config = BacktestStageConfig.of(core)
     cases = [(p, safe[p], q50_inputs(config, Q50SignalLoader(signals[p]), regimes[p]), pool_spec(config, reserves[p]))

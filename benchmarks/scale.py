@@ -169,8 +169,12 @@ def write_collector(engine, pools: dict[str, pd.DataFrame], reserves: dict[str, 
     rows = 0
     with engine.begin() as conn:
         conn.execute(insert(dexes).values(id="synthetic", name="synthetic (resampled sample)", network="synthetic"))
+        # Like the sample's snapshots, each reserve is observed after the pool's last bar (no bar is
+        # priced with it); the stages' assumed reserve is a statistic of these observations.
         conn.execute(insert(pools_table), [
-            {"id": p, "address": p.split("_", 1)[1], "name": p, "dex_id": "synthetic", "reserve_usd": reserves[p]}
+            {"id": p, "address": p.split("_", 1)[1], "name": p, "dex_id": "synthetic", "reserve_usd": reserves[p],
+             "last_updated": (pools[p].index[-1] + 2 * (pools[p].index[-1] - pools[p].index[-2])).tz_convert(None)
+             .to_pydatetime()}
             for p in pools])
         for pool_id, bars in pools.items():
             records = [

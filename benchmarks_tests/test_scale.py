@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from q50_assets.lineage.backtest.step import variants_for
+from q50_assets.settings import BacktestSettings
 from q50_assets.lineage.ohlcv.rules import BarRules, validate_bars
 from q50_assets.lineage.trades.rules import TradeRules, analyse_trades
 from q50_assets.storage.collector import CollectorReader
@@ -99,5 +100,5 @@ def test_scale_run_takes_every_pool_through_every_stage_and_dagster_stores_the_s
     ignore = ["id", "created_at", "backtest_run_id"]
     a = functions_db.latest_backtest_results("1h").drop(columns=ignore).sort_values(["pool_id", "variant"])
     b = dagster_db.latest_backtest_results("1h").drop(columns=ignore).sort_values(["pool_id", "variant"])
-    assert len(a) == 3 * len(variants_for((0.5, 2.0)))  # every variant of each pool
+    assert len(a) == 3 * len(variants_for(BacktestSettings().reserve_sensitivity))  # every variant of each pool
     pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True))

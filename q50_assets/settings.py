@@ -320,15 +320,28 @@ class BacktestSettings(CapitalSettings, KellySettings, FillSettings):
     permutations: int = Field(default=1000, ge=1000, le=100_000,
                               description="Permutation null draws per pool (circular shifts of the Q50 positions).")
     permutation_seed: int = Field(default=7, description="Seed of the permutation null.")
-    fallback_reserve_usd: float | None = Field(
-        default=50_000.0, gt=0,
+    fallback_reserve: Literal["median", "none"] | float = Field(
+        default="median",
         description="Liquidity assumed for price impact when the collector has no observation of a pool's reserve "
-        "at a bar's time; null = no impact for such bars (flagged in metadata).",
+        "at a bar's time: 'median' = the median over the observed pools of each pool's median reserve in the "
+        "collector database, a number in (0, 1) = that quantile of them, 'none' = no impact for such bars. "
+        "Computed once per batch, the same for signals and backtests (lineage/common/costs.py).")
+    fallback_reserve_usd: float | None = Field(
+        default=None, gt=0,
+        description="An explicit assumed liquidity (USD) instead of fallback_reserve's statistic; null = use it.",
     )
     reserve_sensitivity: tuple[float, ...] = Field(
-        default=(0.5, 2.0),
-        description="The assumed reserve is also scaled by each factor (variants q50_reserve_x<factor>).")
+        default=(0.1, 10.0),
+        description="The assumed reserve is also scaled by each factor (variants q50_reserve_x<factor>); each "
+        "factor is one more Nautilus run for every pool whose span uses the assumed reserve.")
     buy_and_hold_fraction: float = Field(default=1.0, gt=0, le=1, description="Equity share of the buy & hold baseline.")
+
+    @field_validator("fallback_reserve")
+    @classmethod
+    def _statistic(cls, value):
+        if not isinstance(value, str) and not 0 < value < 1:
+            raise ValueError(f"must be 'median', 'none' or a quantile in (0, 1), got {value}")
+        return value
 
     @model_validator(mode="after")
     def _sensitivity_factors(self):

@@ -130,7 +130,11 @@ def test_every_setting_reaches_the_definitions(tmp_path):
             field = Settings
             for part in path[:-1]:
                 field = field.model_fields[part].annotation
-            candidates = [v for v in typing.get_args(field.model_fields[path[-1]].annotation) if v != value]
+            # A Literal's values, also inside a union (e.g. Literal["median", "none"] | float).
+            args = typing.get_args(field.model_fields[path[-1]].annotation)
+            literals = [a for arg in args for a in (typing.get_args(arg) if typing.get_origin(arg) is typing.Literal
+                                                    else (arg,))]
+            candidates = [v for v in literals if isinstance(v, str) and v != value]
         else:
             candidates = _alternatives(value)
         changed = None

@@ -36,6 +36,12 @@ from q50_assets.storage.batched_queries import as_utc as _utc
 from q50_assets.storage.batched_queries import chunks as _chunks
 
 
+def _observes(observed_at, reserve) -> bool:
+    """A row observes a pool's liquidity when it has a time and a finite reserve > 0 (the collector
+    writes 0 for an unknown reserve)."""
+    return observed_at is not None and reserve is not None and math.isfinite(float(reserve)) and float(reserve) > 0
+
+
 class CollectorReader(ConfigurableResource):
     """Reads the collector's tables, a batch of pools per query; never writes."""
 
@@ -179,27 +185,49 @@ class CollectorReader(ConfigurableResource):
         liquidity): it is left out and counted. Returns per pool (observed_at, reserve_usd, source
         frame; rows left out). Read-only, bound parameters, one query per table and chunk of pools.
         """
+        rows: dict[str, list] = {p: [] for p in pool_ids}
+        ignored = dict.fromkeys(pool_ids, 0)
+        with self.engine.connect() as conn:
+            for source, pool_col, at_col, reserve_col, id_col in self._reserve_tables():
+                for chunk in _chunks(sorted(set(pool_ids))):
+                    stmt = (select(pool_col, at_col, reserve_col).where(pool_col.in_(chunk))
+                            .order_by(pool_col, at_col, id_col))
+                    for pool_id, observed_at, reserve in conn.execute(stmt):
+                        if not _observes(observed_at, reserve):
+                            ignored[pool_id] += 1
+                            continue
+                        rows[pool_id].append((_utc(observed_at), float(reserve), source))
+        return {p: (pd.DataFrame(rows[p], columns=["observed_at", "reserve_usd", "source"]), ignored[p])
+                for p in pool_ids}
+
+
+    def _reserve_tables(self) -> list[tuple]:
+        """(source, pool id, observed-at, reserve, row id) columns of every table holding reserves."""
         tables = [("collector_snapshot", pools.c.id, pools.c.last_updated, pools.c.reserve_usd, pools.c.id)]
         existing = inspect(self.engine)
         for source, table in (("collector_history", new_pools_history),
                               ("collector_history_enhanced", new_pools_history_enhanced)):
             if existing.has_table(table.name):
                 tables.append((source, table.c.pool_id, table.c.collected_at, table.c.reserve_in_usd, table.c.id))
-        rows: dict[str, list] = {p: [] for p in pool_ids}
-        ignored = dict.fromkeys(pool_ids, 0)
+        return tables
+
+
+    def reserve_levels(self) -> pd.DataFrame:
+        """Every observation of any pool's liquidity in the database (pool_id, reserve_usd, source):
+        what the assumed reserve is computed from (``lineage/common/costs.py fallback_reserve_of``).
+        The same rows count as :meth:`reserve_observations_many` counts (a time and a reserve > 0);
+        the filter on the reserve runs in the database, rows are streamed (history tables grow)."""
+        frames = []
         with self.engine.connect() as conn:
-            for source, pool_col, at_col, reserve_col, id_col in tables:
-                for chunk in _chunks(sorted(set(pool_ids))):
-                    stmt = (select(pool_col, at_col, reserve_col).where(pool_col.in_(chunk))
-                            .order_by(pool_col, at_col, id_col))
-                    for pool_id, observed_at, reserve in conn.execute(stmt):
-                        if observed_at is None or reserve is None or not float(reserve) > 0 \
-                                or not math.isfinite(float(reserve)):
-                            ignored[pool_id] += 1
-                            continue
-                        rows[pool_id].append((_utc(observed_at), float(reserve), source))
-        return {p: (pd.DataFrame(rows[p], columns=["observed_at", "reserve_usd", "source"]), ignored[p])
-                for p in pool_ids}
+            for source, pool_col, at_col, reserve_col, id_col in self._reserve_tables():
+                stmt = (select(pool_col, reserve_col)
+                        .where(at_col.is_not(None), reserve_col.is_not(None), reserve_col > 0)
+                        .order_by(pool_col, id_col))
+                result = conn.execution_options(stream_results=True, yield_per=50_000).execute(stmt)
+                values = [(str(pool_id), float(reserve)) for pool_id, reserve in result
+                          if math.isfinite(float(reserve))]
+                frames.append(pd.DataFrame(values, columns=["pool_id", "reserve_usd"]).assign(source=source))
+        return pd.concat(frames, ignore_index=True)
 
 
     def pool_reserves_many(self, pool_ids: list[str], fallback_usd: float | None

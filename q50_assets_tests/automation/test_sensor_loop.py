@@ -22,6 +22,7 @@ from q50_assets.db.engine import get_engine
 from q50_assets.db.q50_models import q50_signals, q50_trading_history
 from q50_assets.definitions import build_definitions
 from q50_assets.lineage.backtest.step import variants_for
+from q50_assets.settings import BacktestSettings
 from q50_assets.storage.collector import CollectorReader
 from q50_assets.storage.project_tables import ProjectTables
 from q50_assets.lineage.signals.step import LIVE_FOLD
@@ -128,7 +129,7 @@ def test_sensor_loop_on_a_postgresql_collector(collector_url, tmp_path, backend)
         assert evaluate_automation_conditions(defs, instance, cursor=automation.cursor).total_requested == 0
 
         before = _outputs(db)
-        assert all(len(o["signals"]) > 100 and len(o["results"]) == len(variants_for((0.5, 2.0)))
+        assert all(len(o["signals"]) > 100 and len(o["results"]) == len(variants_for(BacktestSettings().reserve_sensitivity))
                    for o in before.values())
         assert not (pd.concat([o["signals"] for o in before.values()])["fold"] == LIVE_FOLD).any()
 

@@ -114,7 +114,7 @@ def real_backtest_frames(cost: float = 0.006, exposure: float = 0.3, draws: int 
                 "momentum_regime": "trending_up" if mom[s - 1] > 0.05 else "ranging",
                 "signal_tier": "ABCD"[min(3, int(abs(mom[s - 1]) * 40))],
                 "reserve_usd": [30_000.0, 120_000.0, 2_000_000.0][i % 3] if i % 4 == 0 else 50_000.0,
-                "reserve_source": "collector" if i % 4 == 0 else "fallback_reserve_usd",
+                "reserve_source": "collector_snapshot" if i % 4 == 0 else "fallback",
             })
         # Null: the same exposures shuffled in time, statistic = mean per-bar net return.
         shuffled = np.stack([rng.permutation(into[span]) for _ in range(draws)])

@@ -52,6 +52,7 @@ from q50_assets.definitions import build_definitions
 from q50_assets.storage.project_tables import ProjectTables
 from q50_assets.storage.qlib_store import QlibStore
 from q50_assets.lineage.backtest.step import variants_for
+from q50_assets.settings import BacktestSettings
 from q50_assets.lineage.features.formulas import STORE_FIELDS
 from q50_assets_tests.lineage.signals.test_model_and_signals_assets import DEEP_POOL, LIGHT_MODEL, QUIET, run_lineage
 from q50_assets_tests.automation.test_new_bars_sensor import Ticker
@@ -409,7 +410,7 @@ def test_server_stopped_in_the_middle_of_a_trading_history_write(prepared, pg):
         # backtest_results is the step's first output, stored (committed) before the history's: its
         # rows stay, so until the next run this pool's latest backtest has no trading history.
         results = read_table(url, "q50_backtest_results", lambda t: t.c.backtest_run_id == new_run)
-        assert sorted(results["variant"]) == sorted(variants_for((0.5, 2.0)))
+        assert sorted(results["variant"]) == sorted(variants_for(BacktestSettings().reserve_sensitivity))
 
     # The next run succeeds and writes exactly what a clean run writes.
     again = job.execute_in_process(partition_key=POOL, instance=prepared.instance, asset_selection=keys,
@@ -629,7 +630,7 @@ def test_two_refreshes_of_one_pool_at_once_write_no_duplicates(prepared, tmp_pat
     # Per-run tables: each run wrote its own rows once, both equal to a clean run's.
     for report in (a, b):
         results = read_table(url, "q50_backtest_results", lambda t: t.c.backtest_run_id == report["run_id"])
-        assert sorted(results["variant"]) == sorted(variants_for((0.5, 2.0)))
+        assert sorted(results["variant"]) == sorted(variants_for(BacktestSettings().reserve_sensitivity))
         history = history_of(url, report["run_id"])
         assert not history.duplicated(["nautilus_order_id"]).any()
         pd.testing.assert_frame_equal(comparable(history, "q50_trading_history"), clean_history, check_exact=True)

@@ -24,7 +24,9 @@ from q50_assets.lineage.backtest.step import (
     PoolBacktest,
     metrics_markdown,
 )
-from q50_assets.lineage.common.batch import PoolChecks, add_pool_metadata, blocked_metadata, pool_check_spec, progress_callback
+from q50_assets.lineage.common.batch import (PoolChecks, add_pool_metadata, blocked_metadata, fallback_metadata,
+                                             pool_check_spec, progress_callback)
+from q50_assets.lineage.common.costs import SOURCE_FALLBACK, FallbackReserve
 from q50_assets.lineage.common.conditions import eager_after
 from q50_assets.lineage.common.gate import Blocked
 from q50_assets.lineage.common.partitions import pool_partitions
@@ -39,12 +41,23 @@ from q50_assets.lineage.backtest.step import VERIFIED, backtest_step
 BACKTEST_ASSET = "backtest_results"
 
 
-def _backtest_metadata(result: PoolBacktest, settings: Settings, rows_ignored: int, png: bytes | None) -> dict:
+def signals_fallback_usd(signals) -> float | None:
+    """The assumed reserve a pool's stored signals were priced with (their rows sourced
+    ``fallback``), or None where none of them used it."""
+    if signals is None or "reserve_source" not in getattr(signals, "columns", ()):
+        return None
+    assumed = signals.loc[signals["reserve_source"] == SOURCE_FALLBACK, "reserve_usd"].dropna().unique()
+    return float(assumed[0]) if len(assumed) == 1 else (float("nan") if len(assumed) else None)
+
+
+def _backtest_metadata(result: PoolBacktest, settings: Settings, rows_ignored: int, png: bytes | None,
+                       fallback: FallbackReserve | None) -> dict:
     if result.status not in VERIFIED:
         return {"pool_id": result.pool_id, "status": result.status, "reason": result.reason}
     m = result.metrics
     perm = result.permutation
-    fallback = settings.nautilus_trader.backtest.fallback_reserve_usd
+    fallback = fallback.usd if fallback is not None else None
+    in_signals = signals_fallback_usd(result.signals)
     return {
         "pool_id": result.pool_id,
         "status": result.status,
@@ -69,6 +82,10 @@ def _backtest_metadata(result: PoolBacktest, settings: Settings, rows_ignored: i
         "reserve_observations": int(result.reserve["observations"]),
         "reserve_rows_ignored": int(rows_ignored),
         "fallback_reserve_usd": MetadataValue.float(float(fallback)) if fallback is not None else "none (no impact)",
+        # What the signals of this pool assumed: equal to the above unless the collector's
+        # reserves changed between the two runs (then the decisions and the fills disagree).
+        "signals_fallback_reserve_usd": (MetadataValue.float(in_signals) if in_signals is not None
+                                         else "not used by the signals"),
         "rows_written": len(m) if result.status == "ok" else 0,
         "summary": MetadataValue.md(metrics_markdown(m)),
         "equity_curve": MetadataValue.md(
@@ -84,8 +101,8 @@ def _backtest_metadata(result: PoolBacktest, settings: Settings, rows_ignored: i
             description="Per pool: the Q50 strategy in NautilusTrader BacktestEngines (decisions bar by bar from "
             "the signal and regime known at each close, sized and charged by one cost model: fee + "
             "constant-product impact at the pool's liquidity at the time; fills one or more bars later), beside "
-            "the same decisions at zero cost (gross: what costs took), filled at the close, the reserve assumption "
-            "halved and doubled; the horizon rule q50_horizon (expected return over the holding horizon net of the "
+            "the same decisions at zero cost (gross: what costs took), filled at the close, the assumed reserve "
+            "scaled by each reserve_sensitivity factor; the horizon rule q50_horizon (expected return over the holding horizon net of the "
             "round trip) and its zero-cost replay; buy & hold at full and at each rule's own exposure, and cash; "
             "per-bar returns on the full time grid out of sample; a permutation null of each rule's timing. Stored in q50_backtest_results per backtest run (history kept; the "
             "null's draws on the q50 row); equity picture and table in metadata."),
@@ -140,12 +157,17 @@ def backtest_results(context: AssetExecutionContext, ohlcv_bars: dict, q50_signa
         if result.status not in VERIFIED:
             context.log.warning(f"pool {pool_id}: {result.status}: {result.reason}")
         add_pool_metadata(context, pool_id, _backtest_metadata(result, settings, batch.reserve_rows_ignored.get(pool_id, 0),
-                                                               batch.pictures.get(pool_id)), BACKTEST_ASSET)
+                                                               batch.pictures.get(pool_id), batch.fallback), BACKTEST_ASSET)
+        used = signals_fallback_usd(result.signals)
+        if batch.fallback is not None and used is not None and used != batch.fallback.usd:
+            context.log.warning(f"pool {pool_id}: its signals assumed a reserve of {used} USD, this backtest "
+                                f"{batch.fallback.usd} USD: the collector's reserves changed between the two runs")
         for name, (passed, metadata) in batch.outcomes.get(pool_id, {}).items():
             checks.add(BACKTEST_ASSET, name, pool_id, passed, metadata)
     yield Output(results, output_name=BACKTEST_ASSET,
                  metadata={"pools": len(pool_ids), "backtest_run_id": run_id,
-                           "pools_ok": sum(not isinstance(r, Blocked) and r.status == "ok" for r in results.values())})
+                           "pools_ok": sum(not isinstance(r, Blocked) and r.status == "ok" for r in results.values()),
+                           **fallback_metadata(batch.fallback)})
     yield Output(histories, output_name=TRADING_HISTORY_ASSET, metadata={"backtest_run_id": run_id})
     # The history is in the table now (the IO manager wrote it when the output was yielded):
     # reconcile what the database holds with Nautilus' own fills report.

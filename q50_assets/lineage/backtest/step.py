@@ -15,9 +15,10 @@ Variants (columns of ``bar_returns`` / ``positions``, rows of ``metrics``):
   ``cost_drag`` = gross - net return is what costs took;
 * ``q50_close`` -- the same decisions filled at the decision bar's own close (no latency): how
   much the delay costs;
-* ``q50_reserve_x<k>`` -- ``q50`` with the ASSUMED reserve (``fallback_reserve_usd``, where the
-  collector has no observation) scaled by k: how much the result rests on that assumption
-  (identical to ``q50`` when no bar of the span uses it);
+* ``q50_reserve_x<k>`` -- ``q50`` with the ASSUMED reserve (``fallback_reserve``: a statistic of
+  the collector's observed reserves, or ``fallback_reserve_usd``; where the collector has no
+  observation) scaled by k: how much the result rests on that assumption (identical to ``q50``
+  when no bar of the span uses it);
 * ``q50_horizon`` -- the horizon rule (lineage/backtest/horizon.py: expected return over the
   holding horizon net of the round trip's cost, hold ``holding_bars``), its schedule executed by
   the target strategy with q50's execution and costs; ``q50_horizon_gross`` -- the same schedule
@@ -51,7 +52,7 @@ import numpy as np
 import pandas as pd
 
 from q50_assets.lineage.common.bar_length import BarLength
-from q50_assets.lineage.common.costs import SOURCE_FALLBACK, ReserveSeries
+from q50_assets.lineage.common.costs import SOURCE_FALLBACK, FallbackReserve, ReserveSeries
 from q50_assets.lineage.backtest.execution import DUST_USD
 from q50_assets.lineage.backtest.metrics import bars_per_year, grid_equity, grid_returns, returns_metrics
 from q50_assets.settings import BacktestSettings, HorizonRuleSettings, PositionLimits, Settings, SignalSettings
@@ -59,6 +60,7 @@ from q50_assets.lineage.common.batch import each
 from q50_assets.lineage.common.gate import Blocked
 from q50_assets.lineage.common.ports import CollectorSource, ProjectTableStore
 from q50_assets.lineage.ohlcv.step import bars_or_blocked
+from q50_assets.lineage.signals.step import reserve_assumption
 
 Q50 = "q50"
 Q50_CLOSE = "q50_close"
@@ -734,6 +736,7 @@ class BacktestBatch:
     outcomes: dict  # pool -> {check name: (passed, metadata)} for computed pools
     reserve_rows_ignored: dict  # pool -> collector reserve rows that observed nothing
     pictures: dict  # pool -> equity picture (PNG bytes) for pools with metrics
+    fallback: FallbackReserve | None = None  # the batch's assumed reserve (None: no engine ran)
 
 
 def backtest_step(ohlcv: dict, signals: dict, regimes: dict, db: CollectorSource,
@@ -754,8 +757,10 @@ def backtest_step(ohlcv: dict, signals: dict, regimes: dict, db: CollectorSource
     config = BacktestStageConfig.of(settings) if settings.nautilus_trader.enabled and available else None
     gates = {p: _pool_inputs_gate(p, ohlcv[p], signals.get(p), regimes.get(p)) for p in ohlcv}
     usable = [p for p, b in gates.items() if not isinstance(b, Blocked)]
-    reserves = (db.pool_reserves_many(usable, settings.nautilus_trader.backtest.fallback_reserve_usd)
-                if usable and settings.nautilus_trader.enabled and available else {})
+    runs = bool(usable) and settings.nautilus_trader.enabled and available
+    # The same assumed reserve as the signals' (one definition, one read per batch).
+    fallback = reserve_assumption(db, settings) if runs else None
+    reserves = db.pool_reserves_many(usable, fallback.usd) if runs else {}
     out, outcomes, ignored = {}, {}, {}
     for pool_id in each(list(ohlcv), progress):
         bars = gates[pool_id]
@@ -782,4 +787,4 @@ def backtest_step(ohlcv: dict, signals: dict, regimes: dict, db: CollectorSource
                 result = replace(result, status="failed_checks", reason=f"checks failed: {', '.join(failed)}")
         out[pool_id] = result
     drawn = {p: equity_png(r) for p, r in out.items() if not isinstance(r, Blocked) and r.status in VERIFIED}
-    return BacktestBatch(out, outcomes, ignored, drawn)
+    return BacktestBatch(out, outcomes, ignored, drawn, fallback)

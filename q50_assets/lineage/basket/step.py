@@ -35,6 +35,7 @@ from q50_assets.lineage.common.gate import Blocked
 from q50_assets.lineage.common.ports import CollectorSource
 from q50_assets.lineage.common.uncertainty import BootstrapConfig, headline_table
 from q50_assets.lineage.ohlcv.step import bars_or_blocked
+from q50_assets.lineage.signals.step import reserve_assumption
 from q50_assets.settings import Settings
 
 STAGE = "basket_backtest"
@@ -190,8 +191,9 @@ def basket_step(ohlcv: dict, signals: dict, db: CollectorSource, settings: Setti
     ever = {b: [p for p in m.members.columns if m.members.loc[m.members.index >= start, p].any()]
             for b, m in result.memberships.items()}
     needed = sorted(set(candidates) | {p for pools in ever.values() for p in pools})
-    reserves = {p: r for p, (r, _) in db.pool_reserves_many(
-        needed, settings.nautilus_trader.backtest.fallback_reserve_usd).items()}
+    # The reserve assumed where none was observed: the same rule as the signals' and backtests'.
+    fallback = reserve_assumption(db, settings)
+    reserves = {p: r for p, (r, _) in db.pool_reserves_many(needed, fallback.usd).items()}
     stage = BacktestStageConfig.of(settings)
     capital = config.basket_capital_usd
 

@@ -135,3 +135,16 @@ def each(items: Iterable, callback=None) -> Iterator:
         yield item
         if callback is not None:
             callback(i)
+
+
+def fallback_metadata(fallback) -> dict:
+    """The batch's assumed reserve (``lineage/common/costs.py FallbackReserve``) as asset metadata:
+    its value as a number (plotted across runs), how it was made and from how many pools."""
+    if fallback is None:
+        return {"fallback_reserve": "not computed (no pool to price)"}
+    return {"fallback_reserve_usd": (MetadataValue.float(float(fallback.usd)) if fallback.usd is not None
+                                     else "none (no impact)"),
+            "fallback_reserve_statistic": fallback.statistic,
+            "fallback_reserve_pools": int(fallback.pools),
+            "fallback_reserve_observations": int(fallback.observations),
+            "fallback_reserve": fallback.describe()}

@@ -30,7 +30,14 @@ tick (``q50_assets_tests/lineage/common/test_costs.py`` proves it on Nautilus fi
 time t is the latest observation made at or before t (as-of, never a later one). Before the
 first observation, or for a pool without any, the assumed ``fallback_usd`` applies and the
 lookup says so (source ``"fallback"``): an explicit assumption, scaled by ``fallback_scale``
-for the sensitivity variants (x0.5, x2).
+for the sensitivity variants (``nautilus_trader.backtest.reserve_sensitivity``).
+
+**The assumed reserve** (:func:`fallback_reserve_of`) is not a constant picked by hand: it is a
+stated statistic of the collector's own observations, by default the median over the observed
+pools of each pool's median reserve (each pool counts once, however often it was observed). It
+describes the pools this collector follows, not any one pool at any one time: a level, not a
+forecast, taken from every observation the database holds when the run starts (the sample's
+snapshots postdate its bars). An explicit ``fallback_reserve_usd`` overrides it.
 """
 
 from __future__ import annotations
@@ -46,8 +53,10 @@ import pandas as pd
 
 SOURCE_FALLBACK = "fallback"
 SOURCE_NONE = "none"  # no observation and no fallback: no impact modelled
-RESERVE_SOURCES = ("collector_snapshot", "collector_history", "collector_history_enhanced", SOURCE_FALLBACK,
-                   SOURCE_NONE)
+# The sources of a reserve the collector observed (storage/collector.py reserve_observations_many):
+# the one list every reader of ``reserve_source`` tests against.
+MEASURED_SOURCES = ("collector_snapshot", "collector_history", "collector_history_enhanced")
+RESERVE_SOURCES = (*MEASURED_SOURCES, SOURCE_FALLBACK, SOURCE_NONE)
 
 
 class TradeCost(NamedTuple):
@@ -145,7 +154,7 @@ class ReserveSeries:
             if not (math.isfinite(values[i]) and values[i] > 0):
                 raise ValueError(f"reserve observation row {i} ({times.iloc[i]}): reserve_usd must be a finite "
                                  f"number > 0, got {obs['reserve_usd'].iloc[i]!r}")
-            if obs["source"].iloc[i] not in RESERVE_SOURCES[:3]:
+            if obs["source"].iloc[i] not in MEASURED_SOURCES:
                 raise ValueError(f"reserve observation row {i}: unknown source {obs['source'].iloc[i]!r}")
         order = np.argsort(times.dt.as_unit("ns").astype("int64").to_numpy(), kind="stable")
         self._times = [int(t) for t in times.dt.as_unit("ns").astype("int64").to_numpy()[order]]
@@ -192,6 +201,82 @@ class ReserveSeries:
         return values, sources
 
 
+class NoReserveObservations(ValueError):
+    """The assumed reserve is to come from the collector's observations, but it has none."""
+
+
+@dataclass(frozen=True)
+class FallbackReserve:
+    """The reserve assumed where a pool has no observation, and where it came from.
+
+    ``usd``: the value (None = no impact where nothing was observed); ``statistic``: how it was
+    made (``"median"``, ``"quantile 0.25"``, ``"setting fallback_reserve_usd"``, ``"none"``);
+    ``pools`` / ``observations``: the observed pools and observations it was computed from
+    (0 for a setting)."""
+
+    usd: float | None
+    statistic: str
+    pools: int = 0
+    observations: int = 0
+
+    def describe(self) -> str:
+        if self.usd is None:
+            return "none: no price impact where the collector observed no reserve (fallback_reserve: none)"
+        if self.pools == 0:
+            return f"{self.usd:,.0f} USD ({self.statistic})"
+        return (f"{self.usd:,.0f} USD: the {self.statistic} over {self.pools:,} observed pools of each pool's median "
+                f"reserve ({self.observations:,} collector observations)")
+
+    def metadata(self) -> dict:
+        """Plain values for asset metadata and reports."""
+        return {"fallback_reserve_usd": self.usd, "fallback_reserve_statistic": self.statistic,
+                "fallback_reserve_pools": self.pools, "fallback_reserve_observations": self.observations}
+
+
+def fallback_reserve_of(levels: pd.DataFrame, statistic: str | float = "median",
+                        override_usd: float | None = None) -> FallbackReserve:
+    """The assumed reserve (module docstring) from ``levels``: every valid reserve observation of
+    the collector, columns ``pool_id`` and ``reserve_usd``.
+
+    ``statistic``: ``"median"`` (the quantile 0.5), a quantile in (0, 1), or ``"none"`` (no
+    assumed reserve: fee only where nothing was observed). ``override_usd``: an explicit value,
+    which wins. Raises :class:`NoReserveObservations` when a statistic is asked of a database
+    without any observation (a run must not price impact on an invented liquidity silently), and
+    ValueError naming the row for a reserve that is not a finite number > 0."""
+    if override_usd is not None:
+        if not (math.isfinite(override_usd) and override_usd > 0):
+            raise ValueError(f"fallback_reserve_usd must be a finite number > 0, got {override_usd!r}")
+        return FallbackReserve(float(override_usd), "setting fallback_reserve_usd")
+    if isinstance(statistic, str) and statistic == "none":
+        return FallbackReserve(None, "none")
+    if isinstance(statistic, str):
+        if statistic != "median":
+            raise ValueError(f"fallback_reserve must be 'median', 'none' or a quantile in (0, 1), got {statistic!r}")
+        q, name = 0.5, "median"
+    else:
+        q = float(statistic)
+        if not 0 < q < 1:
+            raise ValueError(f"fallback_reserve quantile must be in (0, 1), got {statistic!r}")
+        name = f"quantile {q:g}"
+    missing = [c for c in ("pool_id", "reserve_usd") if c not in levels.columns]
+    if missing:
+        raise ValueError(f"reserve levels lack columns {missing}")
+    values = pd.to_numeric(levels["reserve_usd"], errors="coerce").to_numpy(dtype="float64")
+    bad = ~(np.isfinite(values) & (values > 0))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"reserve level row {i} (pool {levels['pool_id'].iloc[i]!r}): reserve_usd must be a finite "
+                         f"number > 0, got {levels['reserve_usd'].iloc[i]!r}")
+    if len(levels) == 0:
+        raise NoReserveObservations(
+            "the collector database holds no observation of any pool's reserve (pools.reserve_usd > 0 with "
+            "last_updated, or new_pools_history*), so the assumed reserve cannot be its "
+            f"{name}: set nautilus_trader.backtest.fallback_reserve_usd to a liquidity you assume, or "
+            "fallback_reserve: none to price no impact where nothing was observed")
+    per_pool = pd.Series(values).groupby(levels["pool_id"].astype(str).to_numpy()).median()
+    return FallbackReserve(float(np.quantile(per_pool.to_numpy(), q)), name, int(len(per_pool)), int(len(levels)))
+
+
 @dataclass(frozen=True)
 class CostModel:
     """The pool's costs: swap fee, impact cap, and its liquidity over time.
@@ -231,15 +316,32 @@ class CostModel:
         return CostModel(self.fee_rate, self.max_reserve_fraction, reserves)
 
 
+def assumed_reserve(db, fallback_reserve: str | float, fallback_reserve_usd: float | None) -> FallbackReserve:
+    """The run's assumed reserve (:func:`fallback_reserve_of`), read through the collector port
+    (``CollectorSource.reserve_levels``) only when a statistic needs it. The signal and backtest
+    steps both call this with the same settings, once per batch: the same database gives both
+    the same value, and each records it."""
+    if fallback_reserve_usd is not None or fallback_reserve == "none":
+        return fallback_reserve_of(pd.DataFrame(columns=["pool_id", "reserve_usd"]), fallback_reserve,
+                                   fallback_reserve_usd)
+    return fallback_reserve_of(db.reserve_levels(), fallback_reserve, fallback_reserve_usd)
+
+
 __all__ = [
     "CostModel",
+    "FallbackReserve",
+    "MEASURED_SOURCES",
+    "NoReserveObservations",
+    "fallback_reserve_of",
     "RESERVE_SOURCES",
     "ReserveSeries",
     "SOURCE_FALLBACK",
     "SOURCE_NONE",
     "TradeCost",
+    "assumed_reserve",
     "execution_price",
     "impact_fraction_of_reserve",
     "round_trip_cost",
     "trade_cost",
 ]
+

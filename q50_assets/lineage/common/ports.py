@@ -40,6 +40,9 @@ class CollectorSource(Protocol):
                            ) -> dict[str, tuple[ReserveSeries, int]]:
         """Per pool, its liquidity as observed over time and the rows that observed nothing."""
 
+    def reserve_levels(self) -> pd.DataFrame:
+        """Every observation of any pool's reserve in the database: pool_id, reserve_usd, source."""
+
     def collector_feature_vectors(self, pool_id: str) -> pd.DataFrame:
         """The collector's own feature vectors of one pool (never its targets)."""
 

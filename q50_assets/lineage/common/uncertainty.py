@@ -454,9 +454,13 @@ BREAKDOWN_COLUMNS = ("trades", "too_few", "mean_net_return", "mean_net_return_lo
 
 def liquidity_bucket(reserve_usd: pd.Series, reserve_source: pd.Series | None = None,
                      edges: tuple[float, ...] = LIQUIDITY_EDGES_USD) -> pd.Series:
-    """Bucket label of each round trip's pool reserve (USD). A reserve that was not measured by the
-    collector (``reserve_source`` other than "collector", e.g. the configured fallback) is its
-    own bucket, "not measured": an assumed liquidity says nothing about where the edge lives."""
+    """Bucket label of each round trip's pool reserve (USD). Only a reserve the collector measured
+    (``reserve_source`` in the cost model's ``MEASURED_SOURCES``: snapshot, history, enhanced
+    history) is bucketed by its value: an assumed one (``fallback``) is "not measured", since an
+    assumed liquidity says nothing about where the edge lives; no reserve at all (``none``), an
+    unrecognised source or a missing value is "unknown"."""
+    from q50_assets.lineage.common.costs import MEASURED_SOURCES, SOURCE_FALLBACK
+
     reserve = pd.to_numeric(reserve_usd, errors="coerce").to_numpy(dtype=np.float64)
     labels = []
     names = ([f"< {edges[0] / 1000:g}k"] + [f"{lo / 1000:g}k-{hi / 1000:g}k" for lo, hi in zip(edges[:-1], edges[1:])]
@@ -466,8 +470,10 @@ def liquidity_bucket(reserve_usd: pd.Series, reserve_source: pd.Series | None = 
         labels.append(names[position[i]] if np.isfinite(value) else "unknown")
     out = pd.Series(labels, index=reserve_usd.index, dtype=object)
     if reserve_source is not None:
-        measured = reserve_source.astype(str).str.lower().eq("collector")
-        out[~measured.to_numpy()] = "not measured"
+        source = reserve_source.astype(object).where(reserve_source.notna(), "").astype(str).to_numpy()
+        measured = np.isin(source, MEASURED_SOURCES)
+        out[(source == SOURCE_FALLBACK)] = "not measured"
+        out[~measured & (source != SOURCE_FALLBACK)] = "unknown"
     return out
 
 

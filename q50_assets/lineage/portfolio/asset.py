@@ -27,7 +27,11 @@ from q50_assets.lineage.model.asset import MODEL_ASSET
 from q50_assets.lineage.signal_evidence.asset import EVIDENCE_ASSET
 from q50_assets.lineage.model.step import TrainedQ50Model
 from q50_assets.lineage.portfolio.report import headline_markdown, markdown_with_pictures
-from q50_assets.lineage.common.ports import ProjectTableStore, ReportSink
+from q50_assets.lineage.common.batch import fallback_metadata
+from q50_assets.lineage.common.costs import NoReserveObservations
+from q50_assets.lineage.common.ports import CollectorSource, ProjectTableStore, ReportSink
+from q50_assets.lineage.portfolio.report import capacity_markdown
+from q50_assets.lineage.signals.step import reserve_assumption
 from q50_assets.lineage.backtest.step import BacktestStageConfig
 from q50_assets.settings import Settings
 from q50_assets.lineage.portfolio.step import portfolio_summary, report_step
@@ -39,6 +43,7 @@ def _report_metadata(report, facts: dict, path) -> dict:
     """The report in the asset's metadata: the whole page (markdown with its pictures), where its
     HTML file is, the trial count, and q50's headline numbers as floats (plotted across runs)."""
     meta = {"dsr_trials": int(facts["trials"]), "dsr_trials_detail": MetadataValue.json(facts["trials_detail"]),
+            **fallback_metadata(facts.get("fallback")),
             "pools_in_report": int(facts["pools_in_report"]),
             "pools_without_stored_evidence": MetadataValue.json(facts["pools_without_stored_evidence"])}
     if report is None:
@@ -57,6 +62,11 @@ def _report_metadata(report, facts: dict, path) -> dict:
             if key in verdict:
                 meta[f"verdict_{key}"] = MetadataValue.float(round(float(verdict[key]), 4))
     meta["report_html"] = MetadataValue.path(str(path))
+    capacity = facts.get("capacity")
+    if capacity is not None:
+        meta["capacity"] = MetadataValue.md(f"{capacity.variant}, {capacity.trips} round trips: net edge per round "
+                                            "trip by trade size and reserve multiplier\n\n"
+                                            + capacity_markdown(capacity))
     headline = report.tables["headline"]
     for (sample, variant), row in headline.iterrows():
         if variant not in (Q50, "buy_and_hold_matched") or sample != "all pools":
@@ -110,13 +120,17 @@ def _rule_metadata(rules: dict) -> dict:
 def backtest_portfolio(context: AssetExecutionContext, backtest_results: dict, q50_model: TrainedQ50Model,
                        basket_backtest: BasketResult, signal_evidence, settings: ResourceParam[Settings],
                        project_tables: ResourceParam[ProjectTableStore],
-                       report_files: ResourceParam[ReportSink]):
+                       report_files: ResourceParam[ReportSink], collector: ResourceParam[CollectorSource]):
     frames = [frame.reset_index() for frame in backtest_results.values() if len(frame)]
     results = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
         columns=["pool_id", "variant", "total_return", "oos_start", "oos_end", "bars", "trades"])
     summary = portfolio_summary(results, BacktestStageConfig.of(settings).variants, settings.bar_seconds)
     table, permutation, no_trade = summary["table"], summary["permutation"], summary["no_trade"]
-    report, facts, path = report_step(results, q50_model, project_tables, settings, report_files,
+    try:  # what the backtests assumed where the collector observed no reserve (the same rule)
+        fallback = reserve_assumption(collector, settings)
+    except NoReserveObservations:
+        fallback = None
+    report, facts, path = report_step(results, q50_model, project_tables, settings, report_files, fallback,
                                       basket=basket_backtest, signal_evidence=signal_evidence)
     if path is not None:
         context.log.info(f"research report: {path}")

@@ -28,6 +28,7 @@ from q50_assets.lineage.backtest.step import (BUY_AND_HOLD, CASH, GROSS_VARIANTS
 from q50_assets.lineage.backtest.permutation import pooled_p_value
 from q50_assets.lineage.common.uncertainty import equal_weight_portfolio
 from q50_assets.lineage.portfolio.report import PermutationNull, Report, ReportInputs, render_report
+from q50_assets.settings import BacktestSettings
 
 MIN_PERMUTATIONS = 1000
 
@@ -85,7 +86,8 @@ def portfolio_table(results: pd.DataFrame, variants: tuple[str, ...] | None = No
     (``q50_beats_this``)."""
     if results.empty:
         return pd.DataFrame()
-    variants = variants or tuple(v for v in variants_for((0.5, 2.0)) if v in set(results["variant"]))
+    variants = variants or tuple(v for v in variants_for(BacktestSettings().reserve_sensitivity)
+                                 if v in set(results["variant"]))
     pools = traded_pools(results, rule)
     rows = results[results["pool_id"].isin(pools)]
     if rows.empty:
@@ -262,7 +264,7 @@ def comparable_baselines(results: pd.DataFrame, variants: tuple[str, ...] | None
     more than it holds), or a q50 row without a permutation null of at least 1,000 draws.
     Returns (problems, pools checked)."""
     problems = []
-    expected = set(variants or variants_for((0.5, 2.0)))
+    expected = set(variants or variants_for(BacktestSettings().reserve_sensitivity))
     for pool_id, rows in results.groupby("pool_id"):
         present = set(rows["variant"])
         if present != expected:
@@ -341,10 +343,14 @@ def q50_round_trip_counts(results: pd.DataFrame, pools: list[str]) -> pd.DataFra
 
 def research_report(results: pd.DataFrame, *, trials: int, bar_seconds: int, bootstrap, model=None,
                     hit_rate: dict | None = None, trials_ledger: pd.DataFrame | None = None, basket=None,
-                    signal_evidence=None) -> tuple[Report | None, dict]:
+                    signal_evidence=None, capacity_settings: dict | None = None,
+                    assumed_reserve: str = "") -> tuple[Report | None, dict]:
     """The research report (research/report.py) over the pools where q50 traded -- the same pools
     as the portfolio table -- from what their backtests stored; the pooled permutation null over
-    every pool with one. Returns (report or None when no pool traded, facts for the caption)."""
+    every pool with one; the verdict (lineage/portfolio/verdict.py) and the capacity curve of its
+    best rule's round trips (``capacity_settings``: the cost model's fee_rate and
+    max_reserve_fraction; None: no curve). Returns (report or None when no pool traded, facts for
+    the caption)."""
     pools = traded_pools(results)
     bar_returns, round_trips, missing = stored_evidence(results, pools)
     permutation = permutation_summary(results) if len(results) else {}
@@ -366,14 +372,24 @@ def research_report(results: pd.DataFrame, *, trials: int, bar_seconds: int, boo
     judged = verdict(results, basket=basket, evidence=signal_evidence, trials=trials, bar_seconds=bar_seconds,
                      bootstrap=bootstrap)
     facts["verdict"] = judged.facts
+    capacity = None
+    capacity_rule = judged.best if judged.best in RULES else Q50  # the basket stores no round trips
+    if capacity_settings is not None:
+        from q50_assets.lineage.portfolio.capacity import capacity_curve
+        from q50_assets.lineage.portfolio.verdict import rule_round_trips
+
+        trips = rule_round_trips(results, capacity_rule, traded_pools(results, capacity_rule))
+        if len(trips):
+            capacity = capacity_curve(trips, variant=capacity_rule, bar_seconds=bar_seconds, config=bootstrap,
+                                      **capacity_settings)
+    facts["capacity"] = capacity
     inputs = ReportInputs(
         intro=intro, bar_returns=bar_returns, trials=trials, permutation=null, verdict=judged,
         rule_tables=rule_tables(results, bar_seconds),
         permutation_statistic=f"mean per-bar net return of q50, averaged over {permutation.get('pools', 0)} pools",
         round_trips=round_trips, round_trip_counts=q50_round_trip_counts(results, list(bar_returns)),
         trials_ledger=trials_ledger, model=model, hit_rate=hit_rate, bar_seconds=bar_seconds, bootstrap=bootstrap,
-        basket=basket,
-        signal_evidence=signal_evidence,
+        basket=basket, signal_evidence=signal_evidence, capacity=capacity, assumed_reserve=assumed_reserve,
         title="Q50: out-of-sample evidence, after every cost")
     return render_report(inputs), facts
 

@@ -13,7 +13,9 @@ shown with its yardstick and interval:
 * the model's skill over the naive forecaster, rank IC, coverage before/after recalibration and
   the reliability picture (:mod:`q50_assets.lineage.model.evaluation`), when given;
 * the hit rate of tradeable signals net of their expected cost beside trading every bar, when given;
-* where the edge lives: the Q50 round trips by regime, tier and liquidity.
+* where the edge lives: the Q50 round trips by regime, tier and liquidity;
+* capacity: a rule's net edge per round trip against trade size and pool reserve, when given
+  (:mod:`q50_assets.lineage.portfolio.capacity`), with the reserve assumed where none was observed.
 
 The markdown names pictures by file name (``![..](equity_curves.png)``) so that writing
 ``report.md`` beside the PNGs gives a readable folder; the HTML embeds them (base64).
@@ -32,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from q50_assets.lineage.model.evaluation import ModelEvidence
+from q50_assets.lineage.portfolio.capacity import CapacityCurve, capacity_png
 from q50_assets.lineage.common.uncertainty import (BootstrapConfig, edge_breakdowns, equal_weight_portfolio,
                                              headline_with_and_without_top)
 
@@ -86,6 +89,8 @@ class ReportInputs:
     signal_evidence: object | None = None  # lineage/signal_evidence/step.py SignalEvidenceResult
     verdict: object | None = None  # lineage/portfolio/verdict.py Verdict: both statements and the rules' table
     rule_tables: dict | None = None  # rule -> its table gross and net on its own pools (portfolio.rule_table)
+    capacity: CapacityCurve | None = None  # a rule's net edge against size and reserve
+    assumed_reserve: str = ""  # how the reserve assumed where none was observed was made
 
 
 @dataclass
@@ -212,7 +217,10 @@ def breakdowns_png(breakdowns: Mapping[str, pd.DataFrame]) -> bytes:
         est = shown["mean_net_return"].to_numpy(dtype=np.float64)
         low = shown["mean_net_return_low"].to_numpy(dtype=np.float64)
         high = shown["mean_net_return_high"].to_numpy(dtype=np.float64)
-        err = np.vstack([np.where(np.isfinite(low), est - low, 0), np.where(np.isfinite(high), high - est, 0)])
+        # A percentile interval of a few skewed trips need not contain its estimate: draw such a
+        # side as zero (the table beside it shows the numbers); matplotlib refuses negative errors.
+        err = np.vstack([np.where(np.isfinite(low), np.maximum(est - low, 0), 0),
+                         np.where(np.isfinite(high), np.maximum(high - est, 0), 0)])
         ax.errorbar(x, 100 * est, yerr=100 * err, fmt="o", markersize=3, capsize=2)
         ax.axhline(0, color="0.6", linewidth=0.6)
         ax.set_xticks(x, [f"{g}\n({n})" for g, n in zip(shown.index, shown["trades"])], fontsize=6)
@@ -551,6 +559,65 @@ def rule_blocks(rule_tables: dict) -> list[_Block]:
     return blocks
 
 
+def capacity_display(curve: CapacityCurve) -> pd.DataFrame:
+    """Net edge per round trip [95 % interval], trade sizes down, reserve multipliers across; a
+    dagger where the impact cap binds for most trips (cost no longer grows with size there)."""
+    table = curve.table
+    if not curve.enough:  # one line, not a grid of the same refusal
+        return pd.DataFrame({"net edge": [f"too few round trips: {curve.trips} < {curve.min_trips}"]},
+                            index=pd.Index([curve.variant], name="variant"))
+    sizes = list(table.index.levels[0])
+    factors = list(table.index.levels[1])
+    out = {}
+    for m in factors:
+        column = []
+        for size in sizes:
+            row = table.loc[(size, m)]
+            if row["status"] != "ok":
+                column.append(row["status"])
+                continue
+            cell = _with_interval(lambda v: _pct(v, 2), row["net_edge"], row["net_edge_low"], row["net_edge_high"])
+            column.append(cell + (" †" if row["capped_share"] >= 0.5 else ""))
+        out[f"reserve x{m:g}"] = column
+    display = pd.DataFrame(out, index=pd.Index([f"{v:,.0f}" if v >= 100 else f"{v:g}" for v in sizes],
+                                               name="trade size (USD)"))
+    return display
+
+
+def capacity_markdown(curve: CapacityCurve) -> str:
+    """The capacity table alone (asset metadata)."""
+    return _md_table(capacity_display(curve))
+
+
+def _capacity_blocks(curve: CapacityCurve, assumed_reserve: str, pngs: dict[str, bytes]) -> list[_Block]:
+    blocks = [_Block("h2", f"Capacity: {curve.variant}'s edge against size and liquidity")]
+    y = curve.yardsticks
+    text = (f"The {curve.trips} closed round trips of {curve.variant} replayed at each trade size with the "
+            f"pool's reserve at entry scaled by each multiplier: mean gross return minus the one cost model's round "
+            f"trip (fee {_pct(curve.fee_rate, 2)} a side + constant-product impact) per USD traded. Yardsticks: mean "
+            f"gross return {_with_interval(lambda v: _pct(v, 2), *y.loc['mean gross return'])}; mean realised net "
+            f"return at the trips' own sizes (median {curve.median_notional_usd:,.0f} USD) "
+            f"{_with_interval(lambda v: _pct(v, 2), *y.loc['mean realised net return'])}. "
+            f"{curve.open_trips_left_out} open trip(s) left out; {curve.assumed_reserve_trips} of the {curve.trips} "
+            f"trips had no observed reserve and carry the assumed one"
+            + (f" ({', '.join(f'{v:,.0f}' for v in curve.assumed_reserves_usd)} USD)" if curve.assumed_reserves_usd
+               else "") + ". † the impact cap (one trade moves at most "
+            f"{_pct(curve.max_reserve_fraction, 0)} of the quote reserve) binds for most trips: beyond it the model "
+            "assumes the order is split over bars.")
+    if not curve.enough:
+        text = (f"{curve.variant} made {curve.trips} closed round trips ({curve.open_trips_left_out} open left out; "
+                f"median size {curve.median_notional_usd:,.0f} USD; {curve.assumed_reserve_trips} at the assumed "
+                f"reserve): fewer than the {curve.min_trips} a capacity curve needs, so none is given.")
+    blocks.append(_Block("p", text))
+    if assumed_reserve:
+        blocks.append(_Block("p", f"Assumed reserve where the collector observed none: {assumed_reserve}."))
+    blocks.append(_Block("table", table=capacity_display(curve)))
+    if curve.enough:
+        pngs["capacity"] = capacity_png(curve)
+        blocks.append(_Block("img", "capacity"))
+    return blocks
+
+
 def render_report(inputs: ReportInputs) -> Report:
     """Compute the portfolio tables from ``inputs`` and render them (module docstring)."""
     pngs: dict[str, bytes] = {}
@@ -632,6 +699,10 @@ def render_report(inputs: ReportInputs) -> Report:
             pngs["breakdowns"] = breakdowns_png(breakdowns)
             blocks.append(_Block("img", "breakdowns"))
 
+    if inputs.capacity is not None:
+        tables["capacity"] = inputs.capacity.table
+        blocks += _capacity_blocks(inputs.capacity, inputs.assumed_reserve, pngs)
+
     markdown, page = _render(inputs.title, blocks, pngs)
     return Report(markdown=markdown, pngs=pngs, html=page, tables=tables)
 
@@ -644,6 +715,8 @@ __all__ = [
     "basket_png",
     "ReportInputs",
     "breakdowns_png",
+    "capacity_display",
+    "capacity_markdown",
     "equity_curves_png",
     "headline_display",
     "headline_markdown",

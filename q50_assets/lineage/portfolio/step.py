@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from q50_assets.lineage.common.costs import FallbackReserve
 from q50_assets.lineage.common.ports import ProjectTableStore, ReportSink
 from q50_assets.lineage.common.uncertainty import BootstrapConfig
 from q50_assets.lineage.model.evaluation import net_hit_rate
@@ -62,7 +63,7 @@ def basket_trials(basket) -> dict:
 
 
 def report_step(results: pd.DataFrame, model: TrainedQ50Model | None, tables: ProjectTableStore, settings: Settings,
-                files: ReportSink, basket=None, signal_evidence=None):
+                files: ReportSink, fallback: FallbackReserve | None = None, basket=None, signal_evidence=None):
     """The research report over the latest backtests (research/portfolio.py research_report): the
     model's evidence from the model that made the signals, the hit rate of the stored signals net
     of their expected cost (this run's signals only: signals made elsewhere carry no label), and
@@ -71,7 +72,8 @@ def report_step(results: pd.DataFrame, model: TrainedQ50Model | None, tables: Pr
     lineage/portfolio/trials.py) are recorded in the ledger first; the DSR then counts every trial
     of the ledger on an overlapping window. Writes the HTML page; returns (report or None, facts,
     path or None). ``signal_evidence``: the signal_evidence stage's result (its own section of the
-    report), or None."""
+    report), or None. The capacity curve is of the best rule's round trips (the verdict's), with the
+    reserve assumed where none was observed (``fallback``, as the signal and backtest steps compute it)."""
     ledger = None
     if len(results):
         pools = traded_pools(results)
@@ -93,7 +95,12 @@ def report_step(results: pd.DataFrame, model: TrainedQ50Model | None, tables: Pr
     report, facts = research_report(results, trials=trials["trials"], bar_seconds=settings.bar_seconds,
                                     bootstrap=bootstrap, model=model.evidence if model is not None else None,
                                     hit_rate=hit_rate, trials_ledger=ledger, basket=basket,
-                                    signal_evidence=signal_evidence)
+                                    signal_evidence=signal_evidence,
+                                    capacity_settings={"fee_rate": settings.signals.swap_fee,
+                                                       "max_reserve_fraction":
+                                                           settings.nautilus_trader.backtest.max_reserve_fraction},
+                                    assumed_reserve=fallback.describe() if fallback is not None else "")
     facts["trials_detail"] = trials
+    facts["fallback"] = fallback
     path = files.write(report) if report is not None else None
     return report, facts, path

@@ -17,13 +17,14 @@ from q50_assets.lineage.common.batch import (
 )
 from q50_assets.lineage.common.conditions import eager_after
 from q50_assets.lineage.common.partitions import pool_partitions
+from q50_assets.lineage.common.batch import fallback_metadata
 from q50_assets.lineage.common.ports import CollectorSource
 from q50_assets.lineage.model.asset import MODEL_ASSET
 from q50_assets.lineage.common.gate import Blocked
 from q50_assets.lineage.model.step import TrainedQ50Model
 from q50_assets.lineage.signals.step import LIVE_FOLD, STAGE
 from q50_assets.settings import Settings
-from q50_assets.lineage.signals.step import signals_step
+from q50_assets.lineage.signals.step import reserve_assumption, signals_step
 
 SIGNALS_ASSET = STAGE
 
@@ -49,8 +50,10 @@ SIGNALS_ASSET = STAGE
 def q50_signals(context: AssetExecutionContext, q50_model: TrainedQ50Model, qlib_features: dict,
                 collector: ResourceParam[CollectorSource], settings: ResourceParam[Settings]):
     pool_ids = list(context.partition_keys)
+    computable = any(not isinstance(f, Blocked) for f in qlib_features.values())
+    fallback = reserve_assumption(collector, settings) if computable and not q50_model.blocked_reason else None
     signals, outcomes = signals_step(q50_model, qlib_features, collector, settings,
-                                     progress_callback(context, SIGNALS_ASSET, len(pool_ids)))
+                                     progress_callback(context, SIGNALS_ASSET, len(pool_ids)), fallback=fallback)
     checks = PoolChecks(context)
     for pool_id in pool_ids:
         value = signals[pool_id]
@@ -76,5 +79,6 @@ def q50_signals(context: AssetExecutionContext, q50_model: TrainedQ50Model, qlib
         checks.add(SIGNALS_ASSET, "quantiles_ordered", pool_id, len(crossed) == 0, {"crossed_rows": len(crossed)})
     computed = sum(not isinstance(v, Blocked) for v in signals.values())
     yield Output(signals, metadata={"pools": len(pool_ids), "pools_computed": computed,
-                                    "pools_blocked": len(pool_ids) - computed, "model_run": q50_model.run_id})
+                                    "pools_blocked": len(pool_ids) - computed, "model_run": q50_model.run_id,
+                                    **fallback_metadata(fallback)})
     yield from checks.events()

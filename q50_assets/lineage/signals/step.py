@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from q50_assets.lineage.common.costs import ReserveSeries
+from q50_assets.lineage.common.costs import FallbackReserve, ReserveSeries, assumed_reserve
 from q50_assets.lineage.signals.rules import SignalConfig, compute_signals
 from q50_assets.lineage.common.gate import Blocked, first_blocked
 from q50_assets.lineage.model.step import TrainedQ50Model
@@ -98,16 +98,28 @@ def check_signals(signals: pd.DataFrame, bar: pd.Timedelta) -> tuple[pd.Datetime
     return early, crossed
 
 
+def reserve_assumption(db: CollectorSource, settings: Settings) -> FallbackReserve:
+    """The reserve assumed where a pool has no observation (``nautilus_trader.backtest.fallback_reserve``
+    / ``fallback_reserve_usd``): one definition for the signal and the backtest steps, which must
+    price with the same liquidity."""
+    backtest = settings.nautilus_trader.backtest
+    return assumed_reserve(db, backtest.fallback_reserve, backtest.fallback_reserve_usd)
+
+
 def signals_step(model: TrainedQ50Model, features: dict, db: CollectorSource, settings: Settings,
-                 progress=None) -> tuple[dict[str, pd.DataFrame | Blocked], dict[str, tuple]]:
+                 progress=None, fallback: FallbackReserve | None = None
+                 ) -> tuple[dict[str, pd.DataFrame | Blocked], dict[str, tuple]]:
     """A batch of pools against one model (live-model inference in one call), costs priced at each
-    pool's liquidity as the collector observed it (one read per batch). A pool failing a rule is
-    blocked, so its rows never reach the table strategies read. Returns (signals or Blocked per
-    pool, (early, crossed) rows per computed pool)."""
+    pool's liquidity as the collector observed it (one read per batch), and before any observation
+    at the assumed reserve (``fallback``; None = :func:`reserve_assumption` of this batch). A pool
+    failing a rule is blocked, so its rows never reach the table strategies read. Returns (signals
+    or Blocked per pool, (early, crossed) rows per computed pool)."""
     bar = pd.Timedelta(seconds=settings.bar_seconds)
     model.require_usable()  # before reading anything: a blocked model gives no pool signals
     usable = [p for p, f in features.items() if not isinstance(f, Blocked)]
-    reserves = {p: r for p, (r, _) in db.pool_reserves_many(usable, settings.nautilus_trader.backtest.fallback_reserve_usd).items()}
+    if usable and fallback is None:
+        fallback = reserve_assumption(db, settings)
+    reserves = ({p: r for p, (r, _) in db.pool_reserves_many(usable, fallback.usd).items()} if usable else {})
     computed = signals_for_pools(model, features, SignalConfig.of(settings), bar, reserves)
     out, outcomes = {}, {}
     for pool_id, signals in computed.items():

@@ -23,6 +23,7 @@ from q50_assets.db.q50_models import q50_backtest_results, q50_regime_labels, q5
 from q50_assets.definitions import build_definitions
 from q50_assets.lineage.backtest.engine import Q50Inputs, run_q50_backtest
 from q50_assets.lineage.backtest.step import variants_for
+from q50_assets.settings import BacktestSettings
 from q50_assets.lineage.regimes.rules import REGIME_LABELS, RegimeConfig, RegimeDetector, detect_regimes
 from q50_assets.lineage.signals.rules import Q50SignalLoader
 from q50_assets.storage.project_tables import ProjectTables
@@ -36,7 +37,7 @@ POOLS = [
     "solana_Ekv9HdumWqnXZgq5G6ge6bk1ZRHKXYC2WnSFL94sQmLJ",
 ]
 H = pd.Timedelta(hours=1)
-VARIANTS = variants_for((0.5, 2.0))
+VARIANTS = variants_for(BacktestSettings().reserve_sensitivity)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -61,7 +62,9 @@ class TestNautilusIntegration:
     def test_q50_signal_loading(self, collector_url, tmp_path, instance):
         """Q50SignalLoader, built from the signal frame and from the q50_signals table, returns the
         signal known at each bar close, never a later one; the strategy decided on exactly those."""
-        settings = settings_for(collector_url, tmp_path, **LIGHT_MODEL)
+        # A deep assumed pool: at the sample's median reserve (~5.6k USD) this pool's signals never
+        # pay their impact, and the decisions below need an entry.
+        settings = settings_for(collector_url, tmp_path, **LIGHT_MODEL, **DEEP_POOL)
         out = run_lineage(settings, instance, backtest=True, pools=POOLS[:1])
         pool_id = POOLS[0]
         signals = out["signals"][pool_id]

@@ -52,7 +52,7 @@ def test_every_variant_on_the_full_grid_annualised_from_the_timeframe():
     result = run_pool_stage("solana_stagePool", bars, signals, regimes, reserves, _config(), "run-1")
     assert result.status == "ok"
     r, pos, m = result.bar_returns, result.positions, result.metrics
-    assert list(r.columns) == list(variants_for((0.5, 2.0))) == list(m.index)
+    assert list(r.columns) == list(variants_for((0.1, 10.0))) == list(m.index)
     # The grid: every 4-hour close from the first OOS close to the last bar's, missing bars included, flat.
     assert result.oos_start == signals.index[0] + H4 and r.index[0] == result.oos_start
     assert r.index[-1] == bars.index[-1] + H4 and (np.diff(r.index.asi8) == H4.value).all()
@@ -73,11 +73,11 @@ def test_every_variant_on_the_full_grid_annualised_from_the_timeframe():
     assert pos.index.equals(r.index) and (pos["cash"] == 0).all()
     # The assumed reserve is the whole span's: its sensitivity variants really re-ran.
     assert m["reserve_fallback_share"].eq(1.0).all()
-    assert result.outcomes["q50_reserve_x0.5"] is not result.outcomes["q50"]
+    assert result.outcomes["q50_reserve_x0.1"] is not result.outcomes["q50"]
     # A thinner pool costs more per USD traded (and the strategy sizes down for it).
     per_usd = {v: m.loc[v, "impact_paid"] / result.outcomes[v].trades["notional_usd"].sum()
-               for v in ("q50_reserve_x0.5", "q50", "q50_reserve_x2")}
-    assert per_usd["q50_reserve_x0.5"] > per_usd["q50"] > per_usd["q50_reserve_x2"]
+               for v in ("q50_reserve_x0.1", "q50", "q50_reserve_x10")}
+    assert per_usd["q50_reserve_x0.1"] > per_usd["q50"] > per_usd["q50_reserve_x10"]
     # Round trips, each with what the decision expected.
     trips = result.round_trips
     assert len(trips) >= 2 and (trips["entry_filled_at"] == trips["entry_decided_at"] + H4).all()
@@ -159,7 +159,7 @@ def test_observed_reserves_make_the_sensitivity_variants_identical():
     m = result.metrics
     assert m["reserve_fallback_share"].eq(0.0).all() and result.reserve["sources"] == {
         "collector_snapshot": len(result.bar_returns)}
-    pd.testing.assert_series_equal(result.bar_returns["q50_reserve_x2"], result.bar_returns["q50"], check_names=False)
+    pd.testing.assert_series_equal(result.bar_returns["q50_reserve_x10"], result.bar_returns["q50"], check_names=False)
 
 
 def test_unavailable_when_nautilus_cannot_be_imported(monkeypatch):

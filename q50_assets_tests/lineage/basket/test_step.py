@@ -44,7 +44,9 @@ def inputs(seed: int = 1, bars: int = 96):
 def settings(fee: float, fallback):
     return Settings.model_validate({
         "signals": {"swap_fee": fee},
-        "nautilus_trader": {"backtest": {"fallback_reserve_usd": fallback}},
+        # No fallback: no reserve assumed, so no impact where none was observed.
+        "nautilus_trader": {"backtest": {"fallback_reserve_usd": fallback} if fallback is not None
+                            else {"fallback_reserve": "none"}},
         "basket": {"top_k": 2, "min_candidate_pools": 3, "rebalance_bars": 4, "cost_filter": False,
                    "basket_capital_usd": 1000.0, "min_held_bars": 24},
         "evaluation": {"bootstrap_samples": 200}})

@@ -9,8 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from q50_assets.lineage.common.costs import (CostModel, ReserveSeries, execution_price, impact_fraction_of_reserve,
-                                       round_trip_cost, trade_cost)
+from q50_assets.lineage.common.costs import (MEASURED_SOURCES, RESERVE_SOURCES, SOURCE_FALLBACK, CostModel,
+                                             FallbackReserve, NoReserveObservations, ReserveSeries, execution_price,
+                                             fallback_reserve_of, impact_fraction_of_reserve, round_trip_cost,
+                                             trade_cost)
 
 T0 = pd.Timestamp("2025-03-01", tz="UTC")
 H = pd.Timedelta(hours=1)
@@ -103,3 +105,36 @@ def test_cost_model_reads_the_reserve_at_the_time():
     with pytest.raises(ValueError):
         CostModel(fee_rate=1.0)
     assert math.isclose(model.with_reserves(None).trade_cost(100.0, False, 0).total_usd, 0.25)
+
+
+# ------------------------------------------------------------------ the assumed reserve
+
+def test_assumed_reserve_statistics_override_and_bad_rows():
+    levels = pd.DataFrame({"pool_id": ["a", "a", "a", "b", "c", "d"],
+                           "reserve_usd": [1.0, 2.0, 100.0, 10.0, 40.0, 1_000.0]})
+    # Pool medians 2, 10, 40, 1,000: a pool observed often weighs no more than one observed once.
+    median = fallback_reserve_of(levels)
+    assert (median.usd, median.statistic, median.pools, median.observations) == (25.0, "median", 4, 6)
+    assert fallback_reserve_of(levels, 0.5) == FallbackReserve(25.0, "quantile 0.5", 4, 6)
+    assert fallback_reserve_of(levels, 0.25).usd == pytest.approx(8.0)
+    assert fallback_reserve_of(levels, "median", override_usd=7.0) == FallbackReserve(7.0, "setting fallback_reserve_usd")
+    assert fallback_reserve_of(levels.iloc[0:0], "none").usd is None
+    with pytest.raises(NoReserveObservations, match="no observation of any pool's reserve"):
+        fallback_reserve_of(levels.iloc[0:0])
+    with pytest.raises(ValueError, match=r"row 1 \(pool 'a'\)"):
+        fallback_reserve_of(levels.assign(reserve_usd=[1.0, 0.0, 1.0, 1.0, 1.0, 1.0]))
+    for bad in (0.0, 1.0, "mean"):
+        with pytest.raises(ValueError, match="fallback_reserve"):
+            fallback_reserve_of(levels, bad)
+    assert "median over 4 observed pools" in median.describe()
+
+
+def test_every_source_a_series_emits_is_a_known_one():
+    obs = pd.DataFrame({"observed_at": pd.to_datetime(["2025-09-01 01:00", "2025-09-01 02:00", "2025-09-01 03:00"],
+                                                      utc=True),
+                        "reserve_usd": [1.0, 2.0, 3.0], "source": list(MEASURED_SOURCES)})
+    series = ReserveSeries(obs, fallback_usd=5.0)
+    _, sources = series.sample(pd.date_range("2025-09-01 00:00", periods=4, freq="h", tz="UTC"))
+    assert list(sources) == [SOURCE_FALLBACK, *MEASURED_SOURCES] and set(RESERVE_SOURCES) >= set(sources)
+    with pytest.raises(ValueError, match="unknown source 'collector'"):
+        ReserveSeries(obs.assign(source="collector"))

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from q50_assets.lineage.common.costs import MEASURED_SOURCES, SOURCE_FALLBACK, SOURCE_NONE
 from q50_assets.lineage.common.uncertainty import (
     BootstrapConfig,
     bin_sums,
@@ -321,9 +322,37 @@ def test_breakdown_says_too_few_and_reports_empty_replicates():
 
 def test_liquidity_buckets_and_unmeasured_reserves():
     reserve = pd.Series([5_000.0, 50_000.0, 300_000.0, 2e6, np.nan, 50_000.0])
-    source = pd.Series(["collector"] * 5 + ["fallback_reserve_usd"])
+    source = pd.Series(["collector_snapshot"] * 5 + ["fallback"])
     assert liquidity_bucket(reserve, source).tolist() == ["< 10k", "50k-250k", "250k-1000k", ">= 1000k", "unknown",
                                                           "not measured"]
+
+
+@pytest.mark.parametrize("source", MEASURED_SOURCES)
+def test_every_measured_source_is_bucketed_by_its_value(source):
+    # Each source the cost model emits for an observed reserve (costs.py ReserveSeries).
+    reserve = pd.Series([5_000.0, 20_000.0, 60_000.0, 400_000.0, 3e6])
+    labels = liquidity_bucket(reserve, pd.Series([source] * 5))
+    assert labels.tolist() == ["< 10k", "10k-50k", "50k-250k", "250k-1000k", ">= 1000k"]
+
+
+def test_assumed_missing_or_unrecognised_reserves_are_not_bucketed_by_value():
+    reserve = pd.Series([20_000.0, np.nan, 20_000.0, 20_000.0, 20_000.0])
+    source = pd.Series([SOURCE_FALLBACK, SOURCE_NONE, "collector", None, "collector_history"])
+    assert liquidity_bucket(reserve, source).tolist() == ["not measured", "unknown", "unknown", "unknown", "10k-50k"]
+
+
+def test_liquidity_breakdown_of_backtest_round_trips_counts_measured_reserves():
+    # Round trips as the backtest writes them: every source the cost model emits.
+    sources = [*MEASURED_SOURCES, SOURCE_FALLBACK, SOURCE_NONE]
+    trips = pd.DataFrame({
+        "entry_filled_at": pd.date_range("2025-09-01", periods=10, freq="7h", tz="UTC"),
+        "net_return": np.linspace(-0.02, 0.03, 10), "vol_regime": "low", "momentum_regime": "ranging",
+        "signal_tier": "A", "reserve_usd": [5_000.0, 20_000.0, 60_000.0, 5_000.0, np.nan] * 2,
+        "reserve_source": sources * 2})
+    table = edge_breakdowns(trips, config=FAST)["liquidity"]
+    assert table.loc["< 10k", "trades"] == 2 and table.loc["10k-50k", "trades"] == 2
+    assert table.loc["50k-250k", "trades"] == 2
+    assert table.loc["not measured", "trades"] == 2 and table.loc["unknown", "trades"] == 2
 
 
 # ------------------------------------------------------------------ the real sample

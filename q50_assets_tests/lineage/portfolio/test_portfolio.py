@@ -94,7 +94,8 @@ def _with_evidence(results: pd.DataFrame, pools: list[str]) -> pd.DataFrame:
         frame = pd.DataFrame({v: rng.normal(0, 1e-3, len(grid)) for v in VARIANTS}, index=grid).assign(cash=0.0)
         trips = pd.DataFrame([{c: np.nan for c in ROUND_TRIP_COLUMNS} | {
             "entry_decided_at": grid[i], "entry_filled_at": grid[i + 1], "exit_filled_at": grid[i + 3],
-            "open": False, "bars_held": 2, "net_return": r, "vol_regime": "low", "momentum_regime": "ranging",
+            "open": False, "bars_held": 2, "net_return": r, "gross_return": r + 0.005, "notional_usd": 25.0,
+            "vol_regime": "low", "momentum_regime": "ranging",
             "signal_tier": "A", "reserve_usd": 50_000.0, "reserve_source": "fallback"}
             for i, r in ((5, 0.01), (30, -0.02), (60, 0.004))])
         row = (out["pool_id"] == pool) & (out["variant"] == "q50")

@@ -14,6 +14,7 @@ from q50_assets.lineage.model.calibration import CalibrationConfig
 from q50_assets.lineage.model.evaluation import model_evidence
 from q50_assets.lineage.model.walk_forward import calibrate_walk_forward
 from q50_assets.lineage.portfolio.report import (
+    breakdowns_png,
     PermutationNull,
     ReportInputs,
     pooled_permutation,
@@ -21,6 +22,7 @@ from q50_assets.lineage.portfolio.report import (
     render_report,
 )
 from q50_assets.lineage.common.uncertainty import BootstrapConfig
+from q50_assets.lineage.portfolio.capacity import capacity_curve
 from q50_assets_tests.lineage.real_sample import real_backtest_frames, real_walk_forward
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -117,3 +119,30 @@ def test_reliability_png_is_small():
                          index=pd.Index([0.05, 0.5, 0.95], name="level"))
     png = reliability_png(table)
     assert png.startswith(PNG_SIGNATURE) and len(png) < 40_000
+
+
+def test_report_carries_the_capacity_curve_with_its_yardsticks_and_the_assumed_reserve():
+    bar_returns, trips, _ = real_backtest_frames()
+    curve = capacity_curve(trips, fee_rate=0.0025, max_reserve_fraction=0.1, config=FAST)
+    assert curve.enough and curve.assumed_reserve_trips == int((trips["reserve_source"] == "fallback").sum())
+    out = render_report(ReportInputs(bar_returns=dict(list(bar_returns.items())[:3]), trials=1, bootstrap=FAST,
+                                     capacity=curve, assumed_reserve="5,577 USD: the median over 4,517 observed pools"))
+    md = out.markdown
+    assert "## Capacity: q50's edge against size and liquidity" in md and "capacity" in out.pngs
+    assert out.pngs["capacity"].startswith(PNG_SIGNATURE) and len(out.pngs["capacity"]) < 120_000
+    assert "Assumed reserve where the collector observed none: 5,577 USD" in md
+    assert f"The {curve.trips} closed round trips" in md and "mean gross return" in md
+    assert "| trade size (USD) | reserve x0.1 | reserve x0.3 | reserve x1 | reserve x3 | reserve x10 |" in md
+    assert out.tables["capacity"] is curve.table and (curve.table["status"] == "ok").all()
+    # Too few round trips: one line saying so, no grid of figures, no picture.
+    few = capacity_curve(trips.iloc[:5], fee_rate=0.0025, max_reserve_fraction=0.1, config=FAST)
+    out = render_report(ReportInputs(bar_returns=dict(list(bar_returns.items())[:3]), trials=1, bootstrap=FAST,
+                                     capacity=few))
+    assert "too few round trips: 5 < 30" in out.markdown and "capacity" not in out.pngs
+
+
+def test_breakdown_picture_draws_an_interval_that_misses_its_estimate():
+    # Percentile intervals of a few skewed trips can lie wholly on one side of the estimate.
+    table = pd.DataFrame({"trades": [3], "mean_net_return": [-0.05], "mean_net_return_low": [-0.04],
+                          "mean_net_return_high": [0.01]}, index=pd.Index(["all"], name="liquidity"))
+    assert breakdowns_png({"liquidity": table}).startswith(PNG_SIGNATURE)
