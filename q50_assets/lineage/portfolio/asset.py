@@ -78,8 +78,8 @@ def _report_metadata(report, facts: dict, path) -> dict:
 
 
 def _rule_metadata(rules: dict) -> dict:
-    """Per rule, over the pools where it traded: pools, mean net and gross return, mean cost drag
-    (numbers: plotted across runs)."""
+    """Per rule, over the pools where it traded: pools, the equal-weight portfolio's net and gross
+    return, the mean cost drag per pool (numbers: plotted across runs)."""
     meta = {}
     for rule, table in rules.items():
         if table.empty:
@@ -87,8 +87,8 @@ def _rule_metadata(rules: dict) -> dict:
             continue
         gross = RULES[rule][0]
         meta[f"{rule}_pools_traded"] = int(table.loc[rule, "pools"])
-        for name, value in (("mean_return", table.loc[rule, "mean_return"]),
-                            ("gross_mean_return", table.loc[gross, "mean_return"]),
+        for name, value in (("portfolio_return", table.loc[rule, "portfolio_return"]),
+                            ("gross_portfolio_return", table.loc[gross, "portfolio_return"]),
                             ("mean_cost_drag", table.loc[rule, "mean_cost_drag"])):
             meta[f"{rule}_{name}"] = MetadataValue.float(float(value))
     return meta
