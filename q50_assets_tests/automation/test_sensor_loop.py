@@ -124,7 +124,11 @@ def test_sensor_loop_on_a_postgresql_collector(collector_url, tmp_path, backend)
             tags=range_tags(batch), run_config=QUIET)
         assert fan_out.success
         automation = evaluate_automation_conditions(defs, instance, cursor=automation.cursor)
-        assert automation.total_requested == 1 and automation.get_num_requested(AssetKey("backtest_portfolio")) == 1
+        # The pooled stages after the pools' signals and backtests: the signal's evidence, the basket and
+        # the portfolio, each once.
+        pooled = ("signal_evidence", "basket_backtest", "backtest_portfolio")
+        assert automation.total_requested == len(pooled)
+        assert all(automation.get_num_requested(AssetKey(name)) == 1 for name in pooled)
         defs.resolve_job_def("portfolio_summary").execute_in_process(instance=instance, run_config=QUIET)
         assert evaluate_automation_conditions(defs, instance, cursor=automation.cursor).total_requested == 0
 
