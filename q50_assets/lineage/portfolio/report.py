@@ -139,10 +139,24 @@ def _duration(delta) -> str:
     return f"{days:g} day{'s' if days != 1 else ''}" if days >= 1 else str(delta)
 
 
+# The HTML page's content is at most 60em = 960 CSS px wide (``_render``'s style), and a picture is
+# shown at its natural width up to that. Drawn at least this many pixels wide, every picture fills
+# the content width without being upscaled; its fonts are sized for the figure's inches shown at
+# 960 px (a 7 pt label on a 7 in figure reads as 10 pt).
+PICTURE_PX = 1000
+
+
 def _png(fig) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+    fig.savefig(buffer, format="png", dpi=max(fig.dpi, PICTURE_PX / fig.get_figwidth()))
+    # A chart's flat colours fit a 256-colour palette: about a third of the bytes at page width
+    # (the pictures ride in the asset's metadata), no visible loss.
+    from PIL import Image
+
+    buffer.seek(0)
+    out = io.BytesIO()
+    Image.open(buffer).convert("RGB").quantize(256).save(out, format="PNG", optimize=True)
+    return out.getvalue()
 
 
 def _figure(width: float = 7.0, height: float = 2.8):
@@ -157,15 +171,22 @@ def _figure(width: float = 7.0, height: float = 2.8):
 def equity_curves_png(portfolio: pd.DataFrame, title: str = "Equal-weight portfolio, out of sample") -> bytes:
     """Compounded equity (start 1) of each variant's per-bar portfolio returns."""
     fig = _figure()
-    ax = fig.add_axes((0.08, 0.2, 0.9, 0.7))
+    ax = fig.add_axes((0.1, 0.2, 0.88, 0.7))
     for variant in portfolio.columns:
         ax.plot(portfolio.index, np.cumprod(1.0 + portfolio[variant].to_numpy(dtype=np.float64)), label=str(variant),
                 linewidth=1.1)
     ax.axhline(1.0, color="0.6", linewidth=0.6)
     ax.set_yscale("log")  # a pumping baseline must not flatten the strategy's curve into a line
+    low, high = ax.get_ylim()
+    if high < 10 * low:  # under a decade the minor ticks are labelled: plain numbers, not 9.95x10^-1
+        from matplotlib.ticker import FuncFormatter
+
+        plain = FuncFormatter(lambda v, _: f"{v:.4g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
     ax.set_title(f"{title} (equity from 1, log scale)", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", ncol=3)
-    ax.tick_params(labelsize=7)
+    ax.tick_params(which="both", labelsize=7)
     return _png(fig)
 
 
@@ -184,8 +205,8 @@ def permutation_png(null: PermutationNull, statistic_name: str) -> bytes:
 def reliability_png(reliability: pd.DataFrame) -> bytes:
     """Observed vs nominal coverage per level (index ``level``), one line per column among
     ``calibrated``, ``raw`` and ``naive``, with the ideal diagonal and a +-2 s.e. band (``se``)."""
-    fig = _figure(3.6, 3.4)
-    ax = fig.add_axes((0.16, 0.14, 0.8, 0.76))
+    fig = _figure(7.0, 3.4)  # full width on the page (PICTURE_PX): a square would be a page tall
+    ax = fig.add_axes((0.08, 0.14, 0.9, 0.76))
     levels = reliability.index.to_numpy(dtype=np.float64)
     ax.plot([0, 1], [0, 1], color="0.5", linewidth=0.8)
     if "se" in reliability.columns:
@@ -223,9 +244,9 @@ def breakdowns_png(breakdowns: Mapping[str, pd.DataFrame]) -> bytes:
                          np.where(np.isfinite(high), np.maximum(high - est, 0), 0)])
         ax.errorbar(x, 100 * est, yerr=100 * err, fmt="o", markersize=3, capsize=2)
         ax.axhline(0, color="0.6", linewidth=0.6)
-        ax.set_xticks(x, [f"{g}\n({n})" for g, n in zip(shown.index, shown["trades"])], fontsize=6)
-        ax.set_title(f"mean net return per round trip (%) by {by}", fontsize=8)
-        ax.tick_params(axis="y", labelsize=6)
+        ax.set_xticks(x, [f"{g}\n({n})" for g, n in zip(shown.index, shown["trades"])], fontsize=7)
+        ax.set_title(f"mean net return per trip (%) by {by}", fontsize=8)  # fits its panel
+        ax.tick_params(axis="y", labelsize=7)
     fig.subplots_adjust(left=0.07, right=0.98, top=0.9, bottom=0.15, hspace=0.9, wspace=0.2)
     return _png(fig)
 
@@ -275,7 +296,7 @@ def _render(title: str, blocks: list[_Block], pngs: dict[str, bytes]) -> tuple[s
     style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.85em}"
              "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f3f3f3}"
-             "img{display:block;margin:0.5em 0 1.5em}")
+             "img{display:block;max-width:100%;height:auto;margin:0.5em 0 1.5em}")
     page = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
     return "\n".join(md).rstrip() + "\n", page
@@ -465,9 +486,10 @@ def basket_png(bar_returns: pd.DataFrame) -> bytes:
             ax.plot(index, 100 * (np.cumprod(1.0 + bar_returns[column].to_numpy(dtype=np.float64)) - 1.0), label=label,
                     color=colors.get(basket), linewidth=1.2, linestyle=":" if side != costs else "-")
         ax.axhline(0.0, color="0.5", linewidth=0.7)
-        ax.set_title(f"Compounded return (%), {title}", fontsize=9)
-        ax.legend(fontsize=7, loc="upper left")
-        ax.tick_params(labelsize=7)
+        # 9 pt on 9.6 in: still 9 pt at the page's 960 px (7 pt read as 7).
+        ax.set_title(f"Compounded return (%), {title}", fontsize=10)
+        ax.legend(fontsize=9, loc="upper left")
+        ax.tick_params(labelsize=9)
         for label in ax.get_xticklabels():
             label.set_rotation(20)
     return _png(fig)
