@@ -89,7 +89,18 @@ class PoolPickleIOManager(ConfigurableIOManager):
     def load_input(self, context: InputContext):
         if not context.has_asset_partitions:
             return self._load(context.asset_key, None)
-        return {pool_id: self._load(context.asset_key, pool_id) for pool_id in context.asset_partition_keys}
+        if context.has_partition_key:  # a batch run: every pool of the batch must have been stored
+            return {pool_id: self._load(context.asset_key, pool_id) for pool_id in context.asset_partition_keys}
+        # A pooled stage reads every registered pool: one never materialized is named as not
+        # computed (the stage counts it and says why), not a failure of the whole stage.
+        values = {}
+        for pool_id in context.asset_partition_keys:
+            try:
+                values[pool_id] = self._load(context.asset_key, pool_id)
+            except MissingStoredValue:
+                values[pool_id] = Blocked(pool_id, context.asset_key.to_user_string(),
+                                          "never materialized: no stored value")
+        return values
 
     def load(self, asset: str, pool_ids: list[str] | None = None):
         """What a stage stored, outside a run (the benchmark reads a run's outputs): per pool for a

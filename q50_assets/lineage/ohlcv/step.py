@@ -43,8 +43,11 @@ def collector_state(raw: pd.DataFrame, window_bars: int, bar_seconds: int) -> st
     return state.run_key_part if state else "no-rows"
 
 
-def bars_or_blocked(validated: ValidatedBars) -> pd.DataFrame | Blocked:
-    """The complete bars a downstream stage may use, or the pool's gate naming the failed rules."""
+def bars_or_blocked(validated: ValidatedBars | Blocked) -> pd.DataFrame | Blocked:
+    """The complete bars a downstream stage may use, or the pool's gate naming the failed rules (a
+    pool already Blocked upstream, e.g. never materialized, stays so)."""
+    if isinstance(validated, Blocked):
+        return validated
     if not validated.safe:
         return Blocked(validated.pool_id, STAGE, f"blocking checks failed: {', '.join(validated.blocking_failures)}")
     return validated.bars

@@ -546,6 +546,12 @@ def signal_evidence(panel: Panel, config: SignalEvidenceConfig, cost_per_side: f
     by_quantile = pd.DataFrame(rows_q).set_index(["forecast", "horizon", "quantile"]) if rows_q else pd.DataFrame()
     spreads = pd.DataFrame(rows_s).set_index(["forecast", "horizon"]) if rows_s else pd.DataFrame()
 
+    if not rows_s:  # no bar with enough pools: nothing to rank, decompose or test
+        return SignalEvidence(by_quantile, spreads, pd.DataFrame(), pd.DataFrame(), panel.exclusions,
+                              {"horizon_headline": head,
+                               "pools": int(frame.index.get_level_values("asset").nunique()) if len(frame) else 0,
+                               "bars_with_min_pools": 0, "pool_bars": 0, "cost_per_side": cost_per_side})
+
     # Decomposition and null at the headline horizon, on the same grid.
     R = m[f"r{head}"]
     base_valid = np.isfinite(R)

@@ -183,3 +183,20 @@ def test_the_whole_evidence_on_a_small_panel():
     assert s["breakeven_per_side"] == pytest.approx(s["top_minus_all"] / (2 * s["turnover"]))
     assert ev.exclusions.loc["fill bar missing (no swap to fill at)", "1 bar"] == 8
     assert {"market drift (mean of all pools)", "E[r] within width terciles"} <= set(ev.decomposition.index)
+
+
+def test_no_bar_with_enough_pools_says_so_instead_of_failing():
+    """A database too short or too small for a cross-section (the sample's 4h series, one pool):
+    the stage still yields a result, with no ranking, no picture and the reason for each pool."""
+    from q50_assets.lineage.common.gate import Blocked
+    from q50_assets.lineage.signal_evidence.rules import evidence_sections
+    from q50_assets.lineage.signal_evidence.step import evidence_step
+    from q50_assets.settings import Settings
+
+    result = evidence_step({"a": Blocked("a", "ohlcv_bars", "never materialized: no stored value")}, {"a": None},
+                           Settings())
+    assert result.pools_used == 0 and "never materialized" in result.pools_left_out["a"]
+    assert result.evidence.summary["bars_with_min_pools"] == 0 and result.pngs == {}
+    assert result.evidence.decomposition.empty and result.evidence.null.empty
+    texts = [content for kind, content in evidence_sections(result.evidence, result.config) if kind == "p"]
+    assert any("nothing to rank" in t for t in texts)
