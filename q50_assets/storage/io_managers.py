@@ -21,9 +21,7 @@ became unsafe stops feeding strategies; backtest runs are history and stay).
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
@@ -33,6 +31,7 @@ from pydantic import Field
 from q50_assets.db.q50_models import q50_regime_labels, q50_signals
 from q50_assets.lineage.backtest.step import results_rows
 from q50_assets.storage.project_tables import ProjectTables
+from q50_assets.storage.files import replace_file
 from q50_assets.storage.qlib_store import QlibStore
 from q50_assets.lineage.common.gate import Blocked
 from q50_assets.lineage.features.step import READ_BACK_FIELDS, FeatureConfig, frames_from_store
@@ -67,10 +66,7 @@ class PoolPickleIOManager(ConfigurableIOManager):
     def _dump(self, path: Path, value) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Written aside and renamed: a reader (another run) never sees half a pickle.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as handle:
-            pickle.dump(value, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
+        replace_file(path, write=lambda handle: pickle.dump(value, handle, protocol=pickle.HIGHEST_PROTOCOL))
 
     def handle_output(self, context: OutputContext, obj) -> None:
         if not context.has_asset_partitions:

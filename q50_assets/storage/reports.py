@@ -3,13 +3,12 @@ report as a self-contained HTML page (pictures embedded), its markdown and the p
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from dagster import ConfigurableResource
 
 from q50_assets.lineage.portfolio.report import Report
+from q50_assets.storage.files import replace_file as _replace
 
 
 class ReportFiles(ConfigurableResource):
@@ -27,14 +26,3 @@ class ReportFiles(ConfigurableResource):
         page = folder / f"{name}.html"
         _replace(page, report.html.encode())
         return page
-
-
-def _replace(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
