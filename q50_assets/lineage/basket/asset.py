@@ -27,6 +27,7 @@ from q50_assets.lineage.common.ports import CollectorSource
 from q50_assets.lineage.ohlcv.asset import OHLCV_ASSET
 from q50_assets.lineage.portfolio.report import _md_table, basket_display, basket_png
 from q50_assets.lineage.signals.asset import SIGNALS_ASSET
+from q50_assets.lineage.common.provenance import provenance
 from q50_assets.settings import Settings
 
 BASKET_ASSET = STAGE
@@ -78,15 +79,16 @@ def basket_metadata(result: BasketResult) -> dict:
     "E[r] = 0.3 q10 + 0.4 q50 + 0.3 q90 among those with a signal known at the bar (optionally only where E[r] "
     "over the holding clears the round trip), beside the same basket ranked by past vol_risk alone (no forecast) "
     "and equal-weight buy & hold of every candidate pool; each pool in its own NautilusTrader engine of "
-    "capital / k (next-bar fills, fee + AMM impact at its liquidity, volume cap), gross and net; per-bar return = "
-    "sum of PnL / capital; intervals by block bootstrap.",
+    "capital / k (next-bar fills, fee + AMM impact at its liquidity, volume cap), gross and net; each slot weighs "
+    "1/k and the basket compounds; intervals by block bootstrap.",
 )
 def basket_backtest(context: AssetExecutionContext, ohlcv_bars: dict, q50_signals: dict,
                     collector: ResourceParam[CollectorSource], settings: ResourceParam[Settings]):
     result = basket_step(ohlcv_bars, q50_signals, collector, settings, context.run.run_id)
     if result.status != "ok":
         context.log.warning(f"basket: {result.status}: {result.reason}")
-    yield Output(result, metadata=basket_metadata(result))
+    made_from = provenance(settings, window=(result.span_start, result.span_end), run_id=context.run.run_id)
+    yield Output(result, metadata={**basket_metadata(result), **{f"made_from_{k}": v for k, v in made_from.items()}})
     need = settings.basket.min_held_bars
     held = ({b: int(result.metrics.loc[variant_name(b, "net"), "bars_held"]) for b in (FORECAST, VOLATILITY)}
             if result.metrics is not None else {FORECAST: 0, VOLATILITY: 0})

@@ -38,6 +38,7 @@ from q50_assets.lineage.model.step import (
     oos_summary,
     unordered_predictions,
 )
+from q50_assets.lineage.common.provenance import model_folds_label, provenance
 from q50_assets.settings import Settings
 from q50_assets.lineage.model.step import model_step
 
@@ -160,6 +161,10 @@ def q50_model(context: AssetExecutionContext, qlib_features, settings: ResourceP
     yield Output(
         trained,
         metadata={
+            **{f"made_from_{k}": v for k, v in provenance(
+                settings, model_folds=model_folds_label(trained), run_id=context.run.run_id,
+                window=((lambda t: (t.min(), t.max()))(preds.index.get_level_values("open_time"))
+                        if len(preds) else None)).items()},
             "live_model_trained_until": MetadataValue.text(str(live.trained_until) if live else "none"),
             "live_model_train_rows": live.train_rows if live else 0,
             "live_offset_q10": MetadataValue.float(float(offsets.q10) if offsets else float("nan")),

@@ -42,7 +42,8 @@ PORTFOLIO_ASSET = "backtest_portfolio"
 def _report_metadata(report, facts: dict, path) -> dict:
     """The report in the asset's metadata: the whole page (markdown with its pictures), where its
     HTML file is, the trial count, and q50's headline numbers as floats (plotted across runs)."""
-    meta = {"dsr_trials": int(facts["trials"]), "dsr_trials_detail": MetadataValue.json(facts["trials_detail"]),
+    meta = {**{f"made_from_{k}": str(v) for k, v in (facts.get("provenance") or {}).items()},
+            "dsr_trials": int(facts["trials"]), "dsr_trials_detail": MetadataValue.json(facts["trials_detail"]),
             **fallback_metadata(facts.get("fallback")),
             "pools_in_report": int(facts["pools_in_report"]),
             "pools_without_stored_evidence": MetadataValue.json(facts["pools_without_stored_evidence"])}
@@ -131,7 +132,8 @@ def backtest_portfolio(context: AssetExecutionContext, backtest_results: dict, q
     except NoReserveObservations:
         fallback = None
     report, facts, path = report_step(results, q50_model, project_tables, settings, report_files, fallback,
-                                      basket=basket_backtest, signal_evidence=signal_evidence)
+                                      basket=basket_backtest, signal_evidence=signal_evidence,
+                                      run_id=context.run.run_id)
     if path is not None:
         context.log.info(f"research report: {path}")
     yield Output(table, metadata={

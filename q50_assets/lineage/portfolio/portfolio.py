@@ -344,7 +344,7 @@ def q50_round_trip_counts(results: pd.DataFrame, pools: list[str]) -> pd.DataFra
 def research_report(results: pd.DataFrame, *, trials: int, bar_seconds: int, bootstrap, model=None,
                     hit_rate: dict | None = None, trials_ledger: pd.DataFrame | None = None, basket=None,
                     signal_evidence=None, capacity_settings: dict | None = None,
-                    assumed_reserve: str = "") -> tuple[Report | None, dict]:
+                    assumed_reserve: str = "", provenance: dict | None = None) -> tuple[Report | None, dict]:
     """The research report (research/report.py) over the pools where q50 traded -- the same pools
     as the portfolio table -- from what their backtests stored; the pooled permutation null over
     every pool with one; the verdict (lineage/portfolio/verdict.py) and the capacity curve of its
@@ -390,6 +390,7 @@ def research_report(results: pd.DataFrame, *, trials: int, bar_seconds: int, boo
         round_trips=round_trips, round_trip_counts=q50_round_trip_counts(results, list(bar_returns)),
         trials_ledger=trials_ledger, model=model, hit_rate=hit_rate, bar_seconds=bar_seconds, bootstrap=bootstrap,
         basket=basket, signal_evidence=signal_evidence, capacity=capacity, assumed_reserve=assumed_reserve,
+        provenance=provenance,
         title="Q50: out-of-sample evidence, after every cost")
     return render_report(inputs), facts
 

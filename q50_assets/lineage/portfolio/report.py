@@ -87,6 +87,7 @@ class ReportInputs:
     intro: str = ""  # a first paragraph (which pools, what was left out)
     basket: object | None = None  # the basket stage's result (lineage/basket/step.py BasketResult)
     signal_evidence: object | None = None  # lineage/signal_evidence/step.py SignalEvidenceResult
+    provenance: Mapping[str, str] | None = None  # run, database, window, model folds, config hash (common/provenance.py)
     verdict: object | None = None  # lineage/portfolio/verdict.py Verdict: both statements and the rules' table
     rule_tables: dict | None = None  # rule -> its table gross and net on its own pools (portfolio.rule_table)
     capacity: CapacityCurve | None = None  # a rule's net edge against size and reserve
@@ -655,6 +656,11 @@ def render_report(inputs: ReportInputs) -> Report:
     tables["headline"] = headline
     portfolio = equal_weight_portfolio(inputs.bar_returns)
     pools = len(inputs.bar_returns)
+    if inputs.provenance:
+        labels = {"run_id": "run", "database": "database", "timeframe": "timeframe", "data_window": "data window",
+                  "model_folds": "model", "config_hash": "configuration (hash of the result settings)"}
+        blocks.append(_Block("p", "Made from: " + "; ".join(
+            f"{labels.get(k, k)} {v}" for k, v in inputs.provenance.items()) + "."))
     if inputs.intro:
         blocks.append(_Block("p", inputs.intro))
     blocks.append(_Block("p", f"{pools} pools, out of sample, after every cost. Intervals: 95 % "

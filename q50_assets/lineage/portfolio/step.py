@@ -8,6 +8,7 @@ import pandas as pd
 
 from q50_assets.lineage.common.costs import FallbackReserve
 from q50_assets.lineage.common.ports import ProjectTableStore, ReportSink
+from q50_assets.lineage.common.provenance import model_folds_label, provenance
 from q50_assets.lineage.common.uncertainty import BootstrapConfig
 from q50_assets.lineage.model.evaluation import net_hit_rate
 from q50_assets.lineage.model.step import TrainedQ50Model
@@ -63,7 +64,8 @@ def basket_trials(basket) -> dict:
 
 
 def report_step(results: pd.DataFrame, model: TrainedQ50Model | None, tables: ProjectTableStore, settings: Settings,
-                files: ReportSink, fallback: FallbackReserve | None = None, basket=None, signal_evidence=None):
+                files: ReportSink, fallback: FallbackReserve | None = None, basket=None, signal_evidence=None,
+                run_id: str | None = None):
     """The research report over the latest backtests (research/portfolio.py research_report): the
     model's evidence from the model that made the signals, the hit rate of the stored signals net
     of their expected cost (this run's signals only: signals made elsewhere carry no label), and
@@ -92,6 +94,9 @@ def report_step(results: pd.DataFrame, model: TrainedQ50Model | None, tables: Pr
         if len(labelled) and labelled["label"].notna().any():
             hit_rate = net_hit_rate(labelled, cost_column="expected_cost_fraction", time_column="known_at",
                                     bar_seconds=settings.bar_seconds, config=bootstrap)
+    window = ((pd.to_datetime(results["oos_start"], utc=True).min(), pd.to_datetime(results["oos_end"], utc=True).max())
+              if len(results) and {"oos_start", "oos_end"} <= set(results.columns) else (None, None))
+    made_from = provenance(settings, window=window, model_folds=model_folds_label(model), run_id=run_id)
     report, facts = research_report(results, trials=trials["trials"], bar_seconds=settings.bar_seconds,
                                     bootstrap=bootstrap, model=model.evidence if model is not None else None,
                                     hit_rate=hit_rate, trials_ledger=ledger, basket=basket,
@@ -99,7 +104,9 @@ def report_step(results: pd.DataFrame, model: TrainedQ50Model | None, tables: Pr
                                     capacity_settings={"fee_rate": settings.signals.swap_fee,
                                                        "max_reserve_fraction":
                                                            settings.nautilus_trader.backtest.max_reserve_fraction},
-                                    assumed_reserve=fallback.describe() if fallback is not None else "")
+                                    assumed_reserve=fallback.describe() if fallback is not None else "",
+                                    provenance=made_from)
+    facts["provenance"] = made_from
     facts["trials_detail"] = trials
     facts["fallback"] = fallback
     path = files.write(report) if report is not None else None

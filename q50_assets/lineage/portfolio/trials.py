@@ -18,8 +18,6 @@ bars: choosing among them is selection on this data), plus ``evaluation.prior_co
 
 from __future__ import annotations
 
-import hashlib
-import json
 
 import numpy as np
 import pandas as pd
@@ -29,44 +27,10 @@ from q50_assets.lineage.backtest.step import GROSS_VARIANTS
 from q50_assets.lineage.common.uncertainty import equal_weight_portfolio
 from q50_assets.settings import Settings
 
-# Settings that change trades or returns: the bars used, the model, the signal rules, the trade
-# features, the regimes, sizing, costs and fills.
-RESULT_SECTIONS = ("timeframe", "ohlcv", "model", "signals", "trades", "nautilus_trader", "rules", "basket")
-# Settings that change no trade: where files go, credentials, how runs are batched and automated,
-# and the evaluation's yardsticks and intervals (evaluation.prior_configurations is a count of
-# trials, not part of one).
-EXCLUDED_SECTIONS = ("data_dir", "database", "evaluation", "signal_evidence", "automation", "batches", "execution")
-# Inside the result sections: a URL with credentials, the switch that runs backtests at all, and
-# the permutation test's draws (its null, not the strategy's returns).
-EXCLUDED_KEYS = (
-    ("nautilus_trader", "strategy_config", "database_uri"),
-    ("nautilus_trader", "enabled"),
-    ("nautilus_trader", "backtest", "permutations"),
-    ("nautilus_trader", "backtest", "permutation_seed"),
-)
+from q50_assets.lineage.common.provenance import (EXCLUDED_KEYS, EXCLUDED_SECTIONS, RESULT_SECTIONS,  # noqa: F401
+                                                   config_hash, result_settings)
 
 Q50_PREFIX = "q50"
-
-
-def result_settings(settings: Settings) -> dict:
-    """The settings that make a configuration (module docstring), as plain JSON values."""
-    dumped = settings.model_dump(mode="json")
-    unclassified = set(dumped) - set(RESULT_SECTIONS) - set(EXCLUDED_SECTIONS)
-    if unclassified:
-        raise ValueError(f"settings {sorted(unclassified)} are neither in RESULT_SECTIONS nor EXCLUDED_SECTIONS")
-    out = {k: dumped[k] for k in RESULT_SECTIONS}
-    for path in EXCLUDED_KEYS:
-        node = out
-        for key in path[:-1]:
-            node = node[key]
-        node.pop(path[-1], None)
-    return out
-
-
-def config_hash(settings: Settings) -> str:
-    """sha256 of the result settings, keys sorted: equal settings give one hash whatever their order."""
-    text = json.dumps(result_settings(settings), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 TRIAL_COLUMNS = ("config_hash", "timeframe", "window_start", "window_end", "variant", "pools", "round_trips",

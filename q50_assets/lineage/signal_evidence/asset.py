@@ -26,6 +26,7 @@ from q50_assets.lineage.ohlcv.asset import OHLCV_ASSET
 from q50_assets.lineage.signal_evidence.rules import _md_table, evidence_markdown
 from q50_assets.lineage.signal_evidence.step import STAGE, evidence_step
 from q50_assets.lineage.signals.asset import SIGNALS_ASSET
+from q50_assets.lineage.common.provenance import provenance
 from q50_assets.settings import Settings
 
 EVIDENCE_ASSET = STAGE
@@ -85,6 +86,7 @@ def signal_evidence(context: AssetExecutionContext, ohlcv_bars: dict, q50_signal
         })
     meta["evidence"] = MetadataValue.md(evidence_markdown(ev, result.config, result.pngs))
     meta["exclusions"] = MetadataValue.md(_md_table(ev.exclusions))
+    meta.update({f"made_from_{k}": v for k, v in provenance(settings, run_id=context.run.run_id).items()})
     yield Output(result, metadata=meta)
     bars = s["bars_with_min_pools"]
     yield AssetCheckResult(check_name="enough_bars", passed=bars >= MIN_BARS, severity=AssetCheckSeverity.WARN,
