@@ -33,11 +33,13 @@ def build_resources(settings: Settings) -> dict:
     url = EnvVar(ENV_DATABASE_URL) if from_env else settings.database_url
     # One database, two doors: the collector's tables read only, the project's q50_* tables.
     tables = ProjectTables(url=url)
-    store = QlibStore(provider_dir=str(settings.data_dir / "qlib"), timeframe=settings.timeframe)
+    # Everything made from this database apart from any other's (Settings.database_dir).
+    local = settings.database_dir
+    store = QlibStore(provider_dir=str(local / "qlib"), timeframe=settings.timeframe)
     return {
         "collector": CollectorReader(url=url),
         "project_tables": tables,
-        "report_files": ReportFiles(directory=str(settings.data_dir / "reports")),
+        "report_files": ReportFiles(directory=str(local / "reports")),
         "qlib_store": store,
         # The one settings model: each asset hands its stages their own sections (lineage/<stage>).
         "settings": settings,
@@ -45,7 +47,7 @@ def build_resources(settings: Settings) -> dict:
         # Each stage's output stored once: pickles per pool for what only the lineage reads, the
         # QLib store for the feature frames (the model reads every pool's features from it), the
         # project's tables for signals, regimes, backtest results and trading history.
-        "io_manager": PoolPickleIOManager(base_dir=str(settings.data_dir / "asset_values")),
+        "io_manager": PoolPickleIOManager(base_dir=str(local / "asset_values")),
         "q50_tables": Q50TableIOManager(tables=tables, timeframe=settings.timeframe),
         "qlib_feature_frames": FeatureFramesIOManager(store=store, tables=tables, timeframe=settings.timeframe),
         "qlib_store_input": QlibStoreInput(store=store),

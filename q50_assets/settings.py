@@ -527,6 +527,31 @@ class ExecutionSettings(Section):
         "Celery task (dagster-celery), broker and result backend from Q50_CELERY_BROKER / Q50_CELERY_BACKEND.")
 
 
+def database_label(url: str) -> str:
+    """The database a URL points at, without user name, password or query (which may carry one):
+    driver, host, port and database name (a SQLite file's path)."""
+    from sqlalchemy.engine import URL, make_url
+
+    parsed = make_url(url)
+    # URL.set() leaves a field alone when given None: build a new URL from the parts kept.
+    return URL.create(parsed.drivername, host=parsed.host, port=parsed.port,
+                      database=parsed.database).render_as_string(hide_password=True)
+
+
+def database_key(url: str) -> str:
+    """A stable directory name for a database: its name (a SQLite file's stem) and 10 hex digits of
+    sha1 over :func:`database_label` (so the same database reached with other credentials is one)."""
+    import hashlib
+    import re
+
+    from sqlalchemy.engine import make_url
+
+    label = database_label(url)
+    name = Path(make_url(url).database or "database").stem
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:40] or "database"
+    return f"{safe}-{hashlib.sha1(label.encode()).hexdigest()[:10]}"
+
+
 class Settings(BaseSettings):
     # Unknown keys are typos; the sources are chosen in settings_customise_sources.
     model_config = SettingsConfigDict(extra="forbid", frozen=True, env_prefix=ENV_PATH_PREFIX,
@@ -562,6 +587,14 @@ class Settings(BaseSettings):
         if self.database.url:
             return self.database.url
         return f"sqlite:///{self.data_dir / 'collector.sqlite'}"
+
+    @property
+    def database_dir(self) -> Path:
+        """Where everything made from this database is kept locally (QLib store, stored asset values
+        and the model, reports): ``<data_dir>/databases/<key>``, the key a readable name plus a hash
+        of the database's URL without credentials. Two databases never share a store, so pointing
+        ``Q50_DATABASE_URL`` elsewhere and back gives the same outputs as two clean checkouts."""
+        return self.data_dir / "databases" / database_key(self.database_url)
 
     @property
     def signal_database_url(self) -> str:

@@ -520,7 +520,7 @@ def test_bad_input(case: Case, backend: str, db_url: str, tmp_path):
 
         # (2) Downstream.
         materialized = {e.asset_key for e in result.get_asset_materialization_events()}
-        instrument_dir = settings.data_dir / "qlib" / "features" / instrument_name(pool_id)
+        instrument_dir = settings.database_dir / "qlib" / "features" / instrument_name(pool_id)
         if case.blocking(backend):
             assert result.success and md["safe_for_downstream"] is False
             assert materialized == {AssetKey("ohlcv_bars"), AssetKey("qlib_features")} and not feature_checks

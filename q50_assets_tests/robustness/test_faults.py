@@ -204,7 +204,7 @@ def prepared(pg, sample_template, tmp_path_factory) -> Prepared:
         out = run_lineage(settings, instance, backtest=True, pools=POOLS)
         assert all(out["backtests"][p].status == "ok" for p in POOLS)
         assert len(out["history"][POOL]) > 0
-        yield Prepared(url, settings, instance, settings.data_dir / "asset_values", out)
+        yield Prepared(url, settings, instance, settings.database_dir / "asset_values", out)
     get_engine(url).dispose()
 
 
@@ -297,7 +297,7 @@ def test_rematerializing_every_asset_twice_gives_identical_tables_and_backtests(
     first_runs = {first["backtests"][p].backtest_run_id for p in POOLS}
     rows_first = materialization_rows(url, first_runs)
     counts_first = table_counts(url)
-    store = prepared.settings.data_dir / "qlib"
+    store = prepared.settings.database_dir / "qlib"
     files_first = tree_hash(store)
 
     second = run_lineage(prepared.settings, prepared.instance, backtest=True, pools=POOLS)
@@ -590,7 +590,7 @@ def test_two_refreshes_of_one_pool_at_once_write_no_duplicates(prepared, tmp_pat
                 for name in ("q50_signals", "q50_regime_labels", "q50_feature_vectors")}
     clean_history = comparable(history_of(url, prepared.out["backtests"][POOL].backtest_run_id),
                                "q50_trading_history")
-    store = prepared.settings.data_dir / "qlib"
+    store = prepared.settings.database_dir / "qlib"
     files_before = tree_hash(store)
     marks = tmp_path / "marks"
     marks.mkdir()
@@ -688,7 +688,7 @@ def test_qlib_store_read_during_a_rewrite_of_the_same_pool(prepared, monkeypatch
     silently getting the field being rewritten as all NaN (QLib's answer for a missing file)."""
     from qlib.data.storage.file_storage import FileFeatureStorage
 
-    store = QlibStore(provider_dir=str(prepared.settings.data_dir / "qlib"), timeframe="1h")
+    store = QlibStore(provider_dir=str(prepared.settings.database_dir / "qlib"), timeframe="1h")
     files_before = tree_hash(store.root)
     fields = {f: f"${f}" for f in STORE_FIELDS}
     grid = store.features([POOL], fields).loc[POOL]

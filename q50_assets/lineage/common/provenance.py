@@ -11,9 +11,7 @@ import hashlib
 import json
 
 import pandas as pd
-from sqlalchemy.engine import URL, make_url
-
-from q50_assets.settings import Settings
+from q50_assets.settings import Settings, database_label
 
 # Settings that change trades or returns: the bars used, the model, the signal rules, the trade
 # features, the regimes, sizing, costs and fills.
@@ -51,15 +49,6 @@ def config_hash(settings: Settings) -> str:
     """sha256 of the result settings, keys sorted: equal settings give one hash whatever their order."""
     text = json.dumps(result_settings(settings), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def database_label(url: str) -> str:
-    """The database a URL points at, without user name, password or query (which may carry one):
-    driver, host, port and database name (a SQLite file's path)."""
-    parsed = make_url(url)
-    # URL.set() leaves a field alone when given None: build a new URL from the parts kept.
-    return URL.create(parsed.drivername, host=parsed.host, port=parsed.port,
-                      database=parsed.database).render_as_string(hide_password=True)
 
 
 def window_label(start, end) -> str:

@@ -222,7 +222,7 @@ class TestNautilusIntegration:
         assert meta["dsr_trials"].value == 5  # q50, q50_close, the reserve halved and doubled, q50_horizon
         assert meta["pools_in_report"].value == len(traded)
         page = Path(meta["report_html"].value)
-        assert page.parent == settings.data_dir / "reports"
+        assert page.parent == settings.database_dir / "reports"
         assert page.read_text().count('src="data:image/png;base64,') == 4
         low, mid, high = (meta[f"q50_mean_bar_return{s}"].value for s in ("_low", "", "_high"))
         if meta["q50_round_trips"].value >= settings.evaluation.min_round_trips_for_interval:

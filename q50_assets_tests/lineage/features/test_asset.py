@@ -48,7 +48,7 @@ def test_features_are_stored_in_qlib_format_and_persisted(settings, collector_ur
     assert evaluations["no_nan_after_warmup"].passed and evaluations["instrument_mapping_roundtrip"].passed
 
     # QLib's binary layout on disk, instrument lower-case-safe and mapped back to the pool.
-    root = settings.data_dir / "qlib"
+    root = settings.database_dir / "qlib"
     inst = instrument_name(MAIN_POOL)
     assert inst == inst.lower()
     assert (root / "calendars" / "60min.txt").exists()
@@ -125,7 +125,7 @@ def test_a_blocked_pool_is_skipped_in_its_batch_and_the_others_go_on(settings, c
     evaluated = {e.partition for e in result.get_asset_check_evaluations() if e.asset_key.to_user_string() == "qlib_features"}
     assert evaluated == {MAIN_POOL, OTHER_POOL}
     # Nothing of it in the store or the vectors table.
-    assert not (settings.data_dir / "qlib" / "features" / instrument_name(SHORT_POOL)).exists()
+    assert not (settings.database_dir / "qlib" / "features" / instrument_name(SHORT_POOL)).exists()
     with get_engine(collector_url).connect() as conn:
         assert conn.execute(select(func.count()).select_from(q50_feature_vectors)
                             .where(q50_feature_vectors.c.pool_id == SHORT_POOL)).scalar() == 0
@@ -148,5 +148,5 @@ def test_a_pool_that_becomes_blocked_leaves_the_qlib_store(settings, collector_u
     assert isinstance(result.output_for_node("qlib_features")[MAIN_POOL], Blocked)
     mapping = store.mapping()
     assert instrument_name(MAIN_POOL) not in mapping and instrument_name(OTHER_POOL) in mapping
-    assert not (settings.data_dir / "qlib" / "features" / instrument_name(MAIN_POOL)).exists()
-    assert instrument_name(MAIN_POOL) not in (settings.data_dir / "qlib" / "instruments" / "all.txt").read_text()
+    assert not (settings.database_dir / "qlib" / "features" / instrument_name(MAIN_POOL)).exists()
+    assert instrument_name(MAIN_POOL) not in (settings.database_dir / "qlib" / "instruments" / "all.txt").read_text()

@@ -76,7 +76,7 @@ def test_trades_reconcile_name_the_shift_and_feed_flow_features(settings):
 
     # Trade fields in QLib's binary format, over the span the trades cover only.
     analysis = result.value("pool_trades")
-    folder = settings.data_dir / "qlib" / "features" / instrument_name(MAIN_POOL)
+    folder = settings.database_dir / "qlib" / "features" / instrument_name(MAIN_POOL)
     raw = np.fromfile(folder / "trade_count.60min.bin", dtype="<f4")
     assert len(raw) - 1 == len(analysis.grid) and raw[1:].sum() == analysis.counts["inside_complete_bars"]
     assert all((folder / f"{f}.60min.bin").exists() for f in TRADE_FIELDS)
@@ -127,7 +127,7 @@ def test_trades_that_stop_reconciling_lose_their_fields(settings, collector_url)
     second = _materialize(settings, MAIN_POOL)
     checks = second.checks("pool_trades")
     assert not checks["clock_shift"].passed and checks["clock_shift"].metadata["id_epoch_shift"].value == "+3 h"
-    folder = settings.data_dir / "qlib" / "features" / instrument_name(MAIN_POOL)
+    folder = settings.database_dir / "qlib" / "features" / instrument_name(MAIN_POOL)
     assert not any((folder / f"{f}.60min.bin").exists() for f in TRADE_FIELDS)
     frame = second.value("qlib_features")
     assert frame[list(FLOW_FEATURES)].isna().all().all()
