@@ -35,6 +35,7 @@ from q50_assets.lineage.ohlcv.asset import OHLCV_ASSET
 from q50_assets.lineage.regimes.asset import REGIMES_ASSET
 from q50_assets.lineage.signals.asset import SIGNALS_ASSET
 from q50_assets.lineage.trading_history.step import TRADING_HISTORY_ASSET, history_step, reconcile
+from q50_assets.lineage.common.provenance import provenance_metadata
 from q50_assets.settings import Settings
 from q50_assets.lineage.backtest.step import VERIFIED, backtest_step
 
@@ -167,7 +168,8 @@ def backtest_results(context: AssetExecutionContext, ohlcv_bars: dict, q50_signa
     yield Output(results, output_name=BACKTEST_ASSET,
                  metadata={"pools": len(pool_ids), "backtest_run_id": run_id,
                            "pools_ok": sum(not isinstance(r, Blocked) and r.status == "ok" for r in results.values()),
-                           **fallback_metadata(batch.fallback)})
+                           **fallback_metadata(batch.fallback),
+                           **provenance_metadata(settings, run_id=run_id)})
     yield Output(histories, output_name=TRADING_HISTORY_ASSET, metadata={"backtest_run_id": run_id})
     # The history is in the table now (the IO manager wrote it when the output was yielded):
     # reconcile what the database holds with Nautilus' own fills report.

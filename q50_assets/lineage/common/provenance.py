@@ -85,6 +85,11 @@ def provenance(settings: Settings, *, window: tuple | None = None, model_folds: 
     return out
 
 
+def provenance_metadata(settings: Settings, **kwargs) -> dict[str, str]:
+    """:func:`provenance` as materialization metadata: one ``made_from_<key>`` entry each."""
+    return {f"made_from_{k}": v for k, v in provenance(settings, **kwargs).items()}
+
+
 __all__ = ["EXCLUDED_KEYS", "EXCLUDED_SECTIONS", "RESULT_SECTIONS", "config_hash", "database_label", "model_folds_label",
-           "provenance",
+           "provenance", "provenance_metadata",
            "result_settings", "window_label"]

@@ -26,6 +26,7 @@ from q50_assets.lineage.features.step import (
 )
 from q50_assets.lineage.common.gate import Blocked
 from q50_assets.lineage.features.step import FeatureConfig
+from q50_assets.lineage.common.provenance import provenance_metadata
 from q50_assets.settings import Settings
 from q50_assets.lineage.features.step import features_step
 
@@ -88,5 +89,6 @@ def qlib_features(context: AssetExecutionContext, ohlcv_bars: dict, collector: R
     computed = sum(not isinstance(f, Blocked) for f in frames.values())
     yield Output(FeatureFrames(frames, config),
                  metadata={"pools": len(pool_ids), "pools_computed": computed, "pools_blocked": len(pool_ids) - computed,
-                           "feature_set_version": config.version})
+                           "feature_set_version": config.version,
+                           **provenance_metadata(settings, run_id=context.run.run_id)})
     yield from checks.events()

@@ -13,6 +13,7 @@ from q50_assets.lineage.common.partitions import pool_partitions
 from q50_assets.lineage.common.ports import CollectorSource
 from q50_assets.lineage.ohlcv.rules import BAR_RULES, RuleOutcome
 from q50_assets.lineage.ohlcv.step import summary
+from q50_assets.lineage.common.provenance import provenance_metadata
 from q50_assets.settings import Settings
 from q50_assets.lineage.ohlcv.step import ohlcv_step
 
@@ -52,5 +53,6 @@ def ohlcv_bars(context: AssetExecutionContext, collector: ResourceParam[Collecto
             checks.add(OHLCV_ASSET, outcome.name, pool_id, outcome.passed, _check_metadata(outcome),
                        blocks_pool=outcome.blocking, description=outcome.description)
     safe = sum(v.safe for v in validated.values())
-    yield Output(validated, metadata={"pools": len(pool_ids), "pools_safe": safe, "pools_blocked": len(pool_ids) - safe})
+    yield Output(validated, metadata={"pools": len(pool_ids), "pools_safe": safe, "pools_blocked": len(pool_ids) - safe,
+                                      **provenance_metadata(settings, run_id=context.run.run_id)})
     yield from checks.events()

@@ -17,6 +17,7 @@ from q50_assets.lineage.common.batch import (
 from q50_assets.lineage.common.partitions import pool_partitions
 from q50_assets.lineage.common.gate import Blocked
 from q50_assets.lineage.regimes.step import STAGE
+from q50_assets.lineage.common.provenance import provenance_metadata
 from q50_assets.settings import Settings
 from q50_assets.lineage.regimes.step import regimes_step
 
@@ -67,5 +68,6 @@ def regime_labels(context: AssetExecutionContext, qlib_features: dict, settings:
                     "first_early": MetadataValue.json([t.isoformat() for t in bad["early"][:20]])})
     computed = sum(not isinstance(v, Blocked) for v in regimes.values())
     yield Output(regimes, metadata={"pools": len(pool_ids), "pools_computed": computed,
+                                    **provenance_metadata(settings, run_id=context.run.run_id),
                                     "pools_blocked": len(pool_ids) - computed})
     yield from checks.events()

@@ -23,6 +23,7 @@ from q50_assets.lineage.model.asset import MODEL_ASSET
 from q50_assets.lineage.common.gate import Blocked
 from q50_assets.lineage.model.step import TrainedQ50Model
 from q50_assets.lineage.signals.step import LIVE_FOLD, STAGE
+from q50_assets.lineage.common.provenance import model_folds_label, provenance_metadata
 from q50_assets.settings import Settings
 from q50_assets.lineage.signals.step import reserve_assumption, signals_step
 
@@ -80,5 +81,7 @@ def q50_signals(context: AssetExecutionContext, q50_model: TrainedQ50Model, qlib
     computed = sum(not isinstance(v, Blocked) for v in signals.values())
     yield Output(signals, metadata={"pools": len(pool_ids), "pools_computed": computed,
                                     "pools_blocked": len(pool_ids) - computed, "model_run": q50_model.run_id,
+                                    **provenance_metadata(settings, model_folds=model_folds_label(q50_model),
+                                                          run_id=context.run.run_id),
                                     **fallback_metadata(fallback)})
     yield from checks.events()
