@@ -221,6 +221,10 @@ def summarize(run, settings: Settings, instance) -> tuple[list[str], list[str]]:
                      f"{sum(m['tradeable'] for m in signal_counts.values()):,} tradeable after costs")
     if backtest_status:
         lines.append("Backtests: " + ", ".join(f"{n} pools {status}" for status, n in backtest_status.items()))
+    if report_md and report_md.get("verdict") and settings.nautilus_trader.enabled:
+        lines.append("Verdict (out of sample; the report's first section):")
+        lines.append(report_md["verdict"])
+        lines.append("")
     if portfolio_md and settings.nautilus_trader.enabled:
         lines.append("Out-of-sample portfolio (NautilusTrader, after fees and AMM price impact; the equal-weight portfolio of the pools present at each bar):")
         lines.append(portfolio_md)

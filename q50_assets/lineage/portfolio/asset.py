@@ -52,6 +52,8 @@ def _report_metadata(report, facts: dict, path) -> dict:
         return meta
     meta["report"] = MetadataValue.md(markdown_with_pictures(report))
     meta["headline"] = MetadataValue.md(headline_markdown(report))
+    if facts.get("verdict_markdown"):
+        meta["verdict"] = MetadataValue.md(facts["verdict_markdown"])
     verdict = facts.get("verdict") or {}
     if verdict:
         meta["verdict_best_rule"] = str(verdict.get("best_rule"))

@@ -372,6 +372,10 @@ def research_report(results: pd.DataFrame, *, trials: int, bar_seconds: int, boo
     judged = verdict(results, basket=basket, evidence=signal_evidence, trials=trials, bar_seconds=bar_seconds,
                      bootstrap=bootstrap)
     facts["verdict"] = judged.facts
+    from q50_assets.lineage.portfolio.verdict import verdict_display
+
+    table = verdict_display(judged.rules)
+    facts["verdict_markdown"] = judged.markdown + ("\n\n" + _markdown_table(table) if len(table) else "")
     capacity = None
     capacity_rule = judged.best if judged.best in RULES else Q50  # the basket stores no round trips
     if capacity_settings is not None:
@@ -398,6 +402,13 @@ def research_report(results: pd.DataFrame, *, trials: int, bar_seconds: int, boo
 __all__ = ["MIN_PERMUTATIONS", "labelled_signals", "research_report", "stored_evidence", "comparable_baselines", "no_trade_summary", "permutation_summary",
            "portfolio_figures", "portfolio_markdown", "portfolio_table", "rule_table", "rule_tables", "rules_markdown",
            "traded_pools"]
+
+
+def _markdown_table(table: pd.DataFrame) -> str:
+    cols = [table.index.name or ""] + [str(c) for c in table.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join([str(i)] + [str(v) for v in row]) + " |" for i, row in table.iterrows()]
+    return "\n".join(lines)
 
 
 def dsr_trials(settings, ledger: pd.DataFrame | None = None) -> dict[str, int]:

@@ -55,14 +55,20 @@ class Verdict:
         return f"**What the signal shows.** {self.signal}\n\n**What the best rule realises after costs.** {self.rule}"
 
 
+def _bp_number(v: float) -> str:
+    bp = v * 1e4
+    # A rule that barely trades moves equity by thousandths of a bp: keep two significant digits.
+    return f"{bp:+,.1f}" if abs(bp) >= 0.05 or bp == 0 else f"{bp:+.2g}"
+
+
 def _bp(v: float) -> str:
-    return "n/a" if v is None or not np.isfinite(v) else f"{v * 1e4:+,.1f} bp"
+    return "n/a" if v is None or not np.isfinite(v) else f"{_bp_number(v)} bp"
 
 
 def _iv(estimate: float, low: float, high: float) -> str:
     if not np.isfinite(low) or not np.isfinite(high):
         return _bp(estimate)
-    return f"{_bp(estimate)} [{low * 1e4:+,.1f}, {high * 1e4:+,.1f}]"
+    return f"{_bp(estimate)} [{_bp_number(low)}, {_bp_number(high)}]"
 
 
 def _records(value):
@@ -81,7 +87,11 @@ def rule_round_trips(results: pd.DataFrame, rule: str, pools: list[str]) -> pd.D
     frames = [round_trips_from_records(_records(r.get("round_trip_records"))).assign(pool_id=r["pool_id"])
               for _, r in rows.iterrows()] if "round_trip_records" in results.columns else []
     frames = [f for f in frames if len(f)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["pool_id", "net_return"])
+    if not frames:
+        return pd.DataFrame(columns=["pool_id", "net_return"])
+    # Entry order, ties by pool: the PSR's effective n depends on the order, never on the table's row order.
+    return pd.concat(frames, ignore_index=True).sort_values(["entry_filled_at", "pool_id"], kind="stable",
+                                                            ignore_index=True)
 
 
 def _pool_rule_row(rule: str, results: pd.DataFrame, *, trials: int, bar_seconds: int,
