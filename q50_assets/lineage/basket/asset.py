@@ -25,7 +25,8 @@ from q50_assets.lineage.basket.step import STAGE, BasketResult, basket_step, var
 from q50_assets.lineage.common.conditions import once_settled_after
 from q50_assets.lineage.common.ports import CollectorSource
 from q50_assets.lineage.ohlcv.asset import OHLCV_ASSET
-from q50_assets.lineage.portfolio.report import _md_table, basket_display, basket_png
+from q50_assets.lineage.common.markdown import markdown_table
+from q50_assets.lineage.portfolio.report import basket_display, basket_png
 from q50_assets.lineage.signals.asset import SIGNALS_ASSET
 from q50_assets.lineage.common.provenance import provenance
 from q50_assets.settings import Settings
@@ -55,7 +56,7 @@ def basket_metadata(result: BasketResult) -> dict:
             meta[f"{key}_{col}_bp"] = MetadataValue.float(round(1e4 * float(row[col]), 3))
         meta[f"{key}_sharpe"] = MetadataValue.float(round(float(row["sharpe"]), 3))
         meta[f"{key}_cost_usd"] = MetadataValue.float(round(float(row["cost_usd"]), 2))
-    meta["table"] = MetadataValue.md(_md_table(basket_display(result.metrics)))
+    meta["table"] = MetadataValue.md(markdown_table(basket_display(result.metrics)))
     png = basket_png(result.bar_returns)
     meta["picture"] = MetadataValue.md(f"![basket](data:image/png;base64,{base64.b64encode(png).decode()})")
     return meta

@@ -23,6 +23,7 @@ import json
 import numpy as np
 import pandas as pd
 
+from q50_assets.lineage.common.markdown import markdown_table
 from q50_assets.lineage.backtest.step import (BUY_AND_HOLD, CASH, GROSS_VARIANTS, Q50, RULES, bar_returns_from_record,
                                               round_trips_from_records, variants_for)
 from q50_assets.lineage.backtest.permutation import pooled_p_value
@@ -375,7 +376,7 @@ def research_report(results: pd.DataFrame, *, trials: int, bar_seconds: int, boo
     from q50_assets.lineage.portfolio.verdict import verdict_display
 
     table = verdict_display(judged.rules)
-    facts["verdict_markdown"] = judged.markdown + ("\n\n" + _markdown_table(table) if len(table) else "")
+    facts["verdict_markdown"] = judged.markdown + ("\n\n" + markdown_table(table) if len(table) else "")
     capacity = None
     capacity_rule = judged.best if judged.best in RULES else Q50  # the basket stores no round trips
     if capacity_settings is not None:
@@ -402,13 +403,6 @@ def research_report(results: pd.DataFrame, *, trials: int, bar_seconds: int, boo
 __all__ = ["MIN_PERMUTATIONS", "labelled_signals", "research_report", "stored_evidence", "comparable_baselines", "no_trade_summary", "permutation_summary",
            "portfolio_figures", "portfolio_markdown", "portfolio_table", "rule_table", "rule_tables", "rules_markdown",
            "traded_pools"]
-
-
-def _markdown_table(table: pd.DataFrame) -> str:
-    cols = [table.index.name or ""] + [str(c) for c in table.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join([str(i)] + [str(v) for v in row]) + " |" for i, row in table.iterrows()]
-    return "\n".join(lines)
 
 
 def dsr_trials(settings, ledger: pd.DataFrame | None = None) -> dict[str, int]:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from q50_assets.lineage.common.markdown import markdown_table
 from q50_assets.lineage.model.evaluation import ModelEvidence
 from q50_assets.lineage.portfolio.capacity import CapacityCurve, capacity_png
 from q50_assets.lineage.common.uncertainty import (BootstrapConfig, edge_breakdowns, equal_weight_portfolio,
@@ -262,14 +263,6 @@ class _Block:
     table: pd.DataFrame | None = None
 
 
-def _md_table(table: pd.DataFrame) -> str:
-    head = [table.index.name or ""] + [str(c) for c in table.columns]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for idx, row in table.iterrows():
-        lines.append("| " + " | ".join([str(idx)] + [str(v) for v in row]) + " |")
-    return "\n".join(lines)
-
-
 def _html_table(table: pd.DataFrame) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in [table.index.name or "", *table.columns])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in [idx, *row]) + "</tr>"
@@ -288,7 +281,7 @@ def _render(title: str, blocks: list[_Block], pngs: dict[str, bytes]) -> tuple[s
             md += [b.text, ""]
             body.append(f"<p>{html.escape(b.text)}</p>")
         elif b.kind == "table":
-            md += [_md_table(b.table), ""]
+            md += [markdown_table(b.table), ""]
             body.append(_html_table(b.table))
         elif b.kind == "img":
             md += [f"![{b.text}]({b.text}.png)", ""]
@@ -305,7 +298,7 @@ def _render(title: str, blocks: list[_Block], pngs: dict[str, bytes]) -> tuple[s
 
 def headline_markdown(report: Report) -> str:
     """The headline table alone (estimate [95 % interval] per variant, PSR, deflated Sharpe)."""
-    return _md_table(headline_display(report.tables["headline"]))
+    return markdown_table(headline_display(report.tables["headline"]))
 
 
 def markdown_with_pictures(report: Report) -> str:
@@ -609,7 +602,7 @@ def capacity_display(curve: CapacityCurve) -> pd.DataFrame:
 
 def capacity_markdown(curve: CapacityCurve) -> str:
     """The capacity table alone (asset metadata)."""
-    return _md_table(capacity_display(curve))
+    return markdown_table(capacity_display(curve))
 
 
 def _capacity_blocks(curve: CapacityCurve, assumed_reserve: str, pngs: dict[str, bytes]) -> list[_Block]:

@@ -23,7 +23,8 @@ from dagster import (
 
 from q50_assets.lineage.common.conditions import once_settled_after
 from q50_assets.lineage.ohlcv.asset import OHLCV_ASSET
-from q50_assets.lineage.signal_evidence.rules import _md_table, evidence_markdown
+from q50_assets.lineage.common.markdown import markdown_table
+from q50_assets.lineage.signal_evidence.rules import evidence_markdown
 from q50_assets.lineage.signal_evidence.step import STAGE, evidence_step
 from q50_assets.lineage.signals.asset import SIGNALS_ASSET
 from q50_assets.lineage.common.provenance import provenance
@@ -85,7 +86,7 @@ def signal_evidence(context: AssetExecutionContext, ohlcv_bars: dict, q50_signal
             "null_p_q50_top_minus_all": _f(s["null_p_q50_top_minus_all"], 4),
         })
     meta["evidence"] = MetadataValue.md(evidence_markdown(ev, result.config, result.pngs))
-    meta["exclusions"] = MetadataValue.md(_md_table(ev.exclusions))
+    meta["exclusions"] = MetadataValue.md(markdown_table(ev.exclusions))
     meta.update({f"made_from_{k}": v for k, v in provenance(settings, run_id=context.run.run_id).items()})
     yield Output(result, metadata=meta)
     bars = s["bars_with_min_pools"]

@@ -81,6 +81,7 @@ import numpy as np
 import pandas as pd
 from pydantic import ConfigDict
 
+from q50_assets.lineage.common.markdown import markdown_table
 from q50_assets.lineage.common.uncertainty import BootstrapConfig
 from q50_assets.lineage.signals.rules import expected_return_piecewise
 from q50_assets.settings import Settings, SignalEvidenceSettings
@@ -599,8 +600,6 @@ def signal_evidence(panel: Panel, config: SignalEvidenceConfig, cost_per_side: f
         observed = spread_by_bar(F, R, valid, q)
         draws = circular_null(F, R, valid, q, config.null_draws, config.null_seed)
         draws_out[name] = draws
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             for stat in ("ic", "top_minus_all"):
@@ -780,14 +779,6 @@ def evidence_pngs(ev: SignalEvidence) -> dict[str, bytes]:
             "signal_decomposition": decomposition_png(ev)}
 
 
-def _md_table(table: pd.DataFrame) -> str:
-    head = [table.index.name or ""] + [str(c) for c in table.columns]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for idx, row in table.iterrows():
-        lines.append("| " + " | ".join([str(idx)] + [str(v) for v in row]) + " |")
-    return "\n".join(lines)
-
-
 def evidence_sections(ev: SignalEvidence, config: SignalEvidenceConfig) -> list[tuple[str, object]]:
     """The evidence as (kind, content) pieces: ("p", text), ("table", DataFrame), ("img", name)."""
     s = ev.summary
@@ -835,7 +826,7 @@ def evidence_markdown(ev: SignalEvidence, config: SignalEvidenceConfig, pngs: di
         if kind == "p":
             out.append(str(content))
         elif kind == "table":
-            out.append(_md_table(content))
+            out.append(markdown_table(content))
         elif kind == "img":
             src = (f"data:image/png;base64,{base64.b64encode(pngs[content]).decode()}" if pngs and content in pngs
                    else f"{content}.png")
