@@ -22,37 +22,9 @@ from q50_assets.lineage.model.walk_forward import (
     repair_crossings,
     walk_forward,
 )
-
-BAR = pd.Timedelta(hours=1)
-START = pd.Timestamp("2025-03-01", tz="UTC")
-
-# Small and quick, but enough trees to fit a linear signal.
-FAST = WalkForwardConfig(initial_train_bars=96, retrain_every_bars=48, min_train_rows=100,
-                         num_boost_round=40, learning_rate=0.1, min_data_in_leaf=20)
-
-
-def _index(pools, n_bars, start=START):
-    opens = pd.date_range(start, periods=n_bars, freq="h", tz="UTC", unit="us")
-    return pd.MultiIndex.from_product([list(pools), opens], names=["pool_id", "open_time"])
-
-
-def _panel(n_pools=4, n_bars=300, seed=0, horizon=1):
-    """Closes whose next-bar return is 0.005*x1 + noise; features x1 (signal), x2 (noise), x3 (NaNs).
-
-    Returns (features, close, labels) on a full hourly grid with a few missing closes.
-    """
-    rs = np.random.RandomState(seed)
-    index = _index([f"pool{i}" for i in range(n_pools)], n_bars)
-    x1 = rs.normal(size=(n_pools, n_bars))
-    ret = 0.005 * x1 + 0.01 * rs.normal(size=(n_pools, n_bars))
-    close = 100.0 * np.cumprod(np.concatenate([np.ones((n_pools, 1)), 1 + ret[:, :-1]], axis=1), axis=1)
-    close = close.ravel()
-    close[rs.rand(close.size) < 0.02] = np.nan  # missing bars
-    features = pd.DataFrame({"x1": x1.ravel(), "x2": rs.normal(size=close.size),
-                             "x3": rs.normal(size=close.size)}, index=index)
-    features.loc[rs.rand(close.size) < 0.1, "x3"] = np.nan
-    close_s = pd.Series(close, index=index, name="close")
-    return features, close_s, make_labels(close_s, horizon, 3600)
+from q50_assets_tests.lineage.model.synthetic_panel import BAR, FAST, START
+from q50_assets_tests.lineage.model.synthetic_panel import panel_index as _index
+from q50_assets_tests.lineage.model.synthetic_panel import synthetic_panel as _panel
 
 
 # ---------------------------------------------------------------- make_labels
