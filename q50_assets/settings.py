@@ -137,9 +137,13 @@ class WalkForwardSettings(Section):
 
     horizon_bars: int = Field(default=1, ge=1, description="Label: forward return over this many bars.")
     initial_train_bars: int = Field(
-        default=240, ge=24, description="Calendar bars before the first fold boundary (first window)."
-    )
-    retrain_every_bars: int = Field(default=24, ge=1, description="A new model every N bars of calendar time.")
+        default=240, ge=24, description="At least this many bars of calendar time from the first prediction time "
+        "to the first fold boundary (the first window): that boundary is the first point of the retrain grid "
+        "at or after it.")
+    retrain_every_bars: int = Field(
+        default=24, ge=1, description="A new model every N bars of calendar time: fold boundaries lie on the "
+        "multiples of N bars since the Unix epoch (UTC), so with 1h bars and 24 they are UTC midnights, the "
+        "same whatever the data's first bar.")
     min_train_rows: int = Field(default=200, ge=10, description="Folds with fewer labelled rows are skipped.")
     seed: int = 42
     num_boost_round: int = Field(default=150, ge=10)

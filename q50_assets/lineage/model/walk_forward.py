@@ -15,12 +15,16 @@ Timing conventions (all timestamps tz-aware UTC, ``bar`` = ``bar_seconds``):
 
 Walk-forward scheme:
 
-* Fold boundaries ``T_0 = min(predicted_at) + initial_train_bars*bar`` and
-  ``T_k = T_0 + k*retrain_every_bars*bar`` while ``T_k <= max(predicted_at)``.
+* Fold boundaries lie on a calendar grid: with ``step = retrain_every_bars*bar``, the multiples of
+  ``step`` since the Unix epoch (UTC). ``T_0`` is the first grid point at or after
+  ``min(predicted_at) + initial_train_bars*bar``, and ``T_k = T_0 + k*step`` while
+  ``T_k <= max(predicted_at)``. With 1h bars and 24 bars per fold the boundaries are UTC
+  midnights. Where the data starts only decides which grid point comes first; adding bars never
+  moves a boundary, so a run on a longer history has the same folds for the rows both runs hold.
 * Fold k fits one LightGBM model per quantile on every row whose label is known at the boundary
   (``label_known_at <= T_k``; the horizon embargo, expanding window), and predicts every row with
-  ``T_k <= predicted_at < T_{k+1}`` (the last fold runs to the end). A model is therefore only
-  ever used after its boundary, on rows whose labels it could not have seen.
+  ``T_k <= predicted_at < T_k + step`` (its test window). A model is therefore only ever used
+  after its boundary, on rows whose labels it could not have seen.
 * Rows predicted before ``T_0``, or falling in a fold skipped for lack of training rows, get no
   prediction; they are counted in ``rows_without_prediction``, never silently dropped.
 
@@ -99,6 +103,27 @@ class WalkForwardResult:
     # and the predictions of folds that had no evidence to calibrate them (left out, counted).
     calibration: pd.DataFrame | None = None
     rows_uncalibrated: int = 0
+
+
+EPOCH = pd.Timestamp(0, tz="UTC")
+
+
+def fold_boundaries(first_predicted_at: pd.Timestamp, last_predicted_at: pd.Timestamp,
+                    config: "WalkForwardConfig") -> list[pd.Timestamp]:
+    """The fold boundaries ``T_0 < T_1 < ...`` for prediction times spanning [first, last]: the
+    multiples of ``step = retrain_every_bars*bar`` since the Unix epoch (UTC) from the first one at
+    or after ``first + initial_train_bars*bar`` up to ``last`` (module docstring). Empty when that
+    first grid point is after ``last``."""
+    bar = pd.Timedelta(seconds=config.bar_seconds)
+    step = config.retrain_every_bars * bar
+    if step <= pd.Timedelta(0):
+        raise ValueError("retrain_every_bars must be >= 1")
+    earliest = first_predicted_at + config.initial_train_bars * bar
+    # Ceiling of (earliest - epoch) / step in whole steps: exact integer arithmetic on Timedeltas.
+    t0 = EPOCH + (-((EPOCH - earliest) // step)) * step
+    if t0 > last_predicted_at:
+        return []
+    return [t0 + k * step for k in range((last_predicted_at - t0) // step + 1)]
 
 
 def _check_panel_index(index: pd.Index, what: str) -> None:
@@ -260,18 +285,12 @@ def walk_forward(features: pd.DataFrame, labels: pd.DataFrame, config: WalkForwa
             f"open_time + (label_offset_bars+horizon_bars+1)*bar, e.g. {list(bad[:5])}"
         )
 
-    # Fold boundaries on calendar time, independent of how many rows exist.
-    boundaries: list[pd.Timestamp] = []
-    if n:
-        first, last = predicted_at.min(), predicted_at.max()
-        t0 = first + config.initial_train_bars * bar
-        step = config.retrain_every_bars * bar
-        if step <= pd.Timedelta(0):
-            raise ValueError("retrain_every_bars must be >= 1")
-        if t0 <= last:
-            boundaries = [t0 + k * step for k in range((last - t0) // step + 1)]
+    # Fold boundaries on the calendar grid, independent of how many rows exist.
+    step = config.retrain_every_bars * bar
+    boundaries = fold_boundaries(predicted_at.min(), predicted_at.max(), config) if n else []
     boundary_index = pd.DatetimeIndex(boundaries, dtype=predicted_at.dtype)
-    # fold of each row by prediction time: -1 = before T_0; the last fold runs to the end.
+    # fold of each row by prediction time: -1 = before T_0. Every row is before the last
+    # boundary + step (T_{m+1} > max(predicted_at)), so each fold's rows lie in [T_k, T_k + step).
     fold_of_row = (boundary_index.searchsorted(predicted_at, side="right") - 1).astype(np.int64)
 
     raw = np.full((n, len(QUANTILES)), np.nan)
@@ -285,7 +304,7 @@ def walk_forward(features: pd.DataFrame, labels: pd.DataFrame, config: WalkForwa
         train = labelled & np.asarray(known_at <= boundary)
         test = fold_of_row == k
         train_rows, test_rows = int(train.sum()), int(test.sum())
-        test_end = boundaries[k + 1] if k + 1 < len(boundaries) else predicted_at.max() + bar
+        test_end = boundary + step
         if training_index is not None:
             training_index[k] = index[train]
         skip_reason = ""

@@ -111,20 +111,26 @@ def test_fold_boundaries_and_windows():
     res = walk_forward(features, labels, FAST)
     first_pred = START + BAR
     last_pred = START + 300 * BAR
-    t0 = first_pred + FAST.initial_train_bars * BAR
     step = FAST.retrain_every_bars * BAR
+    # T_0: the first multiple of step since the epoch at or after first_pred + initial_train_bars.
+    earliest_ns = (first_pred + FAST.initial_train_bars * BAR).value
+    t0 = pd.Timestamp(-(-earliest_ns // step.value) * step.value, tz="UTC")
+    assert t0 - step < first_pred + FAST.initial_train_bars * BAR <= t0
     expected = [t0 + k * step for k in range(int((last_pred - t0) // step) + 1)]
     assert list(res.folds["boundary"]) == expected
+    assert all(b.value % step.value == 0 for b in expected)  # on the calendar grid
     assert expected[-1] <= last_pred < expected[-1] + step
+    # Each fold's test window is one step from its boundary, the last one's included.
+    assert (res.folds["test_end"] == res.folds["boundary"] + step).all()
 
     p = res.predictions
     assert (p["trained_until"] <= p["predicted_at"]).all()
     assert (p["predicted_at"] == p.index.get_level_values("open_time") + BAR).all()
-    not_last = p["fold"] < res.folds["fold"].max()
-    assert (p.loc[not_last, "predicted_at"] < p.loc[not_last, "trained_until"] + step).all()
+    assert (p["predicted_at"] < p["trained_until"] + step).all()
     # every row predicted at or after T_0 is predicted (no fold skipped here); the rest are counted
     assert not res.folds["skipped"].any()
     n_before = int((features.index.get_level_values("open_time") + BAR < t0).sum())
+    assert n_before > len(features.index.unique("pool_id")) * FAST.initial_train_bars  # T_0 rounded up
     assert res.rows_without_prediction == n_before
     assert len(p) + res.rows_without_prediction == len(features)
     assert list(p.columns) == [*QUANTILE_COLUMNS, "fold", "predicted_at", "trained_until", "label", "crossed"]
@@ -271,12 +277,14 @@ def test_coverage_is_calibrated_out_of_sample():
 
 def test_folds_with_too_few_training_rows_are_skipped_and_counted():
     features, _, labels = _panel(n_pools=3, n_bars=300)
-    # 3 pools: fold 0 (T_0 at 96 bars) has < 3*96 labelled rows; require more than that.
-    config = WalkForwardConfig(**{**FAST.__dict__, "min_train_rows": 350})
+    # 3 pools: T_0 is the first 48-bar grid point after 96 bars (2025-03-07 00:00, 143 bars after
+    # the first close), so fold 0 has < 3*143 labelled rows and fold 1 about 3*190; require 450.
+    config = WalkForwardConfig(**{**FAST.__dict__, "min_train_rows": 450})
     res = walk_forward(features, labels, config)
     f = res.folds
+    assert f["boundary"].iloc[0] == pd.Timestamp("2025-03-07", tz="UTC")
     assert f["skipped"].iloc[0] and not f["skipped"].iloc[-1]
-    assert (f.loc[f["skipped"], "train_rows"] < 350).all()
+    assert (f.loc[f["skipped"], "train_rows"] < 450).all()
     assert f.loc[f["skipped"], "skip_reason"].str.contains("min_train_rows").all()
     assert (f.loc[~f["skipped"], "skip_reason"] == "").all()
     assert f.loc[f["skipped"], "pinball_q50"].isna().all()
