@@ -25,7 +25,6 @@ from q50_assets.lineage.backtest.step import variants_for
 from q50_assets.settings import BacktestSettings
 from q50_assets.storage.collector import CollectorReader
 from q50_assets.storage.project_tables import ProjectTables
-from q50_assets.lineage.signals.step import LIVE_FOLD
 from q50_assets_tests.collector_sim import append_bars, bars_of, record_collector_run, revise_bar, take_bars_from
 from q50_assets_tests.conftest import settings_for
 
@@ -41,8 +40,10 @@ POOLS = [
     "solana_6gTQBJBV7DUQUGfsQoxzqi8Kgpa5ymF5riquo1k9sXoe",
 ]
 APPENDED, REVISED = POOLS[:2], POOLS[2]
-# The collector "now" of the first ticks: everything from here on is its future.
-CUT = int(pd.Timestamp("2025-09-28 00:00", tz="UTC").timestamp())
+# The collector "now" of the first ticks: everything from here on is its future. The model trained
+# then is the fold of 2025-09-27 (daily boundaries are UTC midnights): the bars appended below close
+# before 2025-09-28 00:00, inside that fold, so the live model gives them their signals.
+CUT = int(pd.Timestamp("2025-09-27 20:00", tz="UTC").timestamp())
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
@@ -53,6 +54,12 @@ def _execute(defs, instance, request):
         raise_on_error=False)
     assert result.success, f"run for {request.tags} failed"
     return result
+
+
+def _live_fold(instance) -> int:
+    """The live model's fold, as the latest q50_model materialization states it."""
+    event = instance.get_latest_materialization_event(AssetKey("q50_model"))
+    return int(event.asset_materialization.metadata["live_fold"].value)
 
 
 def _outputs(db: ProjectTables) -> dict[str, dict]:
@@ -135,7 +142,9 @@ def test_sensor_loop_on_a_postgresql_collector(collector_url, tmp_path, backend)
         before = _outputs(db)
         assert all(len(o["signals"]) > 100 and len(o["results"]) == len(variants_for(BacktestSettings().reserve_sensitivity))
                    for o in before.values())
-        assert not (pd.concat([o["signals"] for o in before.values()])["fold"] == LIVE_FOLD).any()
+        # The live model is the walk-forward's last fold: the newest signals already carry its fold.
+        live_fold = _live_fold(instance)
+        assert live_fold >= 0 and pd.concat([o["signals"] for o in before.values()])["fold"].max() == live_fold
 
         # Tick 2: the collector has not run: skip, and say so.
         skipped = tick()
@@ -161,7 +170,8 @@ def test_sensor_loop_on_a_postgresql_collector(collector_url, tmp_path, backend)
         after = _outputs(db)
         for pool_id in APPENDED:
             b, a = before[pool_id], after[pool_id]
-            live = a["signals"][a["signals"]["fold"] == LIVE_FOLD]
+            live = a["signals"][~a["signals"]["timestamp"].isin(b["signals"]["timestamp"])]
+            assert (live["fold"] == live_fold).all()  # the rows a from-scratch walk-forward gives them
             # Bars T-1h (the former partial bar), T and T+1h are now complete; T+2h is held back.
             assert list(live["timestamp"].map(lambda t: pd.Timestamp(t).tz_convert("UTC"))) == [
                 pd.Timestamp(CUT - 3600, unit="s", tz="UTC") + pd.Timedelta(hours=h) for h in range(3)]

@@ -132,10 +132,12 @@ def evidence_metadata(evidence: ModelEvidence) -> dict:
         ),
     ],
     description="Walk-forward LightGBM quantile regression at 0.1/0.5/0.9 on features pooled across "
-    "pools; expanding window, retrained every model.retrain_every_bars, labels embargoed by the horizon; "
-    "q10/q90 recalibrated on the out-of-sample labels known at each fold boundary. Output: out-of-sample "
-    "predictions per pool and bar. Metadata: pinball skill over a naive forecaster with intervals, rank IC, "
-    "coverage before/after recalibration, reliability picture, per-fold table.",
+    "pools; expanding window, retrained every model.retrain_every_bars (fold boundaries on that step's "
+    "calendar grid since the epoch, UTC), labels embargoed by the horizon; q10/q90 recalibrated on the "
+    "out-of-sample labels known at each fold boundary. Output: out-of-sample predictions per pool and bar, "
+    "and the live model (the last fold's, valid until live_valid_until). Metadata: pinball skill over a "
+    "naive forecaster with intervals, rank IC, coverage before/after recalibration, reliability picture, "
+    "per-fold table.",
 )
 def q50_model(context: AssetExecutionContext, qlib_features, settings: ResourceParam[Settings]):
     store: FeatureStore = qlib_features
@@ -166,6 +168,9 @@ def q50_model(context: AssetExecutionContext, qlib_features, settings: ResourceP
                 window=((lambda t: (t.min(), t.max()))(preds.index.get_level_values("open_time"))
                         if len(preds) else None)).items()},
             "live_model_trained_until": MetadataValue.text(str(live.trained_until) if live else "none"),
+            # The live model is fold live_fold's; bars predicted at or after live_valid_until need a retrain.
+            "live_fold": live.fold if live else -1,
+            "live_valid_until": MetadataValue.text(live.valid_until.isoformat() if live else "none"),
             "live_model_train_rows": live.train_rows if live else 0,
             "live_offset_q10": MetadataValue.float(float(offsets.q10) if offsets else float("nan")),
             "live_offset_q90": MetadataValue.float(float(offsets.q90) if offsets else float("nan")),

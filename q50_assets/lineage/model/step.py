@@ -1,7 +1,8 @@
 """Stage 3a - the Q50 model: walk-forward LightGBM quantile regression (q10/q50/q90) on features
 pooled across every pool in the QLib store, q10/q90 recalibrated past-only, plus the live model
-for bars newer than the run; and the evidence a researcher needs to trust it (skill over a naive
-forecaster, rank IC, coverage before and after recalibration, reliability).
+(the last fold's model) for bars newer than the run that fall in that fold; and the evidence a
+researcher needs to trust it (skill over a naive forecaster, rank IC, coverage before and after
+recalibration, reliability).
 
 The walk-forward logic is :mod:`q50_assets.lineage.model.walk_forward`, the recalibration
 :mod:`q50_assets.lineage.model.calibration`, the evidence :mod:`q50_assets.lineage.model.evaluation`; every
@@ -31,7 +32,7 @@ from q50_assets.lineage.model.walk_forward import (
     WalkForwardResult,
     calibrate_live_model,
     calibrate_walk_forward,
-    fit_live_model,
+    live_model,
     make_labels,
     pinball_loss,
     walk_forward,
@@ -70,7 +71,8 @@ class ModelBlockedError(RuntimeError):
 @dataclass
 class TrainedQ50Model:
     """The model stage's output: the walk-forward result (q10/q90 recalibrated), the live model
-    for bars that close after the training run, and the run that produced both.
+    (its last fold's, for bars newer than the training run that fall in that fold's window), and
+    the run that produced both.
 
     ``blocked_reason`` is set when a blocking check of the run failed. Dagster stops the run's
     downstream steps, but a later run (a sensor's refresh) would still load this output, so
@@ -123,11 +125,12 @@ def load_training_panel(store, config: ModelConfig) -> tuple[pd.DataFrame, pd.Da
 
 def train_q50_model(features: pd.DataFrame, labels: pd.DataFrame, config: ModelConfig, run_id: str) -> TrainedQ50Model:
     """The model stage's work, for the asset and for anything else that trains it (benchmarks):
-    walk-forward, past-only recalibration of each fold's q10/q90, and the live model with its own
-    offsets (fitted on the labels known at its trained_until; no live model when they are too few)."""
+    walk-forward, past-only recalibration of each fold's q10/q90, and the live model = the last
+    fold's boosters with that fold's offsets (no live model when the last fold was skipped or its
+    offsets had too little evidence)."""
     raw = walk_forward(features, labels, config.walk_forward)
     result = calibrate_walk_forward(raw, labels, config.calibration)
-    live = fit_live_model(features, labels, config.walk_forward)
+    live = live_model(raw, config.walk_forward)
     if live is not None:
         live = calibrate_live_model(live, raw.predictions, labels, config.calibration)
     return TrainedQ50Model(run_id=run_id, result=result, live=live)

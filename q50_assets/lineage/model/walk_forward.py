@@ -32,7 +32,14 @@ Recalibration (:mod:`q50_assets.lineage.model.calibration`): :func:`calibrate_wa
 each fold's q10/q90 by offsets fitted on the out-of-sample labels known at the fold's boundary
 (earlier folds' predictions), keeping the raw values as ``q10_raw``/``q90_raw``; folds without
 enough such labels (the first) are left out and counted. :func:`calibrate_live_model` gives the
-live model its own offsets, fitted on the labels known at its ``trained_until``.
+live model the offsets of the evidence at its ``trained_until``: those of its fold.
+
+The live model (:class:`LiveQ50Model`, :func:`live_model`) IS the last fold's model: fold m's
+boosters (boundary ``T_m``), used for the bars the collector writes after the run whose
+``predicted_at`` still falls in fold m's test window ``[T_m, T_m + step)``. A later run on the
+longer history puts those bars in fold m too, trains fold m on the same rows and so gives them
+the same quantiles. Bars at or after ``T_m + step`` belong to the next fold: no model exists for
+them until the walk-forward runs again.
 
 Everything is deterministic: rows are processed in index order, LightGBM runs single-threaded
 with ``deterministic=True`` and a fixed seed, so the same input gives bit-identical output.
@@ -103,6 +110,9 @@ class WalkForwardResult:
     # and the predictions of folds that had no evidence to calibrate them (left out, counted).
     calibration: pd.DataFrame | None = None
     rows_uncalibrated: int = 0
+    # The last fold's boosters (LightGBM model strings, QUANTILES order): the live model reuses
+    # them (live_model). None without a boundary or when the last fold was skipped.
+    last_fold_models: tuple[str, ...] | None = None
 
 
 EPOCH = pd.Timestamp(0, tz="UTC")
@@ -218,16 +228,25 @@ def repair_crossings(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(raw, axis=1), crossed
 
 
-def _fit_predict(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                 config: WalkForwardConfig) -> np.ndarray:
-    """Raw (unsorted) predictions, one column per quantile in QUANTILES order."""
-    out = np.empty((x_test.shape[0], len(QUANTILES)), dtype=np.float64)
+def _fit(x_train: np.ndarray, y_train: np.ndarray, config: WalkForwardConfig) -> tuple[str, ...]:
+    """One booster per quantile (QUANTILES order), as LightGBM model strings."""
     # One Dataset per fold, shared by the three quantile fits: binning depends only on the
     # training rows (never on test or future rows), and objective/alpha are booster-level.
     data = lgb.Dataset(x_train, label=y_train, params=_lgb_params(config, QUANTILES[0]), free_raw_data=True)
-    for j, alpha in enumerate(QUANTILES):
-        booster = lgb.train(_lgb_params(config, alpha), data, num_boost_round=config.num_boost_round)
-        out[:, j] = booster.predict(x_test, num_threads=1)
+    return tuple(lgb.train(_lgb_params(config, alpha), data, num_boost_round=config.num_boost_round).model_to_string()
+                 for alpha in QUANTILES)
+
+
+def _predict_raw(model_strings: tuple[str, ...], x: np.ndarray) -> np.ndarray:
+    """Raw (unsorted) predictions, one column per quantile, of boosters given as model strings.
+
+    The walk-forward and the live model both predict through here, from the same strings: a
+    row's value depends only on its own features and the trees, never on the other rows of the
+    call, so fold m's rows and the live model's rows of fold m are computed identically.
+    """
+    out = np.empty((x.shape[0], len(model_strings)), dtype=np.float64)
+    for j, model in enumerate(model_strings):
+        out[:, j] = lgb.Booster(model_str=model).predict(x, num_threads=1)
     return out
 
 
@@ -332,9 +351,13 @@ def walk_forward(features: pd.DataFrame, labels: pd.DataFrame, config: WalkForwa
     # Folds are independent once their row sets are fixed, so they run in parallel threads
     # (LightGBM releases the GIL). Each fit is single-threaded and seeded, and results are
     # written back by fold, so the output does not depend on n_jobs or scheduling order.
-    def run(job: tuple[int, np.ndarray, np.ndarray]) -> np.ndarray:
-        _, train, test = job
-        return _fit_predict(x[train], y[train], x[test], config)
+    last_fold = len(boundaries) - 1
+
+    def run(job: tuple[int, np.ndarray, np.ndarray]) -> tuple[tuple[str, ...] | None, np.ndarray]:
+        k, train, test = job
+        models = _fit(x[train], y[train], config)
+        # Only the last fold's boosters are kept (the live model's); the others are dropped here.
+        return (models if k == last_fold else None), _predict_raw(models, x[test])
 
     workers = max(1, min(n_jobs if n_jobs is not None else min(4, os.cpu_count() or 1), len(jobs)))
     # Largest (latest) folds first: better load balance across workers.
@@ -344,9 +367,12 @@ def walk_forward(features: pd.DataFrame, labels: pd.DataFrame, config: WalkForwa
     else:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             outputs = list(pool.map(run, ordered))
-    for (_, _, test), out in zip(ordered, outputs):
+    last_fold_models = None
+    for (_, _, test), (models, out) in zip(ordered, outputs):
         raw[test] = out
         predicted[test] = True
+        if models is not None:
+            last_fold_models = models
 
     preds, crossed = repair_crossings(raw)
 
@@ -389,32 +415,42 @@ def walk_forward(features: pd.DataFrame, labels: pd.DataFrame, config: WalkForwa
         rows_without_prediction=int(n - predicted.sum()),
         feature_columns=feature_columns,
         training_index=training_index,
+        last_fold_models=last_fold_models,
     )
 
 
 @dataclass
 class LiveQ50Model:
-    """The newest model: fitted on every label known at ``trained_until`` (the close of the last
-    bar the training run saw), for bars that close after it — bars the collector writes after the
-    training run. Walk-forward folds only cover bars that existed when the model ran; this one
-    extends the signal to new bars without ever seeing their labels.
+    """The last fold's model, for the bars the collector writes after the training run.
+
+    It is fold ``fold`` (m, the last boundary ``T_m``) of the walk-forward: the same boosters,
+    trained on every label known at ``trained_until`` = T_m, valid for rows whose ``predicted_at``
+    (open + bar) lies in fold m's test window ``[trained_until, valid_until)``, ``valid_until`` =
+    T_m + step. Inside that window a from-scratch walk-forward on a later database assigns the row
+    to fold m, trains fold m on the same rows and gives it the same quantiles, so a live signal
+    is the signal that run would write. A row at or after ``valid_until`` belongs to the next
+    fold, which needs a retrain.
 
     Boosters are kept as LightGBM model strings so the object pickles (Dagster's IO manager).
     """
 
+    fold: int
     trained_until: pd.Timestamp
+    valid_until: pd.Timestamp  # exclusive bound on predicted_at
     train_rows: int
     feature_columns: list[str]
     model_strings: tuple[str, ...]  # one per quantile, QUANTILES order
     bar_seconds: int
-    # Offsets for q10/q90 fitted on out-of-sample labels known at trained_until (calibrate_live_model).
+    # Fold m's q10/q90 offsets: fitted on out-of-sample labels known at trained_until (calibrate_live_model).
     calibration: QuantileOffsets | None = None
 
     def predict(self, features: pd.DataFrame) -> pd.DataFrame:
-        """q10/q50/q90 (repaired) and ``crossed`` for each row of ``features`` (same index).
+        """q10/q50/q90 (repaired, recalibrated when the model carries offsets) and ``crossed`` for
+        each row of ``features`` (same index; its last level is the bar's open time).
 
-        Raises when asked about a row that does not close after ``trained_until``: such a row's
-        label may have been in the training set, so a prediction for it would be in-sample.
+        Raises, naming rows, for a row outside fold m's window: before ``trained_until`` its label
+        may have been trained on (in-sample); at or after ``valid_until`` it belongs to a later
+        fold, whose model has not been trained yet.
         """
         missing = [c for c in self.feature_columns if c not in features.columns]
         if missing:
@@ -423,14 +459,19 @@ class LiveQ50Model:
             return pd.DataFrame({**{c: pd.Series(dtype="float64") for c in QUANTILE_COLUMNS},
                                  "crossed": pd.Series(dtype=bool)}, index=features.index)
         opens = features.index.get_level_values(-1)
-        closes = pd.DatetimeIndex(opens) + pd.Timedelta(seconds=self.bar_seconds)
-        seen = closes <= self.trained_until
-        if seen.any():
-            raise ValueError(f"{int(seen.sum())} rows close at or before the live model's trained_until "
-                             f"{self.trained_until}: predicting them would be in-sample, e.g. {list(opens[seen][:3])}")
+        predicted_at = pd.DatetimeIndex(opens) + pd.Timedelta(seconds=self.bar_seconds)
+        early = np.asarray(predicted_at < self.trained_until)
+        if early.any():
+            raise ValueError(f"{int(early.sum())} rows are predicted before the live model's trained_until "
+                             f"{self.trained_until} (fold {self.fold}): predicting them would be in-sample, "
+                             f"e.g. {_rows_label(features.index[early])}")
+        late = np.asarray(predicted_at >= self.valid_until)
+        if late.any():
+            raise ValueError(f"{int(late.sum())} rows are predicted at or after the live model's valid_until "
+                             f"{self.valid_until}: they belong to a fold after {self.fold}, which needs a retrain, "
+                             f"e.g. {_rows_label(features.index[late])}")
         x = features[self.feature_columns].to_numpy(dtype=np.float64, copy=True)
-        raw = np.column_stack([lgb.Booster(model_str=s).predict(x, num_threads=1) for s in self.model_strings])
-        preds, crossed = repair_crossings(raw)
+        preds, crossed = repair_crossings(_predict_raw(self.model_strings, x))
         out = pd.DataFrame(preds, index=features.index, columns=list(QUANTILE_COLUMNS))
         out["crossed"] = crossed
         if self.calibration is not None:  # q10/q90 recalibrated; q10_raw/q90_raw keep the boosters' values
@@ -438,31 +479,24 @@ class LiveQ50Model:
         return out
 
 
-def fit_live_model(features: pd.DataFrame, labels: pd.DataFrame, config: WalkForwardConfig) -> LiveQ50Model | None:
-    """Fit the three quantile boosters on every label known at the panel's last bar close.
+def _rows_label(index: pd.Index, limit: int = 3) -> str:
+    """The first rows of an index as text: 'pool open_time' (or 'open_time'), comma-separated."""
+    return ", ".join(" ".join(map(str, i)) if isinstance(i, tuple) else str(i) for i in index[:limit])
 
-    Same parameters, seed and embargo rule as a walk-forward fold whose boundary is the last
-    prediction time; None when fewer than ``min_train_rows`` labels are known by then.
-    """
-    _check_panel_index(features.index, "features")
-    features = features.sort_index()
-    if features.empty:
+
+def live_model(result: WalkForwardResult, config: WalkForwardConfig) -> LiveQ50Model | None:
+    """The live model of a walk-forward result: its last fold's boosters (reused, not fitted
+    again), valid from that fold's boundary for one ``retrain_every_bars`` step. None without a
+    boundary or when the last fold was skipped (too few training rows)."""
+    folds = result.folds
+    if result.last_fold_models is None or folds.empty:
         return None
-    aligned = labels.reindex(features.index)
-    bar = pd.Timedelta(seconds=config.bar_seconds)
-    trained_until = features.index.get_level_values(1).max() + bar
-    y = aligned["label"].to_numpy(dtype=np.float64, copy=True)
-    train = ~np.isnan(y) & np.asarray(pd.DatetimeIndex(aligned["label_known_at"]) <= trained_until)
-    if int(train.sum()) < config.min_train_rows:
+    last = folds.iloc[-1]
+    if bool(last["skipped"]):
         return None
-    x = features.to_numpy(dtype=np.float64, copy=True)[train]
-    data = lgb.Dataset(x, label=y[train], params=_lgb_params(config, QUANTILES[0]), free_raw_data=True)
-    strings = tuple(
-        lgb.train(_lgb_params(config, alpha), data, num_boost_round=config.num_boost_round).model_to_string()
-        for alpha in QUANTILES
-    )
-    return LiveQ50Model(trained_until=trained_until, train_rows=int(train.sum()),
-                        feature_columns=[str(c) for c in features.columns], model_strings=strings,
+    return LiveQ50Model(fold=int(last["fold"]), trained_until=pd.Timestamp(last["boundary"]),
+                        valid_until=pd.Timestamp(last["test_end"]), train_rows=int(last["train_rows"]),
+                        feature_columns=list(result.feature_columns), model_strings=result.last_fold_models,
                         bar_seconds=config.bar_seconds)
 
 
@@ -483,8 +517,10 @@ def calibrate_walk_forward(result: WalkForwardResult, labels: pd.DataFrame, conf
 def calibrate_live_model(live: LiveQ50Model, raw_predictions: pd.DataFrame, labels: pd.DataFrame,
                          config: CalibrationConfig) -> LiveQ50Model | None:
     """The live model with q10/q90 offsets fitted on the walk-forward's raw out-of-sample
-    predictions whose labels are known at its ``trained_until``; None when there are too few
-    (a live model whose intervals cannot be calibrated is not published)."""
+    predictions whose labels are known at its ``trained_until`` = T_m: the evidence, and so the
+    offsets, of fold m in :func:`calibrate_walk_forward`. None when there are too few (fold m is
+    then left out uncalibrated too, and a live model whose intervals cannot be calibrated is not
+    published)."""
     evidence = calibration_evidence(raw_predictions, labels["label_known_at"], live.trained_until, config)
     offsets = fit_offsets(evidence, live.trained_until, config)
     return None if offsets is None else replace(live, calibration=offsets)

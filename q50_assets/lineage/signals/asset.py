@@ -6,6 +6,7 @@ Glue only: the stage is :mod:`q50_assets.lineage.signals.step`, every formula
 :mod:`q50_assets.lineage.signals.rules`, the cost model :mod:`q50_assets.lineage.common.costs`.
 """
 
+import pandas as pd
 from dagster import AssetExecutionContext, MetadataValue, Output, ResourceParam, asset
 
 from q50_assets.lineage.common.batch import (
@@ -22,7 +23,7 @@ from q50_assets.lineage.common.ports import CollectorSource
 from q50_assets.lineage.model.asset import MODEL_ASSET
 from q50_assets.lineage.common.gate import Blocked
 from q50_assets.lineage.model.step import TrainedQ50Model
-from q50_assets.lineage.signals.step import LIVE_FOLD, STAGE
+from q50_assets.lineage.signals.step import STAGE, pool_row_counts
 from q50_assets.lineage.common.provenance import model_folds_label, provenance_metadata
 from q50_assets.settings import Settings
 from q50_assets.lineage.signals.step import reserve_assumption, signals_step
@@ -56,14 +57,20 @@ def q50_signals(context: AssetExecutionContext, q50_model: TrainedQ50Model, qlib
     signals, outcomes = signals_step(q50_model, qlib_features, collector, settings,
                                      progress_callback(context, SIGNALS_ASSET, len(pool_ids)), fallback=fallback)
     checks = PoolChecks(context)
+    bar = pd.Timedelta(seconds=settings.bar_seconds)
+    awaiting_next_fold = 0
     for pool_id in pool_ids:
         value = signals[pool_id]
         if pool_id not in outcomes:
             add_pool_metadata(context, pool_id, blocked_metadata(value))
             continue
         early, crossed = outcomes[pool_id]
+        # New bars beyond the walk-forward: those of the live model's fold, and those awaiting the next.
+        counts = pool_row_counts(q50_model, pool_id, qlib_features[pool_id], bar)
+        awaiting_next_fold += counts["rows_awaiting_next_fold"]
         if isinstance(value, Blocked):
-            add_pool_metadata(context, pool_id, {**blocked_metadata(value), "model_run": q50_model.run_id})
+            add_pool_metadata(context, pool_id, {**blocked_metadata(value), "model_run": q50_model.run_id,
+                                                 "rows_awaiting_next_fold": counts["rows_awaiting_next_fold"]})
         else:
             sides = value["side"].value_counts()
             add_pool_metadata(context, pool_id, {
@@ -72,7 +79,7 @@ def q50_signals(context: AssetExecutionContext, q50_model: TrainedQ50Model, qlib
                 "reserve_sources": {str(k): int(v) for k, v in value["reserve_source"].value_counts().items()},
                 "long": int(sides.get("long", 0)),
                 "short": int(sides.get("short", 0)), "hold": int(sides.get("hold", 0)),
-                "model_run": q50_model.run_id, "live_model_signals": int((value["fold"] == LIVE_FOLD).sum()),
+                "model_run": q50_model.run_id, **counts,
                 "first_known_at": str(value["known_at"].min()) if len(value) else "none",
                 "last_known_at": str(value["known_at"].max()) if len(value) else "none"})
         checks.add(SIGNALS_ASSET, "known_at_after_bar_close", pool_id, len(early) == 0,
@@ -81,6 +88,7 @@ def q50_signals(context: AssetExecutionContext, q50_model: TrainedQ50Model, qlib
     computed = sum(not isinstance(v, Blocked) for v in signals.values())
     yield Output(signals, metadata={"pools": len(pool_ids), "pools_computed": computed,
                                     "pools_blocked": len(pool_ids) - computed, "model_run": q50_model.run_id,
+                                    "rows_awaiting_next_fold": awaiting_next_fold,
                                     **provenance_metadata(settings, model_folds=model_folds_label(q50_model),
                                                           run_id=context.run.run_id),
                                     **fallback_metadata(fallback)})

@@ -4,14 +4,19 @@ cost model (fee + impact at the intended size, at the pool's liquidity known at 
 formula is :mod:`q50_assets.lineage.signals.rules`.
 
 A batch's pools share one model: the walk-forward predictions are looked up per pool, and the
-live model predicts every pool's new bars in one call. A model run that failed a blocking check
-gives no signals at all (:meth:`TrainedQ50Model.require_usable`).
+live model predicts every pool's new bars in one call. The live model is the walk-forward's last
+fold (m), so its rows carry fold m and are the rows a from-scratch walk-forward on the later
+database would write. New bars whose prediction time reaches the next fold (``live.valid_until``)
+get no signal until the model retrains; they are counted per pool (:func:`pool_row_counts`),
+never dropped silently. A model run that failed a blocking check gives no signals at all
+(:meth:`TrainedQ50Model.require_usable`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import pandas as pd
 
 from q50_assets.lineage.common.costs import FallbackReserve, ReserveSeries, assumed_reserve
@@ -22,7 +27,6 @@ from q50_assets.lineage.common.ports import CollectorSource
 from q50_assets.settings import Settings
 
 STAGE = "q50_signals"
-LIVE_FOLD = -1  # q50_signals.fold of a signal from the live model (bars newer than the training run)
 PREDICTION_COLUMNS = ["q10", "q50", "q90", "predicted_at", "fold"]
 
 
@@ -37,20 +41,37 @@ def _walk_forward_predictions(pool_id: str, model: TrainedQ50Model) -> pd.DataFr
     return pool_preds[PREDICTION_COLUMNS]
 
 
+def live_rows(model: TrainedQ50Model, frame: pd.DataFrame, walk_forward_index: pd.Index,
+              bar: pd.Timedelta) -> tuple[np.ndarray, np.ndarray]:
+    """(rows the live model predicts, rows awaiting the next fold) of one pool's feature frame
+    (index open_time), as boolean masks. Both are real, post-warm-up rows the walk-forward did not
+    predict; the first have ``trained_until <= predicted_at < valid_until`` (the live model's
+    fold), the second ``predicted_at >= valid_until`` (a later fold, not trained yet). Without a
+    live model both are empty."""
+    none = np.zeros(len(frame), dtype=bool)
+    live = model.live
+    if live is None:
+        return none, none
+    predicted_at = frame.index + bar
+    new = (~frame["is_filled"].to_numpy(dtype=bool) & ~frame["is_warmup"].to_numpy(dtype=bool)
+           & ~frame.index.isin(walk_forward_index))
+    in_fold = new & np.asarray(predicted_at >= live.trained_until) & np.asarray(predicted_at < live.valid_until)
+    return in_fold, new & np.asarray(predicted_at >= live.valid_until)
+
+
 def pool_predictions(model: TrainedQ50Model, features: Mapping[str, pd.DataFrame],
                      bar: pd.Timedelta) -> dict[str, pd.DataFrame]:
     """Per pool, the out-of-sample quantiles (index open_time): the walk-forward predictions for
-    bars the training run saw, and the live model's for real, post-warm-up bars that close after
-    it (new collector bars), all pools' new bars in one inference call. Neither model ever saw
-    the label of a bar it predicts."""
+    bars the training run saw, and the live model's for the new bars of its fold
+    (:func:`live_rows`), all pools' new bars in one inference call, with the live model's fold.
+    Neither model ever saw the label of a bar it predicts."""
     known = {pool_id: _walk_forward_predictions(pool_id, model) for pool_id in features}
     live = model.live
     if live is None:
         return known
     new_rows = {}
     for pool_id, frame in features.items():
-        new = (~frame["is_filled"] & ~frame["is_warmup"] & (frame.index + bar > live.trained_until)
-               & ~frame.index.isin(known[pool_id].index))
+        new, _ = live_rows(model, frame, known[pool_id].index, bar)
         if new.any():
             new_rows[pool_id] = frame.loc[new, live.feature_columns]
     if not new_rows:
@@ -58,12 +79,20 @@ def pool_predictions(model: TrainedQ50Model, features: Mapping[str, pd.DataFrame
     batch = pd.concat(new_rows, names=["pool_id", "open_time"])
     predicted = live.predict(batch)
     predicted["predicted_at"] = predicted.index.get_level_values("open_time") + bar
-    predicted["fold"] = LIVE_FOLD
+    predicted["fold"] = live.fold
     out = dict(known)
     for pool_id in new_rows:
         live_preds = predicted.xs(pool_id, level="pool_id")[PREDICTION_COLUMNS]
         out[pool_id] = pd.concat([known[pool_id], live_preds]).sort_index()
     return out
+
+
+def pool_row_counts(model: TrainedQ50Model, pool_id: str, frame: pd.DataFrame, bar: pd.Timedelta) -> dict[str, int]:
+    """One pool's rows beyond the walk-forward (metadata): ``live_model_signals``, the new bars the
+    live model predicts (fold ``live.fold``, not predicted by the walk-forward), and
+    ``rows_awaiting_next_fold``, the new bars that get no signal until the model retrains."""
+    in_fold, awaiting = live_rows(model, frame, _walk_forward_predictions(pool_id, model).index, bar)
+    return {"live_model_signals": int(in_fold.sum()), "rows_awaiting_next_fold": int(awaiting.sum())}
 
 
 def pool_signals(pool_id: str, predictions: pd.DataFrame, features: pd.DataFrame, config: SignalConfig,

@@ -16,7 +16,7 @@ from q50_assets.lineage.model.walk_forward import (
     WalkForwardConfig,
     calibrate_live_model,
     calibrate_walk_forward,
-    fit_live_model,
+    live_model,
     make_labels,
     pinball_loss,
     repair_crossings,
@@ -317,31 +317,41 @@ def test_feature_rows_missing_from_labels_are_an_error():
 
 # ---------------------------------------------------------------- live model
 
-def test_live_model_uses_only_labels_known_at_its_last_bar_close():
+def test_live_model_is_the_last_fold_trained_on_labels_known_at_its_boundary():
     features, _, labels = _panel(n_pools=3, n_bars=200)
-    live = fit_live_model(features, labels, FAST)
-    last_open = features.index.get_level_values(1).max()
-    assert live.trained_until == last_open + BAR
-    # Labels of the last bar of each pool become known after trained_until: never trained on.
+    res = walk_forward(features, labels, FAST, record_training_index=True)
+    live = live_model(res, FAST)
+    last = res.folds.iloc[-1]
+    step = FAST.retrain_every_bars * BAR
+    assert live.fold == last["fold"] == len(res.folds) - 1
+    assert live.trained_until == last["boundary"] and live.valid_until == last["boundary"] + step
+    last_pred = features.index.get_level_values(1).max() + BAR
+    assert live.trained_until <= last_pred < live.valid_until
+    # Fold m's training rows: the labels known at T_m, not at the panel's last close.
+    assert live.train_rows == last["train_rows"] == len(res.training_index[live.fold])
     assert live.train_rows == int((labels["label"].notna() & (labels["label_known_at"] <= live.trained_until)).sum())
+    assert live.model_strings == res.last_fold_models and len(live.model_strings) == len(QUANTILES)
 
     # Scrambling every label not yet known at trained_until leaves the boosters bit-identical.
     tampered = labels.copy()
     unknown = tampered["label_known_at"] > live.trained_until
-    assert unknown.sum() == 3
+    assert unknown.sum() > 3
     tampered.loc[unknown, "label"] = 1e6
-    assert fit_live_model(features, tampered, FAST).model_strings == live.model_strings
+    assert live_model(walk_forward(features, tampered, FAST), FAST).model_strings == live.model_strings
     # ...while changing a known label does change them (the test can fail).
     tampered.loc[tampered.index[10], "label"] = 1e6
-    assert fit_live_model(features, tampered, FAST).model_strings != live.model_strings
+    assert live_model(walk_forward(features, tampered, FAST), FAST).model_strings != live.model_strings
 
 
-def test_live_model_predicts_new_bars_only_and_learns_the_signal():
+def test_live_model_predicts_its_fold_window_only_and_learns_the_signal():
     features, _, labels = _panel(n_pools=3, n_bars=300)
-    live = fit_live_model(features, labels, FAST)
+    live = live_model(walk_forward(features, labels, FAST), FAST)
     rs = np.random.RandomState(5)
-    new_opens = pd.date_range(live.trained_until, periods=50, freq="h", tz="UTC")
-    new = pd.DataFrame({"x1": rs.normal(size=50), "x2": rs.normal(size=50), "x3": rs.normal(size=50)},
+    # Every open whose predicted_at (open + 1 bar) lies in [trained_until, valid_until).
+    new_opens = pd.date_range(live.trained_until - BAR, live.valid_until - 2 * BAR, freq="h", tz="UTC")
+    n = len(new_opens)
+    assert n == FAST.retrain_every_bars
+    new = pd.DataFrame({"x1": rs.normal(size=n), "x2": rs.normal(size=n), "x3": rs.normal(size=n)},
                        index=pd.DatetimeIndex(new_opens, name="open_time"))
     preds = live.predict(new)
     assert list(preds.columns) == [*QUANTILE_COLUMNS, "crossed"]
@@ -349,16 +359,29 @@ def test_live_model_predicts_new_bars_only_and_learns_the_signal():
     # The panel's next-bar return is 0.005 * x1: the median rises with x1.
     assert np.corrcoef(new["x1"], preds["q50"])[0, 1] > 0.8
 
-    # A bar whose close is not after trained_until may have been trained on: refused.
+    # A row predicted before trained_until may have been trained on: refused, naming it.
     seen = pd.DataFrame({"x1": [0.0], "x2": [0.0], "x3": [0.0]},
-                        index=pd.DatetimeIndex([live.trained_until - BAR], name="open_time"))
-    with pytest.raises(ValueError, match="in-sample"):
+                        index=pd.DatetimeIndex([live.trained_until - 2 * BAR], name="open_time"))
+    with pytest.raises(ValueError, match="in-sample") as err:
         live.predict(seen)
+    assert str(live.trained_until - 2 * BAR) in str(err.value)
+    # A row predicted at valid_until belongs to the next fold: refused, naming it.
+    late = pd.DataFrame({"x1": [0.0, 0.0], "x2": [0.0, 0.0], "x3": [0.0, 0.0]},
+                        index=pd.MultiIndex.from_tuples([("pool0", live.valid_until - 2 * BAR),
+                                                         ("pool1", live.valid_until - BAR)],
+                                                        names=["pool_id", "open_time"]))
+    with pytest.raises(ValueError, match="valid_until") as err:
+        live.predict(late)
+    assert "1 rows" in str(err.value) and "pool1" in str(err.value) and "pool0" not in str(err.value)
 
 
-def test_live_model_needs_min_train_rows():
+def test_no_live_model_without_a_fold_or_when_the_last_fold_is_skipped():
     features, _, labels = _panel(n_pools=1, n_bars=60)
-    assert fit_live_model(features, labels, FAST) is None
+    assert live_model(walk_forward(features, labels, FAST), FAST) is None  # no boundary at all
+    features, _, labels = _panel(n_pools=3, n_bars=300)
+    res = walk_forward(features, labels, WalkForwardConfig(**{**FAST.__dict__, "min_train_rows": 10**6}))
+    assert res.folds["skipped"].all() and res.last_fold_models is None
+    assert live_model(res, FAST) is None
 
 
 # ---------------------------------------------------------------- calibration hooks
@@ -389,11 +412,17 @@ def test_calibrated_walk_forward_accounts_for_every_row():
 def test_live_model_carries_offsets_fitted_on_labels_known_at_trained_until():
     features, _, labels = _panel(n_pools=3, n_bars=300)
     raw = walk_forward(features, labels, FAST)
-    live = calibrate_live_model(fit_live_model(features, labels, FAST), raw.predictions, labels, CAL)
+    live = calibrate_live_model(live_model(raw, FAST), raw.predictions, labels, CAL)
     assert live.calibration is not None and live.calibration.fitted_at == live.trained_until
     known = labels.loc[raw.predictions.index, "label_known_at"]
     in_window = (known <= live.trained_until) & (known > live.trained_until - 96 * BAR) & raw.predictions["label"].notna()
     assert live.calibration.evidence_rows == int(in_window.sum())
+    # They are the last fold's own offsets, exactly.
+    table = calibrate_walk_forward(raw, labels, CAL).calibration.set_index("fold")
+    assert table.loc[live.fold, "calibrated"]
+    assert (live.calibration.q10, live.calibration.q90) == (table.loc[live.fold, "offset_q10"],
+                                                            table.loc[live.fold, "offset_q90"])
+    assert live.calibration.evidence_rows == table.loc[live.fold, "evidence_rows"]
 
     new_opens = pd.date_range(live.trained_until, periods=5, freq="h", tz="UTC")
     new = pd.DataFrame(np.random.RandomState(2).normal(size=(5, 3)), columns=["x1", "x2", "x3"],
@@ -405,10 +434,10 @@ def test_live_model_carries_offsets_fitted_on_labels_known_at_trained_until():
     # Labels not yet known at trained_until cannot move the offsets; a known one can.
     tampered = raw.predictions.copy()
     tampered.loc[(known > live.trained_until).to_numpy(), "label"] = 9.0
-    again = calibrate_live_model(fit_live_model(features, labels, FAST), tampered, labels, CAL)
+    again = calibrate_live_model(live_model(raw, FAST), tampered, labels, CAL)
     assert again.calibration == live.calibration
     tampered.loc[in_window.to_numpy(), "label"] = 9.0
-    assert calibrate_live_model(fit_live_model(features, labels, FAST), tampered, labels, CAL).calibration != live.calibration
+    assert calibrate_live_model(live_model(raw, FAST), tampered, labels, CAL).calibration != live.calibration
 
     # Too little evidence: no live model is published rather than an uncalibrated one.
     assert calibrate_live_model(live, raw.predictions, labels, CalibrationConfig(calibration_min_rows=10**6)) is None

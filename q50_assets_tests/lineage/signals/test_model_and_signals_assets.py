@@ -138,7 +138,14 @@ def test_lineage_gives_out_of_sample_signals_persisted_and_looked_up_as_of(setti
     assert cov10 == pytest.approx((known["label"] <= known["q10"]).mean())
     assert meta["coverage_q10_raw"].value == pytest.approx((known["label"] <= known["q10_raw"]).mean())
     assert out["model_checks"]["oos_coverage"].passed
-    assert out["model"].live.calibration is not None
+    live = out["model"].live
+    assert live.calibration is not None
+    # The live model is the last fold's, valid for one retrain step; the metadata says until when.
+    last = result.folds.iloc[-1]
+    assert live.fold == last["fold"] and live.trained_until == last["boundary"]
+    assert live.valid_until == last["boundary"] + 72 * pd.Timedelta(hours=1)
+    assert live.valid_until.value % (72 * pd.Timedelta(hours=1)).value == 0  # on the calendar grid
+    assert meta["live_fold"].value == live.fold and meta["live_valid_until"].value == live.valid_until.isoformat()
     # The evidence a researcher needs: skill over the naive forecaster with its interval, rank IC,
     # reliability numbers (plotted by the UI) and picture.
     for q in ("q10", "q50", "q90", "q10_raw", "q90_raw"):
