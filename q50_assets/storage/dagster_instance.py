@@ -95,6 +95,11 @@ DAGSTER_YAML = """# Written by `q50` for the embedded default: runs and events i
         value:
           applyLimitPerUniqueValue: true
         limit: 1
+run_monitoring:
+  # A run whose process was killed stays "started"; after this long the run monitor marks it failed
+  # and the new-bars sensor refreshes its pools again (repair_attempts).
+  enabled: true
+  max_runtime_seconds: 7200
 telemetry:
   enabled: false
 """
