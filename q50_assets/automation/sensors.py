@@ -5,7 +5,8 @@
   It also repairs: a pool whose latest run failed or was canceled (a run killed half-way, once the
   run monitor marked it) and that no run is working on is refreshed again, at most
   ``repair_attempts`` times in a row. When the collector's bars reach the end of the live model's
-  fold (``live_valid_until``, a calendar boundary), it asks for ``train_q50_model``: the model
+  fold (``live_valid_until``, a calendar boundary), or once every pool is refreshed and no model
+  exists yet, it asks for ``train_q50_model``: the model
   retrains at the data's fold boundaries, so a run bar by bar equals a run from scratch. Pools gone
   from the collector get an observation saying so (their outputs stay, marked).
 * ``nightly_q50`` refreshes every pool's bars, trades, features and regimes at
@@ -130,11 +131,17 @@ def unfinished_pools(instance, order: list[str], busy: set[str], recent_runs: in
     return sorted(repair), sorted(given_up)
 
 
-def next_fold_due(model_event, current: dict) -> str | None:
-    """The live model's fold end (``live_valid_until``, ISO) when the collector's newest bar has
-    reached it: complete bars then close in the next fold, which only a retrain may predict."""
-    if model_event is None or not current:
+def model_due(model_event, current: dict) -> str | None:
+    """Why the model should train now, as a run key part, or None.
+
+    * ``first``: no model yet (every pool's bars, trades and features are done when this is asked);
+    * the live model's fold end (``live_valid_until``, ISO) once the collector's newest bar reached
+      it: complete bars then close in the next fold, which only a retrain may predict, so the model
+      retrains at the data's calendar boundaries and a run bar by bar equals a run from scratch."""
+    if not current:
         return None
+    if model_event is None:
+        return "first"
     entry = model_event.asset_materialization.metadata.get("live_valid_until")
     if entry is None or entry.value in ("", "none"):
         return None
@@ -193,9 +200,12 @@ def evaluate_new_bars(context: SensorEvaluationContext, collector: CollectorRead
                           f"retried until their bars change or a person re-runs them: {given_up[:10]}")
 
     if not changes.to_refresh and not repairs:
-        due = next_fold_due(model_event, current) if not busy else None
+        due = model_due(model_event, current) if not busy else None
+        if due == "first" and len(materialized_states(context.instance, list(current))) < len(current):
+            due = None  # some pool's bars were never materialized yet: its refresh comes first
         if due is not None:
-            context.log.info(f"the collector's bars reached the live model's fold end {due}: retraining")
+            context.log.info("every pool refreshed and no model yet: training the first" if due == "first" else
+                             f"the collector's bars reached the live model's fold end {due}: retraining")
             return SensorResult(
                 run_requests=[RunRequest(run_key=f"{NEXT_FOLD}:{timeframe}:{due}", job_name=train_q50_model_job.name,
                                          tags={TRIGGER_TAG: NEXT_FOLD})],
@@ -268,7 +278,8 @@ def build_automation(settings: Settings) -> tuple[list, list]:
         f"{settings.batches.pools_per_run} pools) for pools with new bars or with their newest "
         f"{auto.new_bars_sensor.revision_window_bars} bars revised in place, and again for pools whose last refresh did "
         "not finish (a run killed or failed half-way); adds a partition for every new pool; asks for train_q50_model "
-        "when the bars reach the end of the live model's fold (a calendar boundary); observes pools gone from the "
+        "when the bars reach the end of the live model's fold (a calendar boundary) or, with no model yet, once every "
+        "pool is refreshed; observes pools gone from the "
         "collector. Skips (with the reason) when nothing changed or the database is unreachable.",
     )
     def new_collector_bars(context: SensorEvaluationContext, collector: CollectorReader):

@@ -270,3 +270,23 @@ def test_a_pool_gone_from_the_collector_is_observed_once_and_not_refreshed(ticke
     record_collector_run(engine)
     again = ticker.tick()
     assert isinstance(again, SensorResult) and not again.asset_events  # once
+
+
+def test_the_first_model_is_asked_for_once_every_pool_is_refreshed(ticker):
+    from dagster import AssetMaterialization
+
+    from q50_assets.lineage.ohlcv.bar_changes import BarsCursor
+
+    ticker.tick()
+    assert isinstance(ticker.tick(), SkipReason)  # the pools' refresh has not run yet: no model can train
+    states = BarsCursor.from_json(ticker.cursor, "1h").pools
+    pools = sorted(states)
+    for pool in pools[:-1]:  # as the refresh run records them
+        ticker.instance.report_runless_asset_event(AssetMaterialization(
+            asset_key="ohlcv_bars", partition=pool, metadata={"collector_state": states[pool].run_key_part}))
+    assert isinstance(ticker.tick(), SkipReason)  # one pool still missing
+    last = pools[-1]
+    ticker.instance.report_runless_asset_event(AssetMaterialization(
+        asset_key="ohlcv_bars", partition=last, metadata={"collector_state": states[last].run_key_part}))
+    (request,) = ticker.tick().run_requests
+    assert request.job_name == "train_q50_model" and request.run_key == "next_fold:1h:first"
