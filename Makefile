@@ -3,8 +3,8 @@ PYTHON_VERSION := 3.12
 VENV := .venv
 STAMP := $(VENV)/.installed
 DATA_DIR := $(CURDIR)/.q50_data
-# Absolute, as Dagster requires; shared by the demo and the UI so the UI shows the demo's runs.
-export DAGSTER_HOME ?= $(DATA_DIR)/dagster_home
+# DAGSTER_HOME is left to q50: unset, each collector database gets its own under its data folder,
+# the same for `make demo` and `make ui` (so the UI shows the demo's runs).
 
 .PHONY: demo test ui benchmark setup clean
 
@@ -19,7 +19,6 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	@mkdir -p $(DAGSTER_HOME)
 	$(VENV)/bin/q50 demo
 
 test: $(STAMP)
@@ -29,8 +28,7 @@ benchmark: $(STAMP)
 	$(VENV)/bin/python -m benchmarks
 
 ui: $(STAMP)
-	@mkdir -p $(DAGSTER_HOME)
-	$(VENV)/bin/dagster dev -w workspace.yaml
+	$(VENV)/bin/q50 ui
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) *.egg-info

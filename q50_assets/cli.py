@@ -1,4 +1,4 @@
-"""Command line: ``q50 migrate | load-sample | replay-collector | register-pools | demo``."""
+"""Command line: ``q50 migrate | load-sample | replay-collector | register-pools | demo | ui``."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import os
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 from q50_assets.machine import usable_cores
-from q50_assets.settings import ENV_DATABASE_URL, Settings, SettingsError, get_settings
+from q50_assets.settings import ENV_DATABASE_URL, Settings, SettingsError, database_label, get_settings
 
 def _collector(settings: Settings):
     """The collector's tables (read only; the sample loader, playing the collector, writes through its engine)."""
@@ -27,13 +28,32 @@ def _project_tables(settings: Settings):
 
 
 def _dagster_instance(settings: Settings):
-    """The instance of DAGSTER_HOME; for the embedded default, one under the data dir."""
+    """The instance of DAGSTER_HOME; unset, one per database under its data folder."""
     from q50_assets.storage.dagster_instance import local_instance
 
     try:
-        return local_instance(settings.data_dir / "dagster_home")
+        return local_instance(settings.database_dir / "dagster_home", database_label(settings.database_url))
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
+
+
+def cmd_ui(settings: Settings, args) -> int:
+    """``dagster dev`` on this checkout's workspace, with the Dagster home of the configured database."""
+    from q50_assets.storage.dagster_instance import dagster_home
+
+    workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
+    if not workspace.exists():
+        print(f"q50 ui: {workspace} not found: run it from a checkout of the project", file=sys.stderr)
+        return 1
+    try:
+        home = dagster_home(settings.database_dir / "dagster_home", database_label(settings.database_url))
+    except ValueError as exc:
+        print(f"q50 ui: {exc}", file=sys.stderr)
+        return 2
+    print(f"q50 ui: database {database_label(settings.database_url)}, Dagster home {home}", flush=True)
+    dagster = Path(sys.executable).with_name("dagster")
+    os.chdir(workspace.parent)
+    os.execv(str(dagster), [str(dagster), "dev", "-w", str(workspace), *args.dagster_args])
 
 
 def cmd_migrate(settings: Settings, _args) -> int:
@@ -295,6 +315,7 @@ COMMANDS = {
     "replay-collector": (cmd_replay_collector, "play the collector's next run: write the next held-back sample bars"),
     "register-pools": (cmd_register_pools, "add a Dagster partition for each pool with bars"),
     "demo": (cmd_demo, "load the sample, migrate, materialize every pool, print a summary"),
+    "ui": (cmd_ui, "the Dagster UI and daemon (dagster dev) with the configured database's Dagster home"),
 }
 
 
@@ -313,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--hold-back-bars", type=int, default=0, metavar="N",
                            help="leave out each series' newest N bars, for replay-collector to write later")
             p.add_argument("--force", action="store_true", help="allow --hold-back-bars on a non-embedded database")
+        if name == "ui":
+            p.add_argument("dagster_args", nargs=argparse.REMAINDER, help="passed on to dagster dev (e.g. -p 3001)")
         if name == "replay-collector":
             p.add_argument("--bars", type=int, default=1, metavar="N", help="bars per pool to write (default 1)")
             p.add_argument("--force", action="store_true", help="allow writing into a non-embedded database")

@@ -497,6 +497,10 @@ class NewBarsSensorSettings(Section):
     revision_window_bars: int = Field(
         default=3, ge=1, description="The newest N bars of each pool are re-read every tick to see revisions in place.")
     running_by_default: bool = Field(default=False, description="Start the sensor with the deployment (else: turn it on in the UI).")
+    repair_attempts: int = Field(default=3, ge=0, description="A pool whose latest run failed or was canceled is "
+                                 "refreshed again at the next tick, at most this many times in a row (0: never).")
+    repair_lookback_runs: int = Field(default=500, ge=10, description="How many of the newest runs the sensor reads "
+                                      "to find each pool's latest run.")
 
 
 class NightlySettings(Section):

@@ -23,10 +23,12 @@ def range_tags(batch: Sequence[str]) -> dict[str, str]:
 
 def batch_run_requests(ordered: Sequence[str], wanted: Iterable[str], pools_per_run: int,
                        selection: Sequence[AssetKey], tags: dict[str, str],
-                       run_key: Callable[[list[str]], str] | None = None) -> list[RunRequest]:
-    """One run request per batch of ``wanted`` pools (see :func:`pool_batches`)."""
+                       run_key: Callable[[list[str]], str] | None = None,
+                       job_name: str | None = None) -> list[RunRequest]:
+    """One run request per batch of ``wanted`` pools (see :func:`pool_batches`); ``job_name`` when
+    the requester targets several jobs."""
     return [
-        RunRequest(run_key=run_key(batch) if run_key else None, asset_selection=list(selection),
+        RunRequest(run_key=run_key(batch) if run_key else None, asset_selection=list(selection), job_name=job_name,
                    tags={**tags, **range_tags(batch), "q50/pools": str(len(batch))})
         for batch in pool_batches(ordered, wanted, pools_per_run)
     ]

@@ -95,6 +95,11 @@ DAGSTER_YAML = """# Written by `q50` for the embedded default: runs and events i
         value:
           applyLimitPerUniqueValue: true
         limit: 1
+run_monitoring:
+  # A run whose process was killed stays "started"; after this long the run monitor marks it failed
+  # and the new-bars sensor refreshes its pools again (repair_attempts).
+  enabled: true
+  max_runtime_seconds: 7200
 telemetry:
   enabled: false
 """
@@ -266,10 +271,27 @@ def write_dagster_yaml(home: Path, kept_connections: bool = True) -> Path:
     return path
 
 
-def local_instance(default_home: Path):
-    """The instance of ``DAGSTER_HOME``; unset, ``default_home`` (made absolute) becomes it."""
-    from dagster import DagsterInstance
+CLAIM_FILE = "q50_database"  # in a Dagster home: the database whose runs it keeps
 
+
+def claim_home(home: Path, database: str) -> None:
+    """Mark ``home`` as the run history of ``database`` (its label, never credentials), or refuse
+    when it already holds another's: sensor cursors, pool partitions and materializations of two
+    databases must never mix."""
+    path = home / CLAIM_FILE
+    if path.exists():
+        claimed = path.read_text().strip()
+        if claimed and claimed != database:
+            raise ValueError(f"DAGSTER_HOME {home} keeps the runs of database {claimed}, not of {database}: "
+                             "unset DAGSTER_HOME (each database then gets its own under its data folder) "
+                             "or point it at another folder")
+        return
+    path.write_text(database + "\n")
+
+
+def dagster_home(default_home: Path, database: str) -> Path:
+    """``DAGSTER_HOME``, or ``default_home`` (made absolute, set in the environment) when unset;
+    created, with its ``dagster.yaml``, and claimed for ``database``."""
     if not os.environ.get("DAGSTER_HOME"):
         default_home.mkdir(parents=True, exist_ok=True)
         os.environ["DAGSTER_HOME"] = str(default_home.resolve())
@@ -278,4 +300,13 @@ def local_instance(default_home: Path):
         raise ValueError(f"DAGSTER_HOME: must be an absolute path (got {home})")
     home.mkdir(parents=True, exist_ok=True)
     write_dagster_yaml(home)
+    claim_home(home, database)
+    return home
+
+
+def local_instance(default_home: Path, database: str):
+    """The instance of :func:`dagster_home`."""
+    from dagster import DagsterInstance
+
+    dagster_home(default_home, database)
     return DagsterInstance.get()

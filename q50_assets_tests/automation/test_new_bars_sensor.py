@@ -188,3 +188,105 @@ def test_a_fresh_sensor_does_not_rerun_pools_materialized_from_the_same_rows(tic
     # And a fresh sensor again: the materialization no longer matches the rows, so POOL is new.
     ticker.cursor = None
     assert POOL in ticker.requested(ticker.tick())
+
+
+def _run_over(instance, pools: list[str], status, trigger: str = "new_bars"):
+    """A refresh run over ``pools`` as the run storage keeps it (its process is gone)."""
+    from dagster._core.test_utils import create_run_for_test
+
+    from q50_assets.automation.runs import range_tags
+
+    return create_run_for_test(instance, job_name="refresh_pools", status=status,
+                               tags={**range_tags(pools), TRIGGER_TAG: trigger})
+
+
+def test_a_run_that_did_not_finish_is_repaired_at_the_next_tick_a_few_times_at_most(ticker):
+    from dagster import DagsterRunStatus
+
+    from q50_assets.automation.sensors import REPAIR
+
+    ticker.tick()
+    order = registered_pools(ticker.instance)
+    killed = order[:3]
+    # The run that refreshed them was killed half-way; the run monitor marked it failed.
+    _run_over(ticker.instance, killed, DagsterRunStatus.FAILURE)
+    _run_over(ticker.instance, order[3:5], DagsterRunStatus.SUCCESS)
+    result = ticker.tick()  # the collector has not run: only the repair is asked for
+    assert ticker.requested(result) == dict.fromkeys(killed, REPAIR)
+    assert [r.run_key for r in result.run_requests] == [None]  # retried while nothing covers the pools
+
+    # While a run covers them, no second one.
+    running = _run_over(ticker.instance, killed, DagsterRunStatus.STARTED, REPAIR)
+    assert isinstance(ticker.tick(), SkipReason)
+    # Repairs that themselves fail are retried up to repair_attempts (3) in a row, then left to a person.
+    ticker.instance.report_run_failed(running)
+    for attempt in range(2):
+        assert ticker.requested(ticker.tick()) == dict.fromkeys(killed, REPAIR), attempt
+        _run_over(ticker.instance, killed, DagsterRunStatus.FAILURE, REPAIR)
+    given_up = ticker.tick()
+    assert isinstance(given_up, SkipReason) and "has not run since the last tick" in given_up.skip_message
+
+
+def test_bars_reaching_the_live_models_fold_end_ask_for_a_retrain_once(ticker):
+    import pandas as pd
+    from dagster import AssetMaterialization
+
+    from q50_assets.automation.sensors import NEXT_FOLD
+
+    ticker.tick()
+    newest = max(int(bars_of(get_engine(ticker.db.url), p).iloc[-1]["timestamp"]) for p in [POOL])
+    for hours, due in ((+1, False), (0, True)):
+        valid_until = pd.Timestamp(newest + hours * 3600, unit="s", tz="UTC").isoformat()
+        ticker.instance.report_runless_asset_event(AssetMaterialization(
+            asset_key=AssetKey("q50_model"), metadata={"live_valid_until": valid_until}))
+        result = ticker.tick()
+        if not due:
+            # Another pool's newest bar may be later than POOL's: only assert when none is.
+            latest = max(s["newest"] for s in CollectorReader(url=ticker.db.url).bar_summaries("1h", 3, 3600).values())
+            if latest < newest + 3600:
+                assert isinstance(result, SkipReason)
+            continue
+        (request,) = result.run_requests
+        assert request.job_name == "train_q50_model" and request.tags[TRIGGER_TAG] == NEXT_FOLD
+        assert request.run_key == f"{NEXT_FOLD}:1h:{valid_until}"  # once per fold: Dagster dedupes the key
+        assert ticker.tick().run_requests[0].run_key == request.run_key
+
+
+def test_a_pool_gone_from_the_collector_is_observed_once_and_not_refreshed(ticker):
+    from sqlalchemy import delete
+
+    from q50_assets.db.collector_models import ohlcv_data
+
+    ticker.tick()
+    engine = get_engine(ticker.db.url)
+    with engine.begin() as conn:
+        conn.execute(delete(ohlcv_data).where(ohlcv_data.c.pool_id == POOL, ohlcv_data.c.timeframe == "1h"))
+    record_collector_run(engine)
+    result = ticker.tick()
+    assert not result.run_requests and "1 pools no longer have 1h bars" in result.skip_reason.skip_message
+    (observation,) = result.asset_events
+    assert observation.partition == POOL and observation.asset_key == AssetKey("ohlcv_bars")
+    assert observation.metadata["collector_status"].value == "vanished"
+    record_collector_run(engine)
+    again = ticker.tick()
+    assert isinstance(again, SensorResult) and not again.asset_events  # once
+
+
+def test_the_first_model_is_asked_for_once_every_pool_is_refreshed(ticker):
+    from dagster import AssetMaterialization
+
+    from q50_assets.lineage.ohlcv.bar_changes import BarsCursor
+
+    ticker.tick()
+    assert isinstance(ticker.tick(), SkipReason)  # the pools' refresh has not run yet: no model can train
+    states = BarsCursor.from_json(ticker.cursor, "1h").pools
+    pools = sorted(states)
+    for pool in pools[:-1]:  # as the refresh run records them
+        ticker.instance.report_runless_asset_event(AssetMaterialization(
+            asset_key="ohlcv_bars", partition=pool, metadata={"collector_state": states[pool].run_key_part}))
+    assert isinstance(ticker.tick(), SkipReason)  # one pool still missing
+    last = pools[-1]
+    ticker.instance.report_runless_asset_event(AssetMaterialization(
+        asset_key="ohlcv_bars", partition=last, metadata={"collector_state": states[last].run_key_part}))
+    (request,) = ticker.tick().run_requests
+    assert request.job_name == "train_q50_model" and request.run_key == "next_fold:1h:first"
