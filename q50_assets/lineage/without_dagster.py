@@ -97,7 +97,7 @@ def run_without_dagster(pool_ids: list[str], resources: Mapping[str, object], se
                 regimes, _ = call("regime_labels", regimes_step, load("qlib_features", batch, "regime_labels"), settings)
                 keep("regime_labels", regimes)
         elif phase == Phase.MODEL:
-            run.model = call("q50_model", model_step, store, settings, run_id)
+            run.model = call("q50_model", model_step, store, settings, run_id, collector)
         elif phase == Phase.AFTER_MODEL:
             for batch in batches:
                 signals, _ = call("q50_signals", signals_step, run.model, load("qlib_features", batch, "q50_signals"),

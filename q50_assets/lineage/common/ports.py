@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 class CollectorSource(Protocol):
     """The collector's tables, a batch of pools per call; never written by the project."""
 
+    def pools_with_bars(self, timeframe: str) -> list[str]:
+        """Every pool with at least one ``ohlcv_data`` row of ``timeframe``, sorted."""
+
     def read_bars_many(self, pool_ids: list[str], timeframe: str) -> dict[str, pd.DataFrame]:
         """Every ``ohlcv_data`` row per pool, the collector's column names."""
 

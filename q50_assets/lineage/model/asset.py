@@ -26,7 +26,7 @@ from dagster import (
 )
 
 from q50_assets.lineage.common.conditions import after_nightly_refresh
-from q50_assets.lineage.common.ports import FeatureStore
+from q50_assets.lineage.common.ports import CollectorSource, FeatureStore
 from q50_assets.lineage.features.asset import FEATURES_ASSET
 from q50_assets.lineage.model.evaluation import ModelEvidence
 from q50_assets.lineage.portfolio.report import reliability_png, skill_display
@@ -139,9 +139,11 @@ def evidence_metadata(evidence: ModelEvidence) -> dict:
     "naive forecaster with intervals, rank IC, coverage before/after recalibration, reliability picture, "
     "per-fold table.",
 )
-def q50_model(context: AssetExecutionContext, qlib_features, settings: ResourceParam[Settings]):
+def q50_model(context: AssetExecutionContext, qlib_features, collector: ResourceParam[CollectorSource],
+              settings: ResourceParam[Settings]):
     store: FeatureStore = qlib_features
-    trained = model_step(store, settings, context.run.run_id)
+    # Pools gone from the collector leave training (named in the metadata); their outputs stay.
+    trained = model_step(store, settings, context.run.run_id, collector)
     result, live = trained.result, trained.live
     preds = result.predictions
     bad_rows = unordered_predictions(preds)
@@ -174,7 +176,7 @@ def q50_model(context: AssetExecutionContext, qlib_features, settings: ResourceP
             "live_model_train_rows": live.train_rows if live else 0,
             "live_offset_q10": MetadataValue.float(float(offsets.q10) if offsets else float("nan")),
             "live_offset_q90": MetadataValue.float(float(offsets.q90) if offsets else float("nan")),
-            **{k: (MetadataValue.json(v) if isinstance(v, dict) else v) for k, v in trained.panel_counts.items()},
+            **{k: (MetadataValue.json(v) if isinstance(v, (dict, list)) else v) for k, v in trained.panel_counts.items()},
             "folds": len(fitted_folds),
             "folds_skipped": int(result.folds["skipped"].sum()),
             "predictions": len(preds),

@@ -12,6 +12,7 @@ prediction comes from a model trained on labels fully known before the predictio
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 import time
 from dataclasses import dataclass
 
@@ -39,7 +40,7 @@ from q50_assets.lineage.model.walk_forward import (
 )
 from q50_assets.lineage.common.uncertainty import BootstrapConfig
 from q50_assets.lineage.features.step import FeatureConfig
-from q50_assets.lineage.common.ports import FeatureStore
+from q50_assets.lineage.common.ports import CollectorSource, FeatureStore
 
 STAGE = "q50_model"
 
@@ -94,11 +95,16 @@ class TrainedQ50Model:
                                     "no signals are produced from it: retrain after fixing the cause")
 
 
-def load_training_panel(store, config: ModelConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Pooled features and labels from the QLib store (every pool it holds): real, post-warm-up bars
-    only. Labels start ``walk_forward.label_offset_bars`` after each bar's close, where a delayed
-    strategy's fill does (research/q50_model.py make_labels)."""
-    pool_ids = sorted(e["pool_id"] for e in store.mapping().values())
+def load_training_panel(store, config: ModelConfig, in_collector: Collection[str] | None = None
+                        ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Pooled features and labels from the QLib store (every pool it holds that the collector still
+    has bars of, ``in_collector``; None: every pool): real, post-warm-up bars only. Labels start
+    ``walk_forward.label_offset_bars`` after each bar's close, where a delayed strategy's fill does
+    (make_labels). A pool gone from the collector leaves training and is named in the counts."""
+    stored = sorted(e["pool_id"] for e in store.mapping().values())
+    current = set(in_collector) if in_collector is not None else set(stored)
+    pool_ids = [p for p in stored if p in current]
+    gone = [p for p in stored if p not in current]
     expressions = config.features.expressions
     panel = store.features(pool_ids, {**expressions, "close": "$close", "filled": "$filled"})
     walk = config.walk_forward
@@ -112,6 +118,8 @@ def load_training_panel(store, config: ModelConfig) -> tuple[pd.DataFrame, pd.Da
     usable = real & ~warmup
     counts = {
         "pools": len(pool_ids),
+        "pools_gone_from_collector": len(gone),
+        "pools_gone_from_collector_listed": gone[:20],
         "grid_rows": len(panel),
         "filled_rows_excluded": int((~real).sum()),
         "warmup_rows_excluded": int((real & warmup).sum()),
@@ -136,11 +144,12 @@ def train_q50_model(features: pd.DataFrame, labels: pd.DataFrame, config: ModelC
     return TrainedQ50Model(run_id=run_id, result=result, live=live)
 
 
-def train(store, config: ModelConfig, run_id: str) -> tuple[TrainedQ50Model, pd.DataFrame]:
+def train(store, config: ModelConfig, run_id: str, in_collector: Collection[str] | None = None
+          ) -> tuple[TrainedQ50Model, pd.DataFrame]:
     """The store's pooled panel trained on (:func:`train_q50_model`); returns the model (with the
     panel's counts and the seconds it took) and the panel's labels (for the evidence)."""
     started = time.perf_counter()
-    features, labels, counts = load_training_panel(store, config)
+    features, labels, counts = load_training_panel(store, config, in_collector)
     trained = train_q50_model(features, labels, config, run_id)
     trained.panel_counts = counts
     trained.seconds = round(time.perf_counter() - started, 2)
@@ -220,11 +229,14 @@ def coverage_check(summary: dict[str, float], tolerance: float, nothing_predicte
                          float(summary.get("coverage_q90_raw", float("nan"))))
 
 
-def model_step(store: FeatureStore, settings: Settings, run_id: str) -> TrainedQ50Model:
-    """Train on every pool in the store (the pools the feature stage let through), recalibration
-    included, and weigh the out-of-sample evidence (``trained.evidence``, None without labels)."""
+def model_step(store: FeatureStore, settings: Settings, run_id: str,
+               collector: CollectorSource | None = None) -> TrainedQ50Model:
+    """Train on every pool in the store (the pools the feature stage let through) that the collector
+    still has bars of (``collector``; None: every pool in the store), recalibration included, and
+    weigh the out-of-sample evidence (``trained.evidence``, None without labels)."""
     config = ModelConfig.of(settings)
-    trained, labels = train(store, config, run_id)
+    in_collector = collector.pools_with_bars(settings.timeframe) if collector is not None else None
+    trained, labels = train(store, config, run_id, in_collector)
     started = time.perf_counter()
     trained.evidence = evidence(trained, labels, config)
     trained.evidence_seconds = round(time.perf_counter() - started, 2)

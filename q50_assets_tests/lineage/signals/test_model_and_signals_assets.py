@@ -315,3 +315,25 @@ def test_a_failed_coverage_check_blocks_signals(collector_url, tmp_path):
         assert any("ModelBlockedError" in m and "failed a blocking check (oos_coverage)" in m for m in messages)
     with get_engine(collector_url).connect() as conn:
         assert conn.execute(select(func.count()).select_from(q50_signals)).scalar() == 0
+
+
+def test_a_pool_gone_from_the_collector_leaves_training_and_is_named(settings, instance, collector_url):
+    from sqlalchemy import delete
+
+    from q50_assets.db.collector_models import ohlcv_data
+    from q50_assets.db.engine import get_engine
+
+    first = run_lineage(settings, instance)
+    assert first["model_metadata"]["pools"].value == len(POOLS)
+    assert first["model_metadata"]["pools_gone_from_collector"].value == 0
+    gone = POOLS[0]
+    with get_engine(collector_url).begin() as conn:  # the collector dropped the pool
+        conn.execute(delete(ohlcv_data).where(ohlcv_data.c.pool_id == gone))
+    defs = build_definitions(settings)
+    again = defs.resolve_job_def("train_q50_model").execute_in_process(instance=instance, run_config=QUIET)
+    metadata = again.asset_materializations_for_node("q50_model")[0].metadata
+    assert metadata["pools"].value == len(POOLS) - 1
+    assert metadata["pools_gone_from_collector"].value == 1
+    assert metadata["pools_gone_from_collector_listed"].value == [gone]
+    predicted = again.output_for_node("q50_model").result.predictions.index.get_level_values("pool_id")
+    assert gone not in set(predicted) and set(predicted) == set(POOLS[1:])
