@@ -73,10 +73,11 @@ def _refuse_foreign_collector(settings: Settings, args, what: str) -> bool:
 def cmd_load_sample(settings: Settings, args) -> int:
     from q50_assets.db.sample_loader import load_sample
 
-    if args.hold_back_bars and _refuse_foreign_collector(settings, args, "load a partial sample"):
+    if (args.hold_back_bars or args.hold_back_hours) and _refuse_foreign_collector(settings, args,
+                                                                                 "load a partial sample"):
         return 2
     db = _collector(settings)
-    report = load_sample(db.engine, hold_back_bars=args.hold_back_bars)
+    report = load_sample(db.engine, hold_back_bars=args.hold_back_bars, hold_back_hours=args.hold_back_hours)
     print(f"Loaded the bundled sample into {db.display_url}:")
     print("\n".join(report.lines()))
     return 0
@@ -88,14 +89,24 @@ def cmd_replay_collector(settings: Settings, args) -> int:
 
     if _refuse_foreign_collector(settings, args, "write sample bars"):
         return 2
+    if args.hours is not None and args.hours < 1:
+        print("q50 replay-collector: --hours must be at least 1", file=sys.stderr)
+        return 2
     db = _collector(settings)
-    inserted = replay_held_back_bars(db.engine, bars=args.bars, timeframe=settings.timeframe)
+    if args.hours is not None:
+        # By the calendar: the collector's next run(s), every timeframe, as it would write them.
+        inserted = replay_held_back_bars(db.engine, hours=args.hours)
+        what = f"{sum(inserted.values())} new bars (every timeframe) of the next {args.hours} hour(s)"
+    else:
+        inserted = replay_held_back_bars(db.engine, bars=args.bars, timeframe=settings.timeframe)
+        what = f"{sum(inserted.values())} new {settings.timeframe} bars"
     if not inserted:
-        print("No held-back sample bars left (load with `q50 load-sample --hold-back-bars N` first).")
+        print("No held-back sample bars left (load with `q50 load-sample --hold-back-hours N` or "
+              "`--hold-back-bars N` first).")
         return 0
-    print(f"Collector run played: {sum(inserted.values())} new {settings.timeframe} bars in {len(inserted)} pools "
-          f"of {db.display_url}; collection_metadata.ohlcv_collector updated. The new_collector_bars sensor's "
-          "next tick requests refresh_pools runs (batches) for them.")
+    print(f"Collector run played: {what} in {len(inserted)} pools of {db.display_url}; "
+          "collection_metadata.ohlcv_collector updated. The new_collector_bars sensor's next tick requests "
+          "refresh_pools runs (batches) for them.")
     return 0
 
 
@@ -333,11 +344,19 @@ def main(argv: list[str] | None = None) -> int:
         if name == "load-sample":
             p.add_argument("--hold-back-bars", type=int, default=0, metavar="N",
                            help="leave out each series' newest N bars, for replay-collector to write later")
-            p.add_argument("--force", action="store_true", help="allow --hold-back-bars on a non-embedded database")
+            p.add_argument("--hold-back-hours", type=int, default=0, metavar="N",
+                           help="leave out every bar later than the sample's newest 1h bar minus N hours (a "
+                           "calendar cut), for replay-collector --hours to write later")
+            p.add_argument("--force", action="store_true",
+                           help="allow --hold-back-bars/--hold-back-hours on a non-embedded database")
         if name == "ui":
             p.add_argument("dagster_args", nargs=argparse.REMAINDER, help="passed on to dagster dev (e.g. -p 3001)")
         if name == "replay-collector":
-            p.add_argument("--bars", type=int, default=1, metavar="N", help="bars per pool to write (default 1)")
+            step = p.add_mutually_exclusive_group()
+            step.add_argument("--bars", type=int, default=1, metavar="N", help="bars per pool to write (default 1)")
+            step.add_argument("--hours", type=int, metavar="N",
+                              help="by the calendar: every held-back bar (every timeframe) of the next N hours, "
+                              "counted from the earliest held-back 1h bar; pools without a bar then get none")
             p.add_argument("--force", action="store_true", help="allow writing into a non-embedded database")
     args = parser.parse_args(argv)
     try:

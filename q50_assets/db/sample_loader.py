@@ -13,6 +13,7 @@ own columns, nothing else.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ EXPORT_DIR = SAMPLE_DIR / "collector_db_export"
 QLIB_CSV = SAMPLE_DIR / "qlib_csv_1h.csv.gz"
 SYNTHESIZED_POOL_DEX = "solana_unknown"
 _CHUNK = 2_000
+HOUR = 3600
 
 
 @dataclass
@@ -210,17 +212,45 @@ def _newest_per_series(records: list[dict[str, Any]], bars: int) -> set[tuple]:
     return set(newest.itertuples(index=False, name=None))
 
 
-def load_sample(engine: Engine, hold_back_bars: int = 0) -> LoadReport:
+def newest_bar_time(records: list[dict[str, Any]], timeframe: str = "1h") -> int | None:
+    """Epoch seconds of the newest ``timeframe`` bar among ``records`` (None: there is none)."""
+    stamps = [r["timestamp"] for r in records if r["timeframe"] == timeframe]
+    return max(stamps) if stamps else None
+
+
+def calendar_cut(hold_back_hours: int) -> int:
+    """The sample's newest 1h bar time minus ``hold_back_hours``: ``load_sample(hold_back_hours=...)``
+    leaves out every bar later than this."""
+    return _calendar_cut(_sample_ohlcv_records(LoadReport()), hold_back_hours)
+
+
+def _calendar_cut(records: list[dict[str, Any]], hold_back_hours: int) -> int:
+    newest = newest_bar_time(records, "1h")
+    if newest is None:
+        raise ValueError("the sample has no 1h bars to count hours back from")
+    return newest - hold_back_hours * HOUR
+
+
+def load_sample(engine: Engine, hold_back_bars: int = 0, hold_back_hours: int = 0) -> LoadReport:
     """Insert whatever part of the bundled sample is missing; returns what was done.
 
-    ``hold_back_bars`` leaves out the newest N bars of every series, so that
-    :func:`replay_held_back_bars` can later play the collector writing them (sensor demos).
+    Two ways to leave bars out, so that :func:`replay_held_back_bars` can later play the collector
+    writing them (sensor demos, replays):
+
+    * ``hold_back_bars`` leaves out the newest N bars of every series (each series its own N);
+    * ``hold_back_hours`` is a calendar cut: every bar, of every timeframe, whose timestamp is later
+      than the sample's newest 1h bar time minus N hours (:func:`calendar_cut`) is left out, so
+      the database is the collector's state at that moment (pools that ended earlier keep all
+      their bars).
     """
     create_collector_schema(engine)
     report = LoadReport()
     ohlcv_records = _sample_ohlcv_records(report)
     # Before holding bars back: a pool must exist even while all its bars are still to come.
     csv_pool_ids = {r["pool_id"] for r in ohlcv_records if r.get("metadata_json") == {"source": "qlib_csv_1h"}}
+    if hold_back_hours:
+        cut = _calendar_cut(ohlcv_records, hold_back_hours)
+        ohlcv_records = [r for r in ohlcv_records if r["timestamp"] <= cut]
     if hold_back_bars:
         held = _newest_per_series(ohlcv_records, hold_back_bars)
         ohlcv_records = [r for r in ohlcv_records if (r["pool_id"], r["timeframe"], r["timestamp"]) not in held]
@@ -268,21 +298,42 @@ def record_collector_run(conn: Connection, collector_type: str = "ohlcv_collecto
         run_count=func.coalesce(target.c.run_count, 0) + 1, **{k: stamps[k] for k in present}))
 
 
-def replay_held_back_bars(engine: Engine, bars: int = 1, timeframe: str | None = None) -> dict[str, int]:
-    """Play the collector's next run: insert the next ``bars`` sample bars that are not in the
-    database yet, per series (those ``load_sample(hold_back_bars=...)`` left out), and record the
-    run in ``collection_metadata`` as the collector does. Returns bars inserted per pool."""
+def replay_held_back_bars(engine: Engine, bars: int = 1, timeframe: str | None = None, *,
+                          hours: int | None = None, pool_ids: Collection[str] | None = None) -> dict[str, int]:
+    """Play the collector's next run with the sample bars that are not in the database yet (those
+    ``load_sample`` held back), and record the run in ``collection_metadata`` as the collector does.
+    Returns bars inserted per pool.
+
+    * By bars (``bars``, the default): the next ``bars`` held-back bars of every series.
+    * By the calendar (``hours``): every held-back bar, of every series, that opens before the
+      earliest held-back 1h bar's time plus ``hours`` hours; for 1h bars that is the earliest
+      held-back hour and the ``hours - 1`` after it, and a shorter bar (15m, 5m, 1m) goes with the
+      hour it opens in. A pool with no bar in those hours gets nothing (a real gap), as from the
+      collector. Without held-back 1h bars the hours count from the earliest held-back bar's hour.
+
+    ``timeframe`` limits the run to one timeframe's series, ``pool_ids`` to those pools' (a collector
+    that watches only them).
+    """
+    if hours is not None and hours < 1:
+        raise ValueError(f"hours: at least 1 (got {hours})")
     records = _sample_ohlcv_records(LoadReport())
     if timeframe:
         records = [r for r in records if r["timeframe"] == timeframe]
-    by_series: dict[tuple, list[dict[str, Any]]] = {}
+    if pool_ids is not None:
+        wanted = set(pool_ids)
+        records = [r for r in records if r["pool_id"] in wanted]
     with engine.begin() as conn:
         # One scan of the keys beats thousands of IN-lists on PostgreSQL.
         present = set(conn.execute(select(ohlcv_data.c.pool_id, ohlcv_data.c.timeframe, ohlcv_data.c.timestamp)))
-        for r in sorted(records, key=lambda r: r["timestamp"]):
-            if (r["pool_id"], r["timeframe"], r["timestamp"]) not in present:
+        held = sorted((r for r in records if (r["pool_id"], r["timeframe"], r["timestamp"]) not in present),
+                      key=lambda r: r["timestamp"])
+        if hours is not None:
+            chosen = _next_hours(held, hours)
+        else:
+            by_series: dict[tuple, list[dict[str, Any]]] = {}
+            for r in held:
                 by_series.setdefault((r["pool_id"], r["timeframe"]), []).append(r)
-        chosen = [r for series in by_series.values() for r in series[:bars]]
+            chosen = [r for series in by_series.values() for r in series[:bars]]
         # The collector's own ids come from its sequence (SQLite: rowid), not from the sample.
         columns = _columns_in_database(conn, ohlcv_data) - {"id"}
         for start in range(0, len(chosen), _CHUNK):
@@ -295,6 +346,16 @@ def replay_held_back_bars(engine: Engine, bars: int = 1, timeframe: str | None =
     return inserted
 
 
+def _next_hours(held: list[dict[str, Any]], hours: int) -> list[dict[str, Any]]:
+    """The held-back bars (sorted by time) that open before the first held-back hour + ``hours``."""
+    if not held:
+        return []
+    hourly = [r["timestamp"] for r in held if r["timeframe"] == "1h"]
+    first_hour = hourly[0] if hourly else held[0]["timestamp"] // HOUR * HOUR
+    end = first_hour + hours * HOUR
+    return [r for r in held if r["timestamp"] < end]
+
+
 def _csv_records(rows: pd.DataFrame) -> list[dict[str, Any]]:
     records = rows.astype(object).to_dict("records")
     for r in records:
@@ -304,4 +365,5 @@ def _csv_records(rows: pd.DataFrame) -> list[dict[str, Any]]:
     return records
 
 
-__all__ = ["load_sample", "replay_held_back_bars", "create_collector_schema", "LoadReport", "SAMPLE_DIR"]
+__all__ = ["load_sample", "replay_held_back_bars", "calendar_cut", "newest_bar_time", "create_collector_schema",
+           "LoadReport", "SAMPLE_DIR"]

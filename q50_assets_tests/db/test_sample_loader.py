@@ -1,6 +1,7 @@
 import hashlib
 
 import pandas as pd
+import pytest
 from sqlalchemy import func, insert, select, text
 
 from q50_assets.db.collector_models import COLLECTOR_TABLES, ohlcv_data, pools, trades
@@ -129,3 +130,67 @@ def test_held_back_bars_are_replayed_as_collector_runs(empty_db_url):
         with full.connect() as conn:
             everything = set(conn.execute(select(ohlcv_data.c.pool_id, ohlcv_data.c.timeframe, ohlcv_data.c.timestamp)))
         assert bar_keys() == everything  # replayed to the end = the whole sample
+
+
+def test_a_calendar_cut_is_replayed_hour_by_hour(empty_db_url):
+    """``hold_back_hours``: the collector's state at a moment (every timeframe cut at the same time);
+    ``replay_held_back_bars(hours=...)``: its next runs, each pool what it had then, gaps left as gaps."""
+    from q50_assets.db.collector_models import collection_metadata
+    from q50_assets.db.sample_loader import (
+        HOUR, LoadReport, _sample_ohlcv_records, calendar_cut, newest_bar_time, replay_held_back_bars)
+
+    sample = {(r["pool_id"], r["timeframe"], r["timestamp"]) for r in _sample_ohlcv_records(LoadReport())}
+    newest = newest_bar_time(_sample_ohlcv_records(LoadReport()))
+    assert newest == int(pd.Timestamp("2025-10-05 12:00", tz="UTC").timestamp())  # one pool runs on a week longer
+    hold = 200
+    cut = calendar_cut(hold)
+    assert cut == newest - hold * HOUR
+    engine = get_engine(empty_db_url)
+    report = load_sample(engine, hold_back_hours=hold)
+    assert report.tables["pools"].inserted == 4908  # every pool exists, whatever is held back
+
+    def bar_keys():
+        with engine.connect() as conn:
+            return set(conn.execute(select(ohlcv_data.c.pool_id, ohlcv_data.c.timeframe, ohlcv_data.c.timestamp)))
+
+    def run_count():
+        with engine.connect() as conn:
+            return conn.execute(select(collection_metadata.c.run_count)
+                                .where(collection_metadata.c.collector_type == "ohlcv_collector")).scalar()
+
+    loaded = bar_keys()
+    assert loaded == {k for k in sample if k[2] <= cut}
+    held = sample - loaded
+    assert {k[1] for k in held} > {"1h"}  # every timeframe is cut, not only the hourly series
+    first_hour = min(k[2] for k in held if k[1] == "1h")
+    assert first_hour == cut + HOUR
+
+    runs = run_count()
+    first = replay_held_back_bars(engine, hours=1)
+    added = bar_keys() - loaded
+    assert added == {k for k in held if k[2] < first_hour + HOUR}
+    assert {k[2] for k in added if k[1] == "1h"} == {first_hour}
+    assert sum(first.values()) == len(added) and set(first) == {k[0] for k in added}
+    # A pool with later bars but none in that hour (a gap in its series) gets nothing.
+    later = {k[0] for k in held if k[1] == "1h"} - {k[0] for k in added if k[1] == "1h"}
+    assert later and not later & set(first)
+    assert run_count() == runs + 1
+
+    # Two hours at once: the next two hourly bars of every pool that has them.
+    before = bar_keys()
+    replay_held_back_bars(engine, hours=2)
+    assert {k[2] for k in bar_keys() - before if k[1] == "1h"} == {first_hour + HOUR, first_hour + 2 * HOUR}
+    assert run_count() == runs + 2
+
+    # A collector that watches one pool: only its bars, from its own earliest held-back hour.
+    pool = sorted(later)[0]
+    before = bar_keys()
+    mine = sorted(k[2] for k in held - before if k[0] == pool and k[1] == "1h")
+    assert replay_held_back_bars(engine, hours=1, pool_ids=[pool], timeframe="1h") == {pool: 1}
+    assert bar_keys() - before == {(pool, "1h", mine[0])}
+
+    with pytest.raises(ValueError, match="at least 1"):
+        replay_held_back_bars(engine, hours=0)
+    while replay_held_back_bars(engine, hours=24):
+        pass
+    assert bar_keys() == sample  # replayed to the end = the whole sample
