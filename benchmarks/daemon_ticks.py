@@ -54,6 +54,7 @@ from unittest import mock
 import dagster._core.test_utils as dagster_test_utils
 import dagster._daemon.asset_daemon as dagster_asset_daemon
 import dagster._daemon.backfill as dagster_backfill_daemon
+import dagster._daemon.monitoring.run_monitoring as dagster_run_monitoring
 import dagster._daemon.sensor as dagster_sensor_daemon
 from dagster import DagsterInstance, DagsterRunStatus, Definitions, RunsFilter, definitions, instance_for_test
 from dagster._core.definitions.repository_definition import SINGLETON_REPOSITORY_NAME
@@ -94,6 +95,9 @@ PRIVATE_INTERNALS: dict[str, tuple[object, tuple[str, ...] | None]] = {
         dagster_backfill_daemon.execute_backfill_iteration,
         ("workspace_process_context", "logger", "threadpool_executor", "submit_threadpool_executor",
          "backfill_futures", "debug_crash_flags")),
+    "dagster._daemon.monitoring.run_monitoring.execute_run_monitoring_iteration": (
+        dagster_run_monitoring.execute_run_monitoring_iteration,
+        ("workspace_process_context", "logger", "_debug_crash_flags")),
     # The daemons' minimum-interval test, answered "no" during a tick (the asset daemon imports it by name).
     "dagster._daemon.sensor.is_under_min_interval": (
         dagster_sensor_daemon.is_under_min_interval, ("state", "remote_sensor", "minimum_allowed_min_interval")),
@@ -339,7 +343,8 @@ class DaemonTicks:
         tick = Tick(daemon, seconds)
         if remote is not None:
             latest = self._latest_tick(remote)
-            if latest is None or latest.tick_id == ticks_before:
+            # A tick left unfinished (its process killed) is resumed by the next iteration: same id, new status.
+            if latest is None or (latest.tick_id, latest.status) == ticks_before:
                 raise DaemonTickError(f"{daemon}: {remote.name} was not ticked (stopped, or its state is missing)")
             tick.status = latest.status.value
             tick.skip_reason = latest.skip_reason
@@ -378,6 +383,14 @@ class DaemonTicks:
             return dagster_backfill_daemon.execute_backfill_iteration(self.workspace, self.logger)
         return self._tick("backfill", iterate)
 
+    def monitor_tick(self) -> Tick:
+        """One iteration of the run monitoring daemon (with ``run_monitoring`` enabled in the
+        instance): a run still "started" past its maximum runtime - its process killed - is marked
+        failed, as the deployment's monitor does."""
+        def iterate():
+            return dagster_run_monitoring.execute_run_monitoring_iteration(self.workspace, self.logger)
+        return self._tick("monitor", iterate)
+
     def tick_until_quiet(self, max_rounds: int = 20, raise_on_run_failure: bool = True) -> Quiet:
         """Rounds of sensor, automation and backfill ticks until a round launches nothing and no run
         or backfill is in progress, before or after it.
@@ -390,6 +403,8 @@ class DaemonTicks:
         for round_number in range(1, max_rounds + 1):
             busy_before = self.in_progress()
             round_ticks = [self.sensor_tick(), self.automation_tick(), self.backfill_tick()]
+            if self.instance.run_monitoring_enabled:
+                round_ticks.append(self.monitor_tick())
             ticks += round_ticks
             failed = [r for t in round_ticks for r in t.runs if r.failed]
             if failed and raise_on_run_failure:
@@ -412,11 +427,12 @@ class DaemonTicks:
         ticks = self.instance.get_ticks(remote.get_remote_origin_id(), remote.selector_id, limit=1)
         return ticks[0] if ticks else None
 
-    def _latest_tick_id(self, remote) -> int | None:
+    def _latest_tick_id(self, remote) -> tuple | None:
+        """(id, status) of the remote's latest tick."""
         if remote is None:
             return None
         latest = self._latest_tick(remote)
-        return latest.tick_id if latest else None
+        return (latest.tick_id, latest.status) if latest else None
 
     def _launched(self, run_id: str) -> LaunchedRun:
         record = self.instance.get_run_record_by_id(run_id)

@@ -1,15 +1,15 @@
 """The deployment's daemons, tick by tick, on a real PostgreSQL collector played hour by hour.
 
 The collector's state 30 hours before the sample's end (a calendar cut of eight pools' hourly
-bars) -> the sensor daemon's tick asks for the pools' first refresh -> the model is trained -> the
+bars) -> the sensor daemon's tick asks for the pools' first refresh, then for the first model -> the
 asset daemon's tick asks for every pool's signals, backtests and trading history (a backfill, which
 the backfill daemon's ticks run), then the pooled stages -> three collector runs, one hour each,
 each followed by ticks until nothing more happens: every pool with a new bar is refreshed by a
 sensor run, the pooled stages follow -> with no collector run, a tick launches nothing.
 
 Every run here is launched by a daemon's own code (Dagster's sensor, asset and backfill daemon
-iterations, benchmarks/daemon_ticks.py) except the model's training, launched by hand as a user
-does (its nightly trigger is not part of this replay).
+iterations, benchmarks/daemon_ticks.py), the first model's training included (the sensor asks for
+it once every pool is refreshed).
 """
 
 from __future__ import annotations
@@ -24,13 +24,12 @@ from sqlalchemy import delete
 from benchmarks.daemon_ticks import DaemonTicks, check_internals, daemon_instance
 from q50_assets.automation.jobs import MODEL_DEPENDENT_ASSETS, NEEDS_NO_MODEL_ASSETS
 from q50_assets.automation.runs import registered_pools, request_pools
+from q50_assets.automation.sensors import NEXT_FOLD
 from q50_assets.db.collector_models import ohlcv_data
 from q50_assets.db.engine import get_engine
 from q50_assets.db.sample_loader import HOUR, calendar_cut, load_sample, replay_held_back_bars
-from q50_assets.definitions import build_definitions
 from q50_assets.lineage.common.conditions import TRIGGER_TAG
-from q50_assets_tests.automation.test_sensor_loop import POOLS, QUIET
-from q50_assets_tests.conftest import settings_for
+from q50_assets_tests.automation.test_sensor_loop import POOLS
 
 POOLED = ("signal_evidence", "basket_backtest", "backtest_portfolio")
 PER_POOL_AFTER_MODEL = ("q50_signals", "backtest_results", "q50_trading_history")
@@ -62,28 +61,23 @@ def test_the_daemons_follow_the_collector_hour_by_hour(collector_url, tmp_path, 
 
     data_dir = tmp_path / "data"
     environ = {"Q50_DATABASE_URL": collector_url, "Q50_DATA_DIR": str(data_dir)}
-    settings = settings_for(collector_url, data_dir)
     with daemon_instance() as instance, DaemonTicks(instance, environ=environ) as ticks:
-        # The first ticks: every pool is new; no model yet, so bars, trades, features and regimes only.
+        # The first ticks: every pool is new, no model yet, so bars, trades, features and regimes only;
+        # once they are all refreshed the sensor asks for the first model, and the automation does the rest.
         first = ticks.tick_until_quiet()
         print(f"first materialization, {first.seconds:.1f} s:\n{first.describe()}")
         order = registered_pools(instance)
         assert set(order) == set(POOLS)
-        (sensor_run,) = first.runs_by("sensor")  # one batch: pools_per_run is 100
+        sensor_run, model_run = first.runs_by("sensor")  # one batch (pools_per_run is 100), then the model
         assert sensor_run.sensor_name == "new_collector_bars"
         assert sensor_run.tags[TRIGGER_TAG] == "new_pool" and _pools_of(sensor_run, order) == set(POOLS)
         assert set(sensor_run.assets) == set(NEEDS_NO_MODEL_ASSETS)
-        assert sensor_run.status == "SUCCESS" and not first.backfills
-        assert first.runs == [sensor_run]  # the automation waits for the model
-
-        # Training, as a user launches it; the daemons do the rest.
-        build_definitions(settings).resolve_job_def("train_q50_model").execute_in_process(
-            instance=instance, run_config=QUIET)
-        after_model = ticks.tick_until_quiet()
-        print(f"after the model, {after_model.seconds:.1f} s:\n{after_model.describe()}")
-        (backfill,) = after_model.backfills  # the automation's many partitions: one backfill
-        backfill_runs = [r for r in after_model.runs if r.backfill_id == backfill]
-        assert backfill_runs == after_model.runs_by("backfill")
+        assert sensor_run.status == "SUCCESS"
+        assert model_run.job_name == "train_q50_model" and model_run.tags[TRIGGER_TAG] == NEXT_FOLD
+        assert model_run.status == "SUCCESS"
+        (backfill,) = first.backfills  # the automation's many partitions: one backfill
+        backfill_runs = [r for r in first.runs if r.backfill_id == backfill]
+        assert backfill_runs == first.runs_by("backfill")
         assert all(r.status == "SUCCESS" and r.from_automation for r in backfill_runs)
         covered = {a: set() for a in PER_POOL_AFTER_MODEL}
         for run in backfill_runs:
@@ -91,12 +85,11 @@ def test_the_daemons_follow_the_collector_hour_by_hour(collector_url, tmp_path, 
                 covered[asset] |= _pools_of(run, order)
         assert covered == {a: set(POOLS) for a in PER_POOL_AFTER_MODEL}
         # Then the pooled stages, each once, requested by the automation itself (one partition-less run).
-        pooled_runs = {a: [r for r in after_model.runs if a in r.assets] for a in POOLED}
+        pooled_runs = {a: [r for r in first.runs if a in r.assets] for a in POOLED}
         assert all(len(runs) == 1 for runs in pooled_runs.values()), pooled_runs
         assert {r.run_id for runs in pooled_runs.values() for r in runs} == {r.run_id for r in
-                                                                             after_model.runs_by("automation")}
-        assert all(r.from_automation and not r.backfill_id for r in after_model.runs_by("automation"))
-        assert not after_model.runs_by("sensor")
+                                                                             first.runs_by("automation")}
+        assert all(r.from_automation and not r.backfill_id for r in first.runs_by("automation"))
 
         # The collector's next three runs, an hour each.
         for hour in range(3):
