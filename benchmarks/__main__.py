@@ -22,12 +22,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nightly", metavar="N,N,...",
                         help="P5 instead: the nightly on N synthetic pools through Dagster (PostgreSQL run storage: "
                         "DAGSTER_PG_URL or a throwaway local server) against the same work as functions")
+    parser.add_argument("--replay", metavar="RUNS[,POOLS]",
+                        help="the replay benchmark instead: the collector's next RUNS hours of the sample (the first "
+                        "POOLS pools with hourly bars, default all) through the deployment's daemons on a throwaway "
+                        "PostgreSQL server: time per collector run, memory, Dagster storage growth, write-to-history latency")
     args = parser.parse_args(argv)
     try:
         settings = get_settings()
     except SettingsError as exc:
         print(f"benchmarks: bad settings: {exc}", file=sys.stderr)
         return 2
+
+    if args.replay:
+        from benchmarks.replay import hourly_pools_of_sample, run_replay_benchmark
+
+        runs, _, pools = args.replay.partition(",")
+        chosen = hourly_pools_of_sample()[:int(pools)] if pools else None
+        report = run_replay_benchmark(int(runs), chosen, settings.data_dir / "benchmark_replay", {})
+        output = Path(args.output) if args.output else settings.data_dir / "benchmark_replay.json"
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(report, indent=2, default=str))
+        print(json.dumps({k: v for k, v in report.items() if k != "runs"}, indent=2, default=str))
+        print(f"JSON: {output}")
+        return 0
 
     if args.scale or args.nightly:
         from benchmarks import scale as sb
