@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 
 import pytest
@@ -44,8 +43,8 @@ from q50_assets.lineage.common.conditions import TRIGGER_TAG
 from q50_assets.settings import load_settings
 from q50_assets.storage.collector import CollectorReader
 from q50_assets_tests.automation.lineage_tables import differences, integrity_faults, lineage_tables
-from q50_assets_tests.conftest import _no_postgres, _pg_bindir, create_pg_database
-from q50_assets_tests.robustness.test_faults import ControlledPostgres
+from q50_assets_tests.conftest import create_pg_database
+from q50_assets_tests.robustness import test_faults
 
 # Four real pools: two collected to the sample's end, one whose bars stop 4 hours before it and one
 # an hour before it (hours with no bar for them: nothing of theirs may be recomputed then).
@@ -58,6 +57,8 @@ POOLS = [
 RUNS = 48
 WARM_UP = 6
 READ_WHILE_WRITING, SERVER_KILLED, PROCESS_KILLED = 12, 24, 36
+# This module's own PostgreSQL server (module-scoped), which the test kills and restarts: never the suite's.
+pg = test_faults.pg
 SETTINGS = {
     "Q50__MODEL__INITIAL_TRAIN_BARS": "480",
     "Q50__MODEL__NUM_BOOST_ROUND": "60",
@@ -66,21 +67,6 @@ SETTINGS = {
     "Q50__SIGNALS__VARIANCE_MULTIPLIER": "0",
     "Q50__NAUTILUS_TRADER__BACKTEST__RESERVE_SENSITIVITY": "[]",
 }
-
-
-@pytest.fixture(scope="module")
-def pg():
-    bindir = _pg_bindir()
-    if bindir is None:
-        _no_postgres("PostgreSQL server binaries (initdb) not found")
-    server = ControlledPostgres(bindir)
-    try:
-        server.start()
-    except subprocess.CalledProcessError as exc:
-        server.stop()
-        _no_postgres(f"could not start PostgreSQL: {exc.stderr}")
-    yield server
-    server.stop()
 
 
 def _joined(*quiets: Quiet) -> Quiet:
