@@ -31,7 +31,7 @@ from q50_assets.automation.lineage_run import materialize_lineage
 from q50_assets.automation.runs import range_tags
 from q50_assets.db.engine import get_engine
 from q50_assets.definitions import build_definitions
-from q50_assets_tests.lineage.signals.test_model_and_signals_assets import LIGHT_MODEL, QUIET
+from q50_assets_tests.lineage.signals.test_model_and_signals_assets import DEEP_POOL, LIGHT_MODEL, QUIET
 from q50_assets_tests.conftest import create_pg_database, drop_pg_database, settings_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -130,6 +130,7 @@ def test_a_batch_through_the_celery_executor_equals_the_in_process_run(
         "Q50_CELERY_BROKER": f"{redis_url}/0",
         "Q50_CELERY_BACKEND": f"{redis_url}/1",
         **LIGHT_MODEL,
+        **DEEP_POOL,  # the rules trade, so the trading history has rows to compare
     }
     log = tmp_path / "commands.log"
     tags = json.dumps(range_tags(BATCH))
@@ -175,7 +176,7 @@ def test_a_batch_through_the_celery_executor_equals_the_in_process_run(
     # The same pools in-process, from a fresh copy of the collector database.
     local_url = f"sqlite:///{tmp_path / 'local.sqlite'}"
     shutil.copy(sqlite_sample_file, tmp_path / "local.sqlite")
-    settings = settings_for(local_url, tmp_path / "local", **LIGHT_MODEL)
+    settings = settings_for(local_url, tmp_path / "local", **LIGHT_MODEL, **DEEP_POOL)
     with DagsterInstance.ephemeral() as instance:
         from q50_assets.cli import register_pools
 
