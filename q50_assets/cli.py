@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--force", action="store_true",
                            help="allow --hold-back-bars/--hold-back-hours on a non-embedded database")
         if name == "ui":
-            p.add_argument("dagster_args", nargs=argparse.REMAINDER, help="passed on to dagster dev (e.g. -p 3001)")
+            p.usage = "q50 ui [dagster dev options, e.g. -p 3001]"
         if name == "replay-collector":
             step = p.add_mutually_exclusive_group()
             step.add_argument("--bars", type=int, default=1, metavar="N", help="bars per pool to write (default 1)")
@@ -358,7 +358,11 @@ def main(argv: list[str] | None = None) -> int:
                               help="by the calendar: every held-back bar (every timeframe) of the next N hours, "
                               "counted from the earliest held-back 1h bar; pools without a bar then get none")
             p.add_argument("--force", action="store_true", help="allow writing into a non-embedded database")
-    args = parser.parse_args(argv)
+    # `q50 ui` passes what it does not know on to `dagster dev`; every other command refuses it.
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "ui":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.dagster_args = extra
     try:
         settings = get_settings()
     except SettingsError as exc:
