@@ -30,3 +30,27 @@ def test_a_home_claimed_by_one_database_refuses_another(tmp_path):
     claim_home(tmp_path, "sqlite:///a.sqlite")  # the same database again: fine
     with pytest.raises(ValueError, match="keeps the runs of database sqlite:///a.sqlite, not of postgresql://h/b"):
         claim_home(tmp_path, "postgresql://h/b")
+
+
+def test_q50_ui_starts_dagster_dev_with_the_databases_home_and_the_users_options(tmp_path, monkeypatch):
+    from q50_assets import cli
+    from q50_assets.settings import get_settings
+
+    monkeypatch.setenv("DAGSTER_HOME", "")  # restored after the test, whatever it was
+    monkeypatch.delenv("DAGSTER_HOME")
+    monkeypatch.delenv("Q50_DATABASE_URL", raising=False)
+    monkeypatch.setenv("Q50_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    started = {}
+    monkeypatch.setattr(cli.os, "execv", lambda path, argv: started.update(path=path, argv=argv))
+    monkeypatch.setattr(cli.os, "chdir", lambda path: started.update(cwd=path))
+    try:
+        cli.main(["ui", "-p", "3001"])  # execv replaces the process; here it returns
+    finally:
+        get_settings.cache_clear()
+    assert started["argv"][1:4] == ["dev", "-w", str(cli.Path(cli.__file__).resolve().parents[1] / "workspace.yaml")]
+    assert started["argv"][4:] == ["-p", "3001"]
+    home = cli.Path(cli.os.environ["DAGSTER_HOME"])
+    assert home.parent.parent == tmp_path / "data" / "databases" and (home / CLAIM_FILE).exists()
+    with pytest.raises(SystemExit):  # every other command refuses what it does not know
+        cli.main(["migrate", "-p", "3001"])
