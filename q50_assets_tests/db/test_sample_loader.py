@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import func, insert, select, text
 
-from q50_assets.db.collector_models import COLLECTOR_TABLES, ohlcv_data, pools, trades
+from q50_assets.db.collector_models import COLLECTOR_TABLES, collection_metadata, ohlcv_data, pools, trades
 from q50_assets.db.engine import get_engine
 from q50_assets.db.sample_loader import EXPORT_DIR, QLIB_CSV, load_sample
 
@@ -93,22 +93,28 @@ def test_collector_can_keep_inserting_after_the_load(empty_db_url):
     assert new_id > max_before
 
 
+def _bar_keys(engine) -> set:
+    """Every (pool, timeframe, bar open) the collector holds."""
+    with engine.connect() as conn:
+        return set(conn.execute(select(ohlcv_data.c.pool_id, ohlcv_data.c.timeframe, ohlcv_data.c.timestamp)))
+
+
+def _run_count(engine) -> int:
+    """The collector's OHLCV run count (collection_metadata), as each collector run advances it."""
+
+    with engine.connect() as conn:
+        return conn.execute(select(collection_metadata.c.run_count)
+                            .where(collection_metadata.c.collector_type == "ohlcv_collector")).scalar()
+
+
 def test_held_back_bars_are_replayed_as_collector_runs(empty_db_url):
-    from q50_assets.db.collector_models import collection_metadata
     from q50_assets.db.sample_loader import replay_held_back_bars
 
     engine = get_engine(empty_db_url)
     held = load_sample(engine, hold_back_bars=3)
     assert held.tables["pools"].inserted == 4908  # every pool exists, even one whose bars are all held back
 
-    def bar_keys():
-        with engine.connect() as conn:
-            return set(conn.execute(select(ohlcv_data.c.pool_id, ohlcv_data.c.timeframe, ohlcv_data.c.timestamp)))
-
-    def run_count():
-        with engine.connect() as conn:
-            return conn.execute(select(collection_metadata.c.run_count)
-                                .where(collection_metadata.c.collector_type == "ohlcv_collector")).scalar()
+    bar_keys, run_count = (lambda: _bar_keys(engine)), (lambda: _run_count(engine))
 
     before, runs = bar_keys(), run_count()
     first = replay_held_back_bars(engine, bars=1, timeframe="1h")
@@ -135,7 +141,6 @@ def test_held_back_bars_are_replayed_as_collector_runs(empty_db_url):
 def test_a_calendar_cut_is_replayed_hour_by_hour(empty_db_url):
     """``hold_back_hours``: the collector's state at a moment (every timeframe cut at the same time);
     ``replay_held_back_bars(hours=...)``: its next runs, each pool what it had then, gaps left as gaps."""
-    from q50_assets.db.collector_models import collection_metadata
     from q50_assets.db.sample_loader import (
         HOUR, LoadReport, _sample_ohlcv_records, calendar_cut, newest_bar_time, replay_held_back_bars)
 
@@ -149,14 +154,7 @@ def test_a_calendar_cut_is_replayed_hour_by_hour(empty_db_url):
     report = load_sample(engine, hold_back_hours=hold)
     assert report.tables["pools"].inserted == 4908  # every pool exists, whatever is held back
 
-    def bar_keys():
-        with engine.connect() as conn:
-            return set(conn.execute(select(ohlcv_data.c.pool_id, ohlcv_data.c.timeframe, ohlcv_data.c.timestamp)))
-
-    def run_count():
-        with engine.connect() as conn:
-            return conn.execute(select(collection_metadata.c.run_count)
-                                .where(collection_metadata.c.collector_type == "ohlcv_collector")).scalar()
+    bar_keys, run_count = (lambda: _bar_keys(engine)), (lambda: _run_count(engine))
 
     loaded = bar_keys()
     assert loaded == {k for k in sample if k[2] <= cut}
